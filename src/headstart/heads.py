@@ -214,7 +214,7 @@ class MLPHead(Head):
                 loss = loss_fn(net(xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             net.eval()
             with torch.no_grad():
                 logits = net(xv)

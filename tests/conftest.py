@@ -1,0 +1,79 @@
+"""Shared fixtures: generated image folders, a subset of the shared flowers photos, one cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a hub call fails at once instead of retrying
+
+FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flower_photos"
+COLORS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One feature cache for the whole session: the backbone is exported once."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["HEADSTART_CACHE"] = str(path)
+    return path
+
+
+def make_image(path: Path, color: tuple[int, int, int], seed: int, size=(64, 48), fmt=None) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    x0, y0 = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
+    arr[y0 : y0 + size[1] // 3, x0 : x0 + size[0] // 3] = rng.integers(0, 255, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def make_class_folders(root: Path, per_class: int = 10, classes=("red", "green", "blue")) -> Path:
+    for c in classes:
+        for i in range(per_class):
+            make_image(root / c / f"{c}_{i}.jpg", COLORS[c], seed=100 * list(COLORS).index(c) + i)
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Path -> sha256 of every file (and link target) below root: proves nothing was written."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_file():
+                try:
+                    out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+                except PermissionError:
+                    out[rel] = f"unreadable:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            else:
+                out[rel] = "dir"
+    return out
+
+
+@pytest.fixture
+def colors_dir(tmp_path: Path) -> Path:
+    return make_class_folders(tmp_path / "colors")
+
+
+@pytest.fixture(scope="session")
+def flowers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV naming 30 photos per class of the shared flowers set, read in place (never copied)."""
+    if not FLOWERS.is_dir():
+        pytest.skip("../shared/datasets/flower_photos is not present")
+    rows = ["path,label"]
+    for class_dir in sorted(p for p in FLOWERS.iterdir() if p.is_dir()):
+        for f in sorted(class_dir.glob("*.jpg"))[:30]:
+            rows.append(f"{f},{class_dir.name}")
+    path = tmp_path_factory.mktemp("flowers") / "subset.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path

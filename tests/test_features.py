@@ -1,0 +1,79 @@
+import sqlite3
+
+import numpy as np
+import pytest
+
+from conftest import make_class_folders, make_image
+from headstart.backbones import create_backbone
+from headstart.features import FeatureCache, FeatureExtractor
+
+
+@pytest.fixture(scope="module")
+def backbone(cache_dir):
+    return create_backbone(cache_dir=cache_dir)
+
+
+def test_second_run_extracts_nothing_and_a_changed_file_alone(tmp_path, backbone):
+    root = make_class_folders(tmp_path / "d", per_class=4)
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    cache = FeatureCache(tmp_path / "cache")
+    ex = FeatureExtractor(backbone, cache)
+    first = ex.extract(paths)
+    assert first.n_extracted == len(paths) and not first.errors
+    assert np.isfinite(first.features).all() and first.features.shape == (len(paths), 1280)
+    second = ex.extract(paths)
+    assert second.n_extracted == 0 and second.n_cached == len(paths)
+    np.testing.assert_array_equal(first.features, second.features)
+    make_image(tmp_path / "d" / "red" / "red_0.jpg", (0, 255, 0), 99)  # changed content
+    make_image(tmp_path / "d" / "red" / "new.jpg", (255, 0, 0), 98)  # added image
+    third = ex.extract(paths + [str(tmp_path / "d" / "red" / "new.jpg")])
+    assert third.n_extracted == 2 and third.n_cached == len(paths) - 1
+
+
+def test_damaged_cache_entry_is_recomputed(tmp_path, backbone):
+    root = make_class_folders(tmp_path / "d", per_class=2, classes=("red",))
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    cache = FeatureCache(tmp_path / "cache")
+    good = FeatureExtractor(backbone, cache).extract(paths).features
+    db = sqlite3.connect(cache.path)
+    db.execute("UPDATE features SET data = substr(data, 1, 100) WHERE rowid = (SELECT min(rowid) FROM features)")
+    db.commit()
+    db.close()
+    again = FeatureExtractor(backbone, FeatureCache(tmp_path / "cache")).extract(paths)
+    assert again.n_damaged_cache == 1 and again.n_extracted == 1
+    np.testing.assert_allclose(again.features, good, atol=1e-5)
+
+
+def test_unreadable_cache_file_is_moved_aside(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "features.sqlite").write_bytes(b"garbage" * 1000)
+    with pytest.warns(UserWarning, match="damaged"):
+        cache = FeatureCache(tmp_path / "c")
+    cache.put_many("ns", [("k", np.ones(4, np.float32))])
+    assert cache.get_many("ns", ["k"])["k"].tolist() == [1, 1, 1, 1]
+
+
+def test_bad_files_are_reported_not_fatal(tmp_path, backbone):
+    good = make_image(tmp_path / "ok.png", (1, 2, 3), 1)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image")
+    res = FeatureExtractor(backbone, FeatureCache(tmp_path / "c")).extract([good, empty, fake, tmp_path / "gone.jpg"])
+    assert res.ok.tolist() == [True, False, False, False]
+    assert "empty" in res.errors[1] and "not an image" in res.errors[2] and "not found" in res.errors[3]
+
+
+def test_engines_agree(tmp_path, backbone):
+    root = make_class_folders(tmp_path / "d", per_class=2, classes=("red", "blue"))
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    feats = {
+        e: FeatureExtractor(backbone, FeatureCache(tmp_path / e), engine=e).extract(paths).features
+        for e in ("torch", "onnxruntime", "openvino")
+    }
+    np.testing.assert_allclose(feats["onnxruntime"], feats["torch"], atol=1e-3)
+    # OpenVINO runs bf16 where the CPU supports it: close, not identical
+    cos = (feats["openvino"] * feats["torch"]).sum(1) / (
+        np.linalg.norm(feats["openvino"], axis=1) * np.linalg.norm(feats["torch"], axis=1)
+    )
+    assert cos.min() > 0.99
