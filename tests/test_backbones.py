@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import FLOWERS
+
 from headstart.backbones import DEFAULT_BACKBONE, create_backbone
 from headstart.errors import HeadstartError
 

@@ -2,8 +2,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import make_class_folders, make_image
+
 from headstart.data import assign_splits, discover, make_split
 from headstart.errors import HeadstartError
 

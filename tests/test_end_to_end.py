@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_class_folders, make_image, tree_digest
 from PIL import Image
 
 import headstart
-from conftest import make_class_folders, make_image, tree_digest
 
 CLI = [sys.executable, "-m", "headstart.cli"]
 

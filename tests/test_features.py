@@ -2,8 +2,8 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from conftest import make_class_folders, make_image
+
 from headstart.backbones import create_backbone
 from headstart.features import FeatureCache, FeatureExtractor
 
