@@ -64,7 +64,7 @@ def main() -> None:
         res = ex.extract(paths)
         ours = time.perf_counter() - t0
         t0 = time.perf_counter()
-        warm = ex.extract(paths)
+        ex.extract(paths)
         warm_s = time.perf_counter() - t0
 
     ok = res.ok
