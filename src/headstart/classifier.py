@@ -326,7 +326,7 @@ class ImageClassifier:
         used = "all"
         saved = getattr(self, "split_", None) or {}
         same_data = saved.get("root") and Path(saved["root"]) == dataset.root
-        if split in ("auto", "test", "val", "train") and same_data and split != "all":
+        if split in ("auto", "test", "val", "train") and same_data:
             wanted = "test" if split == "auto" else split
             chosen = {f for f, _label, g in saved.get("files", []) if g == wanted}
             if chosen:
