@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import sqlite3
 import threading
@@ -467,11 +468,17 @@ class FeatureExtractor:
             reps = [idxs[0] for idxs in todo.values()]
             extracted = 0
             if reps:
-                engine = self.engine  # built lazily: a warm run never exports or compiles
+                # Built lazily (a warm run never exports or compiles), and on its own thread so
+                # the first batches decode while the network is exported and compiled.
+                with ThreadPoolExecutor(1) as builder:
+                    engine_future = builder.submit(lambda: self.engine)
+                    rep_paths = [paths[i] for i in reps]
+                    batches = self._batches(pool, rep_paths, prefetch=3 if self._engine else 12)
+                    first = next(batches)
+                    engine = engine_future.result()
                 t_engine = time.perf_counter()
                 self.progress.start(f"extracting {stage}", len(reps))
-                rep_paths = [paths[i] for i in reps]
-                for batch in self._batches(pool, rep_paths):
+                for batch in itertools.chain([first], batches):
                     good = [(j, item) for j, item in batch if not isinstance(item, str)]
                     for j, item in batch:
                         if isinstance(item, str):
