@@ -83,9 +83,11 @@ def _walk_images(top: Path, ignored: list[tuple[str, str]]) -> list[Path]:
     def on_error(err: OSError) -> None:
         ignored.append((str(err.filename), f"folder unreadable: {err.strerror}"))
 
+    top_real = os.path.realpath(top)
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        if real in seen or top_real.startswith(real.rstrip(os.sep) + os.sep):
+            # visited already, or a link up to an ancestor (which would pull in other classes)
             ignored.append((dirpath, "symbolic-link loop (folder already visited)"))
             dirnames[:] = []
             continue
@@ -94,6 +96,7 @@ def _walk_images(top: Path, ignored: list[tuple[str, str]]) -> list[Path]:
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if name.startswith("."):
+                ignored.append((str(path), "hidden file"))
                 continue
             if is_image_name(name):
                 found.append(path)
