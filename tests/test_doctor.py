@@ -269,3 +269,24 @@ def test_exclude_errors_are_one_line(tmp_path, bad):
         (tmp_path / bad).write_text("{}")
     proc = run("train", data, "--exclude", tmp_path / bad, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "--exclude" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_leak_across_predefined_splits_is_reported_not_moved():
+    from headstart.doctor import quick_check, report_dict
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(8, 16)).astype(np.float32)
+    labels = ["cat"] * 6 + ["dog"] * 2
+    splits = ["train", "train", "train", "test", "val", "train", "train", "test"]
+    samples = [Sample(f"/d/{s}/{lab}/{i}.jpg", lab, s) for i, (lab, s) in enumerate(zip(labels, splits))]
+    hashes = [str(i) for i in range(8)]
+    hashes[3] = hashes[0]  # a train image copied into test
+    report = quick_check(samples, feats, hashes)
+    assert [g.members for g in report.leaks()] == [[0, 3]]
+    assert any("LEAK" in line and "--exclude" in line for line in report.summary_lines())
+    assert any("imbalance" in line for line in report.summary_lines())  # cat:dog is 3:1
+    doc = report_dict(report)
+    assert doc["summary"]["cross_split_groups"] == 1
+    assert doc["exclude_suggested"] == [{"path": "/d/test/cat/3.jpg", "reason": "leak: copy of a train image"}]
+    given, _ = assign_splits(samples, groups=report.group_indices)
+    assert given == splits  # the user's split is kept as given
