@@ -169,9 +169,13 @@ def test_find_duplicates_groups_exact_and_near():
     feats = rng.normal(size=(6, 32)).astype(np.float32)
     feats[3] = feats[2] + 0.01 * rng.normal(size=32)  # near copy of 2
     hashes = ["a", "b", "c", "d", "a", "e"]  # 0 and 4 share bytes
-    groups, nn_idx, _ = find_duplicates(hashes, feats)
+    groups, nn_idx, _, notes = find_duplicates(hashes, feats)
     assert sorted((g.kind, g.members) for g in groups) == [("exact", [0, 4]), ("near", [2, 3])]
-    assert nn_idx[2, 0] == 3
+    assert nn_idx[2, 0] == 3 and notes == []
+    # features that call everything alike (an untrained backbone) do not make one giant group
+    same = np.ones((40, 8), dtype=np.float32) + 1e-3 * rng.normal(size=(40, 8)).astype(np.float32)
+    groups, _, _, notes = find_duplicates([str(i) for i in range(40)], same)
+    assert groups == [] and "not checked" in notes[0]
     # a similar perceptual hash alone is not enough; with feature agreement it is
     feats2 = rng.normal(size=(3, 32)).astype(np.float32)
     u = feats2[0] / np.linalg.norm(feats2[0])
@@ -195,6 +199,9 @@ def test_group_aware_split_keeps_groups_and_old_split():
     assert grouped[test_i] == grouped[train_i] == "train"  # a tie goes to train...
     assert grouped[val_i] == grouped[other_test] == "val"  # ...else to val
     assert sum(a != b for a, b in zip(plain, grouped)) <= 3
+    # a group that would empty the validation split is left as drawn (training would fail)
+    every_val = [i for i, s in enumerate(plain) if s == "val"] + [i for i, s in enumerate(plain) if s == "train"][:9]
+    assert make_split(labels, seed=4, groups=[every_val]) == plain
     # predefined splits are never changed; carving val from train keeps groups together
     samples = [Sample(f"{i}.jpg", labels[i], "test" if i % 10 == 0 else "train") for i in range(90)]
     pair = [1, 2]

@@ -291,22 +291,37 @@ def make_split(
             out[i] = "test"
         for i in order[n_test : n_test + n_val]:
             out[i] = "val"
-    return keep_groups_together(out, groups) if groups else out
+    return keep_groups_together(out, groups, labels) if groups else out
 
 
-def keep_groups_together(splits: Sequence[str], groups: Sequence[Sequence[int]]) -> list[str]:
+def keep_groups_together(
+    splits: Sequence[str], groups: Sequence[Sequence[int]], labels: Sequence[str] | None = None
+) -> list[str]:
     """Move each group's members to one split: the one most of them drew, ties to train.
 
     Applied after the plain seeded split, so data without groups splits exactly as before, and
-    a copy of a training image never lands in validation or test.
+    a copy of a training image never lands in validation or test. A group whose move would
+    empty a split, or (given ``labels``) take a class out of train, is left as drawn (and so
+    shows up as a group across splits) rather than making training fail.
     """
     out = list(splits)
     rank = {"train": 0, "val": 1, "test": 2}
+    labels = labels if labels is not None else [""] * len(out)
+    count = Counter(out) + Counter((lab, s) for lab, s in zip(labels, out) if s == "train")
     for group in groups:
         if len({out[i] for i in group}) < 2:
             continue
         votes = Counter(out[i] for i in group)
         target = min(votes, key=lambda s: (-votes[s], rank.get(s, 3)))
+        after = count.copy()
+        for i in group:
+            for key, step in ((out[i], -1), (target, 1)):
+                after[key] += step
+                if key == "train":
+                    after[(labels[i], "train")] += step
+        if any(after[key] <= 0 < count[key] for key in count):
+            continue
+        count = after
         for i in group:
             out[i] = target
     return out

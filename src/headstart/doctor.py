@@ -42,6 +42,7 @@ HASH_DISTANCE = 6  # dHash bits (of 64) within which two images look alike...
 HASH_COSINE = 0.85  # ...and are near duplicates when their features also agree this much
 IMBALANCE_RATIO = 1.5  # largest class / smallest class from which imbalance is reported
 NEIGHBOURS = 5  # nearest neighbours quoted as evidence for a label issue
+MAX_PAIRS_PER_IMAGE = 5  # more similar pairs than this per image: features are not discriminative
 
 
 # --------------------------------------------------------------------------- per-file checks
@@ -138,24 +139,29 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 def similar_pairs(
-    features: np.ndarray, threshold: float, k: int = NEIGHBOURS, block: int = 1024
-) -> tuple[list[tuple[int, int, float]], np.ndarray, np.ndarray]:
+    features: np.ndarray, threshold: float, k: int = NEIGHBOURS, block: int = 1024, max_pairs: int | None = None
+) -> tuple[list[tuple[int, int, float]] | None, np.ndarray, np.ndarray]:
     """Pairs (i < j) with cosine >= threshold, plus each row's k nearest neighbours.
 
     Computed in row blocks, so memory stays at ``block x n`` floats however large the set.
+    More than ``max_pairs`` pairs (features that do not tell images apart, e.g. an untrained
+    backbone) gives None instead of a list that would swallow the data set.
     """
     unit = _unit_rows(features)
     n = len(unit)
     k = min(k, max(n - 1, 0))
-    pairs: list[tuple[int, int, float]] = []
+    pairs: list[tuple[int, int, float]] | None = []
     nn_idx = np.zeros((n, k), dtype=np.int64)
     nn_sim = np.zeros((n, k), dtype=np.float32)
     for start in range(0, n, block):
         sims = unit[start : start + block] @ unit.T
         rows = np.arange(len(sims))
         sims[rows, start + rows] = -np.inf  # never one's own neighbour
-        ii, jj = np.nonzero(sims >= threshold)
-        pairs += [(start + i, j, float(sims[i, j])) for i, j in zip(ii, jj) if start + i < j]
+        if pairs is not None:
+            ii, jj = np.nonzero(sims >= threshold)
+            pairs += [(start + i, j, float(sims[i, j])) for i, j in zip(ii, jj) if start + i < j]
+            if max_pairs is not None and len(pairs) > max_pairs:
+                pairs = None
         if k:
             part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1)
@@ -195,12 +201,14 @@ def find_duplicates(
     near_cosine: float = NEAR_COSINE,
     hash_distance: int = HASH_DISTANCE,
     hash_cosine: float = HASH_COSINE,
-) -> tuple[list[DuplicateGroup], np.ndarray, np.ndarray]:
+) -> tuple[list[DuplicateGroup], np.ndarray, np.ndarray, list[str]]:
     """Group duplicates: same content hash; or feature cosine >= ``near_cosine``; or a dHash
     within ``hash_distance`` bits confirmed by cosine >= ``hash_cosine``.
 
-    Returns the groups (two or more members each, sorted) and every row's nearest neighbours.
+    Returns the groups (two or more members each, sorted), every row's nearest neighbours, and
+    notes (e.g. why near duplicates were not looked for).
     """
+    notes: list[str] = []
     n = len(content_hashes)
     uf = _UnionFind(n)
     evidence: list[tuple[int, int, dict[str, Any]]] = []
@@ -215,8 +223,13 @@ def find_duplicates(
     nn_sim = np.zeros((n, 0), dtype=np.float32)
     if features is not None and n > 1:
         low = min(near_cosine, hash_cosine) if image_hashes is not None else near_cosine
-        pairs, nn_idx, nn_sim = similar_pairs(features, low)
-        cos = {(i, j): s for i, j, s in pairs}
+        found, nn_idx, nn_sim = similar_pairs(features, low, max_pairs=MAX_PAIRS_PER_IMAGE * n)
+        if found is None:
+            notes.append(
+                f"near duplicates not checked: over {MAX_PAIRS_PER_IMAGE} image pairs per image have feature "
+                f"cosine >= {low:g}, so this backbone's features do not tell these images apart"
+            )
+        cos = {(i, j): s for i, j, s in found or []}
         close = {(i, j): d for i, j, d in hash_pairs(image_hashes)} if image_hashes is not None else {}
         for (i, j), s in cos.items():
             if content_hashes[i] is not None and content_hashes[i] == content_hashes[j]:
@@ -237,7 +250,7 @@ def find_duplicates(
         exact = len({content_hashes[i] for i in idx}) == 1
         ev = [{"a": i, "b": j, **info} for i, j, info in evidence if uf.find(i) == root]
         groups.append(DuplicateGroup(idx, "exact" if exact else "near", ev))
-    return groups, nn_idx, nn_sim
+    return groups, nn_idx, nn_sim, notes
 
 
 # --------------------------------------------------------------------------- label issues
@@ -305,6 +318,7 @@ class CheckReport:
     label_issues: list[dict[str, Any]] = field(default_factory=list)
     label_ranking: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def group_indices(self) -> list[list[int]]:
@@ -389,6 +403,7 @@ class CheckReport:
             lines.append(f"  imbalance: {imbalance['suggestion']}")
         if self.label_issues:
             lines.append(f"  {len(self.label_issues)} likely mislabeled image(s) (confident learning)")
+        lines += [f"  note: {note}" for note in self.notes]
         return lines
 
 
@@ -401,12 +416,13 @@ def quick_check(
 ) -> CheckReport:
     """The cheap checks train runs: duplicates from hashes and features it already has."""
     t = time.perf_counter()
-    groups, _, _ = find_duplicates(content_hashes, features, None, near_cosine)
+    groups, _, _, notes = find_duplicates(content_hashes, features, None, near_cosine)
     report = CheckReport(
         list(samples),
         groups,
         dict(sorted(Counter(s.label for s in samples).items())),
         [{"path": p, "reason": r, "severity": "error"} for p, r in bad_files],
+        notes=notes,
     )
     report.seconds["duplicates"] = time.perf_counter() - t
     return report
@@ -488,11 +504,11 @@ def diagnose(
     features = result.features[usable]
 
     t = time.perf_counter()
-    groups, nn_idx, nn_sim = find_duplicates(
+    groups, nn_idx, nn_sim, notes = find_duplicates(
         [result.hashes[i] for i in usable], features, [checks[i].dhash for i in usable], near_cosine
     )
     seconds["duplicates"] = time.perf_counter() - t
-    report = CheckReport(samples, groups, dict(sorted(Counter(s.label for s in samples).items())), bad)
+    report = CheckReport(samples, groups, dict(sorted(Counter(s.label for s in samples).items())), bad, notes=notes)
 
     t = time.perf_counter()
     classes = sorted(report.class_counts)
@@ -554,6 +570,7 @@ def report_dict(report: CheckReport, settings: dict[str, Any] | None = None) -> 
             "cross_class_groups": sum(g["cross_class"] for g in groups),
             "cross_split_groups": sum(g["cross_split"] for g in groups),
             "label_issues": len(report.label_issues),
+            "notes": report.notes,
         },
         "bad_files": report.bad_files,
         "duplicates": groups,
@@ -745,7 +762,8 @@ def check_summary(
         "images_in_duplicate_groups": sum(len(g.members) for g in report.groups),
         "cross_class_groups": len(report.conflicts()),
         "groups_merged_into_one_split": merged,
-        "groups_across_predefined_splits": leaks,
+        "groups_across_splits": leaks,
+        "notes": report.notes,
         "near_cosine": NEAR_COSINE,
         "bad_files": len(report.bad_files),
         "class_counts": report.class_counts,
