@@ -74,6 +74,8 @@ class ImageClassifier:
         workers: int | None = None,
         cache_dir: str | Path | None = None,
         verbose: bool = True,
+        exclude: str | Path | Sequence[str] | None = None,
+        check_data: bool = True,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
@@ -88,6 +90,8 @@ class ImageClassifier:
         self.workers = workers
         self.cache_dir = cache_dir
         self.verbose = verbose
+        self.exclude = exclude
+        self.check_data = check_data
 
     # ------------------------------------------------------------------ plumbing
 
@@ -126,6 +130,16 @@ class ImageClassifier:
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
         timings["discover"] = time.perf_counter() - t
         log(f"found {len(dataset.samples)} images in {len(dataset.classes)} classes ({dataset.kind}) in {dataset.root}")
+        excluded: list[Sample] = []
+        if self.exclude is not None:
+            from .doctor import exclude_samples, read_exclude_list
+
+            entries = read_exclude_list(self.exclude) if isinstance(self.exclude, (str, Path)) else list(self.exclude)
+            dataset, excluded, unmatched = exclude_samples(dataset, entries)
+            log(
+                f"excluded {len(excluded)} image(s) listed in --exclude"
+                + (f"; {len(unmatched)} listed path(s) matched no image" if unmatched else "")
+            )
 
         t = time.perf_counter()
         self.backbone_ = create_backbone(self.backbone, self.weights, FeatureCache(self.cache_dir).root)
@@ -157,8 +171,20 @@ class ImageClassifier:
                 "class folders (or labels)"
             )
 
+        checks = None
+        if self.check_data:
+            from .doctor import quick_check
+
+            t = time.perf_counter()
+            ok_hashes = [h for h, good in zip(result.hashes, ok) if good]
+            checks = quick_check(samples, features, ok_hashes, [(p, r) for p, r, _ in skipped])
+            timings["data_check"] = time.perf_counter() - t
+            for line in checks.summary_lines():
+                log(line)
+
         t = time.perf_counter()
-        splits, split_method = assign_splits(samples, self.split, self.seed)
+        groups = checks.group_indices if checks else None
+        splits, split_method = assign_splits(samples, self.split, self.seed, groups)
         timings["split"] = time.perf_counter() - t
         split_arr = np.array(splits)
         y = np.array([classes.index(s.label) for s in samples])
@@ -202,6 +228,12 @@ class ImageClassifier:
             "proba": proba,
         }
         self.metrics_ = self._metrics(dataset, scores, eval_split, fit_info, result, skipped, timings)
+        self.checks_ = checks
+        if checks is not None:
+            from .doctor import check_summary
+
+            plain, _ = assign_splits(samples, self.split, self.seed)
+            self.metrics_["data_checks"] = check_summary(checks, plain, splits, excluded)
         log(
             f"{eval_split} accuracy {scores['accuracy']:.4f} on {scores['n']} images "
             f"(top-{scores['top_k']} {scores['top_k_accuracy']:.4f}); head {self.head} {self._head_summary(fit_info)}"
@@ -210,6 +242,10 @@ class ImageClassifier:
         if run_dir is not None:
             t = time.perf_counter()
             self._write_run(run_dir, skipped, log)
+            if checks is not None or excluded:
+                from .doctor import write_run_checks
+
+                write_run_checks(run_dir, dataset, checks, splits, self.metrics_.get("data_checks"), excluded)
             timings["save"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_all
         self.metrics_["timings"] = timings

@@ -68,6 +68,8 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per extraction batch.")] = 8,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    exclude: Annotated[Optional[Path], typer.Option(help="Files to leave out: a text file of paths (one a line, # comments), a CSV with a path column, or the doctor's exclude.txt/doctor.json. Your files are not touched.")] = None,
+    check_data: Annotated[bool, typer.Option("--check-data/--no-check-data", help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.")] = True,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     from .classifier import ImageClassifier
@@ -85,8 +87,50 @@ def train(
         batch_size=batch_size,
         cache_dir=cache_dir,
         verbose=not quiet,
+        exclude=exclude,
+        check_data=check_data,
     )
     clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+
+
+@app.command()
+def doctor(
+    data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")] = Path("runs/doctor"),
+    backbone: Annotated[str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")] = "tf_efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --backbone.")] = None,
+    labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
+    folds: Annotated[int, typer.Option(help="Cross-validation folds for the out-of-fold label check.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
+    near: Annotated[float, typer.Option(help="Feature cosine similarity from which two images are near duplicates.")] = 0.95,
+    engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
+    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Check DATA for broken files, duplicates, leaks, likely wrong labels and imbalance."""
+    import time
+
+    from .doctor import diagnose, write_report
+    from .runs import write_json
+
+    t0 = time.perf_counter()
+    report = diagnose(
+        data, backbone=backbone, weights=weights, labels_from=labels_from, cache_dir=cache_dir,
+        engine=engine.value, folds=folds, seed=seed, near_cosine=near, verbose=not quiet,
+    )
+    settings = {"data": str(data), "backbone": backbone, "folds": folds, "seed": seed, "near_cosine": near}
+    doc = write_report(report, out, settings)
+    s = doc["summary"]
+    lines = report.summary_lines() + [
+        f"  {s['bad_files']} unusable file(s), {s['warnings']} warning(s) (tiny, extreme aspect, huge)",
+        f"  {s['label_issues']} likely label issue(s), most suspicious first in {out / 'doctor.html'}",
+        f"  suggested exclusions: {len(doc['exclude_suggested'])} in {out / 'exclude.txt'} (train --exclude)",
+        f"doctor done in {time.perf_counter() - t0:.1f}s: {out / 'doctor.json'}",
+    ]
+    doc["timings"]["total"] = time.perf_counter() - t0
+    write_json(out / "doctor.json", doc)
+    if not quiet:
+        print("\n".join(lines), file=sys.stderr)
 
 
 @app.command()

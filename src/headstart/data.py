@@ -83,9 +83,11 @@ def _walk_images(top: Path, ignored: list[tuple[str, str]]) -> list[Path]:
     def on_error(err: OSError) -> None:
         ignored.append((str(err.filename), f"folder unreadable: {err.strerror}"))
 
+    top_real = os.path.realpath(top)
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        if real in seen or top_real.startswith(real.rstrip(os.sep) + os.sep):
+            # visited already, or a link up to an ancestor (which would pull in other classes)
             ignored.append((dirpath, "symbolic-link loop (folder already visited)"))
             dirnames[:] = []
             continue
@@ -94,6 +96,7 @@ def _walk_images(top: Path, ignored: list[tuple[str, str]]) -> list[Path]:
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if name.startswith("."):
+                ignored.append((str(path), "hidden file"))
                 continue
             if is_image_name(name):
                 found.append(path)
@@ -253,9 +256,16 @@ def _class_rng(seed: int, label: str) -> np.random.Generator:
 
 
 def make_split(
-    labels: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+    labels: Sequence[str],
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
-    """Seeded, stratified train/val/test assignment: every class is in every split."""
+    """Seeded, stratified train/val/test assignment: every class is in every split.
+
+    ``groups`` (lists of indices, e.g. duplicate images) are each kept on one side; see
+    :func:`keep_groups_together`. Without groups the split is what it always was.
+    """
     f_train, f_val, f_test = _check_fractions(fractions)
     by_class: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
@@ -281,6 +291,39 @@ def make_split(
             out[i] = "test"
         for i in order[n_test : n_test + n_val]:
             out[i] = "val"
+    return keep_groups_together(out, groups, labels) if groups else out
+
+
+def keep_groups_together(
+    splits: Sequence[str], groups: Sequence[Sequence[int]], labels: Sequence[str] | None = None
+) -> list[str]:
+    """Move each group's members to one split: the one most of them drew, ties to train.
+
+    Applied after the plain seeded split, so data without groups splits exactly as before, and
+    a copy of a training image never lands in validation or test. A group whose move would
+    empty a split, or (given ``labels``) take a class out of train, is left as drawn (and so
+    shows up as a group across splits) rather than making training fail.
+    """
+    out = list(splits)
+    rank = {"train": 0, "val": 1, "test": 2}
+    labels = labels if labels is not None else [""] * len(out)
+    count = Counter(out) + Counter((lab, s) for lab, s in zip(labels, out) if s == "train")
+    for group in groups:
+        if len({out[i] for i in group}) < 2:
+            continue
+        votes = Counter(out[i] for i in group)
+        target = min(votes, key=lambda s: (-votes[s], rank.get(s, 3)))
+        after = count.copy()
+        for i in group:
+            for key, step in ((out[i], -1), (target, 1)):
+                after[key] += step
+                if key == "train":
+                    after[(labels[i], "train")] += step
+        if any(after[key] <= 0 < count[key] for key in count):
+            continue
+        count = after
+        for i in group:
+            out[i] = target
     return out
 
 
@@ -300,12 +343,20 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 def assign_splits(
-    samples: Sequence[Sample], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+    samples: Sequence[Sample],
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[str], str]:
-    """Use predefined splits where given; fill a missing val/test from train, stratified."""
+    """Use predefined splits where given; fill a missing val/test from train, stratified.
+
+    ``groups`` (duplicate images) stay on one side of every split this makes; predefined
+    splits are never changed (a group across them is a leak to report, not to fix silently).
+    """
     given = [s.split for s in samples]
     if all(g is None for g in given):
-        return make_split([s.label for s in samples], fractions, seed), "stratified"
+        method = "stratified" + (", duplicate groups kept together" if groups else "")
+        return make_split([s.label for s in samples], fractions, seed, groups), method
     f_train, f_val, f_test = _check_fractions(fractions)
     out = [g or "train" for g in given]
     present = set(out)
@@ -317,7 +368,9 @@ def assign_splits(
             f_val if "val" in missing else 0.0,
             f_test if "test" in missing else 0.0,
         )
-        inner = make_split([samples[i].label for i in train_idx], sub, seed)
+        where = {i: k for k, i in enumerate(train_idx)}
+        inner_groups = [[where[i] for i in g if i in where] for g in groups or ()]
+        inner = make_split([samples[i].label for i in train_idx], sub, seed, [g for g in inner_groups if len(g) > 1])
         for i, g in zip(train_idx, inner):
             out[i] = g
         return out, f"predefined (+{'/'.join(missing)} carved from train)"

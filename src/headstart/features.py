@@ -42,6 +42,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "headstart"
 
 
+def _db_text(path: str) -> str:
+    """A path SQLite can store: non-UTF-8 bytes in a file name (kept by Python as surrogates)
+    become backslash escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -123,18 +129,20 @@ class FeatureCache:
     def known_hashes(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str]]:
         """Content hashes seen before, with the file stat they were computed for."""
         found: dict[str, tuple[int, int, int, str]] = {}
+        original = {_db_text(p): p for p in paths}
         with self._lock:
             for i in range(0, len(paths), 500):
-                chunk = list(paths[i : i + 500])
+                chunk = [_db_text(p) for p in paths[i : i + 500]]
                 marks = ",".join("?" * len(chunk))
                 for path, size, mtime, inode, h in self._db.execute(
                     f"SELECT path, size, mtime_ns, inode, hash FROM file_hashes WHERE path IN ({marks})",
                     chunk,
                 ):
-                    found[path] = (size, mtime, inode, h)
+                    found[original.get(path, path)] = (size, mtime, inode, h)
         return found
 
     def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
+        rows = [(_db_text(p), *rest) for p, *rest in rows]
         with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", rows)
 

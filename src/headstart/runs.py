@@ -29,7 +29,7 @@ class RunLog:
         if self.verbose:
             print(message, file=sys.stderr, flush=True)
         if self.run_dir is not None:
-            with open(self.run_dir / "log.txt", "a", encoding="utf-8") as f:
+            with open(self.run_dir / "log.txt", "a", encoding="utf-8", errors="surrogateescape") as f:
                 f.write(f"{stamp} {message}\n")
 
 
@@ -48,13 +48,15 @@ def _clean(value: Any) -> Any:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False), encoding="utf-8")
+    # backslashreplace turns a non-UTF-8 file name into a JSON \\udcXX escape: valid, and it reads back exact
+    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
     tmp.replace(path)
     return path
 
 
 def write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    # surrogateescape: a non-UTF-8 file name is written back as the bytes it has on disk
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
