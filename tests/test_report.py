@@ -240,7 +240,10 @@ def test_embed_and_annotated_predictions(tmp_path):
     assert (out / "map.png").stat().st_size > 5000 and (out / "map.html").is_file()
     with open(out / "map.csv", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 24
-    assert "(cached)" in run("embed", data, "--out", out).stderr
+    from headstart.embedding import embed_map
+
+    embed_map(data, out, verbose=False)
+    assert json.loads((out / "map.json").read_text())["from_cache"] is True
 
     run_dir = tmp_path / "run"
     headstart.ImageClassifier(verbose=False, report_map="none").fit(data, out_dir=run_dir)

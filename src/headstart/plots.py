@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ STYLE = {
     "axes.grid": False,
     "grid.alpha": 0.3,
     "legend.frameon": False,
-    "figure.autolayout": False,
+    "figure.constrained_layout.use": True,
 }
 SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B", "evaluated": "#54A24B"}
 MAX_HEATMAP_CLASSES = 30
@@ -39,13 +40,23 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update(STYLE)
     return plt
+
+
+def styled(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Run a figure function under STYLE without changing the caller's matplotlib settings."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> bytes:
+        with _plt().rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")  # constrained layout already fits labels: no second "tight" pass
     _plt().close(fig)
     return buf.getvalue()
 
@@ -80,6 +91,7 @@ def class_colors(n: int) -> list:
     return [cmap(i / n) for i in range(n)]
 
 
+@styled
 def class_distribution(counts: Mapping[str, Mapping[str, int]], classes: Sequence[str]) -> bytes:
     """Images per class, stacked by split: named horizontal bars up to 60 classes; beyond, the
     classes sorted by size as thin unnamed bars (the report's table has the names)."""
@@ -120,6 +132,7 @@ def class_distribution(counts: Mapping[str, Mapping[str, int]], classes: Sequenc
     return to_png(fig)
 
 
+@styled
 def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
     """Accuracy and loss per epoch, train and validation, side by side."""
     plt = _plt()
@@ -135,7 +148,6 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
         ax.set_title(metric.capitalize())
         ax.grid(True)
         ax.legend()
-    fig.tight_layout()
     return to_png(fig)
 
 
@@ -148,39 +160,40 @@ def most_confused_classes(cm: np.ndarray, limit: int = MAX_HEATMAP_CLASSES) -> l
     return sorted(int(i) for i in order)
 
 
-def confusion_heatmaps(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int]) -> bytes:
-    """Counts and row-normalised rates side by side, for the classes in ``keep``."""
+@styled
+def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int], normalised: bool) -> bytes:
+    """Counts, or row-normalised rates (recall on the diagonal), for the classes in ``keep``.
+
+    Shading is always the row-normalised rate, so small classes read as clearly as large ones.
+    """
     plt = _plt()
     sub = cm[np.ix_(keep, keep)].astype(float)
     rows = cm[keep].sum(axis=1, keepdims=True).astype(float)  # whole row: rates stay true rates
     rate = np.divide(sub, rows, out=np.zeros_like(sub), where=rows > 0)
     n = len(keep)
-    cell = 0.42 if n <= 12 else 0.3
-    side = min(max(3.6, cell * n + 2.2), 16)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), layout="constrained")
+    side = min(max(4.0, 0.32 * n + 2.4), 11.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
     names = [axis_label(classes[i], i) for i in keep]
-    font = 9 if n <= 15 else 7
-    for ax, values, title, fmt in (
-        (axes[0], sub, "Counts", "{:.0f}"),
-        (axes[1], rate, "Row-normalised (recall on the diagonal)", "{:.0%}"),
-    ):
-        shade = rate
-        image = ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=font)
-        ax.set_yticks(range(n), names, fontsize=font)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title)
-        if n <= 20:
-            for i in range(n):
-                for j in range(n):
-                    if sub[i, j]:
-                        ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=font,
-                                color="white" if shade[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02, label="fraction of the true class")
+    font = 9 if n <= 15 else 8
+    image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
+                  rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Row-normalised (recall on the diagonal)" if normalised else "Counts")
+    if n <= 20:
+        values, fmt = (rate, "{:.0%}") if normalised else (sub, "{:.0f}")
+        for i in range(n):
+            for j in range(n):
+                if sub[i, j]:
+                    ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=font,
+                            color="white" if rate[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class")
     return to_png(fig)
 
 
+@styled
 def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> bytes:
     """Accuracy against confidence per bin (on the diagonal = well calibrated), with the counts."""
     plt = _plt()
@@ -202,10 +215,10 @@ def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int =
     ax_n.set_xlabel("confidence (top predicted probability)")
     ax_n.set_ylabel("images")
     ax_n.set_xlim(0, 1)
-    fig.tight_layout()
     return to_png(fig)
 
 
+@styled
 def feature_map(xy: np.ndarray, labels: Sequence[int], classes: Sequence[str], title: str) -> bytes:
     """Points coloured by class; a legend for up to 20 classes, names at class centres up to 60."""
     plt = _plt()

@@ -294,10 +294,12 @@ nav a{margin-right:12px;color:#2458b3;text-decoration:none}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
 .card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 16px;min-width:140px;flex:0 1 auto;max-width:100%}
 .card .v{font-size:26px;font-weight:700;overflow-wrap:anywhere}
-.card.main .v{font-size:38px;color:#1a7f37}
+.card.main .v{font-size:38px;color:#1d4e89}
 .card .k{font-size:12px;color:#5b6470;text-transform:uppercase;letter-spacing:.04em}
 img.figure{max-width:100%;height:auto;background:#fff;border:1px solid #dde1e6;border-radius:6px;display:block;margin:8px 0}
 .scroll{overflow-x:auto;max-width:100%}
+.pair{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
+.pair img.figure{max-width:100%;flex:0 1 auto;min-width:0}
 .scroll.tall{max-height:520px;overflow-y:auto}
 table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}
 th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:top;max-width:420px;overflow-wrap:anywhere}
@@ -505,7 +507,10 @@ def _metrics_section(run: dict[str, Any]) -> str:
             parts.append(f"<p><b>Showing the {len(keep)} most confused of {len(classes)} classes</b> "
                          "(those with the most errors, as true or as predicted class); "
                          "the full matrix is in <code>metrics.json</code>.</p>")
-        parts.append(_png_tag(plots.confusion_heatmaps(cm, classes, keep), "confusion matrix: counts and row-normalised"))
+        parts.append('<div class="pair">'
+                     + _png_tag(plots.confusion_heatmap(cm, classes, keep, False), "confusion matrix, counts")
+                     + _png_tag(plots.confusion_heatmap(cm, classes, keep, True), "confusion matrix, row-normalised")
+                     + "</div>")
         pairs = confused_pairs(cm, classes)
         if pairs:
             parts.append("<h3>Most confused pairs</h3>")
