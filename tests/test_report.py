@@ -234,6 +234,9 @@ def test_train_and_evaluate_write_a_report_that_a_browser_shows(flowers_csv, tmp
 def test_embed_and_annotated_predictions(tmp_path):
     data = make_class_folders(tmp_path / "photos", per_class=8)
     (data / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    odd = "grün зелёный 緑 <i>" + "-very-long-class-name" * 6
+    (data / "green").rename(data / odd)
+    (data / odd / "green_0.jpg").rename(data / odd / ("фото_" + "ü" * 120 + ".jpg"))
     out = tmp_path / "map"
     proc = run("embed", data, "--out", out, "--method", "tsne")
     assert "tsne map of 24 images" in proc.stderr
@@ -247,7 +250,9 @@ def test_embed_and_annotated_predictions(tmp_path):
 
     run_dir = tmp_path / "run"
     headstart.ImageClassifier(verbose=False, report_map="none").fit(data, out_dir=run_dir)
-    assert not (run_dir / "map.csv").exists() and "No map was saved" in (run_dir / "report.html").read_text()
+    report = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert not (run_dir / "map.csv").exists() and "No map was saved" in report
+    assert "grün зелёный 緑 &lt;i&gt;-very-long" in report and "<i>" not in report
     ann = tmp_path / "annotated"
     proc = run("predict", run_dir, data / "blue", data / "red" / "broken.jpg", "-k", "2", "--annotate", ann)
     jpgs = sorted(ann.glob("*.jpg"))

@@ -40,7 +40,8 @@ def _pca(features: np.ndarray, dims: int, seed: int) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     dims = min(dims, features.shape[0], features.shape[1])
-    return PCA(dims, random_state=seed).fit_transform(features.astype(np.float64))
+    solver = "randomized" if dims < min(features.shape) // 4 else "auto"  # ~10x faster for 2 of 1280
+    return PCA(dims, svd_solver=solver, random_state=seed).fit_transform(features.astype(np.float64))
 
 
 def _tsne(features: np.ndarray, seed: int) -> np.ndarray:
