@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import BadImageError
 from .images import decode_image, read_bytes
+from .progress import NullProgress, ProgressSink
 from .report import esc, page
 from .runs import write_rows
 
@@ -75,8 +76,12 @@ def _output_name(i: int, path: str) -> str:
     return f"{i:04d}_{Path(path).stem[:80] or 'image'}.jpg"
 
 
-def annotate_predictions(results: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") -> Path:
+def annotate_predictions(
+    results: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "", progress: ProgressSink | None = None
+) -> Path:
     """Write the annotated images, ``predictions.csv`` and the ``index.html`` contact sheet."""
+    progress = progress or NullProgress()
+    progress.start("annotating", len(results))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tiles, rows, failed = [], [], []
@@ -90,6 +95,7 @@ def annotate_predictions(results: Sequence[dict[str, Any]], out_dir: str | Path,
                 annotate_image(r["path"], top).save(out / name, quality=88)
             except (BadImageError, OSError) as e:
                 error, name = getattr(e, "reason", str(e)), ""
+        progress.advance()
         if error:
             failed.append((r["path"], error))
         for rank, p in enumerate(top, start=1):
@@ -102,6 +108,7 @@ def annotate_predictions(results: Sequence[dict[str, Any]], out_dir: str | Path,
                 f"<figcaption><b>{esc(first['label'])}</b> {first['probability']:.0%}<br>"
                 f'<span class="muted">{esc(Path(r["path"]).name)}</span></figcaption></figure>'
             )
+    progress.finish()
     write_rows(out / "predictions.csv", ["path", "rank", "label", "probability", "annotated"], rows)
     body = [f"<h1>{esc(title or 'headstart predictions')}</h1>",
             f"<p>{len(tiles):,} image(s) with their top-{max((len(r['predictions']) for r in results), default=0)} "

@@ -148,8 +148,9 @@ def predict(
         print(f"{len(bad)} of {len(results)} file(s) could not be read", file=sys.stderr)
     if annotate is not None:
         from .annotate import annotate_predictions
+        from .progress import ConsoleProgress
 
-        index = annotate_predictions(results, annotate, f"Predictions of {Path(model).name}")
+        index = annotate_predictions(results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress())
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
 
 
