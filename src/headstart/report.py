@@ -20,6 +20,7 @@ import base64
 import csv
 import html
 import json
+import os
 import time
 import traceback
 from collections import Counter
@@ -51,8 +52,8 @@ CALIBRATION_BINS = 10
 def save_predictions(run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> None:
     """The evaluated images with their labels, and the full probabilities for calibration/top-k."""
     rows = []
-    for p, t, pr in zip(paths, y, proba):
-        rows.append([p, classes[int(t)], classes[int(pr.argmax())], f"{pr.max():.4f}"])
+    for p, t, pr in zip(paths, y, proba):  # absolute paths: `headstart report` may run from elsewhere
+        rows.append([os.path.abspath(p), classes[int(t)], classes[int(pr.argmax())], f"{pr.max():.4f}"])
     write_rows(run_dir / PREDICTIONS_CSV, ["path", "label", "predicted", "probability"], rows)
     np.save(run_dir / PROBABILITIES_NPY, np.asarray(proba, dtype=np.float32), allow_pickle=False)
 
@@ -79,7 +80,7 @@ def save_map(
     write_rows(
         run_dir / MAP_CSV,
         ["path", "label", "split", "x", "y"],
-        [[paths[i], labels[i], splits[i], f"{x:.4f}", f"{y:.4f}"] for i, (x, y) in zip(idx, fmap.xy)],
+        [[os.path.abspath(paths[i]), labels[i], splits[i], f"{x:.4f}", f"{y:.4f}"] for i, (x, y) in zip(idx, fmap.xy)],
     )
     info = {
         "method": fmap.method,
@@ -142,8 +143,11 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _resolve(path: str, root: str | None) -> str:
+    """split.csv paths are relative to the data root; older prediction files to the working folder."""
     p = Path(path)
-    return str(p if p.is_absolute() or not root else Path(root) / p)
+    if p.is_absolute() or not root or not (Path(root) / p).exists():
+        return str(p)
+    return str(Path(root) / p)
 
 
 def load_run(run_dir: Path, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
