@@ -50,7 +50,7 @@ def annotate_image(path: str, predictions: Sequence[dict[str, Any]]) -> Image.Im
     img = decode_image(read_bytes(path), min_side=MAX_SIDE)
     img.thumbnail((MAX_SIDE, MAX_SIDE))
     width = max(img.width, 320)
-    size = 15
+    size = max(14, round(width / 20))  # legible when the contact sheet shows it at half size
     line = size + 10
     band = 10 + line * max(1, len(predictions))
     canvas = Image.new("RGB", (width, band + img.height), "white")
@@ -114,7 +114,7 @@ def annotate_predictions(
             f"<p>{len(tiles):,} image(s) with their top-{max((len(r['predictions']) for r in results), default=0)} "
             "predictions drawn on them; click one for the full size. All rows are in "
             "<code>predictions.csv</code>.</p>",
-            "<style>.tile.sheet{width:216px}.tile.sheet img{max-width:204px;max-height:260px}</style>",
+            "<style>.tile.sheet{width:272px}.tile.sheet img{max-width:260px;max-height:360px}</style>",
             f'<div class="grid">{"".join(tiles)}</div>']
     if failed:
         items = "".join(f"<li><code>{esc(p)}</code>: {esc(e)}</li>" for p, e in failed)
