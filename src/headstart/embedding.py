@@ -71,7 +71,9 @@ def embed_features(
     a single point sits at the origin.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown map method '{method}': choose tsne or pca")
+        from .errors import HeadstartError
+
+        raise HeadstartError(f"unknown map method '{method}': choose tsne or pca (or none for no map)")
     t0 = time.perf_counter()
     features = np.asarray(features, dtype=np.float32)
     n = len(features)
