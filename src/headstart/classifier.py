@@ -22,7 +22,7 @@ from .bundle import BUNDLE_SUFFIX, library_versions, load_bundle, save_bundle
 from .data import Dataset, Sample, assign_splits, discover
 from .errors import HeadstartError
 from .evaluation import classification_metrics, plot_confusion_matrix
-from .features import ExtractionResult, FeatureCache, FeatureExtractor
+from .features import ExtractionResult, FeatureCache, FeatureExtractor, default_cache_dir
 from .heads import make_head, restore_head
 from .images import is_image_name
 from .progress import ConsoleProgress, NullProgress
@@ -76,6 +76,7 @@ class ImageClassifier:
         verbose: bool = True,
         exclude: str | Path | Sequence[str] | None = None,
         check_data: bool = True,
+        report_map: str = "tsne",
     ) -> None:
         self.backbone = backbone
         self.weights = weights
@@ -92,6 +93,7 @@ class ImageClassifier:
         self.verbose = verbose
         self.exclude = exclude
         self.check_data = check_data
+        self.report_map = report_map  # map in RUN_DIR/report.html: tsne, pca or none
 
     # ------------------------------------------------------------------ plumbing
 
@@ -247,6 +249,7 @@ class ImageClassifier:
 
                 write_run_checks(run_dir, dataset, checks, splits, self.metrics_.get("data_checks"), excluded)
             timings["save"] = time.perf_counter() - t
+            timings["report"] = self._write_report(run_dir, self.test_, features[te], log)
         timings["total"] = time.perf_counter() - t_all
         self.metrics_["timings"] = timings
         if run_dir is not None:
@@ -307,6 +310,14 @@ class ImageClassifier:
             f"{self.metrics_[self.metrics_['evaluated_on']]['accuracy']:.3f})",
         )
         self.save(run_dir / f"model{BUNDLE_SUFFIX}")
+
+    def _write_report(self, run_dir: Path, test: dict[str, Any], features: np.ndarray, log: RunLog,
+                      metrics: dict[str, Any] | None = None) -> float:
+        """RUN_DIR/report.html (see headstart.report); returns the seconds it took."""
+        from .report import write_run_report
+
+        return write_run_report(run_dir, metrics or self.metrics_, test, features, self.report_map,
+                                self.seed, Path(self.cache_dir or default_cache_dir()), log)
 
     # ------------------------------------------------------------------ inference
 
@@ -406,6 +417,8 @@ class ImageClassifier:
             write_json(run_dir / "metrics.json", metrics)
             write_rows(run_dir / "skipped.csv", ["path", "reason", "stage"], skipped)
             plot_confusion_matrix(scores["confusion_matrix"], self.classes_, run_dir / "confusion_matrix.png")
+            test = {"paths": [s.path for s, good in zip(known, ok) if good], "y": y, "proba": proba}
+            self._write_report(run_dir, test, result.features[ok], log, metrics)
         return metrics
 
     def score(self, data: str | Path | Dataset) -> float:

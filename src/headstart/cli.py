@@ -156,6 +156,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
     cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+    annotate: Annotated[Optional[Path], typer.Option(help="Also save each image with its top-k drawn on it into this folder, plus index.html.")] = None,
 ) -> None:
     """Top-k labels with probabilities for each image."""
     from .classifier import load
@@ -189,6 +190,68 @@ def predict(
     bad = [r for r in results if r.get("error")]
     if bad:
         print(f"{len(bad)} of {len(results)} file(s) could not be read", file=sys.stderr)
+    if annotate is not None:
+        from .annotate import annotate_predictions
+        from .progress import ConsoleProgress
+
+        index = annotate_predictions(results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress())
+        print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+
+
+class MapMethod(str, Enum):
+    tsne = "tsne"
+    pca = "pca"
+
+
+class MapPoints(str, Enum):
+    test = "test"
+    all = "all"
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by train or evaluate.")],
+    method: Annotated[Optional[MapMethod], typer.Option(help="Recompute the feature map with this method (default: keep the saved map).")] = None,
+    points: Annotated[Optional[MapPoints], typer.Option(help="Map the test images or all images of the run (all: train, val and test).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the map.")] = 0,
+    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Rebuild RUN_DIR/report.html from the saved run files (no retraining)."""
+    import time
+
+    from .report import MAP_JSON, build_report, remap_run
+
+    if not run_dir.is_dir():
+        raise HeadstartError(f"run folder not found: {run_dir}")
+    t0 = time.perf_counter()
+    if method is not None or points is not None:
+        saved = json.loads((run_dir / MAP_JSON).read_text()) if (run_dir / MAP_JSON).is_file() else {}
+        info = remap_run(run_dir, (method or MapMethod(saved.get("method", "tsne"))).value,
+                         (points or MapPoints(saved.get("points", "test"))).value, seed, cache_dir, not quiet)
+        if not quiet:
+            print(f"feature map: {info['method']} of {info['n']} images in {info['seconds']:.1f}s", file=sys.stderr)
+    path = build_report(run_dir)
+    if not quiet:
+        print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
+@app.command()
+def embed(
+    data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for map.png, map.html and map.csv.")] = Path("runs/embed"),
+    backbone: Annotated[str, typer.Option(help="Any timm model name; the default works offline.")] = "tf_efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --backbone.")] = None,
+    method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = MapMethod.tsne,
+    labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
+    seed: Annotated[int, typer.Option()] = 0,
+    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """A 2-D map of every image's backbone features, coloured by class (features from the cache)."""
+    from .embedding import embed_map
+
+    embed_map(data, out, backbone, weights, method.value, labels_from, seed, cache_dir, not quiet)
 
 
 def main() -> None:

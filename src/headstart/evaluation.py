@@ -62,7 +62,9 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, t
     size = min(max(4.0, 0.55 * n + 2.5), 30.0)
     fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
     ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
-    names = [c if len(c) <= 24 else c[:22] + "…" for c in classes]
+    from .plots import axis_label  # shortened; "#i" where the font has no glyph (e.g. CJK)
+
+    names = [axis_label(c, i) for i, c in enumerate(classes)]
     ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")

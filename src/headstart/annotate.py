@@ -1,0 +1,124 @@
+"""``predict --annotate OUT_DIR``: each image saved with its top-k labels drawn on it, and a contact sheet.
+
+The Dogs tutorial's figure (the photo with its top-3 breeds as the title), for every image:
+``OUT_DIR/NNNN_name.jpg`` plus ``OUT_DIR/index.html`` (all of them on one page) and
+``OUT_DIR/predictions.csv``. The user's images are only read; copies are written to OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import BadImageError
+from .images import decode_image, read_bytes
+from .progress import NullProgress, ProgressSink
+from .report import esc, page
+from .runs import write_rows
+
+MAX_SIDE = 512
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans from matplotlib's own files: always present, wide Unicode coverage."""
+    from matplotlib import font_manager
+
+    try:
+        path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
+        return ImageFont.truetype(path, size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """Shorten ``text`` with an ellipsis until it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def annotate_image(path: str, predictions: Sequence[dict[str, Any]]) -> Image.Image:
+    """The photo (longest side 512 px) under a band listing the top-k labels with probability bars."""
+    img = decode_image(read_bytes(path), min_side=MAX_SIDE)
+    img.thumbnail((MAX_SIDE, MAX_SIDE))
+    width = max(img.width, 320)
+    size = max(14, round(width / 20))  # legible when the contact sheet shows it at half size
+    line = size + 10
+    band = 10 + line * max(1, len(predictions))
+    canvas = Image.new("RGB", (width, band + img.height), "white")
+    canvas.paste(img, ((width - img.width) // 2, band))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(size)
+    for rank, p in enumerate(predictions):
+        y = 6 + rank * line
+        prob = float(p["probability"])
+        bar = int((width - 16) * prob)
+        draw.rectangle([8, y, 8 + (width - 16), y + line - 4], fill="#eef1f4")
+        draw.rectangle([8, y, 8 + bar, y + line - 4], fill="#b7e1c1" if rank == 0 else "#d6e0ee")
+        label = f"{rank + 1}. {p['label']}"
+        pct = f"{prob:.1%}"
+        pct_w = draw.textlength(pct, font=font)
+        draw.text((14, y + 2), _fit(draw, label, font, int(width - 40 - pct_w)), fill="#111", font=font)
+        draw.text((width - 14 - pct_w, y + 2), pct, fill="#111", font=font)
+    return canvas
+
+
+def _output_name(i: int, path: str) -> str:
+    """Numbered, so two ``img.jpg`` from different folders never overwrite each other."""
+    return f"{i:04d}_{Path(path).stem[:80] or 'image'}.jpg"
+
+
+def annotate_predictions(
+    results: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "", progress: ProgressSink | None = None
+) -> Path:
+    """Write the annotated images, ``predictions.csv`` and the ``index.html`` contact sheet."""
+    progress = progress or NullProgress()
+    progress.start("annotating", len(results))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tiles, rows, failed = [], [], []
+    for i, r in enumerate(results):
+        top = r["predictions"]
+        error = r.get("error")
+        name = ""
+        if top:
+            try:
+                name = _output_name(i, r["path"])
+                annotate_image(r["path"], top).save(out / name, quality=88)
+            except (BadImageError, OSError) as e:
+                error, name = getattr(e, "reason", str(e)), ""
+        progress.advance()
+        if error:
+            failed.append((r["path"], error))
+        for rank, p in enumerate(top, start=1):
+            rows.append([r["path"], rank, p["label"], f"{p['probability']:.6f}", name])
+        if name:
+            first = top[0]
+            tiles.append(
+                f'<figure class="tile sheet" title="{esc(r["path"])}"><a href="{quote(name)}">'
+                f'<img alt="{esc(Path(r["path"]).name)}" src="{quote(name)}"></a>'
+                f"<figcaption><b>{esc(first['label'])}</b> {first['probability']:.0%}<br>"
+                f'<span class="muted">{esc(Path(r["path"]).name)}</span></figcaption></figure>'
+            )
+    progress.finish()
+    write_rows(out / "predictions.csv", ["path", "rank", "label", "probability", "annotated"], rows)
+    body = [f"<h1>{esc(title or 'headstart predictions')}</h1>",
+            f"<p>{len(tiles):,} image(s) with their top-{max((len(r['predictions']) for r in results), default=0)} "
+            "predictions drawn on them; click one for the full size. All rows are in "
+            "<code>predictions.csv</code>.</p>",
+            "<style>.tile.sheet{width:272px}.tile.sheet img{max-width:260px;max-height:360px}</style>",
+            f'<div class="grid">{"".join(tiles)}</div>']
+    if failed:
+        items = "".join(f"<li><code>{esc(p)}</code>: {esc(e)}</li>" for p, e in failed)
+        body.append(f"<h2>Could not be read ({len(failed)})</h2><ul>{items}</ul>")
+    index = out / "index.html"
+    index.write_text(page(title or "headstart predictions", "".join(body)), encoding="utf-8")
+    return index

@@ -1,0 +1,249 @@
+"""The report's figures, in one matplotlib style: titled, labelled, legible with many classes.
+
+Every function returns PNG bytes (the HTML report embeds them) and never shows a window.
+Class names are shortened for axes (the report's tables carry the full names); a name with
+characters the bundled font cannot draw is shown as its class number (``#12``) instead of
+empty boxes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 12,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": False,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "figure.constrained_layout.use": True,
+}
+SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B", "evaluated": "#54A24B"}
+MAX_HEATMAP_CLASSES = 30
+MAX_NAMED_BARS = 60
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def styled(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Run a figure function under STYLE without changing the caller's matplotlib settings."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> bytes:
+        with _plt().rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")  # constrained layout already fits labels: no second "tight" pass
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+@functools.cache
+def _drawable() -> frozenset[int]:
+    """Code points the default font (DejaVu Sans, shipped with matplotlib) can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def axis_label(name: str, index: int, width: int = 24) -> str:
+    """A class name as an axis can show it: shortened, or ``#index`` if the font lacks a glyph."""
+    drawable = _drawable()
+    if any(ord(ch) not in drawable for ch in name):
+        return f"#{index}"
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def class_colors(n: int) -> list:
+    """Distinct colours: tab10/tab20 for few classes, an evenly spaced hue wheel beyond."""
+    import matplotlib
+
+    if n <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    cmap = matplotlib.colormaps["hsv"]
+    return [cmap(i / n) for i in range(n)]
+
+
+@styled
+def class_distribution(counts: Mapping[str, Mapping[str, int]], classes: Sequence[str]) -> bytes:
+    """Images per class, stacked by split: named horizontal bars up to 60 classes; beyond, the
+    classes sorted by size as thin unnamed bars (the report's table has the names)."""
+    plt = _plt()
+    n = len(classes)
+    splits = [(s, np.array([c_.get(c, 0) for c in classes], dtype=float)) for s, c_ in counts.items()]
+    splits = [(s, v) for s, v in splits if v.any()]
+    named = n <= MAX_NAMED_BARS
+    order = np.arange(n) if named else np.argsort(-sum(v for _, v in splits), kind="stable")
+    if named:
+        fig, ax = plt.subplots(figsize=(8, max(2.2, 0.26 * n + 1.2)))
+    else:
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+    pos = np.arange(n)
+    base = np.zeros(n)
+    for split, values in splits:
+        values = values[order]
+        kwargs = {"color": SPLIT_COLORS.get(split, "#888"), "label": f"{split} ({int(values.sum())})"}
+        if named:
+            ax.barh(pos, values, left=base, **kwargs)
+        else:
+            ax.bar(pos, values, bottom=base, width=1.0, linewidth=0, **kwargs)
+        base += values
+    if named:
+        ax.set_yticks(pos, [axis_label(classes[i], i) for i in order], fontsize=9 if n <= 40 else 7)
+        ax.invert_yaxis()
+        ax.set_xlabel("images")
+        ax.grid(axis="x")
+        ax.set_title("Images per class and split")
+    else:
+        ax.set_xticks([])
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_xlabel(f"{n} classes, largest to smallest (names in the table below)")
+        ax.set_ylabel("images")
+        ax.grid(axis="y")
+        ax.set_title("Images per class and split")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="split")
+    return to_png(fig)
+
+
+@styled
+def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
+    """Accuracy and loss per epoch, train and validation, side by side."""
+    plt = _plt()
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, label, color in ((metric, "train", "#4C78A8"), (f"val_{metric}", "validation", "#F58518")):
+            values = [row.get(key, np.nan) for row in history]
+            if not np.all(np.isnan(np.asarray(values, dtype=float))):
+                ax.plot(epochs, values, marker="o", ms=3, label=label, color=color)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric.capitalize())
+        ax.grid(True)
+        ax.legend()
+    return to_png(fig)
+
+
+def most_confused_classes(cm: np.ndarray, limit: int = MAX_HEATMAP_CLASSES) -> list[int]:
+    """The ``limit`` classes with the most errors (as true or as predicted class), in class order."""
+    errors = cm.sum(axis=0) + cm.sum(axis=1) - 2 * np.diag(cm)
+    if len(cm) <= limit:
+        return list(range(len(cm)))
+    order = np.lexsort((np.arange(len(cm)), -errors))[:limit]
+    return sorted(int(i) for i in order)
+
+
+@styled
+def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int], normalised: bool) -> bytes:
+    """Counts, or row-normalised rates (recall on the diagonal), for the classes in ``keep``.
+
+    Shading is always the row-normalised rate, so small classes read as clearly as large ones.
+    """
+    plt = _plt()
+    sub = cm[np.ix_(keep, keep)].astype(float)
+    rows = cm[keep].sum(axis=1, keepdims=True).astype(float)  # whole row: rates stay true rates
+    rate = np.divide(sub, rows, out=np.zeros_like(sub), where=rows > 0)
+    n = len(keep)
+    side = min(max(4.0, 0.32 * n + 2.4), 11.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    names = [axis_label(classes[i], i) for i in keep]
+    font = 9 if n <= 15 else 8
+    image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
+                  rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Row-normalised (recall on the diagonal)" if normalised else "Counts")
+    if n <= 20:
+        values, fmt = (rate, "{:.0%}") if normalised else (sub, "{:.0f}")
+        for i in range(n):
+            for j in range(n):
+                if sub[i, j]:
+                    ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=font,
+                            color="white" if rate[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class")
+    return to_png(fig)
+
+
+@styled
+def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> bytes:
+    """Accuracy against confidence per bin (on the diagonal = well calibrated), with the counts."""
+    plt = _plt()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    acc = np.array([correct[which == b].mean() if counts[b] else np.nan for b in range(bins)])
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(5.2, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centers, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color="#4C78A8", label="accuracy")
+    ax.plot([0, 1], [0, 1], ls="--", color="#888", label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram")
+    ax.legend(loc="upper left")
+    ax_n.bar(centers, counts, width=1 / bins, edgecolor="white", color="#999")
+    ax_n.set_xlabel("confidence (top predicted probability)")
+    ax_n.set_ylabel("images")
+    ax_n.set_xlim(0, 1)
+    return to_png(fig)
+
+
+@styled
+def feature_map(xy: np.ndarray, labels: Sequence[int], classes: Sequence[str], title: str) -> bytes:
+    """Points coloured by class; a legend for up to 20 classes, names at class centres up to 60."""
+    plt = _plt()
+    n_classes = len(classes)
+    colors = class_colors(n_classes)
+    labels = np.asarray(labels, dtype=int)
+    wide = n_classes <= 20
+    fig, ax = plt.subplots(figsize=(9.5 if wide else 8, 7))
+    size = 14 if len(xy) < 2000 else 6
+    present = [c for c in range(n_classes) if (labels == c).any()]
+    order = np.random.default_rng(0).permutation(len(xy))  # no class always drawn on top
+    ax.scatter(xy[order, 0], xy[order, 1], s=size, c=[colors[labels[i]] for i in order], alpha=0.8, linewidths=0)
+    if wide:  # legend handles only: one empty scatter per class
+        for c in present:
+            ax.scatter([], [], s=size, color=colors[c], label=f"{axis_label(classes[c], c)} ({int((labels == c).sum())})")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, fontsize=9)
+    elif n_classes <= 60:
+        for c in range(n_classes):
+            mask = labels == c
+            if mask.any():
+                cx, cy = np.median(xy[mask], axis=0)
+                ax.text(cx, cy, axis_label(classes[c], c, 16), fontsize=7, ha="center", va="center",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.6, "lw": 0})
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[["left", "bottom"]].set_visible(False)
+    ax.set_title(title)
+    return to_png(fig)
