@@ -48,6 +48,9 @@ def save_bundle(
     full_meta = {"format": "headstart", "format_version": BUNDLE_FORMAT, **meta}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"headstart": json.dumps(full_meta)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model is shared like any file
     os.replace(tmp, path)
     return path
 
