@@ -166,6 +166,11 @@ def test_cli_finetune_bundle_predicts_like_the_trained_network(tmp_path):
     proba = loaded.predict_proba([r["path"] for r in rows])
     assert [loaded.classes_[i] for i in proba.argmax(1)] == [r["predicted"] for r in rows]
     assert np.allclose(proba.max(1), [float(r["probability"]) for r in rows], atol=2e-3)
-    # resume of a finished run's folder is refused only when no checkpoint exists
-    proc = subprocess.run([*CLI, "train", "--resume", str(tmp_path / "nothing")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    # user errors: one line, exit 2, before any work
+    for args, message in (
+        (["--resume", tmp_path / "nothing"], "no fine-tuning run to resume"),
+        ([data, "--strategy", "finetune", "--unfreeze", "middle", "--out", tmp_path / "x"], "--unfreeze"),
+        ([data, "--strategy", "finetune", "--augment", "wild", "--out", tmp_path / "x"], "--augment"),
+    ):
+        proc = subprocess.run([*CLI, "train", *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -86,6 +86,20 @@ class FineTuneClassifier(ImageClassifier):
             seed=self.seed,
         )
 
+    def _check_settings(self) -> None:
+        """Settings errors before any work (--unfreeze N is checked against the backbone later)."""
+        from .augment import PRESETS
+
+        if self.augment not in PRESETS:
+            raise HeadstartError(f"unknown --augment '{self.augment}': choose one of {', '.join(PRESETS)}")
+        if self.class_weight not in (None, "none", "balanced"):
+            raise HeadstartError(f"unknown --class-weight '{self.class_weight}': use balanced or none")
+        spec = str(self.unfreeze).lower()
+        if not (spec in ("head", "half", "all") or (spec.startswith("last:") and spec[5:].isdigit())):
+            raise HeadstartError(f"unknown --unfreeze '{self.unfreeze}': use head, last:N, half or all")
+        if self.epochs < 1:
+            raise HeadstartError("--epochs must be at least 1")
+
     def _strategy(self) -> str:
         return STRATEGY
 
@@ -95,6 +109,7 @@ class FineTuneClassifier(ImageClassifier):
         """As :meth:`ImageClassifier.fit`, plus fine-tuning; ``resume`` continues ``out_dir``'s run."""
         if self.head != "logistic":
             raise HeadstartError("fine-tuning starts from the linear probe: use --head logistic")
+        self._check_settings()
         if resume and (out_dir is None or not (Path(out_dir) / "checkpoints" / "last.pt").is_file()):
             raise HeadstartError(
                 f"no checkpoint to resume in {out_dir} (checkpoints/last.pt is missing: the run ended before "

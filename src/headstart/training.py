@@ -55,6 +55,7 @@ class FineTuneSettings:
     grad_clip: float = 1.0
     workers: int | None = None
     precision: str = "auto"  # auto (bf16 where the CPU has it), bf16 or fp32
+    threads: int | None = None  # torch threads; None: the cores not already busy (see compute_threads)
     seed: int = 0
 
 
@@ -156,6 +157,23 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
             return self.fc((features - self.feature_mean) / self.feature_scale)
 
     return Network()
+
+
+def compute_threads(threads: int | None = None) -> int:
+    """Torch threads for training: the cores not already busy.
+
+    On a shared machine, more threads than free cores is far slower than fewer (every small op
+    waits at a barrier for a descheduled thread: measured 2-10x here), so the default takes
+    the 1-minute load average off the core count, keeping at least one.
+    """
+    cores = os.cpu_count() or 1
+    if threads:
+        return max(1, int(threads))
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def resolve_precision(precision: str) -> str:
@@ -300,7 +318,7 @@ class FineTuner:
     def _workers(self) -> int:
         if self.settings.workers is not None:
             return max(0, int(self.settings.workers))
-        return min(2, os.cpu_count() or 1)
+        return max(1, min(4, (os.cpu_count() or 1) // 2))  # decoding is cheap next to training
 
     def _autocast(self) -> Any:
         import contextlib
@@ -368,6 +386,8 @@ class FineTuner:
         s = self.settings
         torch.manual_seed(s.seed)
         self.precision = resolve_precision(s.precision)
+        self.threads = compute_threads(s.threads)
+        torch.set_num_threads(self.threads)
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
         network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
@@ -430,115 +450,127 @@ class FineTuner:
             if best_path.is_file() and state["best_epoch"]:
                 best = {"val_loss": float(state["best_val_loss"]), "epoch": int(state["best_epoch"]),
                         "state": load_checkpoint(best_path)["network"]}
+            if deadline is not None:
+                deadline -= trained_s  # the budget covers the interrupted part too
             self.log(f"resuming from epoch {state['epoch']} of {s.epochs} (checkpoint {last})")
+        if ckpt_dir is not None and ckpt_dir.is_dir():
+            for leftover in ckpt_dir.glob(".*.tmp"):  # from a kill while writing: never a checkpoint
+                leftover.unlink(missing_ok=True)
 
         self.log(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
             f"trainable) for {s.epochs} epoch(s) on {len(train)} images, {self.precision}, {workers} loader "
-            f"worker(s), batch {s.batch_size}, lr {s.lr:g}, augment {s.augment}"
+            f"worker(s), {self.threads} torch thread(s), batch {s.batch_size}, lr {s.lr:g}, augment {s.augment}"
         )
         writer = self._tensorboard()
-        stopped = "completed"
-        epoch_times = [row["seconds"] for row in history]
-        for epoch in range(start_epoch, s.epochs + 1):
-            if deadline is not None and time.time() >= deadline:
-                stopped = "time_budget"
-                break
-            t0 = time.perf_counter()
-            sampler.epoch = epoch
-            torch.manual_seed(s.seed * 1_000_003 + epoch)  # dropout / drop-path of this epoch
-            set_train_mode(network)
-            progress = ConsoleProgress() if self.verbose else NullProgress()
-            progress.start(f"epoch {epoch}/{s.epochs}", len(train_set))
-            loss_sum, correct, seen, over_budget = 0.0, 0, 0, False
-            for pixels, labels in train_loader:
-                ok = labels >= 0
-                with self._autocast():
-                    logits = network(pixels).float()
-                if ok.any():
-                    loss = train_loss_fn(logits[ok], labels[ok])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if s.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for g in optimizer.param_groups for p in g["params"]], s.grad_clip
-                        )
-                    optimizer.step()
-                    k = int(ok.sum())
-                    loss_sum += float(loss.detach()) * k
-                    correct += int((logits.detach()[ok].argmax(1) == labels[ok]).sum())
-                    seen += k
-                scheduler.step()
-                progress.advance(len(labels))
+        try:
+            stopped = "completed"
+            epoch_times = [row["seconds"] for row in history]
+            for epoch in range(start_epoch, s.epochs + 1):
                 if deadline is not None and time.time() >= deadline:
-                    over_budget = True
+                    stopped = "time_budget"
                     break
-            progress.finish()
-            if over_budget:
-                stopped = "time_budget"
-                self.log(f"time budget reached during epoch {epoch}: that epoch is dropped, the best model kept")
-                break
-            train_s = time.perf_counter() - t0
-            val_loss, val_acc, _ = self._evaluate(network, val_loader, val_loss_fn)
-            seconds = time.perf_counter() - t0
-            row = {
-                "epoch": epoch,
-                "loss": loss_sum / max(seen, 1),
-                "accuracy": correct / max(seen, 1),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": len(train_set) / train_s if train_s > 0 else 0.0,
-                "seconds": seconds,
-            }
-            history.append(row)
-            epoch_times.append(seconds)
-            trained_s += seconds
-            improved = val_loss < best["val_loss"] - 1e-4
-            if improved:
-                best = {"val_loss": val_loss, "epoch": epoch, "state": _contiguous_state(network)}
-                waited = 0
-            else:
-                waited += 1
-            eta = (s.epochs - epoch) * float(np.mean(epoch_times))
-            self.log(
-                f"epoch {epoch}/{s.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
-                f"val_loss {val_loss:.4f} val_accuracy {val_acc:.4f} lr {row['lr']:.2e} "
-                f"{row['images_per_s']:.1f} img/s {seconds:.0f}s{' *best' if improved else ''}"
-                f"{f', ETA {_fmt_eta(eta)}' if epoch < s.epochs else ''}"
-            )
-            if writer is not None:
-                for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
-                    writer.add_scalar(key, row[key], epoch)
-                writer.flush()
-            if ckpt_dir is not None:
+                t0 = time.perf_counter()
+                sampler.epoch = epoch
+                torch.manual_seed(s.seed * 1_000_003 + epoch)  # dropout / drop-path of this epoch
+                set_train_mode(network)
+                progress = ConsoleProgress() if self.verbose else NullProgress()
+                progress.start(f"epoch {epoch}/{s.epochs}", len(train_set))
+                loss_sum, correct, seen, over_budget = 0.0, 0, 0, False
+                for pixels, labels in train_loader:
+                    ok = labels >= 0
+                    with self._autocast():
+                        logits = network(pixels).float()
+                    if ok.any():
+                        loss = train_loss_fn(logits[ok], labels[ok])
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if s.grad_clip:
+                            torch.nn.utils.clip_grad_norm_(
+                                [p for g in optimizer.param_groups for p in g["params"]], s.grad_clip
+                            )
+                        optimizer.step()
+                        k = int(ok.sum())
+                        loss_sum += float(loss.detach()) * k
+                        correct += int((logits.detach()[ok].argmax(1) == labels[ok]).sum())
+                        seen += k
+                    scheduler.step()
+                    progress.advance(len(labels))
+                    if deadline is not None and time.time() >= deadline:
+                        over_budget = True
+                        break
+                progress.finish()
+                if over_budget:
+                    stopped = "time_budget"
+                    self.log(f"time budget reached during epoch {epoch}: that epoch is dropped, the best model kept")
+                    break
+                train_s = time.perf_counter() - t0
+                val_loss, val_acc, _ = self._evaluate(network, val_loader, val_loss_fn)
+                seconds = time.perf_counter() - t0
+                row = {
+                    "epoch": epoch,
+                    "loss": loss_sum / max(seen, 1),
+                    "accuracy": correct / max(seen, 1),
+                    "val_loss": val_loss,
+                    "val_accuracy": val_acc,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": len(train_set) / train_s if train_s > 0 else 0.0,
+                    "seconds": seconds,
+                }
+                history.append(row)
+                epoch_times.append(seconds)
+                trained_s += seconds
+                improved = val_loss < best["val_loss"] - 1e-4
                 if improved:
-                    save_checkpoint(ckpt_dir / "best.pt", {"network": best["state"], "epoch": epoch})
-                save_checkpoint(
-                    ckpt_dir / "last.pt",
-                    {
-                        "epoch": epoch,
-                        "network": network.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "history": history,
-                        "best_val_loss": best["val_loss"],
-                        "best_epoch": best["epoch"],
-                        "waited": waited,
-                        "trained_s": trained_s,
-                        "fingerprint": fingerprint,
-                    },
+                    best = {"val_loss": val_loss, "epoch": epoch, "state": _contiguous_state(network)}
+                    waited = 0
+                else:
+                    waited += 1
+                eta = (s.epochs - epoch) * float(np.mean(epoch_times))
+                self.log(
+                    f"epoch {epoch}/{s.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
+                    f"val_loss {val_loss:.4f} val_accuracy {val_acc:.4f} lr {row['lr']:.2e} "
+                    f"{row['images_per_s']:.1f} img/s {seconds:.0f}s{' *best' if improved else ''}"
+                    f"{f', ETA {_fmt_eta(eta)}' if epoch < s.epochs else ''}"
                 )
-                self._write_history(history)
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(epoch, row)
-            if waited >= s.patience and epoch < s.epochs:
-                stopped = "early_stopping"
-                self.log(f"early stopping: val_loss has not improved for {waited} epoch(s)")
-                break
-        if writer is not None:
-            writer.close()
+                if writer is not None:
+                    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
+                        writer.add_scalar(key, row[key], epoch)
+                    writer.flush()
+                if ckpt_dir is not None:
+                    if improved:
+                        save_checkpoint(ckpt_dir / "best.pt", {"network": best["state"], "epoch": epoch})
+                    save_checkpoint(
+                        ckpt_dir / "last.pt",
+                        {
+                            "epoch": epoch,
+                            "network": network.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "history": history,
+                            "best_val_loss": best["val_loss"],
+                            "best_epoch": best["epoch"],
+                            "waited": waited,
+                            "trained_s": trained_s,
+                            "fingerprint": fingerprint,
+                        },
+                    )
+                    self._write_history(history)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(epoch, row)
+                if waited >= s.patience and epoch < s.epochs:
+                    stopped = "early_stopping"
+                    self.log(f"early stopping: val_loss has not improved for {waited} epoch(s)")
+                    break
+        except KeyboardInterrupt:
+            done = history[-1]["epoch"] if history else 0
+            hint = f"; continue with: headstart train --resume {self.run_dir}" if self.run_dir and done else ""
+            self.log(f"interrupted during epoch {done + 1}: {done} epoch(s) saved{hint}")
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
         if self.run_dir is not None:
             self._write_history(history)
 
@@ -559,6 +591,7 @@ class FineTuner:
             "settings": asdict(s),
             "precision": self.precision,
             "loader_workers": workers,
+            "torch_threads": self.threads,
             "trainable_groups": freeze_info["n_trainable_groups"],
             "block_groups": freeze_info["n_groups"],
             "trainable_backbone_params": freeze_info["trainable_params"],
@@ -605,6 +638,6 @@ def settings_fingerprint(settings: FineTuneSettings, train: Sequence[tuple[str, 
     """What must match for a checkpoint to be resumed: settings (but workers) and the training set."""
     import hashlib
 
-    spec = {k: v for k, v in asdict(settings).items() if k not in ("workers", "time_budget", "patience")}
+    spec = {k: v for k, v in asdict(settings).items() if k not in ("workers", "threads", "time_budget", "patience")}
     blob = json.dumps([spec, list(train), extra], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
