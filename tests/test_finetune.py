@@ -67,10 +67,16 @@ def test_unfreeze_specs_follow_timm_block_groups(tiny):
 
 def test_frozen_parts_and_their_batchnorm_do_not_move(tiny):
     original = {k: v.clone() for k, v in tiny["backbone"].model.state_dict().items()}
-    tuner = FineTuner(settings(unfreeze="last:1", lr=5e-3), log=quiet, verbose=False)
+    after_epoch = {}
+
+    def keep_state(_epoch, _row):  # the weights after the epoch, whether or not it beat the probe
+        after_epoch.update({k: v.clone() for k, v in tuner.network_.net.state_dict().items()})
+
+    tuner = FineTuner(settings(unfreeze="last:1", lr=5e-3, freeze_bn_stats=False), log=quiet, verbose=False,
+                      on_epoch_end=keep_state)
     result = tuner.fit(tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"],
                        tiny["val"], tiny["n"])
-    tuned = result.backbone_model.state_dict()
+    tuned = after_epoch
     last = block_groups(tiny["backbone"].model)[-1]  # parameter names of blocks.6 + conv_head/bn2
     trainable_modules = {name.rsplit(".", 1)[0] for name in last}
     changed = {k for k in tuned if not torch.equal(tuned[k], original[k])}
@@ -78,20 +84,29 @@ def test_frozen_parts_and_their_batchnorm_do_not_move(tiny):
     assert not changed & frozen_keys, sorted(changed & frozen_keys)[:5]
     assert {"bn1.running_mean", "blocks.5.0.bn1.running_var"} <= frozen_keys  # frozen BatchNorm stats
     assert set(last) <= changed  # every trainable parameter moved
-    assert {"bn2.running_mean", "blocks.6.0.bn1.running_var"} <= changed  # trainable BatchNorm updates
+    # with freeze_bn_stats=False the trainable part's BatchNorm statistics update
+    assert {"bn2.running_mean", "blocks.6.0.bn1.running_var"} <= changed
     # the pretrained backbone itself (and so the feature cache's key) is untouched
     assert all(torch.equal(v, original[k]) for k, v in tiny["backbone"].model.state_dict().items())
-    assert result.info["epochs_run"] == 1 and result.info["best_epoch"] == 1
+    assert result.info["epochs_run"] == 1 and result.info["best_epoch"] in (0, 1)
+    assert result.info["start_val"]["val_loss"] > 0
     assert result.head_arrays["coef"].shape == (3, tiny["backbone"].num_features)
 
 
 def test_head_only_keeps_the_whole_backbone(tiny):
     original = tiny["backbone"].model.state_dict()
-    tuner = FineTuner(settings(unfreeze="head", lr=1e-2), log=quiet, verbose=False)
+    seen = {}
+
+    def keep_state(_epoch, _row):
+        seen["net"] = {k: v.clone() for k, v in tuner.network_.net.state_dict().items()}
+        seen["fc"] = tuner.network_.fc.weight.detach().clone().numpy()
+
+    tuner = FineTuner(settings(unfreeze="head", lr=1e-2), log=quiet, verbose=False, on_epoch_end=keep_state)
     result = tuner.fit(tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"],
                        tiny["val"], tiny["n"])
-    assert all(torch.equal(v, original[k]) for k, v in result.backbone_model.state_dict().items())
-    assert not np.allclose(result.head_arrays["coef"], tiny["head"].coef)
+    for state in (seen["net"], result.backbone_model.state_dict()):
+        assert all(torch.equal(v, original[k]) for k, v in state.items())
+    assert not np.allclose(seen["fc"], tiny["head"].coef)
 
 
 class Interrupt(KeyboardInterrupt):
@@ -121,6 +136,9 @@ def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)
     sa, sb = full.backbone_model.state_dict(), resumed.backbone_model.state_dict()
+    # by default no BatchNorm statistics move at all, trainable parts included
+    original = tiny["backbone"].model.state_dict()
+    assert all(torch.equal(sa[k], original[k]) for k in sa if "running" in k)
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-4) for k in sa)
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
@@ -154,11 +172,14 @@ def test_cli_finetune_bundle_predicts_like_the_trained_network(tmp_path):
     ft = metrics["finetune"]
     assert ft["unfreeze"] == "last:1" and ft["epochs_run"] == 1 and ft["stopped_because"] == "completed"
     for f in ("model.safetensors", "history.csv", "split.csv", "skipped.csv", "test_predictions.csv",
-              "confusion_matrix.png", "checkpoints/last.pt", "checkpoints/best.pt", "finetune.json"):
+              "confusion_matrix.png", "checkpoints/last.pt", "finetune.json"):
         assert (run_dir / f).is_file(), f
+    assert (run_dir / "checkpoints" / "best.pt").is_file() == (ft["best_epoch"] > 0)
     # the tuned backbone has its own identity: its features never come from the pretrained cache
-    assert clf.backbone_.key != clf.probe_backbone_.key
-    assert metrics["backbone"]["weights_id"] != clf.probe_backbone_.weights_id
+    # (unless no epoch beat the probe, when the model is the probe and its backbone unchanged)
+    tuned = ft["best_epoch"] > 0
+    assert (clf.backbone_.key != clf.probe_backbone_.key) == tuned
+    assert (metrics["backbone"]["weights_id"] != clf.probe_backbone_.weights_id) == tuned
     # the bundle (loaded fresh, run by torch) gives the trained network's test probabilities
     rows = list(csv.DictReader(open(run_dir / "test_predictions.csv")))
     loaded = headstart.load(run_dir, engine="torch", verbose=False)

@@ -34,7 +34,7 @@ def _interpolation(data_config: dict[str, Any]) -> Any:
 def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
     """The named augmentation pipeline.
 
-    - ``default``: random resized crop (25-100% of the area) and horizontal flip;
+    - ``default``: random resized crop (35-100% of the area) and horizontal flip;
     - ``keras``: the Keras tutorials' ImageDataGenerator settings (rotation 40, shifts 0.2,
       shear 0.2, zoom 0.2, horizontal flip) on the resized, centre-cropped image;
     - ``randaugment`` / ``trivialaugment``: the default crop and flip, then that policy;
@@ -44,7 +44,7 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
 
     h, w = _size(data_config)
     interp = _interpolation(data_config)
-    crop = [v2.RandomResizedCrop((h, w), scale=(0.25, 1.0), interpolation=interp, antialias=True),
+    crop = [v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), interpolation=interp, antialias=True),
             v2.RandomHorizontalFlip()]
     if preset == "default":
         steps = crop

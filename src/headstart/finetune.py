@@ -54,6 +54,9 @@ class FineTuneClassifier(ImageClassifier):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.head_params is None:
+            # The probe is fitted on train only: validation must stay unseen to judge the epochs.
+            self.head_params = {"refit": False}
         self.unfreeze = unfreeze
         self.epochs = epochs
         self.lr = lr

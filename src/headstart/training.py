@@ -42,7 +42,7 @@ class FineTuneSettings:
     unfreeze: str = "last:2"
     epochs: int = 3
     lr: float = 1e-3  # the head's; backbone groups get less (see ``backbone_lr_scale``)
-    backbone_lr_scale: float = 0.3  # the top trainable group's lr relative to the head
+    backbone_lr_scale: float = 0.1  # the top trainable group's lr relative to the head
     layer_decay: float = 0.6  # each earlier group: times this
     batch_size: int = 32
     augment: str = "default"
@@ -53,6 +53,9 @@ class FineTuneSettings:
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of all steps
     grad_clip: float = 1.0
+    # BatchNorm statistics: frozen everywhere by default (Keras' advice for fine-tuning: small
+    # batches of augmented images make poor statistics); False updates them in trainable parts.
+    freeze_bn_stats: bool = True
     workers: int | None = None
     precision: str = "auto"  # auto (bf16 where the CPU has it), bf16 or fp32
     threads: int | None = None  # torch threads; None: the cores not already busy (see compute_threads)
@@ -112,10 +115,16 @@ def freeze(model: Any, spec: str) -> dict[str, Any]:
     }
 
 
-def set_train_mode(model: Any) -> None:
-    """Train mode only where something trains: frozen modules (and their BatchNorm) stay in eval."""
+def set_train_mode(model: Any, freeze_bn_stats: bool = False) -> None:
+    """Train mode only where something trains: frozen modules (and their BatchNorm) stay in eval;
+    with ``freeze_bn_stats`` every BatchNorm does (its affine weights still train)."""
+    import torch
+
     model.train()
     for module in model.modules():
+        if freeze_bn_stats and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            continue
         own = list(module.parameters(recurse=False))
         if own and not any(p.requires_grad for p in own):
             module.eval()
@@ -391,6 +400,7 @@ class FineTuner:
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
         network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
+        self.network_ = network
         _, h, w = data_config["input_size"]
         workers = self._workers()
 
@@ -447,6 +457,7 @@ class FineTuner:
             waited, trained_s = int(state["waited"]), float(state["trained_s"])
             start_epoch = int(state["epoch"]) + 1
             best_path = ckpt_dir / "best.pt"
+            best["val_loss"] = float(state["best_val_loss"])
             if best_path.is_file() and state["best_epoch"]:
                 best = {"val_loss": float(state["best_val_loss"]), "epoch": int(state["best_epoch"]),
                         "state": load_checkpoint(best_path)["network"]}
@@ -463,6 +474,12 @@ class FineTuner:
             f"trainable) for {s.epochs} epoch(s) on {len(train)} images, {self.precision}, {workers} loader "
             f"worker(s), {self.threads} torch thread(s), batch {s.batch_size}, lr {s.lr:g}, augment {s.augment}"
         )
+        if start_epoch == 1:
+            # The probe is the model to beat: a fine-tune that never improves val_loss keeps it.
+            val_loss, val_acc, _ = self._evaluate(network, val_loader, val_loss_fn)
+            best["val_loss"] = val_loss
+            self.start_ = {"val_loss": val_loss, "val_accuracy": val_acc}
+            self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
         writer = self._tensorboard()
         try:
             stopped = "completed"
@@ -474,7 +491,7 @@ class FineTuner:
                 t0 = time.perf_counter()
                 sampler.epoch = epoch
                 torch.manual_seed(s.seed * 1_000_003 + epoch)  # dropout / drop-path of this epoch
-                set_train_mode(network)
+                set_train_mode(network, s.freeze_bn_stats)
                 progress = ConsoleProgress() if self.verbose else NullProgress()
                 progress.start(f"epoch {epoch}/{s.epochs}", len(train_set))
                 loss_sum, correct, seen, over_budget = 0.0, 0, 0, False
@@ -599,14 +616,15 @@ class FineTuner:
             "epochs_requested": s.epochs,
             "epochs_run": len(history),
             "best_epoch": best["epoch"],
-            "best_val_loss": best["val_loss"] if best["epoch"] else None,
+            "best_val_loss": best["val_loss"],
             "stopped_because": stopped,
             "resumed_from_epoch": start_epoch - 1 if resume else None,
+            "start_val": getattr(self, "start_", None),
             "train_seconds": trained_s,
             "images_per_s": float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
         }
         if not best["epoch"]:
-            self.log("no epoch completed: the model is the linear probe on the pretrained backbone")
+            self.log("no epoch beat the linear probe on val_loss: the model is the probe on the pretrained backbone")
         return FineTuneResult(model, head_arrays, history, info)
 
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
