@@ -195,3 +195,17 @@ def test_cli_finetune_bundle_predicts_like_the_trained_network(tmp_path):
     ):
         proc = subprocess.run([*CLI, "train", *map(str, args)], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_time_budget_stops_cleanly_with_the_best_model(tiny, tmp_path):
+    import time
+
+    original = tiny["backbone"].model.state_dict()
+    result = FineTuner(settings(epochs=3, class_weight="balanced"), tmp_path / "run", log=quiet, verbose=False).fit(
+        tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"],
+        deadline=time.time(),
+    )
+    assert result.info["stopped_because"] == "time_budget" and result.info["epochs_run"] == 0
+    assert result.info["best_epoch"] == 0  # the probe, untouched
+    assert all(torch.equal(v, original[k]) for k, v in result.backbone_model.state_dict().items())
+    assert np.allclose(result.head_arrays["coef"], tiny["head"].coef)

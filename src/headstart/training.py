@@ -638,6 +638,7 @@ class FineTuner:
         from .runs import write_rows
 
         assert self.run_dir is not None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / ".history.csv.tmp"
         write_rows(tmp, HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
         os.replace(tmp, self.run_dir / "history.csv")
