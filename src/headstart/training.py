@@ -56,6 +56,9 @@ class FineTuneSettings:
     # BatchNorm statistics: frozen everywhere by default (Keras' advice for fine-tuning: small
     # batches of augmented images make poor statistics); False updates them in trainable parts.
     freeze_bn_stats: bool = True
+    # Keep the probe's own L2 penalty (scikit-learn's 1/(2 C n) ||W||^2) on the head, so training
+    # optimises the objective the probe was chosen with. (On flowers it did not stop val_loss rising.)
+    keep_probe_l2: bool = True
     workers: int | None = None
     precision: str = "auto"  # auto (bf16 where the CPU has it), bf16 or fp32
     threads: int | None = None  # torch threads; None: the cores not already busy (see compute_threads)
@@ -420,6 +423,8 @@ class FineTuner:
         train_loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=s.label_smoothing)
         val_loss_fn = torch.nn.CrossEntropyLoss()  # plain: what early stopping compares
 
+        c = getattr(head, "C", None)
+        l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
         optimizer = torch.optim.AdamW(self._param_groups(network, freeze_info["groups"]), weight_decay=s.weight_decay)
         steps_per_epoch = max(1, math.ceil(len(train_set) / s.batch_size))
         total_steps = steps_per_epoch * s.epochs
@@ -501,6 +506,8 @@ class FineTuner:
                         logits = network(pixels).float()
                     if ok.any():
                         loss = train_loss_fn(logits[ok], labels[ok])
+                        if l2:
+                            loss = loss + l2 * network.fc.weight.square().sum()
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         if s.grad_clip:
