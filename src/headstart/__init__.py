@@ -2,6 +2,7 @@
 
 from .classifier import ImageClassifier, load
 from .errors import HeadstartError
+from .finetune import FineTuneClassifier
 
 __version__ = "0.1.0"
-__all__ = ["ImageClassifier", "load", "HeadstartError", "__version__"]
+__all__ = ["ImageClassifier", "FineTuneClassifier", "load", "HeadstartError", "__version__"]

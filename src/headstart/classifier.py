@@ -206,7 +206,9 @@ class ImageClassifier:
         t = time.perf_counter()
         eval_split = "test" if (split_arr == "test").any() else "val"
         te = split_arr == eval_split
-        proba = head.predict_proba(features[te])
+        proba = self._second_stage(samples, features, split_arr, y, eval_split, run_dir, log, timings)
+        if proba is None:
+            proba = head.predict_proba(features[te])
         scores = classification_metrics(y[te], proba, classes, self.top_k)
         timings["evaluate"] = time.perf_counter() - t
 
@@ -257,6 +259,14 @@ class ImageClassifier:
             log(f"done in {timings['total']:.1f}s: {run_dir / ('model' + BUNDLE_SUFFIX)}, {run_dir / 'metrics.json'}")
         return self
 
+    def _second_stage(self, samples, features, split_arr, y, eval_split, run_dir, log, timings) -> np.ndarray | None:
+        """Hook after the head is fitted on features: fine-tuning (training.py) replaces the
+        backbone and head and returns its own ``eval_split`` probabilities; feature extraction: None."""
+        return None
+
+    def _strategy(self) -> str:
+        return getattr(self, "meta_", {}).get("strategy", STRATEGY)
+
     @staticmethod
     def _head_summary(info: dict[str, Any]) -> str:
         keep = {k: v for k, v in info.items() if k in ("C", "k", "best_epoch")}
@@ -271,7 +281,7 @@ class ImageClassifier:
             "per_class": scores["per_class"],
             "confusion_matrix": scores["confusion_matrix"],
             "backbone": self.backbone_.describe(),
-            "strategy": STRATEGY,
+            "strategy": self._strategy(),
             "head": {"name": self.head, "params": self.head_.params(), "fit": fit_info},
             "data": {
                 "source": str(dataset.root),
@@ -400,7 +410,7 @@ class ImageClassifier:
             "per_class": scores["per_class"],
             "confusion_matrix": scores["confusion_matrix"],
             "backbone": self.backbone_.describe(),
-            "strategy": STRATEGY,
+            "strategy": self._strategy(),
             "head": {"name": self.head, "params": self.head_.params()},
             "data": {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)},
             "timings": {
@@ -432,7 +442,7 @@ class ImageClassifier:
         self._check_fitted()
         meta = {
             "classes": self.classes_,
-            "strategy": STRATEGY,
+            "strategy": self._strategy(),
             "backbone": self.backbone_.describe(),
             "head": {"name": self.head, "params": self.head_.params()},
             "settings": {"seed": self.seed, "split": list(self.split), "top_k": self.top_k},

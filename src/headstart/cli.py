@@ -37,6 +37,11 @@ class HeadName(str, Enum):
     knn = "knn"
 
 
+class Strategy(str, Enum):
+    feature_extraction = "feature-extraction"
+    finetune = "finetune"
+
+
 class Engine(str, Enum):
     auto = "auto"
     openvino = "openvino"
@@ -65,17 +70,31 @@ def train(
     labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
     top_k: Annotated[int, typer.Option(help="k of the top-k accuracy.")] = 3,
     engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
-    batch_size: Annotated[int, typer.Option(help="Images per extraction batch.")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     exclude: Annotated[Optional[Path], typer.Option(help="Files to leave out: a text file of paths (one a line, # comments), a CSV with a path column, or the doctor's exclude.txt/doctor.json. Your files are not touched.")] = None,
     check_data: Annotated[bool, typer.Option("--check-data/--no-check-data", help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.")] = True,
+    strategy: Annotated[Strategy, typer.Option(help="feature-extraction (a head on cached features) or finetune (then train the backbone too).")] = Strategy.feature_extraction,
+    unfreeze: Annotated[str, typer.Option(help="finetune: head, last:N (block groups), half or all.")] = "last:2",
+    epochs: Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")] = 3,
+    lr: Annotated[float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")] = 1e-3,
+    augment: Annotated[str, typer.Option(help="finetune: default (crop+flip), keras, randaugment, trivialaugment or none.")] = "default",
+    class_weight: Annotated[str, typer.Option(help="finetune: none or balanced (for imbalanced classes).")] = "none",
+    patience: Annotated[int, typer.Option(help="finetune: epochs without a better val_loss before stopping.")] = 3,
+    time_budget: Annotated[Optional[float], typer.Option(help="finetune: wall-clock budget in minutes; stops cleanly with the best model.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="finetune: continue the interrupted run in this folder (DATA and options come from it).")] = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     from .classifier import ImageClassifier
     from .data import parse_split
 
-    clf = ImageClassifier(
+    if resume is not None:
+        from .finetune import resume_run
+
+        resume_run(resume, verbose=not quiet)
+        return
+    common = dict(
         backbone=backbone,
         weights=weights,
         head=head.value,
@@ -84,12 +103,21 @@ def train(
         labels_from=labels_from,
         top_k=top_k,
         engine=engine.value,
-        batch_size=batch_size,
         cache_dir=cache_dir,
         verbose=not quiet,
         exclude=exclude,
         check_data=check_data,
     )
+    if strategy is Strategy.finetune:
+        from .finetune import FineTuneClassifier
+
+        clf: ImageClassifier = FineTuneClassifier(
+            unfreeze=unfreeze, epochs=epochs, lr=lr, train_batch_size=batch_size or 32, augment=augment,
+            class_weight=None if class_weight == "none" else class_weight, patience=patience,
+            time_budget=time_budget * 60 if time_budget else None, **common,
+        )
+    else:
+        clf = ImageClassifier(batch_size=batch_size or 8, **common)
     clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
 
 

@@ -1,0 +1,211 @@
+"""Fine-tuning on tiny generated images, one or two short epochs: what trains, BatchNorm, resume, bundle."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_class_folders
+
+import headstart
+from headstart.backbones import create_backbone
+from headstart.errors import HeadstartError
+from headstart.heads import make_head
+from headstart.training import (
+    FineTuner,
+    FineTuneSettings,
+    block_groups,
+    load_checkpoint,
+    save_checkpoint,
+    trainable_groups,
+)
+
+CLI = [sys.executable, "-m", "headstart.cli"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """24 train / 6 val generated images, the default backbone and a probe head fitted on random features."""
+    root = make_class_folders(tmp_path_factory.mktemp("ft") / "colors", per_class=10)
+    files = sorted(root.rglob("*.jpg"))
+    classes = sorted({f.parent.name for f in files})
+    items = [(str(f), classes.index(f.parent.name)) for f in files]
+    backbone = create_backbone()
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 0.5, (30, backbone.num_features)).astype(np.float32)
+    y = np.array([label for _, label in items])
+    head = make_head("logistic", cs=(1.0,), refit=False)
+    head.fit(x, y, x, y, len(classes))
+    train = [it for i, it in enumerate(items) if i % 5]
+    val = [it for i, it in enumerate(items) if not i % 5]
+    small = {**backbone.data_config, "input_size": (3, 96, 96)}  # any size works; small is fast
+    return {"root": root, "backbone": backbone, "head": head, "train": train, "val": val, "n": len(classes),
+            "config": small}
+
+
+def settings(**kw):
+    base = dict(unfreeze="last:1", epochs=1, batch_size=8, workers=0, precision="fp32", seed=0)
+    return FineTuneSettings(**{**base, **kw})
+
+
+def quiet(_msg):
+    pass
+
+
+def test_unfreeze_specs_follow_timm_block_groups(tiny):
+    groups = block_groups(tiny["backbone"].model)
+    assert len(groups) == 8 and any("conv_stem" in n for n in groups[0]) and any("conv_head" in n for n in groups[-1])
+    assert [trainable_groups(s, 8) for s in ("head", "last:1", "last:3", "half", "all")] == [0, 1, 3, 4, 8]
+    for bad in ("last:0", "last:9", "middle", "last:x"):
+        with pytest.raises(HeadstartError):
+            trainable_groups(bad, 8)
+
+
+def test_frozen_parts_and_their_batchnorm_do_not_move(tiny):
+    original = {k: v.clone() for k, v in tiny["backbone"].model.state_dict().items()}
+    after_epoch = {}
+
+    def keep_state(_epoch, _row):  # the weights after the epoch, whether or not it beat the probe
+        after_epoch.update({k: v.clone() for k, v in tuner.network_.net.state_dict().items()})
+
+    tuner = FineTuner(settings(unfreeze="last:1", lr=5e-3, freeze_bn_stats=False), log=quiet, verbose=False,
+                      on_epoch_end=keep_state)
+    result = tuner.fit(tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"],
+                       tiny["val"], tiny["n"])
+    tuned = after_epoch
+    last = block_groups(tiny["backbone"].model)[-1]  # parameter names of blocks.6 + conv_head/bn2
+    trainable_modules = {name.rsplit(".", 1)[0] for name in last}
+    changed = {k for k in tuned if not torch.equal(tuned[k], original[k])}
+    frozen_keys = {k for k in tuned if k.rsplit(".", 1)[0] not in trainable_modules}
+    assert not changed & frozen_keys, sorted(changed & frozen_keys)[:5]
+    assert {"bn1.running_mean", "blocks.5.0.bn1.running_var"} <= frozen_keys  # frozen BatchNorm stats
+    assert set(last) <= changed  # every trainable parameter moved
+    # with freeze_bn_stats=False the trainable part's BatchNorm statistics update
+    assert {"bn2.running_mean", "blocks.6.0.bn1.running_var"} <= changed
+    # the pretrained backbone itself (and so the feature cache's key) is untouched
+    assert all(torch.equal(v, original[k]) for k, v in tiny["backbone"].model.state_dict().items())
+    assert result.info["epochs_run"] == 1 and result.info["best_epoch"] in (0, 1)
+    assert result.info["start_val"]["val_loss"] > 0
+    assert result.head_arrays["coef"].shape == (3, tiny["backbone"].num_features)
+
+
+def test_head_only_keeps_the_whole_backbone(tiny):
+    original = tiny["backbone"].model.state_dict()
+    seen = {}
+
+    def keep_state(_epoch, _row):
+        seen["net"] = {k: v.clone() for k, v in tuner.network_.net.state_dict().items()}
+        seen["fc"] = tuner.network_.fc.weight.detach().clone().numpy()
+
+    tuner = FineTuner(settings(unfreeze="head", lr=1e-2), log=quiet, verbose=False, on_epoch_end=keep_state)
+    result = tuner.fit(tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"],
+                       tiny["val"], tiny["n"])
+    for state in (seen["net"], result.backbone_model.state_dict()):
+        assert all(torch.equal(v, original[k]) for k, v in state.items())
+    assert not np.allclose(seen["fc"], tiny["head"].coef)
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
+    args = (tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"])
+    full = FineTuner(settings(epochs=2), tmp_path / "full", log=quiet, verbose=False).fit(*args, fingerprint="f")
+
+    def stop_after_first(epoch, _row):
+        if epoch == 1:
+            raise Interrupt
+
+    run = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        FineTuner(settings(epochs=2), run, log=quiet, verbose=False, on_epoch_end=stop_after_first).fit(
+            *args, fingerprint="f"
+        )
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    with pytest.raises(HeadstartError, match="different data or settings"):
+        FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(*args, resume=True, fingerprint="other")
+    resumed = FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(*args, resume=True, fingerprint="f")
+    assert resumed.info["resumed_from_epoch"] == 1 and resumed.info["epochs_run"] == 2
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    for a, b in zip(full.history, resumed.history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)
+    sa, sb = full.backbone_model.state_dict(), resumed.backbone_model.state_dict()
+    # by default no BatchNorm statistics move at all, trainable parts included
+    original = tiny["backbone"].model.state_dict()
+    assert all(torch.equal(sa[k], original[k]) for k in sa if "running" in k)
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-4) for k in sa)
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    with pytest.raises(HeadstartError, match="no checkpoint"):
+        FineTuner(settings(), tmp_path / "empty", log=quiet, verbose=False).fit(*args, resume=True)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def dies_midway(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_cli_finetune_bundle_predicts_like_the_trained_network(tmp_path):
+    data = make_class_folders(tmp_path / "photos", per_class=10)
+    run_dir = tmp_path / "run"
+    clf = headstart.FineTuneClassifier(
+        unfreeze="last:1", epochs=1, train_batch_size=8, loader_workers=1, precision="fp32", verbose=False
+    ).fit(data, out_dir=run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["strategy"] == "finetune"
+    ft = metrics["finetune"]
+    assert ft["unfreeze"] == "last:1" and ft["epochs_run"] == 1 and ft["stopped_because"] == "completed"
+    for f in ("model.safetensors", "history.csv", "split.csv", "skipped.csv", "test_predictions.csv",
+              "confusion_matrix.png", "checkpoints/last.pt", "finetune.json"):
+        assert (run_dir / f).is_file(), f
+    assert (run_dir / "checkpoints" / "best.pt").is_file() == (ft["best_epoch"] > 0)
+    # the tuned backbone has its own identity: its features never come from the pretrained cache
+    # (unless no epoch beat the probe, when the model is the probe and its backbone unchanged)
+    tuned = ft["best_epoch"] > 0
+    assert (clf.backbone_.key != clf.probe_backbone_.key) == tuned
+    assert (metrics["backbone"]["weights_id"] != clf.probe_backbone_.weights_id) == tuned
+    # the bundle (loaded fresh, run by torch) gives the trained network's test probabilities
+    rows = list(csv.DictReader(open(run_dir / "test_predictions.csv")))
+    loaded = headstart.load(run_dir, engine="torch", verbose=False)
+    assert loaded.meta_["strategy"] == "finetune"
+    proba = loaded.predict_proba([r["path"] for r in rows])
+    assert [loaded.classes_[i] for i in proba.argmax(1)] == [r["predicted"] for r in rows]
+    assert np.allclose(proba.max(1), [float(r["probability"]) for r in rows], atol=2e-3)
+    # user errors: one line, exit 2, before any work
+    for args, message in (
+        (["--resume", tmp_path / "nothing"], "no fine-tuning run to resume"),
+        ([data, "--strategy", "finetune", "--unfreeze", "middle", "--out", tmp_path / "x"], "--unfreeze"),
+        ([data, "--strategy", "finetune", "--augment", "wild", "--out", tmp_path / "x"], "--augment"),
+    ):
+        proc = subprocess.run([*CLI, "train", *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_time_budget_stops_cleanly_with_the_best_model(tiny, tmp_path):
+    import time
+
+    original = tiny["backbone"].model.state_dict()
+    result = FineTuner(settings(epochs=3, class_weight="balanced"), tmp_path / "run", log=quiet, verbose=False).fit(
+        tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"],
+        deadline=time.time(),
+    )
+    assert result.info["stopped_because"] == "time_budget" and result.info["epochs_run"] == 0
+    assert result.info["best_epoch"] == 0  # the probe, untouched
+    assert all(torch.equal(v, original[k]) for k, v in result.backbone_model.state_dict().items())
+    assert np.allclose(result.head_arrays["coef"], tiny["head"].coef)
