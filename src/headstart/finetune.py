@@ -77,8 +77,9 @@ class FineTuneClassifier(ImageClassifier):
         ]
         out = {n: getattr(self, n) for n in names}
         out["split"] = list(out["split"])
-        for key in ("weights", "cache_dir"):
-            out[key] = str(out[key]) if out[key] is not None else None
+        for key in ("weights", "cache_dir", "exclude"):
+            if isinstance(out.get(key), (str, Path)):
+                out[key] = str(Path(out[key]).expanduser().resolve()) if key == "exclude" else str(out[key])
         return out
 
     def settings(self) -> FineTuneSettings:
