@@ -75,6 +75,8 @@ def main() -> None:
             "stopped": ft.get("stopped_because", ""),
             "trainable": ft.get("trainable_backbone_params", 0),
             "images_per_s": ft.get("images_per_s"),
+            "start_val_accuracy": (ft.get("start_val") or {}).get("val_accuracy"),
+            "last_val_accuracy": ft["history"][-1]["val_accuracy"] if ft.get("history") else None,
             "wall_s": wall,
         })
         print(f"{config}: test accuracy {rows[-1]['test_accuracy']:.4f}, {wall:.0f}s", file=sys.stderr, flush=True)
@@ -83,14 +85,16 @@ def main() -> None:
         f"Data: {dataset.root} ({len(dataset.samples)} images{f', first {args.limit} per class' if args.limit else ''}), "
         f"seed {args.seed}, batch {args.batch_size}, lr {args.lr:g}, {os.cpu_count()} CPU cores.",
         "",
-        "| config | epochs (best) | trainable backbone params | train img/s | test accuracy | wall time |",
-        "|---|---|---|---|---|---|",
+        "| config | epochs (best; 0 = the probe kept) | trainable backbone params | train img/s | val accuracy: probe -> last epoch | test accuracy | wall time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ep = f"{r['epochs']} ({r['best_epoch']})" + (f" {r['stopped']}" if r["stopped"] not in ("", "completed") else "")
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
+        val = (f"{r['start_val_accuracy']:.4f} -> {r['last_val_accuracy']:.4f}"
+               if r.get("last_val_accuracy") is not None and r.get("start_val_accuracy") is not None else "-")
         lines.append(
-            f"| {r['config']} | {ep if r['config'] != 'probe' else '-'} | {r['trainable']:,} | {ips} | "
+            f"| {r['config']} | {ep if r['config'] != 'probe' else '-'} | {r['trainable']:,} | {ips} | {val} | "
             f"{r['test_accuracy']:.4f} (n={r['n_test']}) | {r['wall_s'] / 60:.1f} min |"
         )
     acc = {r["config"]: r["test_accuracy"] for r in rows}

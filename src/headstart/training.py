@@ -421,7 +421,10 @@ class FineTuner:
         elif s.class_weight not in (None, "none"):
             raise HeadstartError(f"unknown --class-weight '{s.class_weight}': use balanced or none")
         train_loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=s.label_smoothing)
-        val_loss_fn = torch.nn.CrossEntropyLoss()  # plain: what early stopping compares
+        # val_loss is the training objective on validation images (as Keras reports it), with the
+        # same label smoothing: with plain cross-entropy a smoothed model pays ~0.06 nats for its
+        # deliberately softer confidence and could never beat the (unsmoothed) probe it starts from.
+        val_loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
 
         c = getattr(head, "C", None)
         l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
