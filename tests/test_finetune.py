@@ -174,7 +174,8 @@ def test_cli_finetune_bundle_predicts_like_the_trained_network(tmp_path):
     for f in ("model.safetensors", "history.csv", "split.csv", "skipped.csv", "test_predictions.csv",
               "confusion_matrix.png", "checkpoints/last.pt", "finetune.json"):
         assert (run_dir / f).is_file(), f
-    assert (run_dir / "checkpoints" / "best.pt").is_file() == (ft["best_epoch"] > 0)
+    assert (run_dir / "checkpoints" / "best.pt").is_file()  # the best epoch, kept whatever the probe did
+    assert ft["probe_kept"] == (ft["best_epoch"] == 0)
     # the tuned backbone has its own identity: its features never come from the pretrained cache
     # (unless no epoch beat the probe, when the model is the probe and its backbone unchanged)
     tuned = ft["best_epoch"] > 0

@@ -443,7 +443,8 @@ class FineTuner:
 
         ckpt_dir = self.run_dir / CHECKPOINT_DIR if self.run_dir is not None else None
         history: list[dict[str, float]] = []
-        best = {"val_loss": float("inf"), "epoch": 0, "state": _contiguous_state(network)}
+        probe_state = _contiguous_state(network)
+        best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0, "state": probe_state}
         waited, start_epoch, trained_s = 0, 1, 0.0
         if resume:
             last = ckpt_dir / "last.pt" if ckpt_dir is not None else None
@@ -466,8 +467,11 @@ class FineTuner:
             start_epoch = int(state["epoch"]) + 1
             best_path = ckpt_dir / "best.pt"
             best["val_loss"] = float(state["best_val_loss"])
+            best["val_accuracy"] = float(state.get("best_val_accuracy", 0.0))
+            self.start_ = state.get("start_val")
             if best_path.is_file() and state["best_epoch"]:
                 best = {"val_loss": float(state["best_val_loss"]), "epoch": int(state["best_epoch"]),
+                        "val_accuracy": float(state.get("best_val_accuracy", 0.0)),
                         "state": load_checkpoint(best_path)["network"]}
             if deadline is not None:
                 deadline -= trained_s  # the budget covers the interrupted part too
@@ -483,9 +487,10 @@ class FineTuner:
             f"worker(s), {self.threads} torch thread(s), batch {s.batch_size}, lr {s.lr:g}, augment {s.augment}"
         )
         if start_epoch == 1:
-            # The probe is the model to beat: a fine-tune that never improves val_loss keeps it.
+            # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
+            # was fitted without label smoothing), so epochs compete on val_loss among themselves
+            # and the best one must then match the probe's val accuracy (see the end of fit).
             val_loss, val_acc, _ = self._evaluate(network, val_loader, val_loss_fn)
-            best["val_loss"] = val_loss
             self.start_ = {"val_loss": val_loss, "val_accuracy": val_acc}
             self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
         writer = self._tensorboard()
@@ -550,7 +555,8 @@ class FineTuner:
                 trained_s += seconds
                 improved = val_loss < best["val_loss"] - 1e-4
                 if improved:
-                    best = {"val_loss": val_loss, "epoch": epoch, "state": _contiguous_state(network)}
+                    best = {"val_loss": val_loss, "val_accuracy": val_acc, "epoch": epoch,
+                            "state": _contiguous_state(network)}
                     waited = 0
                 else:
                     waited += 1
@@ -577,7 +583,9 @@ class FineTuner:
                             "scheduler": scheduler.state_dict(),
                             "history": history,
                             "best_val_loss": best["val_loss"],
+                            "best_val_accuracy": best["val_accuracy"],
                             "best_epoch": best["epoch"],
+                            "start_val": getattr(self, "start_", None),
                             "waited": waited,
                             "trained_s": trained_s,
                             "fingerprint": fingerprint,
@@ -601,6 +609,14 @@ class FineTuner:
         if self.run_dir is not None:
             self._write_history(history)
 
+        start = getattr(self, "start_", None) or {}
+        kept_probe = bool(best["epoch"]) and best["val_accuracy"] < start.get("val_accuracy", 0.0)
+        if kept_probe:
+            self.log(
+                f"the best epoch ({best['epoch']}, val_accuracy {best['val_accuracy']:.4f}) is below the linear "
+                f"probe's val_accuracy {start['val_accuracy']:.4f}: the model is the probe on the pretrained backbone"
+            )
+            best = {**best, "epoch": 0, "state": probe_state}
         network.load_state_dict(best["state"])
         network.eval()
         self.network_ = network
@@ -627,14 +643,15 @@ class FineTuner:
             "epochs_run": len(history),
             "best_epoch": best["epoch"],
             "best_val_loss": best["val_loss"],
+            "probe_kept": kept_probe or not history,
             "stopped_because": stopped,
             "resumed_from_epoch": start_epoch - 1 if resume else None,
             "start_val": getattr(self, "start_", None),
             "train_seconds": trained_s,
             "images_per_s": float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
         }
-        if not best["epoch"]:
-            self.log("no epoch beat the linear probe on val_loss: the model is the probe on the pretrained backbone")
+        if not best["epoch"] and not kept_probe:
+            self.log("no epoch ran: the model is the linear probe on the pretrained backbone")
         return FineTuneResult(model, head_arrays, history, info)
 
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
