@@ -77,7 +77,7 @@ def train(
     check_data: Annotated[bool, typer.Option("--check-data/--no-check-data", help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.")] = True,
     strategy: Annotated[Strategy, typer.Option(help="feature-extraction (a head on cached features) or finetune (then train the backbone too).")] = Strategy.feature_extraction,
     unfreeze: Annotated[str, typer.Option(help="finetune: head, last:N (block groups), half or all.")] = "last:2",
-    epochs: Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")] = 3,
+    epochs: Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")] = 4,
     lr: Annotated[float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")] = 1e-3,
     augment: Annotated[str, typer.Option(help="finetune: default (crop+flip), keras, randaugment, trivialaugment or none.")] = "default",
     class_weight: Annotated[str, typer.Option(help="finetune: none or balanced (for imbalanced classes).")] = "none",

@@ -42,7 +42,7 @@ class FineTuneClassifier(ImageClassifier):
     def __init__(
         self,
         unfreeze: str = "last:2",
-        epochs: int = 3,
+        epochs: int = 4,
         lr: float = 1e-3,
         train_batch_size: int = 32,
         augment: str = "default",

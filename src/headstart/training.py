@@ -40,7 +40,7 @@ class FineTuneSettings:
     """Everything that decides a fine-tuning run (saved with the run, checked on resume)."""
 
     unfreeze: str = "last:2"
-    epochs: int = 3
+    epochs: int = 4
     lr: float = 1e-3  # the head's; backbone groups get less (see ``backbone_lr_scale``)
     backbone_lr_scale: float = 0.1  # the top trainable group's lr relative to the head
     layer_decay: float = 0.6  # each earlier group: times this
