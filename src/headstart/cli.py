@@ -42,6 +42,16 @@ class Strategy(str, Enum):
     finetune = "finetune"
 
 
+class MapMethod(str, Enum):
+    tsne = "tsne"
+    pca = "pca"
+
+
+class MapPoints(str, Enum):
+    test = "test"
+    all = "all"
+
+
 class Engine(str, Enum):
     auto = "auto"
     openvino = "openvino"
@@ -224,16 +234,6 @@ def predict(
 
         index = annotate_predictions(results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress())
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
-
-
-class MapMethod(str, Enum):
-    tsne = "tsne"
-    pca = "pca"
-
-
-class MapPoints(str, Enum):
-    test = "test"
-    all = "all"
 
 
 @app.command()
