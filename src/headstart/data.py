@@ -9,7 +9,9 @@ import csv
 import hashlib
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import urllib.request
 import zlib
 from collections import Counter
@@ -21,6 +23,7 @@ import numpy as np
 
 from .errors import HeadstartError
 from .images import is_image_name
+from .progress import ConsoleProgress, ProgressSink
 
 SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -380,29 +383,71 @@ def assign_splits(
 # --------------------------------------------------------------------------- flowers
 
 
-def fetch_flowers(cache_dir: Path) -> Path:
-    """Download (once) and unpack the TensorFlow flowers photos; checksum verified."""
+def fetch_flowers(
+    cache_dir: Path,
+    url: str = FLOWERS_URL,
+    sha256: str = FLOWERS_SHA256,
+    progress: ProgressSink | None = None,
+) -> Path:
+    """Download (once) and unpack the TensorFlow flowers photos; checksum verified.
+
+    The archive is fetched to a ``.part`` file and unpacked into a temporary folder that is
+    renamed into place, so an interrupted download or unpack is never mistaken for a done one.
+    """
     target = cache_dir / "datasets" / "flower_photos"
     if (target / "daisy").is_dir():
         return target
     archive = cache_dir / "datasets" / "flower_photos.tgz"
     archive.parent.mkdir(parents=True, exist_ok=True)
-    if not archive.exists() or _sha256(archive) != FLOWERS_SHA256:
+    if not archive.exists() or _sha256(archive) != sha256:
         part = archive.with_suffix(".part")
-        try:
-            print(f"downloading {FLOWERS_URL} (218 MiB)...", flush=True)
-            urllib.request.urlretrieve(FLOWERS_URL, part)
-        except OSError as e:
-            raise HeadstartError(
-                f"could not download the flowers photos ({e}); offline? pass a DATA folder instead"
-            ) from e
-        if _sha256(part) != FLOWERS_SHA256:
+        progress = progress or ConsoleProgress(unit="MiB")
+        _download(url, part, progress)
+        if _sha256(part) != sha256:
             part.unlink(missing_ok=True)
-            raise HeadstartError("downloaded flowers archive failed its checksum; try again")
+            raise HeadstartError(f"the archive downloaded from {url} failed its sha256 check; try again")
         part.replace(archive)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target.parent, filter="data")
+    unpacking = Path(tempfile.mkdtemp(prefix=".unpack-", dir=archive.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(unpacking, filter="data")
+            else:  # Python without tar filters: refuse members that would leave the folder
+                for member in tar.getmembers():
+                    if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
+                        raise HeadstartError(f"unsafe path in archive: {member.name}")
+                tar.extractall(unpacking)
+        unpacked = unpacking / "flower_photos"
+        if not (unpacked / "daisy").is_dir():
+            raise HeadstartError(f"{archive} does not hold flower_photos/daisy; delete it and try again")
+        if target.exists():  # a half-unpacked folder from an older version
+            shutil.rmtree(target)
+        unpacked.rename(target)
+    except tarfile.TarError as e:
+        raise HeadstartError(f"{archive} is damaged ({e}); delete it and try again") from e
+    finally:
+        shutil.rmtree(unpacking, ignore_errors=True)
     return target
+
+
+def _download(url: str, dest: Path, progress: ProgressSink) -> None:
+    """Stream ``url`` to ``dest`` in 1 MiB blocks with progress (MiB/s and ETA)."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            progress.start(f"downloading {url}", max(1, round(total / 2**20)))
+            got = shown = 0
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                got += len(block)
+                progress.advance(got // 2**20 - shown)
+                shown = got // 2**20
+            progress.finish()
+    except OSError as e:
+        dest.unlink(missing_ok=True)
+        raise HeadstartError(
+            f"could not download the flowers photos from {url} ({e}); offline? pass a DATA folder instead"
+        ) from e
 
 
 def _sha256(path: Path) -> str:

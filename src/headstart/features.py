@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,9 @@ class FeatureCache:
             try:
                 db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL never corrupts the file; a power cut may only lose the newest
+                # rows, which are recomputed. FULL would fsync every batch (~10% of a cold run).
+                db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS features (ns TEXT, key TEXT, dim INTEGER, "
                     "crc TEXT, data BLOB, PRIMARY KEY (ns, key))"
@@ -208,13 +211,25 @@ class Engine:
     def run(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    def _pad(self, pixels: np.ndarray) -> np.ndarray:
         n = len(pixels)
         if self.static_batch and n != self.static_batch:
             padded = np.zeros((self.static_batch, *pixels.shape[1:]), dtype=pixels.dtype)
             padded[:n] = pixels
-            return self.run(padded)[:n]
-        return self.run(pixels)
+            return padded
+        return pixels
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.run(self._pad(pixels))[: len(pixels)]
+
+    def stream(self, batches: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+        """Run ``(tag, pixels)`` batches, yielding ``(tag, features)`` in the same order.
+
+        This one runs them one after another; runtimes with asynchronous requests overlap
+        several batches, which keeps every core busy while Python decodes the next ones.
+        """
+        for tag, pixels in batches:
+            yield tag, self(pixels)
 
 
 class TorchEngine(Engine):
@@ -259,18 +274,56 @@ class OpenVinoEngine(Engine):
         core = ov.Core()
         caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.precision = "bf16" if "BF16" in caps else "fp32"
+        # THROUGHPUT: several single-threaded streams instead of one multi-threaded one, so
+        # no inference thread spins at a barrier while a decode thread holds its core
+        # (~15% more images/s end to end on 2 cores than LATENCY).
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
+            "PERFORMANCE_HINT": "THROUGHPUT",
             "CACHE_DIR": str(cache_dir / "openvino"),
         }
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.request = self.compiled.create_infer_request()
         self.static_batch = batch_size
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return np.array(self.request.infer({0: pixels})[0], dtype=np.float32, copy=True)
+
+    def stream(self, batches: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        done: dict[int, np.ndarray] = {}
+        lock = threading.Lock()
+
+        def finished(request: Any, seq: int) -> None:
+            out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            with lock:
+                done[seq] = out
+
+        queue.set_callback(finished)
+        waiting: deque[tuple[int, Any, int]] = deque()
+
+        def ready() -> Iterator[tuple[Any, np.ndarray]]:
+            while waiting:
+                seq, tag, n = waiting[0]
+                with lock:
+                    out = done.pop(seq, None)
+                if out is None:
+                    return
+                waiting.popleft()
+                yield tag, out[:n]
+
+        for seq, (tag, pixels) in enumerate(batches):
+            queue.start_async({0: self._pad(pixels)}, seq)  # blocks while all requests are busy
+            waiting.append((seq, tag, len(pixels)))
+            yield from ready()
+        queue.wait_all()
+        yield from ready()
+        if waiting:
+            raise RuntimeError("OpenVINO inference did not return every batch")
 
 
 def available_engines() -> list[str]:
@@ -486,22 +539,28 @@ class FeatureExtractor:
                     engine = engine_future.result()
                 t_engine = time.perf_counter()
                 self.progress.start(f"extracting {stage}", len(reps))
-                for batch in itertools.chain([first], batches):
-                    good = [(j, item) for j, item in batch if not isinstance(item, str)]
-                    for j, item in batch:
-                        if isinstance(item, str):
-                            for i in todo[hashes[reps[j]]]:
-                                errors[i] = item
-                    if good:
-                        out = engine(np.stack([item for _, item in good]))
-                        rows = []
-                        for (j, _), vec in zip(good, out):
-                            h = hashes[reps[j]]
-                            features[todo[h]] = vec
-                            rows.append((h, vec))
-                        self.cache.put_many(self.namespace, rows)
-                        extracted += len(good)
-                    self.progress.advance(len(batch))
+
+                def decoded() -> Iterator[tuple[tuple[list[int], int], np.ndarray]]:
+                    for batch in itertools.chain([first], batches):
+                        good = [(j, item) for j, item in batch if not isinstance(item, str)]
+                        for j, item in batch:
+                            if isinstance(item, str):
+                                for i in todo[hashes[reps[j]]]:
+                                    errors[i] = item
+                        if good:
+                            yield ([j for j, _ in good], len(batch)), np.stack([a for _, a in good])
+                        else:
+                            self.progress.advance(len(batch))
+
+                for (js, n_batch), out in engine.stream(decoded()):
+                    rows = []
+                    for j, vec in zip(js, out):
+                        h = hashes[reps[j]]
+                        features[todo[h]] = vec
+                        rows.append((h, vec))
+                    self.cache.put_many(self.namespace, rows)
+                    extracted += len(js)
+                    self.progress.advance(n_batch)
                 self.progress.finish()
             else:
                 t_engine = time.perf_counter()
