@@ -138,17 +138,23 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
+def _block_rows(n: int, budget: int = 8_000_000) -> int:
+    """Rows per block of an all-pairs computation so one block holds ~``budget`` floats."""
+    return max(16, min(1024, budget // max(n, 1)))
+
+
 def similar_pairs(
-    features: np.ndarray, threshold: float, k: int = NEIGHBOURS, block: int = 1024, max_pairs: int | None = None
+    features: np.ndarray, threshold: float, k: int = NEIGHBOURS, block: int | None = None, max_pairs: int | None = None
 ) -> tuple[list[tuple[int, int, float]] | None, np.ndarray, np.ndarray]:
     """Pairs (i < j) with cosine >= threshold, plus each row's k nearest neighbours.
 
-    Computed in row blocks, so memory stays at ``block x n`` floats however large the set.
+    Computed in row blocks of at most 8M similarities (32 MB), however large the set.
     More than ``max_pairs`` pairs (features that do not tell images apart, e.g. an untrained
     backbone) gives None instead of a list that would swallow the data set.
     """
     unit = _unit_rows(features)
     n = len(unit)
+    block = block or _block_rows(n)
     k = min(k, max(n - 1, 0))
     pairs: list[tuple[int, int, float]] | None = []
     nn_idx = np.zeros((n, k), dtype=np.int64)
@@ -177,8 +183,9 @@ def hash_pairs(hashes: Sequence[int | None], max_distance: int = HASH_DISTANCE) 
         return []
     bits = np.array([[(hashes[i] >> b) & 1 for b in range(64)] for i in idx], dtype=np.float32)
     out = []
-    for start in range(0, len(idx), 1024):
-        a = bits[start : start + 1024]
+    block = _block_rows(len(idx))
+    for start in range(0, len(idx), block):
+        a = bits[start : start + block]
         dist = a @ (1 - bits).T + (1 - a) @ bits.T
         ii, jj = np.nonzero(dist <= max_distance)
         out += [(idx[start + i], idx[j], int(dist[i, j])) for i, j in zip(ii, jj) if start + i < j]
