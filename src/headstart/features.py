@@ -483,10 +483,15 @@ class FeatureExtractor:
         t_start = time.perf_counter()
         errors: dict[int, str] = {}
         hashes: list[str | None] = [None] * n
-        with ThreadPoolExecutor(self.workers) as pool:
+        with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as builder:
             # 1. content hashes: the cache key of every image. A file whose size, mtime and
             #    inode are unchanged since it was last hashed is not read again (as git does).
             known = self.cache.known_hashes(paths)
+            # Files never hashed before are most likely not cached either: start exporting and
+            # compiling the network now, on its own thread, while they are hashed and decoded.
+            engine_future = None
+            if self._engine is None and len(known) < n:
+                engine_future = builder.submit(lambda: self.engine)
             futures: dict[int, Future] = {}
             fresh = []
             for i, p in enumerate(paths):
@@ -531,12 +536,12 @@ class FeatureExtractor:
             if reps:
                 # Built lazily (a warm run never exports or compiles), and on its own thread so
                 # the first batches decode while the network is exported and compiled.
-                with ThreadPoolExecutor(1) as builder:
+                if engine_future is None:
                     engine_future = builder.submit(lambda: self.engine)
-                    rep_paths = [paths[i] for i in reps]
-                    batches = self._batches(pool, rep_paths, prefetch=3 if self._engine else 12)
-                    first = next(batches)
-                    engine = engine_future.result()
+                rep_paths = [paths[i] for i in reps]
+                batches = self._batches(pool, rep_paths, prefetch=3 if engine_future.done() else 12)
+                first = next(batches)
+                engine = engine_future.result()
                 t_engine = time.perf_counter()
                 self.progress.start(f"extracting {stage}", len(reps))
 
