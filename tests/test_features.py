@@ -77,3 +77,24 @@ def test_engines_agree(tmp_path, backbone):
         np.linalg.norm(feats["openvino"], axis=1) * np.linalg.norm(feats["torch"], axis=1)
     )
     assert cos.min() > 0.99
+
+
+def test_asynchronous_batches_stay_aligned_with_their_paths(tmp_path, backbone):
+    """Many small batches in flight at once, a bad file mid-batch, a batch of only bad files
+    and a short last batch: every row still holds its own image's features."""
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
+    paths = [make_image(tmp_path / f"img{i}.png", colors[i % 6], i, size=(40 + 7 * i, 48)) for i in range(18)]
+    bad = []
+    for k in range(5):  # distinct bytes, so the cache does not fold them into one
+        (tmp_path / f"bad{k}.jpg").write_bytes(f"not an image {k}".encode())
+        bad.append(tmp_path / f"bad{k}.jpg")
+    # batches of 4: one bad file in batch 2, batch 3 only bad files, batch 6 short
+    order = paths[:5] + [bad[0]] + paths[5:7] + bad[1:5] + paths[7:]
+    ov = FeatureExtractor(backbone, FeatureCache(tmp_path / "ov"), engine="openvino", batch_size=4).extract(order)
+    ref = FeatureExtractor(backbone, FeatureCache(tmp_path / "t"), engine="torch", batch_size=4).extract(order)
+    assert sorted(ov.errors) == sorted(ref.errors) == [5, 8, 9, 10, 11]
+    good = ov.ok
+    a, b = ov.features[good], ref.features[good]
+    sims = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    assert (sims.argmax(1) == np.arange(len(a))).all()
+    assert sims.diagonal().min() > 0.99
