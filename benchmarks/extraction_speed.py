@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="folder of class sub-folders")
     parser.add_argument("--limit", type=int, default=800, help="images used (0 = all)")
     parser.add_argument("--engine", default="auto")
+    parser.add_argument("--batch-size", type=int, default=8, help="headstart's batch (train's default is 8)")
     args = parser.parse_args()
 
     from headstart.backbones import create_backbone
@@ -60,7 +61,9 @@ def main() -> None:
     base_s, base_feats = plain_pytorch(backbone, paths)
     with tempfile.TemporaryDirectory() as cache_dir:
         t0 = time.perf_counter()
-        ex = FeatureExtractor(backbone, FeatureCache(cache_dir), engine=args.engine, progress=NullProgress())
+        ex = FeatureExtractor(
+            backbone, FeatureCache(cache_dir), engine=args.engine, batch_size=args.batch_size, progress=NullProgress()
+        )
         res = ex.extract(paths)
         ours = time.perf_counter() - t0
         t0 = time.perf_counter()

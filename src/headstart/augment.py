@@ -36,7 +36,9 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
 
     - ``default``: random resized crop (35-100% of the area) and horizontal flip;
     - ``keras``: the Keras tutorials' ImageDataGenerator settings (rotation 40, shifts 0.2,
-      shear 0.2, zoom 0.2, horizontal flip) on the resized, centre-cropped image;
+      shear 0.2, zoom 0.2, horizontal flip) on the resized, centre-cropped image. Shear 0.2 is
+      read as radians (11.5 degrees), as the Keras of those tutorials did; Keras 2.2 and later
+      read it as 0.2 degrees, which hardly shears at all;
     - ``randaugment`` / ``trivialaugment``: the default crop and flip, then that policy;
     - ``none``: the eval transform (no augmentation).
     """

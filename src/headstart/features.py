@@ -418,7 +418,7 @@ class FeatureExtractor:
         backbone: Backbone,
         cache: FeatureCache | None = None,
         engine: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = 8,
         workers: int | None = None,
         progress: ProgressSink | None = None,
     ) -> None:
