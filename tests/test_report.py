@@ -23,7 +23,14 @@ from conftest import make_class_folders, make_image
 import headstart
 from headstart.embedding import embed_features
 from headstart.evaluation import classification_metrics
-from headstart.plots import axis_label, most_confused_classes
+from headstart.plots import (
+    axis_label,
+    class_distribution,
+    fallback_fonts,
+    feature_map,
+    font_file_for,
+    most_confused_classes,
+)
 from headstart.report import build_report, expected_calibration_error, write_run_report
 from headstart.runs import write_json, write_rows
 
@@ -187,7 +194,35 @@ def test_calibration_confusion_and_labels():
     cm[20, 3] = 2
     keep = most_confused_classes(cm, limit=30)
     assert len(keep) == 30 and {3, 7, 20} <= set(keep) and keep == sorted(keep)
-    assert axis_label("猫", 4) == "#4" and axis_label("x" * 40, 1).endswith("…")
+    assert axis_label("x" * 40, 1).endswith("…")
+    assert axis_label("猫", 4) == ("猫" if font_file_for("猫") else "#4")  # a CJK font where installed
+    assert axis_label("cat \U0010fffd", 4) == "#4"  # a private-use code point no font draws
+
+
+def test_cjk_class_names_use_an_installed_cjk_font(tmp_path):
+    """With a CJK font on the system (CI installs WenQuanYi), plots and annotated images draw
+    CJK class names with it: no missing-glyph boxes, no #n placeholders."""
+    import warnings
+
+    from PIL import Image
+
+    from headstart.annotate import _font, annotate_image
+
+    if not fallback_fonts():
+        pytest.skip("no CJK font installed (Debian: apt-get install fonts-wqy-microhei)")
+    classes = ["猫", "犬", "チューリップ"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = class_distribution({c: {"train": 3, "test": 1} for c in classes}, classes)
+        feature_map(np.random.default_rng(0).normal(size=(9, 2)), [0, 1, 2] * 3, classes, "map")
+    assert png.startswith(b"\x89PNG")
+    assert not [w for w in caught if "missing from" in str(w.message)]
+    assert all(axis_label(c, i) == c for i, c in enumerate(classes))
+    assert _font(20, "1. 猫").path == font_file_for("猫") != font_file_for("cat")
+    Image.new("RGB", (200, 150), "gray").save(tmp_path / "a.png")
+    img = annotate_image(str(tmp_path / "a.png"), [{"label": "猫", "probability": 0.9}])
+    band = np.asarray(img)[6:30, 14:60]
+    assert (band.min(axis=2) < 100).sum() > 20  # dark text pixels were drawn for the label
 
 
 def test_feature_map_cache_and_tiny_inputs(tmp_path):

@@ -25,15 +25,21 @@ MAX_SIDE = 512
 
 
 @functools.cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans from matplotlib's own files: always present, wide Unicode coverage."""
-    from matplotlib import font_manager
-
+def _font_file(path: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
-        path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
-        return ImageFont.truetype(path, size)
+        if path:
+            return ImageFont.truetype(path, size)
     except OSError:
-        return ImageFont.load_default()
+        pass
+    return ImageFont.load_default()
+
+
+def _font(size: int, text: str = "") -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans from matplotlib's own files (always present, wide coverage), or an installed
+    CJK font when ``text`` needs glyphs DejaVu lacks."""
+    from .plots import font_file_for
+
+    return _font_file(font_file_for(text) or font_file_for(""), size)
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
@@ -66,7 +72,8 @@ def annotate_image(path: str, predictions: Sequence[dict[str, Any]]) -> Image.Im
         label = f"{rank + 1}. {p['label']}"
         pct = f"{prob:.1%}"
         pct_w = draw.textlength(pct, font=font)
-        draw.text((14, y + 2), _fit(draw, label, font, int(width - 40 - pct_w)), fill="#111", font=font)
+        label_font = _font(size, label)
+        draw.text((14, y + 2), _fit(draw, label, label_font, int(width - 40 - pct_w)), fill="#111", font=label_font)
         draw.text((width - 14 - pct_w, y + 2), pct, fill="#111", font=font)
     return canvas
 

@@ -55,29 +55,30 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.asarray(cm, dtype=float)
-    rows = matrix.sum(axis=1, keepdims=True)
-    shade = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    n = len(classes)
-    size = min(max(4.0, 0.55 * n + 2.5), 30.0)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
-    ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
-    from .plots import axis_label  # shortened; "#i" where the font has no glyph (e.g. CJK)
+    from .plots import axis_label, style  # shortened names; CJK fonts where installed
 
-    names = [axis_label(c, i) for i, c in enumerate(classes)]
-    ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title or "Confusion matrix (test split)")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                            color="white" if shade[i, j] > 0.5 else "black", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with plt.rc_context({"font.family": style()["font.family"]}):
+        matrix = np.asarray(cm, dtype=float)
+        rows = matrix.sum(axis=1, keepdims=True)
+        shade = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+        n = len(classes)
+        size = min(max(4.0, 0.55 * n + 2.5), 30.0)
+        fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
+        ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
+        names = [axis_label(c, i) for i, c in enumerate(classes)]
+        ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+        ax.set_yticks(range(n), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title or "Confusion matrix (test split)")
+        if n <= 30:
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i, j]:
+                        ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                                color="white" if shade[i, j] > 0.5 else "black", fontsize=9)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
     return path

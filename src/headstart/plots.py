@@ -1,9 +1,10 @@
 """The report's figures, in one matplotlib style: titled, labelled, legible with many classes.
 
 Every function returns PNG bytes (the HTML report embeds them) and never shows a window.
-Class names are shortened for axes (the report's tables carry the full names); a name with
-characters the bundled font cannot draw is shown as its class number (``#12``) instead of
-empty boxes.
+Class names are shortened for axes (the report's tables carry the full names). Text is drawn
+in DejaVu Sans (shipped with matplotlib), falling back per glyph to an installed CJK font
+(Noto CJK, Source Han, WenQuanYi, IPA...) where the system has one; a name that no available
+font can draw is shown as its class number (``#12``) instead of empty boxes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,12 +45,44 @@ def _plt():
     return plt
 
 
+# Font families tried, in order, for glyphs DejaVu Sans lacks, and file-name hints to find
+# them on systems where matplotlib's font list predates their installation.
+FALLBACK_FAMILIES = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback", "IPAexGothic", "IPAGothic",
+    "Microsoft YaHei", "Yu Gothic", "Malgun Gothic", "Hiragino Sans", "PingFang SC", "Arial Unicode MS",
+)
+_FONT_FILE_HINTS = ("notosanscjk", "sourcehansans", "wqy", "droidsansfallback", "ipag", "ipaexg")
+
+
+@functools.cache
+def fallback_fonts() -> tuple[tuple[str, str], ...]:
+    """(family, file) of each installed fallback font, in FALLBACK_FAMILIES order."""
+    from matplotlib import font_manager
+
+    known = {f.name for f in font_manager.fontManager.ttflist}
+    if not known & set(FALLBACK_FAMILIES):
+        try:  # fonts installed after matplotlib built its font list
+            for path in font_manager.findSystemFonts():
+                if any(h in Path(path).name.lower().replace("-", "") for h in _FONT_FILE_HINTS):
+                    font_manager.fontManager.addfont(path)
+        except Exception:  # noqa: BLE001 - a font scan must never break a report
+            pass
+    by_name = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    return tuple((name, by_name[name]) for name in FALLBACK_FAMILIES if name in by_name)
+
+
+def style() -> dict[str, Any]:
+    """STYLE plus the font family list: DejaVu Sans first, then any installed fallbacks."""
+    return {**STYLE, "font.family": ["DejaVu Sans", *(name for name, _ in fallback_fonts())]}
+
+
 def styled(draw: Callable[..., bytes]) -> Callable[..., bytes]:
     """Run a figure function under STYLE without changing the caller's matplotlib settings."""
 
     @functools.wraps(draw)
     def wrapper(*args: Any, **kwargs: Any) -> bytes:
-        with _plt().rc_context(STYLE):
+        with _plt().rc_context(style()):
             return draw(*args, **kwargs)
 
     return wrapper
@@ -62,19 +96,40 @@ def to_png(fig) -> bytes:
 
 
 @functools.cache
-def _drawable() -> frozenset[int]:
-    """Code points the default font (DejaVu Sans, shipped with matplotlib) can draw."""
+def _charmaps() -> tuple[tuple[str, frozenset[int]], ...]:
+    """(font file, code points it draws) for DejaVu Sans and each installed fallback."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
-    return frozenset(FT2Font(path).get_charmap())
+    files = [font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))]
+    files += [path for _, path in fallback_fonts()]
+    out = []
+    for path in files:
+        try:
+            out.append((path, frozenset(FT2Font(path).get_charmap())))
+        except (OSError, RuntimeError):
+            continue
+    return tuple(out)
+
+
+def _drawable() -> frozenset[int]:
+    """Code points some available font can draw."""
+    return frozenset().union(*(chars for _, chars in _charmaps()))
+
+
+def font_file_for(text: str) -> str | None:
+    """The first font file (DejaVu Sans, then the fallbacks) that draws every character of ``text``."""
+    codes = {ord(ch) for ch in text if not ch.isspace()}
+    for path, chars in _charmaps():
+        if codes <= chars:
+            return path
+    return None
 
 
 def axis_label(name: str, index: int, width: int = 24) -> str:
-    """A class name as an axis can show it: shortened, or ``#index`` if the font lacks a glyph."""
+    """A class name as an axis can show it: shortened, or ``#index`` if no font has its glyphs."""
     drawable = _drawable()
-    if any(ord(ch) not in drawable for ch in name):
+    if any(ord(ch) not in drawable for ch in name if not ch.isspace()):
         return f"#{index}"
     return name if len(name) <= width else name[: width - 1] + "…"
 
