@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ def fallback_fonts() -> tuple[tuple[str, str], ...]:
         except Exception:  # noqa: BLE001 - a font scan must never break a report
             pass
     by_name = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    if set(by_name) & set(FALLBACK_FAMILIES):
+        # CJK fonts often come in one weight; bold titles then log "Failed to find font weight
+        # bold" for every figure, though the text renders (in the regular weight).
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     return tuple((name, by_name[name]) for name in FALLBACK_FAMILIES if name in by_name)
 
 
