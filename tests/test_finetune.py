@@ -210,3 +210,22 @@ def test_time_budget_stops_cleanly_with_the_best_model(tiny, tmp_path):
     assert result.info["best_epoch"] == 0  # the probe, untouched
     assert all(torch.equal(v, original[k]) for k, v in result.backbone_model.state_dict().items())
     assert np.allclose(result.head_arrays["coef"], tiny["head"].coef)
+
+
+def test_a_kept_probe_is_the_feature_extraction_model(tmp_path):
+    """When no epoch beats the probe (here: the time budget is spent before the first), the model
+    is exactly what --strategy feature-extraction gives: the probe refitted on train + val."""
+    data = make_class_folders(tmp_path / "photos", per_class=10)
+    tuned = headstart.FineTuneClassifier(
+        epochs=1, time_budget=1e-6, train_batch_size=8, loader_workers=1, precision="fp32", verbose=False
+    ).fit(data, out_dir=tmp_path / "ft")
+    plain = headstart.ImageClassifier(verbose=False).fit(data, out_dir=tmp_path / "fe")
+    ft = tuned.metrics_["finetune"]
+    assert ft["probe_kept"] and ft["probe_refit_on_train_val"] and ft["epochs_run"] == 0
+    assert tuned.metrics_["head"]["fit"]["refit_on_train_val"] is True
+    assert tuned.backbone_.key == plain.backbone_.key
+    np.testing.assert_allclose(tuned.head_.coef, plain.head_.coef, atol=1e-4)
+    np.testing.assert_allclose(tuned.test_["proba"], plain.test_["proba"], atol=1e-4)
+    loaded = headstart.load(tmp_path / "ft", verbose=False)
+    paths = tuned.test_["paths"]
+    np.testing.assert_allclose(loaded.predict_proba(paths), plain.predict_proba(paths), atol=1e-4)

@@ -23,7 +23,7 @@ from .backbones import Backbone
 from .classifier import ImageClassifier
 from .data import Dataset
 from .errors import HeadstartError
-from .heads import restore_head
+from .heads import LogisticHead, restore_head
 from .runs import write_json
 from .training import FineTuner, FineTuneSettings, settings_fingerprint
 
@@ -152,6 +152,25 @@ class FineTuneClassifier(ImageClassifier):
         timings["finetune"] = time.perf_counter() - t
         base = self.backbone_
         self.probe_backbone_ = base
+        self.history_ = result.history
+        self.finetune_ = {
+            **result.info,
+            "probe_accuracy": probe_accuracy,
+            "evaluated_on": eval_split,
+            "history": result.history,
+        }
+        if result.info.get("probe_kept"):
+            # No epoch beat the probe, so the model is the feature-extraction one. The probe was
+            # fitted on train only, to judge the epochs on unseen validation images; now it is
+            # refitted on train + validation with its chosen C, as `--strategy
+            # feature-extraction` does, so keeping the probe never gives a weaker model.
+            tr, va = split_arr == "train", split_arr == "val"
+            head = LogisticHead(cs=(self.head_.C,), refit=True)
+            head.fit(features[tr], y[tr], features[va], y[va], len(self.classes_))
+            self.head_ = head
+            self.finetune_["probe_refit_on_train_val"] = True
+            log(f"the model is the linear probe on the pretrained backbone, refitted on train + val (C={head.C})")
+            return head.predict_proba(features[te])
         # A new Backbone: its weights digest (and so its feature-cache key) is that of the tuned
         # weights, so its features never mix with the pretrained backbone's cached ones.
         self.backbone_ = Backbone(
@@ -164,18 +183,13 @@ class FineTuneClassifier(ImageClassifier):
         t = time.perf_counter()
         proba = tuner.predict_proba(items(eval_split), base.data_config)
         timings["finetune_evaluate"] = time.perf_counter() - t
-        self.history_ = result.history
-        self.finetune_ = {
-            **result.info,
-            "probe_accuracy": probe_accuracy,
-            "evaluated_on": eval_split,
-            "history": result.history,
-        }
         return proba
 
     def _metrics(self, *args: Any) -> dict[str, Any]:
         metrics = super()._metrics(*args)
         metrics["finetune"] = self.finetune_
+        if self.finetune_.get("probe_refit_on_train_val"):
+            metrics["head"]["fit"] = {**metrics["head"]["fit"], "refit_on_train_val": True}
         return metrics
 
 
