@@ -229,3 +229,21 @@ def test_a_kept_probe_is_the_feature_extraction_model(tmp_path):
     loaded = headstart.load(tmp_path / "ft", verbose=False)
     paths = tuned.test_["paths"]
     np.testing.assert_allclose(loaded.predict_proba(paths), plain.predict_proba(paths), atol=1e-4)
+
+
+def test_training_threads_leave_out_cores_other_programs_keep_busy(monkeypatch):
+    """The sample of the CPU counters decides, not the load average (which still counts this
+    run's own feature extraction)."""
+    import headstart.training as training
+
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # stale: must be ignored
+    monkeypatch.setattr(training.time, "sleep", lambda s: None)
+    for busy_jiffies, expected in ((0, 4), (100, 3), (260, 1), (400, 1)):
+        # 4 cores x 100 jiffies pass in the window; ``busy_jiffies`` of them by other programs
+        samples = iter([(1000.0, 5000.0), (1000.0 + busy_jiffies, 5400.0)])
+        monkeypatch.setattr(training, "_cpu_times", lambda s=samples: next(s))
+        assert training.compute_threads() == expected, busy_jiffies
+    monkeypatch.setattr(training, "_cpu_times", lambda: None)  # no /proc/stat: the load average
+    assert training.compute_threads() == 1
+    assert training.compute_threads(3) == 3  # an explicit count always wins
