@@ -171,21 +171,43 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
     return Network()
 
 
+def _usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat; None where there is none."""
+    """(busy, total) jiffies since boot of the CPUs this process may use, from /proc/stat;
+    None where there is no /proc/stat."""
+    cpus = _usable_cpus()
+    wanted = {f"cpu{i}" for i in cpus} if cpus is not None else {"cpu"}
+    busy = total = 0.0
     try:
         with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
+            for line in f:
+                name, *values = line.split()
+                if name not in wanted:
+                    continue
+                fields = [float(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+                idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+                busy += sum(fields) - idle
+                total += sum(fields)
+    except (OSError, ValueError, IndexError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (not guest: in user)
-    return total - idle, total
+    return (busy, total) if total > 0 else None
+
+
+def _core_count() -> int:
+    cpus = _usable_cpus()
+    return len(cpus) if cpus else (os.cpu_count() or 1)
 
 
 def busy_cores(sample_s: float = 0.5) -> float | None:
-    """How many cores other programs keep busy now, sampled over ``sample_s`` while this process
-    waits; None where /proc/stat is unavailable."""
+    """How many of this process's usable cores other programs keep busy now, sampled over
+    ``sample_s`` while this process waits; None where /proc/stat is unavailable."""
     first = _cpu_times()
     if first is None:
         return None
@@ -195,8 +217,7 @@ def busy_cores(sample_s: float = 0.5) -> float | None:
     own = time.process_time() - own
     if second is None or second[1] <= first[1]:
         return None
-    cores = os.cpu_count() or 1
-    wall = (second[1] - first[1]) / cores  # jiffies per core in the window
+    wall = (second[1] - first[1]) / _core_count()  # jiffies per core in the window
     busy = (second[0] - first[0]) / wall - own / max(sample_s, 1e-9)
     return max(0.0, busy)
 
@@ -211,7 +232,7 @@ def compute_threads(threads: int | None = None) -> int:
     feature extraction of the last minute, and halved the threads on an idle 2-core machine
     (25 instead of 35 images/s). Where there are no counters, the load average it is.
     """
-    cores = os.cpu_count() or 1
+    cores = _core_count()
     if threads:
         return max(1, int(threads))
     busy = busy_cores()
