@@ -426,7 +426,9 @@ class FeatureExtractor:
         self.cache = cache if cache is not None else FeatureCache()
         self.engine_name = resolve_engine(engine)
         self.batch_size = batch_size
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        # the CPUs this process may use (a container or taskset may allow fewer than exist)
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.workers = workers or max(1, usable or 1)
         self.progress = progress or NullProgress()
         self._preprocess: Preprocessor | None = None
         self._engine: Engine | None = None
