@@ -247,3 +247,20 @@ def test_training_threads_leave_out_cores_other_programs_keep_busy(monkeypatch):
     monkeypatch.setattr(training, "_cpu_times", lambda: None)  # no /proc/stat: the load average
     assert training.compute_threads() == 1
     assert training.compute_threads(3) == 3  # an explicit count always wins
+
+
+def test_tensorboard_gets_every_epoch_where_installed(tiny, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    result = FineTuner(settings(epochs=2, patience=5), run, log=quiet, verbose=False).fit(
+        tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"]
+    )
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "val_loss", "val_accuracy", "lr"} <= tags, tags
+    val_loss = [e.value for e in events.Scalars("val_loss")]
+    assert [e.step for e in events.Scalars("val_loss")] == [1, 2]
+    assert val_loss == pytest.approx([row["val_loss"] for row in result.history], rel=1e-5)
