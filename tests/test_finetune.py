@@ -236,7 +236,8 @@ def test_training_threads_leave_out_cores_other_programs_keep_busy(monkeypatch):
     run's own feature extraction)."""
     import headstart.training as training
 
-    monkeypatch.setattr(training, "_usable_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(training, "usable_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(training, "usable_core_count", lambda: 4)
     monkeypatch.setattr(training.os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # stale: must be ignored
     monkeypatch.setattr(training.time, "sleep", lambda s: None)
     for busy_jiffies, expected in ((0, 4), (100, 3), (260, 1), (400, 1)):

@@ -48,6 +48,20 @@ def _db_text(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on (a container or taskset may allow fewer than exist);
+    None where the OS does not say."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_core_count() -> int:
+    cpus = usable_cpus()
+    return len(cpus) if cpus else max(1, os.cpu_count() or 1)
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -426,9 +440,7 @@ class FeatureExtractor:
         self.cache = cache if cache is not None else FeatureCache()
         self.engine_name = resolve_engine(engine)
         self.batch_size = batch_size
-        # the CPUs this process may use (a container or taskset may allow fewer than exist)
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        self.workers = workers or max(1, usable or 1)
+        self.workers = workers or usable_core_count()
         self.progress = progress or NullProgress()
         self._preprocess: Preprocessor | None = None
         self._engine: Engine | None = None

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadImageError, HeadstartError
+from .features import usable_core_count, usable_cpus
 from .progress import ConsoleProgress, NullProgress, _fmt_eta
 
 CHECKPOINT_DIR = "checkpoints"
@@ -171,18 +172,10 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
     return Network()
 
 
-def _usable_cpus() -> list[int] | None:
-    """The CPUs this process may run on (a container or taskset may allow fewer than exist)."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
 def _cpu_times() -> tuple[float, float] | None:
     """(busy, total) jiffies since boot of the CPUs this process may use, from /proc/stat;
     None where there is no /proc/stat."""
-    cpus = _usable_cpus()
+    cpus = usable_cpus()
     wanted = {f"cpu{i}" for i in cpus} if cpus is not None else {"cpu"}
     busy = total = 0.0
     try:
@@ -200,11 +193,6 @@ def _cpu_times() -> tuple[float, float] | None:
     return (busy, total) if total > 0 else None
 
 
-def _core_count() -> int:
-    cpus = _usable_cpus()
-    return len(cpus) if cpus else (os.cpu_count() or 1)
-
-
 def busy_cores(sample_s: float = 0.5) -> float | None:
     """How many of this process's usable cores other programs keep busy now, sampled over
     ``sample_s`` while this process waits; None where /proc/stat is unavailable."""
@@ -217,7 +205,7 @@ def busy_cores(sample_s: float = 0.5) -> float | None:
     own = time.process_time() - own
     if second is None or second[1] <= first[1]:
         return None
-    wall = (second[1] - first[1]) / _core_count()  # jiffies per core in the window
+    wall = (second[1] - first[1]) / usable_core_count()  # jiffies per core in the window
     busy = (second[0] - first[0]) / wall - own / max(sample_s, 1e-9)
     return max(0.0, busy)
 
@@ -232,7 +220,7 @@ def compute_threads(threads: int | None = None) -> int:
     feature extraction of the last minute, and halved the threads on an idle 2-core machine
     (25 instead of 35 images/s). Where there are no counters, the load average it is.
     """
-    cores = _core_count()
+    cores = usable_core_count()
     if threads:
         return max(1, int(threads))
     busy = busy_cores()
