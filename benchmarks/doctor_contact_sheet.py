@@ -16,11 +16,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from headstart.images import decode_image, read_bytes
+from headstart.data.images import decode_image, read_bytes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("doctor_json", type=Path)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--columns", type=int, default=5)
@@ -37,8 +39,12 @@ def main() -> None:
         img.thumbnail((w, w))
         x, y = (k % args.columns) * (w + 10), (k // args.columns) * (w + 30)
         sheet.paste(img, (x, y))
-        draw.text((x, y + w + 4), f"#{k + 1} {issue['given_label']} -> {issue['suggested_label']}", fill="black")
-        print(f"#{k + 1}\t{issue['path']}\t{issue['given_label']} -> {issue['suggested_label']}\t{issue['evidence']}")
+        draw.text(
+            (x, y + w + 4), f"#{k + 1} {issue['given_label']} -> {issue['suggested_label']}", fill="black"
+        )
+        print(
+            f"#{k + 1}\t{issue['path']}\t{issue['given_label']} -> {issue['suggested_label']}\t{issue['evidence']}"
+        )
     sheet.save(args.out)
     print(f"written {args.out}")
 

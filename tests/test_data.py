@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from conftest import make_class_folders, make_image
 
-from headstart.data import assign_splits, discover, make_split
-from headstart.errors import HeadstartError
+from headstart.core.errors import HeadstartError
+from headstart.data.discovery import assign_splits, discover, make_split
 
 
 def test_class_folders_with_hidden_and_non_image_files(tmp_path):

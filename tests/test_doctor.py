@@ -16,21 +16,27 @@ import pytest
 from conftest import make_class_folders, tree_digest
 from PIL import Image
 
-from headstart.data import Sample, assign_splits, make_split
-from headstart.doctor import (
+from headstart.data.discovery import Sample, assign_splits, make_split
+from headstart.doctor.checks import (
     exclude_samples,
     find_duplicates,
     rank_label_issues,
     read_exclude_list,
 )
 
-CLI = [sys.executable, "-m", "headstart.cli"]
+CLI = [sys.executable, "-m", "headstart"]
 
 
 def run(*args, check=True):
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    proc = subprocess.run([*CLI, *map(os.fsdecode, args)], capture_output=True, text=True, timeout=300, env=env,
-                          errors="backslashreplace")
+    proc = subprocess.run(
+        [*CLI, *map(os.fsdecode, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        errors="backslashreplace",
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -112,7 +118,7 @@ def test_bad_input_battery_doctor_and_train(tmp_path):
     doc = json.loads((out / "doctor.json").read_text())
     assert {"bad_files", "duplicates", "label_issues", "class_counts"} <= set(doc)
     html = (out / "doctor.html").read_text()
-    assert "data:image/jpeg;base64," in html and "<img src=\"http" not in html  # one self-contained file
+    assert "data:image/jpeg;base64," in html and '<img src="http' not in html  # one self-contained file
 
     reported = {os.path.basename(b["path"]): b for b in doc["bad_files"]}
     for name, reason in errors.items():
@@ -135,22 +141,37 @@ def test_bad_input_battery_doctor_and_train(tmp_path):
     assert conflict["cross_class"] and conflict["labels"] == ["blue", "red"]
     assert doc["class_counts"]["green"] >= 8 and doc["imbalance"]["ratio"] >= 1
     # images that are odd but fine are used, nested ones under their class
-    assert not {"rotated.jpg", "cmyk.jpg", "sixteen.png", "palette.gif", "rgba.png", "inside.jpg", "nested.jpg",
-                "UPPER.PNG", "real_png.jpg"} & set(reported)
-    names = {os.path.basename(r["path"]) for r in csv.DictReader(open(out / "label_ranking.csv", encoding="utf-8",
-                                                                       errors="surrogateescape"))}
+    assert not {
+        "rotated.jpg",
+        "cmyk.jpg",
+        "sixteen.png",
+        "palette.gif",
+        "rgba.png",
+        "inside.jpg",
+        "nested.jpg",
+        "UPPER.PNG",
+        "real_png.jpg",
+    } & set(reported)
+    names = {
+        os.path.basename(r["path"])
+        for r in csv.DictReader(open(out / "label_ranking.csv", encoding="utf-8", errors="surrogateescape"))
+    }
     assert {"inside.jpg", "nested.jpg", "UPPER.PNG", "long_" + "x" * 230 + ".jpg"} <= names
     assert any(n.startswith("caf") and n.endswith("_latin1.jpg") for n in names)
 
     run_dir = tmp_path / "run"
     proc = run("train", data, "--out", run_dir)
     assert "Traceback" not in proc.stderr and "1 with conflicting labels" in proc.stderr
-    skipped = {os.path.basename(r["path"]): r["reason"]
-               for r in csv.DictReader(open(run_dir / "skipped.csv", encoding="utf-8", errors="surrogateescape"))}
+    skipped = {
+        os.path.basename(r["path"]): r["reason"]
+        for r in csv.DictReader(open(run_dir / "skipped.csv", encoding="utf-8", errors="surrogateescape"))
+    }
     for name, reason in errors.items():
         assert reason.split("-")[0] in skipped[name].replace("decompression-bomb", "decompression"), name
     assert {"loop", "up", ".hidden.jpg", ".DS_Store", "notes.txt"} <= set(skipped)
-    rows = list(csv.DictReader(open(run_dir / "duplicate_groups.csv", encoding="utf-8", errors="surrogateescape")))
+    rows = list(
+        csv.DictReader(open(run_dir / "duplicate_groups.csv", encoding="utf-8", errors="surrogateescape"))
+    )
     by_group: dict[str, set[str]] = {}
     for r in rows:
         by_group.setdefault(r["group"], set()).add(r["split"])
@@ -200,7 +221,9 @@ def test_group_aware_split_keeps_groups_and_old_split():
     assert grouped[val_i] == grouped[other_test] == "val"  # ...else to val
     assert sum(a != b for a, b in zip(plain, grouped)) <= 3
     # a group that would empty the validation split is left as drawn (training would fail)
-    every_val = [i for i, s in enumerate(plain) if s == "val"] + [i for i, s in enumerate(plain) if s == "train"][:9]
+    every_val = [i for i, s in enumerate(plain) if s == "val"] + [
+        i for i, s in enumerate(plain) if s == "train"
+    ][:9]
     assert make_split(labels, seed=4, groups=[every_val]) == plain
     # predefined splits are never changed; carving val from train keeps groups together
     samples = [Sample(f"{i}.jpg", labels[i], "test" if i % 10 == 0 else "train") for i in range(90)]
@@ -223,7 +246,7 @@ def test_rank_label_issues_confident_learning():
 
 def test_exclude_list_formats(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=4)
-    from headstart.data import discover
+    from headstart.data.discovery import discover
 
     ds = discover(root)
     txt = tmp_path / "x.txt"
@@ -242,7 +265,7 @@ def test_exclude_list_formats(tmp_path):
 def test_doctor_finds_flipped_labels_and_train_excludes_them(flowers_csv, tmp_path):
     """Three flower photos given a wrong label rank near the top; --exclude leaves them out."""
     import headstart
-    from headstart.doctor import diagnose, write_report
+    from headstart.doctor.checks import diagnose, write_report
 
     rows = flowers_csv.read_text().splitlines()
     flips = {1: "roses", 40: "sunflowers", 100: "daisy"}  # row -> wrong label (rows 1-30 are daisy...)
@@ -279,7 +302,7 @@ def test_exclude_errors_are_one_line(tmp_path, bad):
 
 
 def test_leak_across_predefined_splits_is_reported_not_moved():
-    from headstart.doctor import quick_check, report_dict
+    from headstart.doctor.checks import quick_check, report_dict
 
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(8, 16)).astype(np.float32)
@@ -294,6 +317,8 @@ def test_leak_across_predefined_splits_is_reported_not_moved():
     assert any("imbalance" in line for line in report.summary_lines())  # cat:dog is 3:1
     doc = report_dict(report)
     assert doc["summary"]["cross_split_groups"] == 1
-    assert doc["exclude_suggested"] == [{"path": "/d/test/cat/3.jpg", "reason": "leak: copy of a train image"}]
+    assert doc["exclude_suggested"] == [
+        {"path": "/d/test/cat/3.jpg", "reason": "leak: copy of a train image"}
+    ]
     given, _ = assign_splits(samples, groups=report.group_indices)
     assert given == splits  # the user's split is kept as given

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from headstart.data import discover, fetch_flowers
-from headstart.errors import HeadstartError
-from headstart.progress import NullProgress
+from headstart.core.errors import HeadstartError
+from headstart.core.progress import NullProgress
+from headstart.data.discovery import discover, fetch_flowers
 
 
 def _archive() -> bytes:

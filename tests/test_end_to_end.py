@@ -15,7 +15,7 @@ from PIL import Image
 
 import headstart
 
-CLI = [sys.executable, "-m", "headstart.cli"]
+CLI = [sys.executable, "-m", "headstart"]
 
 
 def run(*args, check=True):
@@ -75,12 +75,18 @@ def test_train_predict_evaluate_with_bad_files(tmp_path):
     assert {"gray.png", "cmyk.jpg", "palette.gif", "rgba.png", "sixteen.png", "rotated.jpg"} <= used
 
     model = run_dir / "model.safetensors"
-    out = json.loads(run("predict", model, data / "blue", data / "red" / "red_1.jpg", "--format", "json").stdout)
+    out = json.loads(
+        run("predict", model, data / "blue", data / "red" / "red_1.jpg", "--format", "json").stdout
+    )
     assert len(out) == 11
     assert all(len(r["predictions"]) == 3 for r in out)
     assert out[-1]["predictions"][0]["label"] == "red"
     assert abs(sum(p["probability"] for p in out[0]["predictions"]) - 1) < 1e-4
-    rows = list(csv.DictReader(io.StringIO(run("predict", model, data / "green", "-k", "2", "--format", "csv").stdout)))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(run("predict", model, data / "green", "-k", "2", "--format", "csv").stdout)
+        )
+    )
     assert len(rows) == 20 and rows[0]["rank"] == "1"
     table = run("predict", model, data / "red" / "zero.jpg", data / "red" / "red_2.jpg").stdout
     assert "red" in table and "skipped" in table

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, make_image
 
-from headstart.backbones import create_backbone
-from headstart.features import FeatureCache, FeatureExtractor
+from headstart.features.extractor import FeatureCache, FeatureExtractor
+from headstart.models.backbones import create_backbone
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def test_damaged_cache_entry_is_recomputed(tmp_path, backbone):
     cache = FeatureCache(tmp_path / "cache")
     good = FeatureExtractor(backbone, cache).extract(paths).features
     db = sqlite3.connect(cache.path)
-    db.execute("UPDATE features SET data = substr(data, 1, 100) WHERE rowid = (SELECT min(rowid) FROM features)")
+    db.execute(
+        "UPDATE features SET data = substr(data, 1, 100) WHERE rowid = (SELECT min(rowid) FROM features)"
+    )
     db.commit()
     db.close()
     again = FeatureExtractor(backbone, FeatureCache(tmp_path / "cache")).extract(paths)
@@ -59,7 +61,9 @@ def test_bad_files_are_reported_not_fatal(tmp_path, backbone):
     empty.write_bytes(b"")
     fake = tmp_path / "fake.jpg"
     fake.write_text("not an image")
-    res = FeatureExtractor(backbone, FeatureCache(tmp_path / "c")).extract([good, empty, fake, tmp_path / "gone.jpg"])
+    res = FeatureExtractor(backbone, FeatureCache(tmp_path / "c")).extract(
+        [good, empty, fake, tmp_path / "gone.jpg"]
+    )
     assert res.ok.tolist() == [True, False, False, False]
     assert "empty" in res.errors[1] and "not an image" in res.errors[2] and "not found" in res.errors[3]
 
@@ -90,8 +94,12 @@ def test_asynchronous_batches_stay_aligned_with_their_paths(tmp_path, backbone):
         bad.append(tmp_path / f"bad{k}.jpg")
     # batches of 4: one bad file in batch 2, batch 3 only bad files, batch 6 short
     order = paths[:5] + [bad[0]] + paths[5:7] + bad[1:5] + paths[7:]
-    ov = FeatureExtractor(backbone, FeatureCache(tmp_path / "ov"), engine="openvino", batch_size=4).extract(order)
-    ref = FeatureExtractor(backbone, FeatureCache(tmp_path / "t"), engine="torch", batch_size=4).extract(order)
+    ov = FeatureExtractor(backbone, FeatureCache(tmp_path / "ov"), engine="openvino", batch_size=4).extract(
+        order
+    )
+    ref = FeatureExtractor(backbone, FeatureCache(tmp_path / "t"), engine="torch", batch_size=4).extract(
+        order
+    )
     assert sorted(ov.errors) == sorted(ref.errors) == [5, 8, 9, 10, 11]
     good = ov.ok
     a, b = ov.features[good], ref.features[good]

@@ -12,10 +12,10 @@ import torch
 from conftest import make_class_folders
 
 import headstart
-from headstart.backbones import create_backbone
-from headstart.errors import HeadstartError
-from headstart.heads import make_head
-from headstart.training import (
+from headstart.core.errors import HeadstartError
+from headstart.models.backbones import create_backbone
+from headstart.models.heads import make_head
+from headstart.training.loop import (
     FineTuner,
     FineTuneSettings,
     block_groups,
@@ -24,7 +24,7 @@ from headstart.training import (
     trainable_groups,
 )
 
-CLI = [sys.executable, "-m", "headstart.cli"]
+CLI = [sys.executable, "-m", "headstart"]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,15 @@ def tiny(tmp_path_factory):
     train = [it for i, it in enumerate(items) if i % 5]
     val = [it for i, it in enumerate(items) if not i % 5]
     small = {**backbone.data_config, "input_size": (3, 96, 96)}  # any size works; small is fast
-    return {"root": root, "backbone": backbone, "head": head, "train": train, "val": val, "n": len(classes),
-            "config": small}
+    return {
+        "root": root,
+        "backbone": backbone,
+        "head": head,
+        "train": train,
+        "val": val,
+        "n": len(classes),
+        "config": small,
+    }
 
 
 def settings(**kw):
@@ -58,7 +65,11 @@ def quiet(_msg):
 
 def test_unfreeze_specs_follow_timm_block_groups(tiny):
     groups = block_groups(tiny["backbone"].model)
-    assert len(groups) == 8 and any("conv_stem" in n for n in groups[0]) and any("conv_head" in n for n in groups[-1])
+    assert (
+        len(groups) == 8
+        and any("conv_stem" in n for n in groups[0])
+        and any("conv_head" in n for n in groups[-1])
+    )
     assert [trainable_groups(s, 8) for s in ("head", "last:1", "last:3", "half", "all")] == [0, 1, 3, 4, 8]
     for bad in ("last:0", "last:9", "middle", "last:x"):
         with pytest.raises(HeadstartError):
@@ -72,10 +83,15 @@ def test_frozen_parts_and_their_batchnorm_do_not_move(tiny):
     def keep_state(_epoch, _row):  # the weights after the epoch, whether or not it beat the probe
         after_epoch.update({k: v.clone() for k, v in tuner.network_.net.state_dict().items()})
 
-    tuner = FineTuner(settings(unfreeze="last:1", lr=5e-3, freeze_bn_stats=False), log=quiet, verbose=False,
-                      on_epoch_end=keep_state)
-    result = tuner.fit(tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"],
-                       tiny["val"], tiny["n"])
+    tuner = FineTuner(
+        settings(unfreeze="last:1", lr=5e-3, freeze_bn_stats=False),
+        log=quiet,
+        verbose=False,
+        on_epoch_end=keep_state,
+    )
+    result = tuner.fit(
+        tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"]
+    )
     tuned = after_epoch
     last = block_groups(tiny["backbone"].model)[-1]  # parameter names of blocks.6 + conv_head/bn2
     trainable_modules = {name.rsplit(".", 1)[0] for name in last}
@@ -102,8 +118,9 @@ def test_head_only_keeps_the_whole_backbone(tiny):
         seen["fc"] = tuner.network_.fc.weight.detach().clone().numpy()
 
     tuner = FineTuner(settings(unfreeze="head", lr=1e-2), log=quiet, verbose=False, on_epoch_end=keep_state)
-    result = tuner.fit(tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"],
-                       tiny["val"], tiny["n"])
+    result = tuner.fit(
+        tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"]
+    )
     for state in (seen["net"], result.backbone_model.state_dict()):
         assert all(torch.equal(v, original[k]) for k, v in state.items())
     assert not np.allclose(seen["fc"], tiny["head"].coef)
@@ -115,7 +132,9 @@ class Interrupt(KeyboardInterrupt):
 
 def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
     args = (tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"])
-    full = FineTuner(settings(epochs=2), tmp_path / "full", log=quiet, verbose=False).fit(*args, fingerprint="f")
+    full = FineTuner(settings(epochs=2), tmp_path / "full", log=quiet, verbose=False).fit(
+        *args, fingerprint="f"
+    )
 
     def stop_after_first(epoch, _row):
         if epoch == 1:
@@ -128,8 +147,12 @@ def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
         )
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     with pytest.raises(HeadstartError, match="different data or settings"):
-        FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(*args, resume=True, fingerprint="other")
-    resumed = FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(*args, resume=True, fingerprint="f")
+        FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(
+            *args, resume=True, fingerprint="other"
+        )
+    resumed = FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(
+        *args, resume=True, fingerprint="f"
+    )
     assert resumed.info["resumed_from_epoch"] == 1 and resumed.info["epochs_run"] == 2
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     for a, b in zip(full.history, resumed.history):
@@ -141,7 +164,16 @@ def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
     assert all(torch.equal(sa[k], original[k]) for k in sa if "running" in k)
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-4) for k in sa)
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
+    assert list(rows[0]) == [
+        "epoch",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "images_per_s",
+        "seconds",
+    ]
     assert [r["epoch"] for r in rows] == ["1", "2"]
     with pytest.raises(HeadstartError, match="no checkpoint"):
         FineTuner(settings(), tmp_path / "empty", log=quiet, verbose=False).fit(*args, resume=True)
@@ -171,8 +203,16 @@ def test_cli_finetune_bundle_predicts_like_the_trained_network(tmp_path):
     assert metrics["strategy"] == "finetune"
     ft = metrics["finetune"]
     assert ft["unfreeze"] == "last:1" and ft["epochs_run"] == 1 and ft["stopped_because"] == "completed"
-    for f in ("model.safetensors", "history.csv", "split.csv", "skipped.csv", "test_predictions.csv",
-              "confusion_matrix.png", "checkpoints/last.pt", "finetune.json"):
+    for f in (
+        "model.safetensors",
+        "history.csv",
+        "split.csv",
+        "skipped.csv",
+        "test_predictions.csv",
+        "confusion_matrix.png",
+        "checkpoints/last.pt",
+        "finetune.json",
+    ):
         assert (run_dir / f).is_file(), f
     assert (run_dir / "checkpoints" / "best.pt").is_file()  # the best epoch, kept whatever the probe did
     assert ft["probe_kept"] == (ft["best_epoch"] == 0)
@@ -202,8 +242,15 @@ def test_time_budget_stops_cleanly_with_the_best_model(tiny, tmp_path):
     import time
 
     original = tiny["backbone"].model.state_dict()
-    result = FineTuner(settings(epochs=3, class_weight="balanced"), tmp_path / "run", log=quiet, verbose=False).fit(
-        tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"],
+    result = FineTuner(
+        settings(epochs=3, class_weight="balanced"), tmp_path / "run", log=quiet, verbose=False
+    ).fit(
+        tiny["backbone"].model,
+        tiny["config"],
+        tiny["head"],
+        tiny["train"],
+        tiny["val"],
+        tiny["n"],
         deadline=time.time(),
     )
     assert result.info["stopped_because"] == "time_budget" and result.info["epochs_run"] == 0
@@ -234,7 +281,7 @@ def test_a_kept_probe_is_the_feature_extraction_model(tmp_path):
 def test_training_threads_leave_out_cores_other_programs_keep_busy(monkeypatch):
     """The sample of the CPU counters decides, not the load average (which still counts this
     run's own feature extraction)."""
-    import headstart.training as training
+    import headstart.training.loop as training
 
     monkeypatch.setattr(training, "usable_cpus", lambda: [0, 1, 2, 3])
     monkeypatch.setattr(training, "usable_core_count", lambda: 4)

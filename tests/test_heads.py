@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from headstart.heads import make_head, restore_head
+from headstart.models.heads import make_head, restore_head
 
 
 def blobs(n_per=40, d=32, k=3, seed=0):

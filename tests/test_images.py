@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.errors import BadImageError
-from headstart.images import Preprocessor, decode_image, is_image_name
+from headstart.core.errors import BadImageError
+from headstart.data.images import Preprocessor, decode_image, is_image_name
 
 LITE0 = {
     "input_size": (3, 224, 224),
@@ -25,7 +25,17 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("L", "PNG"), ("CMYK", "JPEG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("1", "BMP"), ("RGB", "WEBP"), ("RGB", "TIFF"), ("P", "GIF")],
+    [
+        ("L", "PNG"),
+        ("CMYK", "JPEG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("1", "BMP"),
+        ("RGB", "WEBP"),
+        ("RGB", "TIFF"),
+        ("P", "GIF"),
+    ],
 )
 def test_every_mode_becomes_rgb(mode, fmt):
     img = Image.new("RGB", (30, 20), (10, 120, 240)).convert(mode)

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import make_class_folders
 
 import headstart
-from headstart.progress import ConsoleProgress
+from headstart.core.progress import ConsoleProgress
 
 
 def test_progress_lines_show_rate_and_eta():

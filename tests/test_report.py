@@ -21,9 +21,10 @@ import pytest
 from conftest import make_class_folders, make_image
 
 import headstart
-from headstart.embedding import embed_features
-from headstart.evaluation import classification_metrics
-from headstart.plots import (
+from headstart.core.io import write_json, write_rows
+from headstart.evaluation.metrics import classification_metrics
+from headstart.reporting.maps import embed_features
+from headstart.reporting.plots import (
     axis_label,
     class_distribution,
     fallback_fonts,
@@ -31,10 +32,9 @@ from headstart.plots import (
     font_file_for,
     most_confused_classes,
 )
-from headstart.report import build_report, expected_calibration_error, write_run_report
-from headstart.runs import write_json, write_rows
+from headstart.reporting.run_report import build_report, expected_calibration_error, write_run_report
 
-CLI = [sys.executable, "-m", "headstart.cli"]
+CLI = [sys.executable, "-m", "headstart"]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -49,13 +49,25 @@ def open_in_browser(html: Path, screenshot: Path | None = None, size=(1280, 2000
     """Load the page in headless Chromium; returns the page-check marker the page's script wrote."""
     if not CHROMIUM.exists():
         if os.environ.get("HEADSTART_SKIP_BROWSER") == "1":
-            pytest.skip("HEADSTART_SKIP_BROWSER=1 and /usr/bin/chromium is missing (apt-get install chromium)")
+            pytest.skip(
+                "HEADSTART_SKIP_BROWSER=1 and /usr/bin/chromium is missing (apt-get install chromium)"
+            )
         pytest.fail("/usr/bin/chromium is missing: apt-get install -y chromium (or HEADSTART_SKIP_BROWSER=1)")
     with tempfile.TemporaryDirectory() as profile:
-        base = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-                f"--window-size={size[0]},{size[1]}"]
+        base = [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            f"--window-size={size[0]},{size[1]}",
+        ]
         url = html.resolve().as_uri()
         dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
         if screenshot is not None:
@@ -90,7 +102,9 @@ def synthetic_run(root: Path, n_classes: int, seed: int = 0, history: bool = Fal
     HTML; a few file names are long/non-ASCII real images, the rest are missing files.
     """
     rng = np.random.default_rng(seed)
-    classes = sorted([f"class {i:03d}" for i in range(n_classes - len(SPECIAL))] + SPECIAL[: max(0, n_classes - 2)])
+    classes = sorted(
+        [f"class {i:03d}" for i in range(n_classes - len(SPECIAL))] + SPECIAL[: max(0, n_classes - 2)]
+    )
     classes = classes[:n_classes]
     data = root / "data"
     rows, test = [], []
@@ -125,12 +139,20 @@ def synthetic_run(root: Path, n_classes: int, seed: int = 0, history: bool = Fal
     run_dir = root / "run"
     run_dir.mkdir(parents=True)
     write_rows(run_dir / "split.csv", ["path", "label", "split"], rows)
-    write_rows(run_dir / "skipped.csv", ["path", "reason", "stage"],
-               [[str(data / "ünïcode_bröken.jpg"), "truncated image (file cut short)", "decode"]])
+    write_rows(
+        run_dir / "skipped.csv",
+        ["path", "reason", "stage"],
+        [[str(data / "ünïcode_bröken.jpg"), "truncated image (file cut short)", "decode"]],
+    )
     if history:
-        write_rows(run_dir / "history.csv",
-                   ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"],
-                   [[e, 1.5 / e, 0.5 + 0.1 * e, 1.6 / e + 0.1, 0.45 + 0.09 * e, 1e-3, 50.0, 10.0] for e in range(1, 5)])
+        write_rows(
+            run_dir / "history.csv",
+            ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"],
+            [
+                [e, 1.5 / e, 0.5 + 0.1 * e, 1.6 / e + 0.1, 0.45 + 0.09 * e, 1e-3, 50.0, 10.0]
+                for e in range(1, 5)
+            ],
+        )
     features = rng.normal(0, 1, (len(y), 32)).astype(np.float32) + y[:, None] * 0.5
     test_set = {"paths": [p for p, _ in test], "y": y, "proba": proba}
     write_run_report(run_dir, metrics, test_set, features, "pca", 0, root / "cache")
@@ -162,8 +184,9 @@ def test_report_curves_doctor_and_regeneration(tmp_path):
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "Training curves" in html and "4 epoch(s)" in html
     assert "Showing the" not in html  # few classes: the whole matrix
-    (run_dir / "doctor.json").write_text(json.dumps(
-        {"bad_files": [1, 2], "duplicates": [[1]], "label_issues": [], "class_counts": {}}))
+    (run_dir / "doctor.json").write_text(
+        json.dumps({"bad_files": [1, 2], "duplicates": [[1]], "label_issues": [], "class_counts": {}})
+    )
     (run_dir / "report.html").unlink()
     proc = run("report", run_dir)
     html = (run_dir / "report.html").read_text(encoding="utf-8")
@@ -206,7 +229,7 @@ def test_cjk_class_names_use_an_installed_cjk_font(tmp_path):
 
     from PIL import Image
 
-    from headstart.annotate import _font, annotate_image
+    from headstart.reporting.annotate import _font, annotate_image
 
     if not fallback_fonts():
         pytest.skip("no CJK font installed (Debian: apt-get install fonts-wqy-microhei)")
@@ -278,7 +301,7 @@ def test_embed_and_annotated_predictions(tmp_path):
     assert (out / "map.png").stat().st_size > 5000 and (out / "map.html").is_file()
     with open(out / "map.csv", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 24
-    from headstart.embedding import embed_map
+    from headstart.reporting.maps import embed_map
 
     embed_map(data, out, verbose=False)
     assert json.loads((out / "map.json").read_text())["from_cache"] is True

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import Backbone
-from .classifier import ImageClassifier
-from .data import Dataset
-from .errors import HeadstartError
-from .heads import LogisticHead, restore_head
-from .runs import write_json
-from .training import FineTuner, FineTuneSettings, settings_fingerprint
+from headstart.core.errors import HeadstartError
+from headstart.core.io import write_json
+from headstart.data.discovery import Dataset
+from headstart.estimator.classifier import ImageClassifier
+from headstart.models.backbones import Backbone
+from headstart.models.heads import LogisticHead, restore_head
+from headstart.training.loop import FineTuner, FineTuneSettings, settings_fingerprint
 
 STRATEGY = "finetune"
 RUN_CONFIG = "finetune.json"
@@ -72,8 +72,10 @@ class FineTuneClassifier(ImageClassifier):
     def get_params(self) -> dict[str, Any]:
         """The constructor's parameters (scikit-learn style); JSON-able for ``finetune.json``."""
         names = [
-            n for cls in (FineTuneClassifier, ImageClassifier)
-            for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")
+            n
+            for cls in (FineTuneClassifier, ImageClassifier)
+            for n in inspect.signature(cls.__init__).parameters
+            if n not in ("self", "kwargs")
         ]
         out = {n: getattr(self, n) for n in names}
         out["split"] = list(out["split"])
@@ -84,15 +86,22 @@ class FineTuneClassifier(ImageClassifier):
 
     def settings(self) -> FineTuneSettings:
         return FineTuneSettings(
-            unfreeze=self.unfreeze, epochs=self.epochs, lr=self.lr, batch_size=self.train_batch_size,
-            augment=self.augment, class_weight=self.class_weight, patience=self.patience,
-            time_budget=self.time_budget, workers=self.loader_workers, precision=self.precision,
+            unfreeze=self.unfreeze,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.train_batch_size,
+            augment=self.augment,
+            class_weight=self.class_weight,
+            patience=self.patience,
+            time_budget=self.time_budget,
+            workers=self.loader_workers,
+            precision=self.precision,
             seed=self.seed,
         )
 
     def _check_settings(self) -> None:
         """Settings errors before any work (--unfreeze N is checked against the backbone later)."""
-        from .augment import PRESETS
+        from headstart.data.augment import PRESETS
 
         if self.augment not in PRESETS:
             raise HeadstartError(f"unknown --augment '{self.augment}': choose one of {', '.join(PRESETS)}")
@@ -146,8 +155,15 @@ class FineTuneClassifier(ImageClassifier):
         deadline = self._fit_start + self.time_budget if self.time_budget else None
         tuner = FineTuner(settings, run_dir, log, self.verbose, self.on_epoch_end)
         result = tuner.fit(
-            self.backbone_.model, self.backbone_.data_config, self.head_, train, val, len(self.classes_),
-            resume=self._resume, deadline=deadline, fingerprint=fingerprint,
+            self.backbone_.model,
+            self.backbone_.data_config,
+            self.head_,
+            train,
+            val,
+            len(self.classes_),
+            resume=self._resume,
+            deadline=deadline,
+            fingerprint=fingerprint,
         )
         timings["finetune"] = time.perf_counter() - t
         base = self.backbone_
@@ -169,7 +185,9 @@ class FineTuneClassifier(ImageClassifier):
             head.fit(features[tr], y[tr], features[va], y[va], len(self.classes_))
             self.head_ = head
             self.finetune_["probe_refit_on_train_val"] = True
-            log(f"the model is the linear probe on the pretrained backbone, refitted on train + val (C={head.C})")
+            log(
+                f"the model is the linear probe on the pretrained backbone, refitted on train + val (C={head.C})"
+            )
             return head.predict_proba(features[te])
         # A new Backbone: its weights digest (and so its feature-cache key) is that of the tuned
         # weights, so its features never mix with the pretrained backbone's cached ones.

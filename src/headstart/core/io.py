@@ -49,7 +49,9 @@ def _clean(value: Any) -> Any:
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     # backslashreplace turns a non-UTF-8 file name into a JSON \\udcXX escape: valid, and it reads back exact
-    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
+    tmp.write_text(
+        json.dumps(_clean(data), indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace"
+    )
     tmp.replace(path)
     return path
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HeadstartError
+from headstart.core.errors import HeadstartError
 
 PRESETS = ("default", "keras", "randaugment", "trivialaugment", "none")
 
@@ -46,8 +46,10 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
 
     h, w = _size(data_config)
     interp = _interpolation(data_config)
-    crop = [v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), interpolation=interp, antialias=True),
-            v2.RandomHorizontalFlip()]
+    crop = [
+        v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), interpolation=interp, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
     if preset == "default":
         steps = crop
     elif preset == "randaugment":
@@ -58,15 +60,18 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
         crop_pct = float(data_config.get("crop_pct") or 1.0)
         steps = [
             v2.Resize(int(min(h, w) / crop_pct), interpolation=interp, antialias=True),
-            v2.RandomAffine(degrees=40, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=0.2 * 57.3,
-                            interpolation=interp),
+            v2.RandomAffine(
+                degrees=40, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=0.2 * 57.3, interpolation=interp
+            ),
             v2.CenterCrop((h, w)),
             v2.RandomHorizontalFlip(),
         ]
     elif preset == "none":
         crop_pct = float(data_config.get("crop_pct") or 1.0)
-        steps = [v2.Resize(int(min(h, w) / crop_pct), interpolation=interp, antialias=True),
-                 v2.CenterCrop((h, w))]
+        steps = [
+            v2.Resize(int(min(h, w) / crop_pct), interpolation=interp, antialias=True),
+            v2.CenterCrop((h, w)),
+        ]
     else:
         raise HeadstartError(f"unknown augmentation '{preset}': choose one of {', '.join(PRESETS)}")
     return v2.Compose([*steps, v2.PILToTensor()])  # geometry on PIL: faster than on tensors
@@ -76,7 +81,7 @@ class EvalTransform:
     """The backbone's eval preprocessing (the same as the feature path's), as a uint8 CHW tensor."""
 
     def __init__(self, data_config: dict[str, Any]) -> None:
-        from .images import Preprocessor
+        from headstart.data.images import Preprocessor
 
         self.preprocess = Preprocessor(data_config)
 

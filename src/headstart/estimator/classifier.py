@@ -1,8 +1,8 @@
 """``ImageClassifier``: the scikit-learn-style front door to feature-extraction transfer learning.
 
-    clf = ImageClassifier().fit("photos/", out_dir="runs/photos")
-    clf.predict(["new.jpg"])
-    headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
+clf = ImageClassifier().fit("photos/", out_dir="runs/photos")
+clf.predict(["new.jpg"])
+headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
-from .bundle import BUNDLE_SUFFIX, library_versions, load_bundle, save_bundle
-from .data import Dataset, Sample, assign_splits, discover
-from .errors import HeadstartError
-from .evaluation import classification_metrics, plot_confusion_matrix
-from .features import ExtractionResult, FeatureCache, FeatureExtractor, default_cache_dir
-from .heads import make_head, restore_head
-from .images import is_image_name
-from .progress import ConsoleProgress, NullProgress
-from .runs import RunLog, summarize_skips, write_json, write_rows
+from headstart.core.errors import HeadstartError
+from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
+from headstart.core.progress import ConsoleProgress, NullProgress
+from headstart.data.discovery import Dataset, Sample, assign_splits, discover
+from headstart.data.images import is_image_name
+from headstart.evaluation.metrics import classification_metrics, plot_confusion_matrix
+from headstart.features.extractor import (
+    ExtractionResult,
+    FeatureCache,
+    FeatureExtractor,
+    default_cache_dir,
+)
+from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
+from headstart.models.bundle import BUNDLE_SUFFIX, library_versions, load_bundle, save_bundle
+from headstart.models.heads import make_head, restore_head
 
 STRATEGY = "feature-extraction"
 
@@ -131,12 +136,18 @@ class ImageClassifier:
         t = time.perf_counter()
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
         timings["discover"] = time.perf_counter() - t
-        log(f"found {len(dataset.samples)} images in {len(dataset.classes)} classes ({dataset.kind}) in {dataset.root}")
+        log(
+            f"found {len(dataset.samples)} images in {len(dataset.classes)} classes ({dataset.kind}) in {dataset.root}"
+        )
         excluded: list[Sample] = []
         if self.exclude is not None:
-            from .doctor import exclude_samples, read_exclude_list
+            from headstart.doctor.checks import exclude_samples, read_exclude_list
 
-            entries = read_exclude_list(self.exclude) if isinstance(self.exclude, (str, Path)) else list(self.exclude)
+            entries = (
+                read_exclude_list(self.exclude)
+                if isinstance(self.exclude, (str, Path))
+                else list(self.exclude)
+            )
             dataset, excluded, unmatched = exclude_samples(dataset, entries)
             log(
                 f"excluded {len(excluded)} image(s) listed in --exclude"
@@ -175,7 +186,7 @@ class ImageClassifier:
 
         checks = None
         if self.check_data:
-            from .doctor import quick_check
+            from headstart.doctor.checks import quick_check
 
             t = time.perf_counter()
             ok_hashes = [h for h, good in zip(result.hashes, ok) if good]
@@ -234,7 +245,7 @@ class ImageClassifier:
         self.metrics_ = self._metrics(dataset, scores, eval_split, fit_info, result, skipped, timings)
         self.checks_ = checks
         if checks is not None:
-            from .doctor import check_summary
+            from headstart.doctor.checks import check_summary
 
             plain, _ = assign_splits(samples, self.split, self.seed)
             self.metrics_["data_checks"] = check_summary(checks, plain, splits, excluded)
@@ -247,7 +258,7 @@ class ImageClassifier:
             t = time.perf_counter()
             self._write_run(run_dir, skipped, log)
             if checks is not None or excluded:
-                from .doctor import write_run_checks
+                from headstart.doctor.checks import write_run_checks
 
                 write_run_checks(run_dir, dataset, checks, splits, self.metrics_.get("data_checks"), excluded)
             timings["save"] = time.perf_counter() - t
@@ -256,10 +267,14 @@ class ImageClassifier:
         self.metrics_["timings"] = timings
         if run_dir is not None:
             write_json(run_dir / "metrics.json", self.metrics_)
-            log(f"done in {timings['total']:.1f}s: {run_dir / ('model' + BUNDLE_SUFFIX)}, {run_dir / 'metrics.json'}")
+            log(
+                f"done in {timings['total']:.1f}s: {run_dir / ('model' + BUNDLE_SUFFIX)}, {run_dir / 'metrics.json'}"
+            )
         return self
 
-    def _second_stage(self, samples, features, split_arr, y, eval_split, run_dir, log, timings) -> np.ndarray | None:
+    def _second_stage(
+        self, samples, features, split_arr, y, eval_split, run_dir, log, timings
+    ) -> np.ndarray | None:
         """Hook after the head is fitted on features: fine-tuning (training.py) replaces the
         backbone and head and returns its own ``eval_split`` probabilities; feature extraction: None."""
         return None
@@ -315,19 +330,35 @@ class ImageClassifier:
             ],
         )
         plot_confusion_matrix(
-            self.metrics_["confusion_matrix"], self.classes_, run_dir / "confusion_matrix.png",
+            self.metrics_["confusion_matrix"],
+            self.classes_,
+            run_dir / "confusion_matrix.png",
             f"Confusion matrix ({self.metrics_['evaluated_on']}, accuracy "
             f"{self.metrics_[self.metrics_['evaluated_on']]['accuracy']:.3f})",
         )
         self.save(run_dir / f"model{BUNDLE_SUFFIX}")
 
-    def _write_report(self, run_dir: Path, test: dict[str, Any], features: np.ndarray, log: RunLog,
-                      metrics: dict[str, Any] | None = None) -> float:
+    def _write_report(
+        self,
+        run_dir: Path,
+        test: dict[str, Any],
+        features: np.ndarray,
+        log: RunLog,
+        metrics: dict[str, Any] | None = None,
+    ) -> float:
         """RUN_DIR/report.html (see headstart.report); returns the seconds it took."""
-        from .report import write_run_report
+        from headstart.reporting.run_report import write_run_report
 
-        return write_run_report(run_dir, metrics or self.metrics_, test, features, self.report_map,
-                                self.seed, Path(self.cache_dir or default_cache_dir()), log)
+        return write_run_report(
+            run_dir,
+            metrics or self.metrics_,
+            test,
+            features,
+            self.report_map,
+            self.seed,
+            Path(self.cache_dir or default_cache_dir()),
+            log,
+        )
 
     # ------------------------------------------------------------------ inference
 
@@ -391,7 +422,11 @@ class ImageClassifier:
                 used = f"saved {wanted} split"
         skipped = [(p, r, "discovery") for p, r in dataset.ignored]
         known = [s for s in samples if s.label in self.classes_]
-        skipped += [(s.path, f"label '{s.label}' unknown to the model", "labels") for s in samples if s.label not in self.classes_]
+        skipped += [
+            (s.path, f"label '{s.label}' unknown to the model", "labels")
+            for s in samples
+            if s.label not in self.classes_
+        ]
         if not known:
             raise HeadstartError(
                 f"no images in {dataset.root} carry one of the model's classes ({', '.join(self.classes_)})"
@@ -422,7 +457,9 @@ class ImageClassifier:
         }
         if skipped:
             log(summarize_skips(skipped))
-        log(f"accuracy {summary['accuracy']:.4f} on {summary['n']} images ({used}); top-{summary['top_k']} {summary['top_k_accuracy']:.4f}")
+        log(
+            f"accuracy {summary['accuracy']:.4f} on {summary['n']} images ({used}); top-{summary['top_k']} {summary['top_k_accuracy']:.4f}"
+        )
         if run_dir is not None:
             write_json(run_dir / "metrics.json", metrics)
             write_rows(run_dir / "skipped.csv", ["path", "reason", "stage"], skipped)
@@ -448,7 +485,8 @@ class ImageClassifier:
             "settings": {"seed": self.seed, "split": list(self.split), "top_k": self.top_k},
             "split": getattr(self, "split_", None),
             "metrics": {
-                k: v for k, v in getattr(self, "metrics_", {}).items()
+                k: v
+                for k, v in getattr(self, "metrics_", {}).items()
                 if k in ("test", "val", "evaluated_on", "per_class", "confusion_matrix")
             },
             "versions": library_versions(),

@@ -49,9 +49,22 @@ def _plt():
 # Font families tried, in order, for glyphs DejaVu Sans lacks, and file-name hints to find
 # them on systems where matplotlib's font list predates their installation.
 FALLBACK_FAMILIES = (
-    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
-    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback", "IPAexGothic", "IPAGothic",
-    "Microsoft YaHei", "Yu Gothic", "Malgun Gothic", "Hiragino Sans", "PingFang SC", "Arial Unicode MS",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK TC",
+    "Noto Sans CJK KR",
+    "Source Han Sans",
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+    "IPAexGothic",
+    "IPAGothic",
+    "Microsoft YaHei",
+    "Yu Gothic",
+    "Malgun Gothic",
+    "Hiragino Sans",
+    "PingFang SC",
+    "Arial Unicode MS",
 )
 _FONT_FILE_HINTS = ("notosanscjk", "sourcehansans", "wqy", "droidsansfallback", "ipag", "ipaexg")
 
@@ -236,8 +249,14 @@ def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int
     names = [axis_label(classes[i], i) for i in keep]
     font = 9 if n <= 15 else 8
     image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
-                  rotation_mode="anchor", fontsize=font)
+    ax.set_xticks(
+        range(n),
+        names,
+        rotation=45 if n > 3 else 0,
+        ha="right" if n > 3 else "center",
+        rotation_mode="anchor",
+        fontsize=font,
+    )
     ax.set_yticks(range(n), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -247,8 +266,15 @@ def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int
         for i in range(n):
             for j in range(n):
                 if sub[i, j]:
-                    ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=font,
-                            color="white" if rate[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        fmt.format(values[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if rate[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class")
     return to_png(fig)
 
@@ -290,18 +316,33 @@ def feature_map(xy: np.ndarray, labels: Sequence[int], classes: Sequence[str], t
     size = 14 if len(xy) < 2000 else 6
     present = [c for c in range(n_classes) if (labels == c).any()]
     order = np.random.default_rng(0).permutation(len(xy))  # no class always drawn on top
-    ax.scatter(xy[order, 0], xy[order, 1], s=size, c=[colors[labels[i]] for i in order], alpha=0.8, linewidths=0)
+    ax.scatter(
+        xy[order, 0], xy[order, 1], s=size, c=[colors[labels[i]] for i in order], alpha=0.8, linewidths=0
+    )
     if wide:  # legend handles only: one empty scatter per class
         for c in present:
-            ax.scatter([], [], s=size, color=colors[c], label=f"{axis_label(classes[c], c)} ({int((labels == c).sum())})")
+            ax.scatter(
+                [],
+                [],
+                s=size,
+                color=colors[c],
+                label=f"{axis_label(classes[c], c)} ({int((labels == c).sum())})",
+            )
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, fontsize=9)
     elif n_classes <= 60:
         for c in range(n_classes):
             mask = labels == c
             if mask.any():
                 cx, cy = np.median(xy[mask], axis=0)
-                ax.text(cx, cy, axis_label(classes[c], c, 16), fontsize=7, ha="center", va="center",
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.6, "lw": 0})
+                ax.text(
+                    cx,
+                    cy,
+                    axis_label(classes[c], c, 16),
+                    fontsize=7,
+                    ha="center",
+                    va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.6, "lw": 0},
+                )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.spines[["left", "bottom"]].set_visible(False)

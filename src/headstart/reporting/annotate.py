@@ -15,11 +15,11 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import BadImageError
-from .images import decode_image, read_bytes
-from .progress import NullProgress, ProgressSink
-from .report import esc, page
-from .runs import write_rows
+from headstart.core.errors import BadImageError
+from headstart.core.io import write_rows
+from headstart.core.progress import NullProgress, ProgressSink
+from headstart.data.images import decode_image, read_bytes
+from headstart.reporting.run_report import esc, page
 
 MAX_SIDE = 512
 
@@ -37,7 +37,7 @@ def _font_file(path: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFon
 def _font(size: int, text: str = "") -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans from matplotlib's own files (always present, wide coverage), or an installed
     CJK font when ``text`` needs glyphs DejaVu lacks."""
-    from .plots import font_file_for
+    from headstart.reporting.plots import font_file_for
 
     return _font_file(font_file_for(text) or font_file_for(""), size)
 
@@ -73,7 +73,9 @@ def annotate_image(path: str, predictions: Sequence[dict[str, Any]]) -> Image.Im
         pct = f"{prob:.1%}"
         pct_w = draw.textlength(pct, font=font)
         label_font = _font(size, label)
-        draw.text((14, y + 2), _fit(draw, label, label_font, int(width - 40 - pct_w)), fill="#111", font=label_font)
+        draw.text(
+            (14, y + 2), _fit(draw, label, label_font, int(width - 40 - pct_w)), fill="#111", font=label_font
+        )
         draw.text((width - 14 - pct_w, y + 2), pct, fill="#111", font=font)
     return canvas
 
@@ -84,7 +86,10 @@ def _output_name(i: int, path: str) -> str:
 
 
 def annotate_predictions(
-    results: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "", progress: ProgressSink | None = None
+    results: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    title: str = "",
+    progress: ProgressSink | None = None,
 ) -> Path:
     """Write the annotated images, ``predictions.csv`` and the ``index.html`` contact sheet."""
     progress = progress or NullProgress()
@@ -117,12 +122,14 @@ def annotate_predictions(
             )
     progress.finish()
     write_rows(out / "predictions.csv", ["path", "rank", "label", "probability", "annotated"], rows)
-    body = [f"<h1>{esc(title or 'headstart predictions')}</h1>",
-            f"<p>{len(tiles):,} image(s) with their top-{max((len(r['predictions']) for r in results), default=0)} "
-            "predictions drawn on them; click one for the full size. All rows are in "
-            "<code>predictions.csv</code>.</p>",
-            "<style>.tile.sheet{width:272px}.tile.sheet img{max-width:260px;max-height:360px}</style>",
-            f'<div class="grid">{"".join(tiles)}</div>']
+    body = [
+        f"<h1>{esc(title or 'headstart predictions')}</h1>",
+        f"<p>{len(tiles):,} image(s) with their top-{max((len(r['predictions']) for r in results), default=0)} "
+        "predictions drawn on them; click one for the full size. All rows are in "
+        "<code>predictions.csv</code>.</p>",
+        "<style>.tile.sheet{width:272px}.tile.sheet img{max-width:260px;max-height:360px}</style>",
+        f'<div class="grid">{"".join(tiles)}</div>',
+    ]
     if failed:
         items = "".join(f"<li><code>{esc(p)}</code>: {esc(e)}</li>" for p, e in failed)
         body.append(f"<h2>Could not be read ({len(failed)})</h2><ul>{items}</ul>")

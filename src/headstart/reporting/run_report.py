@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from . import plots
-from .errors import BadImageError, HeadstartError
-from .runs import write_json, write_rows
+from headstart.core.errors import BadImageError, HeadstartError
+from headstart.core.io import write_json, write_rows
+from headstart.reporting import plots
 
 REPORT_NAME = "report.html"
 PREDICTIONS_CSV = "test_predictions.csv"
@@ -49,7 +49,9 @@ CALIBRATION_BINS = 10
 # --------------------------------------------------------------------------- saving the inputs
 
 
-def save_predictions(run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> None:
+def save_predictions(
+    run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray, classes: Sequence[str]
+) -> None:
     """The evaluated images with their labels, and the full probabilities for calibration/top-k."""
     rows = []
     for p, t, pr in zip(paths, y, proba):  # absolute paths: `headstart report` may run from elsewhere
@@ -70,7 +72,7 @@ def save_map(
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Compute (or fetch from the cache) the 2-D map and store it in the run folder."""
-    from .embedding import embed_features
+    from headstart.reporting.maps import embed_features
 
     n_total = len(features)
     idx = np.arange(n_total)
@@ -80,7 +82,10 @@ def save_map(
     write_rows(
         run_dir / MAP_CSV,
         ["path", "label", "split", "x", "y"],
-        [[os.path.abspath(paths[i]), labels[i], splits[i], f"{x:.4f}", f"{y:.4f}"] for i, (x, y) in zip(idx, fmap.xy)],
+        [
+            [os.path.abspath(paths[i]), labels[i], splits[i], f"{x:.4f}", f"{y:.4f}"]
+            for i, (x, y) in zip(idx, fmap.xy)
+        ],
     )
     info = {
         "method": fmap.method,
@@ -116,17 +121,31 @@ def write_run_report(
         save_predictions(run_dir, test["paths"], np.asarray(test["y"]), np.asarray(test["proba"]), classes)
         if method != "none" and features is not None:
             labels = [classes[int(t)] for t in test["y"]]
-            info = save_map(run_dir, features, test["paths"], labels, ["test"] * len(labels), method, "test", seed, cache_dir)
-            log(f"feature map: {info['method']} of {info['n']} test images in {info['seconds']:.1f}s"
-                + (" (cached)" if info["from_cache"] else ""))
+            info = save_map(
+                run_dir,
+                features,
+                test["paths"],
+                labels,
+                ["test"] * len(labels),
+                method,
+                "test",
+                seed,
+                cache_dir,
+            )
+            log(
+                f"feature map: {info['method']} of {info['n']} test images in {info['seconds']:.1f}s"
+                + (" (cached)" if info["from_cache"] else "")
+            )
         else:
             for name in (MAP_CSV, MAP_JSON):
                 (run_dir / name).unlink(missing_ok=True)
         path = build_report(run_dir, metrics)
         log(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
     except Exception as e:  # the report must never cost the user a trained model
-        log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            f"try `headstart report {run_dir}`")
+        log(
+            f"warning: the report could not be written ({type(e).__name__}: {e}); "
+            f"try `headstart report {run_dir}`"
+        )
         with open(run_dir / "log.txt", "a", encoding="utf-8") as f:
             f.write(traceback.format_exc())
     return time.perf_counter() - t0
@@ -176,7 +195,11 @@ def load_run(run_dir: Path, metrics: dict[str, Any] | None = None) -> dict[str, 
     for row in _read_csv(run_dir / "history.csv"):
         history.append({k: _float(v) for k, v in row.items() if k})
     map_rows = _read_csv(run_dir / MAP_CSV)
-    map_info = json.loads((run_dir / MAP_JSON).read_text(encoding="utf-8")) if map_rows and (run_dir / MAP_JSON).is_file() else {}
+    map_info = (
+        json.loads((run_dir / MAP_JSON).read_text(encoding="utf-8"))
+        if map_rows and (run_dir / MAP_JSON).is_file()
+        else {}
+    )
     doctor = None
     if (run_dir / "doctor.json").is_file():
         try:
@@ -208,7 +231,9 @@ def _float(text: str | None) -> float:
 # --------------------------------------------------------------------------- numbers
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     if len(confidence) == 0:
         return float("nan")
@@ -222,7 +247,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(ece)
 
 
-def confused_pairs(cm: np.ndarray, classes: Sequence[str], limit: int = 15) -> list[tuple[str, str, int, float]]:
+def confused_pairs(
+    cm: np.ndarray, classes: Sequence[str], limit: int = 15
+) -> list[tuple[str, str, int, float]]:
     """(true, predicted, count, share of the true class), most frequent mistakes first."""
     off = cm.copy()
     np.fill_diagonal(off, 0)
@@ -248,7 +275,7 @@ def thumbnail(path: str, size: int = THUMB) -> str | None:
     """A small JPEG data URI of the user's image, or None when it cannot be read now."""
     import io
 
-    from .images import decode_image, read_bytes
+    from headstart.data.images import decode_image, read_bytes
 
     try:
         img = decode_image(read_bytes(path), min_side=2 * size)
@@ -269,7 +296,9 @@ def _tile(path: str, caption_html: str, cls: str = "") -> str:
     return f'<figure class="tile {cls}" title="{esc(path)}">{picture}<figcaption>{caption_html}</figcaption></figure>'
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = (), tall: bool = False) -> str:
+def _table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = (), tall: bool = False
+) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for row in rows:
@@ -415,21 +444,32 @@ def _dataset_section(run: dict[str, Any]) -> str:
     total = {c: sum(counts[s].get(c, 0) for s in splits) for c in classes}
     parts = ['<h2 id="data">Data</h2>']
     n_img = sum(total.values())
-    parts.append(f"<p>{n_img:,} images used in {len(classes):,} classes"
-                 + (f" ({', '.join(f'{s} {sum(counts[s].values()):,}' for s in splits)})." if len(splits) > 1 else ".")
-                 + "</p>")
+    parts.append(
+        f"<p>{n_img:,} images used in {len(classes):,} classes"
+        + (f" ({', '.join(f'{s} {sum(counts[s].values()):,}' for s in splits)})." if len(splits) > 1 else ".")
+        + "</p>"
+    )
     small = [c for c in classes if total[c] <= 1]
     if small:
-        parts.append(f'<p class="bad">{len(small)} class(es) with a single image: {esc(", ".join(small[:10]))}'
-                     + ("…" if len(small) > 10 else "") + ". Their scores mean little; add images.</p>")
+        parts.append(
+            f'<p class="bad">{len(small)} class(es) with a single image: {esc(", ".join(small[:10]))}'
+            + ("…" if len(small) > 10 else "")
+            + ". Their scores mean little; add images.</p>"
+        )
     absent = [c for c in classes if "test" in counts and not counts["test"].get(c)]
     if absent:
-        parts.append(f'<p class="bad">{len(absent)} class(es) have no test image, so their recall is not measured: '
-                     f'{esc(", ".join(absent[:10]))}' + ("…" if len(absent) > 10 else "") + ".</p>")
+        parts.append(
+            f'<p class="bad">{len(absent)} class(es) have no test image, so their recall is not measured: '
+            f"{esc(', '.join(absent[:10]))}" + ("…" if len(absent) > 10 else "") + ".</p>"
+        )
     parts.append(_png_tag(plots.class_distribution(counts, classes), "images per class and split"))
     rows = [[esc(c), *[f"{counts[s].get(c, 0):,}" for s in splits], f"{total[c]:,}"] for c in classes]
     table = _table(["class", *splits, "total"], rows, numeric=range(1, len(splits) + 2))
-    parts.append(table if len(classes) <= 30 else f"<details><summary>Counts table ({len(classes)} classes)</summary>{table}</details>")
+    parts.append(
+        table
+        if len(classes) <= 30
+        else f"<details><summary>Counts table ({len(classes)} classes)</summary>{table}</details>"
+    )
     parts.append(_skipped_section(run))
     parts.append(_sample_grid(run))
     return "".join(parts)
@@ -441,11 +481,19 @@ def _skipped_section(run: dict[str, Any]) -> str:
         return "<h3>Skipped files</h3><p>None: every file found was used.</p>"
     reasons = Counter(r.get("reason", "").split(":")[0] for r in skipped)
     listed = skipped[:200]
-    rows = [[f"<code>{esc(r.get('path', ''))}</code>", esc(r.get("reason", "")), esc(r.get("stage", ""))] for r in listed]
-    more = f" (first {len(listed)} shown; all in <code>skipped.csv</code>)" if len(skipped) > len(listed) else " (also in <code>skipped.csv</code>)"
+    rows = [
+        [f"<code>{esc(r.get('path', ''))}</code>", esc(r.get("reason", "")), esc(r.get("stage", ""))]
+        for r in listed
+    ]
+    more = (
+        f" (first {len(listed)} shown; all in <code>skipped.csv</code>)"
+        if len(skipped) > len(listed)
+        else " (also in <code>skipped.csv</code>)"
+    )
     summary = ", ".join(f"{n} {esc(r)}" for r, n in reasons.most_common())
-    return (f"<h3>Skipped files</h3><p>{len(skipped):,} file(s) passed over: {summary}{more}.</p>"
-            + _table(["file", "reason", "stage"], rows, tall=True))
+    return f"<h3>Skipped files</h3><p>{len(skipped):,} file(s) passed over: {summary}{more}.</p>" + _table(
+        ["file", "reason", "stage"], rows, tall=True
+    )
 
 
 def _sample_grid(run: dict[str, Any]) -> str:
@@ -460,9 +508,14 @@ def _sample_grid(run: dict[str, Any]) -> str:
         paths = sorted(by_class.get(c, []))
         if not paths:
             continue
-        pick = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(per_class, len(paths))).round())]
+        pick = [
+            paths[int(i)]
+            for i in np.unique(np.linspace(0, len(paths) - 1, min(per_class, len(paths))).round())
+        ]
         tiles = "".join(_tile(p, esc(Path(p).name)) for p in pick)
-        blocks.append(f'<div class="cls"><h3>{esc(c)} <span class="muted">({len(paths):,} images)</span></h3><div class="grid">{tiles}</div></div>')
+        blocks.append(
+            f'<div class="cls"><h3>{esc(c)} <span class="muted">({len(paths):,} images)</span></h3><div class="grid">{tiles}</div></div>'
+        )
     inner = "".join(blocks)
     title = f"<h3>Sample images ({per_class} per class)</h3>"
     if len(classes) > 30:
@@ -489,7 +542,9 @@ def _metrics_section(run: dict[str, Any]) -> str:
     classes = run["classes"]
     key, s, evaluated_on = _summary(run)
     per_class = m.get("per_class") or {}
-    parts = ['<h2 id="metrics">Test metrics</h2>' if key == "test" else '<h2 id="metrics">Validation metrics</h2>']
+    parts = [
+        '<h2 id="metrics">Test metrics</h2>' if key == "test" else '<h2 id="metrics">Validation metrics</h2>'
+    ]
     parts.append(
         f"<p>Accuracy <b>{_pct(s.get('accuracy'))}</b> on {s.get('n', 0):,} images ({esc(evaluated_on)}); "
         f"top-{s.get('top_k', '?')} accuracy {_pct(s.get('top_k_accuracy'))}; macro F1 {_pct(s.get('macro_f1'))}.</p>"
@@ -499,7 +554,9 @@ def _metrics_section(run: dict[str, Any]) -> str:
         pc = per_class.get(c) or {}
         support = pc.get("support", 0)
         cell = (lambda v: _pct(v)) if support else (lambda v: "–")
-        rows.append([esc(c), cell(pc.get("precision")), cell(pc.get("recall")), cell(pc.get("f1")), f"{support:,}"])
+        rows.append(
+            [esc(c), cell(pc.get("precision")), cell(pc.get("recall")), cell(pc.get("f1")), f"{support:,}"]
+        )
     table = _table(["class", "precision", "recall", "F1", "test images"], rows, numeric=(1, 2, 3, 4))
     parts.append("<h3>Per class</h3>")
     parts.append(table if len(classes) <= 30 else table.replace('class="scroll"', 'class="scroll tall"', 1))
@@ -508,18 +565,27 @@ def _metrics_section(run: dict[str, Any]) -> str:
         keep = plots.most_confused_classes(cm)
         parts.append("<h3>Confusion matrix</h3>")
         if len(keep) < len(classes):
-            parts.append(f"<p><b>Showing the {len(keep)} most confused of {len(classes)} classes</b> "
-                         "(those with the most errors, as true or as predicted class); "
-                         "the full matrix is in <code>metrics.json</code>.</p>")
-        parts.append('<div class="pair">'
-                     + _png_tag(plots.confusion_heatmap(cm, classes, keep, False), "confusion matrix, counts")
-                     + _png_tag(plots.confusion_heatmap(cm, classes, keep, True), "confusion matrix, row-normalised")
-                     + "</div>")
+            parts.append(
+                f"<p><b>Showing the {len(keep)} most confused of {len(classes)} classes</b> "
+                "(those with the most errors, as true or as predicted class); "
+                "the full matrix is in <code>metrics.json</code>.</p>"
+            )
+        parts.append(
+            '<div class="pair">'
+            + _png_tag(plots.confusion_heatmap(cm, classes, keep, False), "confusion matrix, counts")
+            + _png_tag(plots.confusion_heatmap(cm, classes, keep, True), "confusion matrix, row-normalised")
+            + "</div>"
+        )
         pairs = confused_pairs(cm, classes)
         if pairs:
             parts.append("<h3>Most confused pairs</h3>")
-            parts.append(_table(["true class", "predicted as", "images", "share of true class"],
-                                [[esc(t), esc(p), f"{n:,}", _pct(f)] for t, p, n, f in pairs], numeric=(2, 3)))
+            parts.append(
+                _table(
+                    ["true class", "predicted as", "images", "share of true class"],
+                    [[esc(t), esc(p), f"{n:,}", _pct(f)] for t, p, n, f in pairs],
+                    numeric=(2, 3),
+                )
+            )
         else:
             parts.append("<p>No confusions: every evaluated image was classified correctly.</p>")
     return "".join(parts)
@@ -536,17 +602,25 @@ def _misclassified_section(run: dict[str, Any]) -> str:
         return parts[0] + "<p>No predictions were saved for this run.</p>"
     if not wrong:
         return parts[0] + f"<p>None: all {len(preds):,} evaluated images were classified correctly.</p>"
-    parts.append(f"<p>{len(wrong):,} of {len(preds):,} evaluated images, most confident mistakes first"
-                 + (f" (first {MAX_MISCLASSIFIED} shown; all in <code>{PREDICTIONS_CSV}</code>)" if len(wrong) > MAX_MISCLASSIFIED else "")
-                 + ".</p>")
+    parts.append(
+        f"<p>{len(wrong):,} of {len(preds):,} evaluated images, most confident mistakes first"
+        + (
+            f" (first {MAX_MISCLASSIFIED} shown; all in <code>{PREDICTIONS_CSV}</code>)"
+            if len(wrong) > MAX_MISCLASSIFIED
+            else ""
+        )
+        + ".</p>"
+    )
     tiles = []
     index = {c: i for i, c in enumerate(classes)}
     for i, r in wrong[:MAX_MISCLASSIFIED]:
         true_p = ""
         if proba is not None and r["label"] in index:
             true_p = f" ({proba[i, index[r['label']]]:.0%})"
-        caption = (f'<span class="bad">predicted <b>{esc(r["predicted"])}</b> {_float(r["probability"]):.0%}</span><br>'
-                   f'true <b>{esc(r["label"])}</b>{true_p}<br><span class="muted">{esc(Path(r["path"]).name)}</span>')
+        caption = (
+            f'<span class="bad">predicted <b>{esc(r["predicted"])}</b> {_float(r["probability"]):.0%}</span><br>'
+            f'true <b>{esc(r["label"])}</b>{true_p}<br><span class="muted">{esc(Path(r["path"]).name)}</span>'
+        )
         tiles.append(_tile(r["path"], caption, "wrong"))
     parts.append(f'<div class="grid">{"".join(tiles)}</div>')
     return "".join(parts)
@@ -562,7 +636,9 @@ def _calibration_section(run: dict[str, Any]) -> str:
     conf, correct = conf[ok], correct[ok]
     ece = expected_calibration_error(conf, correct)
     gap = float(conf.mean() - correct.mean()) if len(conf) else 0.0
-    verdict = "over-confident" if gap > 0.02 else "under-confident" if gap < -0.02 else "about right on average"
+    verdict = (
+        "over-confident" if gap > 0.02 else "under-confident" if gap < -0.02 else "about right on average"
+    )
     return (
         '<h2 id="calibration">Calibration</h2>'
         f'<p>Expected calibration error (ECE, {CALIBRATION_BINS} bins): <b id="ece">{ece:.3f}</b>. '
@@ -575,8 +651,10 @@ def _calibration_section(run: dict[str, Any]) -> str:
 def _map_section(run: dict[str, Any]) -> str:
     rows = run["map_rows"]
     if not rows:
-        return ('<h2 id="map">Feature map</h2><p>No map was saved for this run '
-                "(<code>headstart report RUN_DIR --method tsne</code> makes one).</p>")
+        return (
+            '<h2 id="map">Feature map</h2><p>No map was saved for this run '
+            "(<code>headstart report RUN_DIR --method tsne</code> makes one).</p>"
+        )
     classes = run["classes"]
     index = {c: i for i, c in enumerate(classes)}
     extra = sorted({r["label"] for r in rows} - set(index))
@@ -587,16 +665,25 @@ def _map_section(run: dict[str, Any]) -> str:
     info = run["map_info"]
     method = {"tsne": "t-SNE (openTSNE)", "pca": "PCA"}.get(info.get("method", ""), info.get("method", "?"))
     which = {"test": "test images", "all": "images (all splits)"}.get(info.get("points", ""), "images")
-    sample = f", a seeded sample of {info['n']:,} of {info['n_total']:,}" if info.get("n_total", 0) > info.get("n", 0) else ""
+    sample = (
+        f", a seeded sample of {info['n']:,} of {info['n_total']:,}"
+        if info.get("n_total", 0) > info.get("n", 0)
+        else ""
+    )
     title = f"{method} of the backbone features: {len(rows):,} {which}"
     return (
         '<h2 id="map">Feature map</h2>'
         f"<p>Each dot is one image's bottleneck feature vector, placed by {method}{sample} and coloured by its "
         "true class. Classes that form separate islands here are easy for any head; mixed regions are where "
         f"the mistakes come from. Computed in {info.get('seconds', 0):.1f}s"
-        + (" (from the cache)" if info.get("from_cache") else "") + "."
-        + (" With this many classes the colours repeat; the class names sit at the class centres"
-           + (" (up to 60 classes)." if len(names) > 60 else ".") if len(names) > 20 else "")
+        + (" (from the cache)" if info.get("from_cache") else "")
+        + "."
+        + (
+            " With this many classes the colours repeat; the class names sit at the class centres"
+            + (" (up to 60 classes)." if len(names) > 60 else ".")
+            if len(names) > 20
+            else ""
+        )
         + "</p>"
         + _png_tag(plots.feature_map(xy, labels, names, title), "2-D map of the features coloured by class")
     )
@@ -607,7 +694,11 @@ def _doctor_section(run: dict[str, Any]) -> str:
     if not isinstance(doctor, dict):
         return ""
     items = []
-    for key, label in (("bad_files", "bad files"), ("duplicates", "duplicate groups"), ("label_issues", "likely label issues")):
+    for key, label in (
+        ("bad_files", "bad files"),
+        ("duplicates", "duplicate groups"),
+        ("label_issues", "likely label issues"),
+    ):
         value = doctor.get(key)
         if isinstance(value, (list, dict)):
             items.append(f"<li>{len(value):,} {label}</li>")
@@ -623,9 +714,17 @@ def _details_section(run: dict[str, Any]) -> str:
     versions = m.get("versions") or {}
     return (
         '<h2 id="details">Run details</h2>'
-        + (("<h3>Timings (seconds; rates in images/s)</h3>" + _table(["stage", "value"], rows, numeric=(1,))) if rows else "")
+        + (
+            ("<h3>Timings (seconds; rates in images/s)</h3>" + _table(["stage", "value"], rows, numeric=(1,)))
+            if rows
+            else ""
+        )
         + f"<p>Files in the run folder: {', '.join(f'<code>{esc(f)}</code>' for f in files)}.</p>"
-        + (f'<p class="muted">Versions: {esc(", ".join(f"{k} {v}" for k, v in versions.items()))}</p>' if versions else "")
+        + (
+            f'<p class="muted">Versions: {esc(", ".join(f"{k} {v}" for k, v in versions.items()))}</p>'
+            if versions
+            else ""
+        )
     )
 
 
@@ -660,10 +759,16 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> 
 # --------------------------------------------------------------------------- headstart report / embed
 
 
-def remap_run(run_dir: Path, method: str, points: str, seed: int = 0, cache_dir: Path | None = None,
-              verbose: bool = True) -> dict[str, Any]:
+def remap_run(
+    run_dir: Path,
+    method: str,
+    points: str,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     """Recompute the run's map (for ``report --points all`` or another ``--method``) from cached features."""
-    from .classifier import load
+    from headstart.estimator.classifier import load
 
     model = run_dir / "model.safetensors"
     if not model.is_file():
@@ -683,12 +788,21 @@ def remap_run(run_dir: Path, method: str, points: str, seed: int = 0, cache_dir:
     ok = result.ok
     kept = [r for r, good in zip(rows, ok) if good]
     return save_map(
-        run_dir, result.features[ok], [r["path"] for r in kept], [r["label"] for r in kept],
-        [r["split"] for r in kept], method, points, seed, Path(clf._extractor(clf.backbone_).cache.root),
+        run_dir,
+        result.features[ok],
+        [r["path"] for r in kept],
+        [r["label"] for r in kept],
+        [r["split"] for r in kept],
+        method,
+        points,
+        seed,
+        Path(clf._extractor(clf.backbone_).cache.root),
     )
 
 
-def write_map_page(out_dir: Path, xy: np.ndarray, labels: Sequence[str], info: dict[str, Any], source: str) -> Path:
+def write_map_page(
+    out_dir: Path, xy: np.ndarray, labels: Sequence[str], info: dict[str, Any], source: str
+) -> Path:
     """``embed``'s outputs: ``map.png`` and a self-contained ``map.html``."""
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
@@ -705,7 +819,8 @@ def write_map_page(out_dir: Path, xy: np.ndarray, labels: Sequence[str], info: d
         "<p>Each dot is one image's bottleneck feature vector, coloured by its class: classes that separate "
         "here, before any classifier is trained, are easy for transfer learning.</p>"
         + _png_tag(png, "2-D map of the features coloured by class")
-        + "<h3>Classes</h3>" + _table(["#", "class", "images"], rows, numeric=(2,))
+        + "<h3>Classes</h3>"
+        + _table(["#", "class", "images"], rows, numeric=(2,))
     )
     out = out_dir / "map.html"
     out.write_text(page(f"headstart map: {Path(source).name}", body), encoding="utf-8")

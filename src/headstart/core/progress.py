@@ -76,8 +76,7 @@ class ConsoleProgress:
             self._last = now
             eta = (self.total - self.done) / rate if rate > 0 else 0
             print(
-                f"  {self.stage}: {self.done}/{self.total} ({rate:.0f} {self.unit}/s, "
-                f"ETA {_fmt_eta(eta)})",
+                f"  {self.stage}: {self.done}/{self.total} ({rate:.0f} {self.unit}/s, ETA {_fmt_eta(eta)})",
                 file=self.stream,
                 flush=True,
             )

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadImageError, HeadstartError
-from .features import usable_core_count, usable_cpus
-from .progress import ConsoleProgress, NullProgress, _fmt_eta
+from headstart.core.errors import BadImageError, HeadstartError
+from headstart.core.progress import ConsoleProgress, NullProgress, _fmt_eta
+from headstart.features.extractor import usable_core_count, usable_cpus
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
@@ -266,7 +266,7 @@ class ImageSet:
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[Any, int]:
         import torch
 
-        from .images import decode_image, read_bytes
+        from headstart.data.images import decode_image, read_bytes
 
         index, seed = key if isinstance(key, tuple) else (key, 0)
         path, label = self.items[index]
@@ -412,13 +412,14 @@ class FineTuner:
         return (losses / n if n else float("nan")), (correct / n if n else float("nan")), proba
 
     def _eval_loader(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> Any:
-        from .augment import EvalTransform
+        from headstart.data.augment import EvalTransform
 
         transform = EvalTransform(data_config)
         _, h, w = data_config["input_size"]
         ds = ImageSet(items, transform, transform.preprocess.min_side, (3, h, w))
-        return make_loader(ds, EpochSampler(len(items), 0, shuffle=False), self.settings.batch_size,
-                           self._workers())
+        return make_loader(
+            ds, EpochSampler(len(items), 0, shuffle=False), self.settings.batch_size, self._workers()
+        )
 
     # ------------------------------------------------------------------ fit
 
@@ -437,7 +438,7 @@ class FineTuner:
         """Fine-tune a copy of ``backbone_model`` (the original, and so the feature cache, stay intact)."""
         import torch
 
-        from .augment import train_transform
+        from headstart.data.augment import train_transform
 
         s = self.settings
         torch.manual_seed(s.seed)
@@ -460,7 +461,8 @@ class FineTuner:
         if s.class_weight == "balanced":
             counts = np.bincount([y for _, y in train], minlength=n_classes).astype(np.float64)
             weight = torch.tensor(
-                np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0), dtype=torch.float32
+                np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0),
+                dtype=torch.float32,
             )
         elif s.class_weight not in (None, "none"):
             raise HeadstartError(f"unknown --class-weight '{s.class_weight}': use balanced or none")
@@ -472,7 +474,9 @@ class FineTuner:
 
         c = getattr(head, "C", None)
         l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
-        optimizer = torch.optim.AdamW(self._param_groups(network, freeze_info["groups"]), weight_decay=s.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self._param_groups(network, freeze_info["groups"]), weight_decay=s.weight_decay
+        )
         steps_per_epoch = max(1, math.ceil(len(train_set) / s.batch_size))
         total_steps = steps_per_epoch * s.epochs
         warmup = max(1, int(round(s.warmup * total_steps)))
@@ -514,9 +518,12 @@ class FineTuner:
             best["val_accuracy"] = float(state.get("best_val_accuracy", 0.0))
             self.start_ = state.get("start_val")
             if best_path.is_file() and state["best_epoch"]:
-                best = {"val_loss": float(state["best_val_loss"]), "epoch": int(state["best_epoch"]),
-                        "val_accuracy": float(state.get("best_val_accuracy", 0.0)),
-                        "state": load_checkpoint(best_path)["network"]}
+                best = {
+                    "val_loss": float(state["best_val_loss"]),
+                    "epoch": int(state["best_epoch"]),
+                    "val_accuracy": float(state.get("best_val_accuracy", 0.0)),
+                    "state": load_checkpoint(best_path)["network"],
+                }
             if deadline is not None:
                 deadline -= trained_s  # the budget covers the interrupted part too
             self.log(f"resuming from epoch {state['epoch']} of {s.epochs} (checkpoint {last})")
@@ -579,7 +586,9 @@ class FineTuner:
                 progress.finish()
                 if over_budget:
                     stopped = "time_budget"
-                    self.log(f"time budget reached during epoch {epoch}: that epoch is dropped, the best model kept")
+                    self.log(
+                        f"time budget reached during epoch {epoch}: that epoch is dropped, the best model kept"
+                    )
                     break
                 train_s = time.perf_counter() - t0
                 val_loss, val_acc, _ = self._evaluate(network, val_loader, val_loss_fn)
@@ -599,8 +608,12 @@ class FineTuner:
                 trained_s += seconds
                 improved = val_loss < best["val_loss"] - 1e-4
                 if improved:
-                    best = {"val_loss": val_loss, "val_accuracy": val_acc, "epoch": epoch,
-                            "state": _contiguous_state(network)}
+                    best = {
+                        "val_loss": val_loss,
+                        "val_accuracy": val_acc,
+                        "epoch": epoch,
+                        "state": _contiguous_state(network),
+                    }
                     waited = 0
                 else:
                     waited += 1
@@ -644,7 +657,9 @@ class FineTuner:
                     break
         except KeyboardInterrupt:
             done = history[-1]["epoch"] if history else 0
-            hint = f"; continue with: headstart train --resume {self.run_dir}" if self.run_dir and done else ""
+            hint = (
+                f"; continue with: headstart train --resume {self.run_dir}" if self.run_dir and done else ""
+            )
             self.log(f"interrupted during epoch {done + 1}: {done} epoch(s) saved{hint}")
             raise
         finally:
@@ -702,11 +717,13 @@ class FineTuner:
         """Probabilities of the fine-tuned network (eval transform), one row per item."""
         import torch
 
-        _, _, proba = self._evaluate(self.network_, self._eval_loader(items, data_config), torch.nn.CrossEntropyLoss())
+        _, _, proba = self._evaluate(
+            self.network_, self._eval_loader(items, data_config), torch.nn.CrossEntropyLoss()
+        )
         return proba
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
-        from .runs import write_rows
+        from headstart.core.io import write_rows
 
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -724,10 +741,16 @@ class FineTuner:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
 
-def settings_fingerprint(settings: FineTuneSettings, train: Sequence[tuple[str, int]], extra: dict[str, Any]) -> str:
+def settings_fingerprint(
+    settings: FineTuneSettings, train: Sequence[tuple[str, int]], extra: dict[str, Any]
+) -> str:
     """What must match for a checkpoint to be resumed: settings (but workers) and the training set."""
     import hashlib
 
-    spec = {k: v for k, v in asdict(settings).items() if k not in ("workers", "threads", "time_budget", "patience")}
+    spec = {
+        k: v
+        for k, v in asdict(settings).items()
+        if k not in ("workers", "threads", "time_budget", "patience")
+    }
     blob = json.dumps([spec, list(train), extra], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]

@@ -71,7 +71,7 @@ def embed_features(
     a single point sits at the origin.
     """
     if method not in METHODS:
-        from .errors import HeadstartError
+        from headstart.core.errors import HeadstartError
 
         raise HeadstartError(f"unknown map method '{method}': choose tsne or pca (or none for no map)")
     t0 = time.perf_counter()
@@ -123,13 +123,13 @@ def embed_map(
     Writes ``map.png``, ``map.html`` (self-contained), ``map.csv`` (path,label,x,y),
     ``map.json``, ``skipped.csv`` and ``log.txt`` to ``out_dir``; returns the HTML path.
     """
-    from .backbones import DEFAULT_BACKBONE, create_backbone
-    from .data import discover
-    from .errors import HeadstartError
-    from .features import FeatureCache, FeatureExtractor
-    from .progress import ConsoleProgress, NullProgress
-    from .report import write_map_page
-    from .runs import RunLog, summarize_skips, write_json, write_rows
+    from headstart.core.errors import HeadstartError
+    from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
+    from headstart.core.progress import ConsoleProgress, NullProgress
+    from headstart.data.discovery import discover
+    from headstart.features.extractor import FeatureCache, FeatureExtractor
+    from headstart.models.backbones import DEFAULT_BACKBONE, create_backbone
+    from headstart.reporting.run_report import write_map_page
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -169,6 +169,9 @@ def embed_map(
     }
     write_json(out / "map.json", info)
     page = write_map_page(out, fmap.xy, [s.label for s in samples], info, str(dataset.root))
-    log(f"{fmap.method} map of {len(samples)} images in {fmap.seconds:.1f}s"
-        + (" (cached)" if fmap.cached else "") + f"; {page} and map.png written in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"{fmap.method} map of {len(samples)} images in {fmap.seconds:.1f}s"
+        + (" (cached)" if fmap.cached else "")
+        + f"; {page} and map.png written in {time.perf_counter() - t0:.1f}s"
+    )
     return page

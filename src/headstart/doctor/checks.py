@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data import Dataset, Sample, discover
-from .errors import BadImageError, HeadstartError
-from .images import decode_image, read_bytes
-from .progress import ConsoleProgress, NullProgress, ProgressSink
+from headstart.core.errors import BadImageError, HeadstartError
+from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink
+from headstart.data.discovery import Dataset, Sample, discover
+from headstart.data.images import decode_image, read_bytes
 
 MIN_SIDE = 32  # pixels: smaller images carry almost nothing once resized to the backbone's input
 MAX_ASPECT = 10.0  # longer side / shorter side beyond which the centre crop keeps a sliver
@@ -144,7 +144,11 @@ def _block_rows(n: int, budget: int = 8_000_000) -> int:
 
 
 def similar_pairs(
-    features: np.ndarray, threshold: float, k: int = NEIGHBOURS, block: int | None = None, max_pairs: int | None = None
+    features: np.ndarray,
+    threshold: float,
+    k: int = NEIGHBOURS,
+    block: int | None = None,
+    max_pairs: int | None = None,
 ) -> tuple[list[tuple[int, int, float]] | None, np.ndarray, np.ndarray]:
     """Pairs (i < j) with cosine >= threshold, plus each row's k nearest neighbours.
 
@@ -172,7 +176,9 @@ def similar_pairs(
             part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1)
             nn_idx[start : start + len(sims)] = np.take_along_axis(part, order, axis=1)
-            nn_sim[start : start + len(sims)] = np.take_along_axis(sims, nn_idx[start : start + len(sims)], axis=1)
+            nn_sim[start : start + len(sims)] = np.take_along_axis(
+                sims, nn_idx[start : start + len(sims)], axis=1
+            )
     return pairs, nn_idx, nn_sim
 
 
@@ -284,7 +290,11 @@ def out_of_fold_proba(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         proba = cross_val_predict(
-            model, features, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba"
+            model,
+            features,
+            y,
+            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+            method="predict_proba",
         )
     full = np.zeros((len(y), n_classes))
     full[:, np.unique(y)] = proba
@@ -367,13 +377,19 @@ class CheckReport:
                     "cross_split": len(splits) > 1,
                     "labels": labels,
                     "files": [
-                        {"path": rel(self.samples[i].path), "label": self.samples[i].label,
-                         **({"split": self.samples[i].split} if self.samples[i].split else {})}
+                        {
+                            "path": rel(self.samples[i].path),
+                            "label": self.samples[i].label,
+                            **({"split": self.samples[i].split} if self.samples[i].split else {}),
+                        }
                         for i in g.members
                     ],
                     "evidence": [
-                        {"a": rel(self.samples[e["a"]].path), "b": rel(self.samples[e["b"]].path),
-                         **{k: v for k, v in e.items() if k not in ("a", "b")}}
+                        {
+                            "a": rel(self.samples[e["a"]].path),
+                            "b": rel(self.samples[e["b"]].path),
+                            **{k: v for k, v in e.items() if k not in ("a", "b")},
+                        }
                         for e in g.evidence
                     ],
                 }
@@ -393,10 +409,13 @@ class CheckReport:
         if self.bad_files:
             kinds = Counter(b["reason"].split(":")[0] for b in self.bad_files)
             lines.append(
-                f"  {len(self.bad_files)} bad file(s): " + ", ".join(f"{n} {r}" for r, n in kinds.most_common(4))
+                f"  {len(self.bad_files)} bad file(s): "
+                + ", ".join(f"{n} {r}" for r, n in kinds.most_common(4))
             )
         for g in self.conflicts()[:3]:
-            files = ", ".join(f"{Path(self.samples[i].path).name} ({self.samples[i].label})" for i in g.members[:3])
+            files = ", ".join(
+                f"{Path(self.samples[i].path).name} ({self.samples[i].label})" for i in g.members[:3]
+            )
             lines.append(f"  same image under different labels: {files}")
         leaks = self.leaks()
         if leaks:
@@ -475,8 +494,8 @@ def diagnose(
     verbose: bool = True,
 ) -> CheckReport:
     """Every check: file health, exact/near duplicates, label issues, class balance."""
-    from .backbones import DEFAULT_BACKBONE, create_backbone
-    from .features import FeatureCache, FeatureExtractor
+    from headstart.features.extractor import FeatureCache, FeatureExtractor
+    from headstart.models.backbones import DEFAULT_BACKBONE, create_backbone
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -504,8 +523,16 @@ def diagnose(
             bad.append({"path": sample.path, "reason": reason, "severity": "error", "stage": "decode"})
             continue
         if check.problem:
-            bad.append({"path": sample.path, "reason": check.problem, "severity": "warning", "stage": "check",
-                        "width": check.width, "height": check.height})
+            bad.append(
+                {
+                    "path": sample.path,
+                    "reason": check.problem,
+                    "severity": "warning",
+                    "stage": "check",
+                    "width": check.width,
+                    "height": check.height,
+                }
+            )
         usable.append(i)
     samples = [dataset.samples[i] for i in usable]
     features = result.features[usable]
@@ -515,7 +542,9 @@ def diagnose(
         [result.hashes[i] for i in usable], features, [checks[i].dhash for i in usable], near_cosine
     )
     seconds["duplicates"] = time.perf_counter() - t
-    report = CheckReport(samples, groups, dict(sorted(Counter(s.label for s in samples).items())), bad, notes=notes)
+    report = CheckReport(
+        samples, groups, dict(sorted(Counter(s.label for s in samples).items())), bad, notes=notes
+    )
 
     t = time.perf_counter()
     classes = sorted(report.class_counts)
@@ -644,38 +673,61 @@ def write_html(doc: dict[str, Any], path: Path, max_items: int = 200) -> Path:
     ]
     if doc["imbalance"].get("suggestion"):
         parts.append(f"<p class='warn'>{_esc(doc['imbalance']['suggestion'])}</p>")
-    parts.append(f"<h2>Bad files ({len(doc['bad_files'])})</h2><table><tr><th></th><th>file</th><th>problem</th></tr>")
+    parts.append(
+        f"<h2>Bad files ({len(doc['bad_files'])})</h2><table><tr><th></th><th>file</th><th>problem</th></tr>"
+    )
     for b in doc["bad_files"][:max_items]:
         uri = thumbs.get(b["path"])
         img = f'<img src="{uri}" alt="" style="max-height:48px">' if uri else ""
         cls = "err" if b["severity"] == "error" else "warn"
-        parts.append(f"<tr><td>{img}</td><td>{_esc(b['path'])}</td><td class='{cls}'>{_esc(b['reason'])}</td></tr>")
+        parts.append(
+            f"<tr><td>{img}</td><td>{_esc(b['path'])}</td><td class='{cls}'>{_esc(b['reason'])}</td></tr>"
+        )
     parts.append("</table>")
     parts.append(f"<h2>Duplicate groups ({len(doc['duplicates'])})</h2>")
     for g in doc["duplicates"][:max_items]:
-        tags = [g["kind"]] + (["CONFLICTING LABELS"] if g["cross_class"] else []) + (["LEAK ACROSS SPLITS"] if g["cross_split"] else [])
+        tags = (
+            [g["kind"]]
+            + (["CONFLICTING LABELS"] if g["cross_class"] else [])
+            + (["LEAK ACROSS SPLITS"] if g["cross_split"] else [])
+        )
         figs = "".join(
-            _figure(f["path"], f"{f['label']}{'/' + f['split'] if f.get('split') else ''}: {Path(f['path']).name}", thumbs)
+            _figure(
+                f["path"],
+                f"{f['label']}{'/' + f['split'] if f.get('split') else ''}: {Path(f['path']).name}",
+                thumbs,
+            )
             for f in g["files"]
         )
-        ev = "; ".join(", ".join(f"{k} {v}" for k, v in e.items() if k not in ("a", "b")) for e in g["evidence"][:3])
-        parts.append(f"<div class='row'><b>group {g['group']}</b> ({', '.join(tags)}) {_esc(ev)}<br>{figs}</div>")
+        ev = "; ".join(
+            ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("a", "b")) for e in g["evidence"][:3]
+        )
+        parts.append(
+            f"<div class='row'><b>group {g['group']}</b> ({', '.join(tags)}) {_esc(ev)}<br>{figs}</div>"
+        )
     parts.append(f"<h2>Likely label issues ({len(doc['label_issues'])}), most suspicious first</h2>")
     for r in doc["label_issues"][:max_items]:
-        figs = _figure(r["path"], f"#{r['rank']} given '{r['given_label']}' → '{r['suggested_label']}'", thumbs)
-        figs += "".join(
-            _figure(n["path"], f"neighbour: {n['label']} ({n['cosine']:.2f})", thumbs) for n in r.get("neighbours", [])[:3]
+        figs = _figure(
+            r["path"], f"#{r['rank']} given '{r['given_label']}' → '{r['suggested_label']}'", thumbs
         )
-        parts.append(f"<div class='row'>{_esc(r['evidence'])}<br>{figs}<br><small>{_esc(r['path'])}</small></div>")
+        figs += "".join(
+            _figure(n["path"], f"neighbour: {n['label']} ({n['cosine']:.2f})", thumbs)
+            for n in r.get("neighbours", [])[:3]
+        )
+        parts.append(
+            f"<div class='row'>{_esc(r['evidence'])}<br>{figs}<br><small>{_esc(r['path'])}</small></div>"
+        )
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8", errors="backslashreplace")
     return path
 
 
-def write_report(report: CheckReport, out_dir: str | Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    report: CheckReport, out_dir: str | Path, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``doctor.json``, ``doctor.html``, ``exclude.txt`` (ready for ``train --exclude``) and
     ``label_ranking.csv`` (every image by self-confidence) in ``out_dir``."""
-    from .runs import write_json, write_rows
+    from headstart.core.io import write_json, write_rows
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -690,9 +742,30 @@ def write_report(report: CheckReport, out_dir: str | Path, settings: dict[str, A
             f.write(f"# {e['reason']}\n{e['path']}\n")
     write_rows(
         out / "label_ranking.csv",
-        ["rank", "path", "given_label", "suggested_label", "self_confidence", "suggested_probability", "is_issue"],
-        [[r[k] for k in ("rank", "path", "given_label", "suggested_label", "self_confidence",
-                         "suggested_probability", "is_issue")] for r in report.label_ranking],
+        [
+            "rank",
+            "path",
+            "given_label",
+            "suggested_label",
+            "self_confidence",
+            "suggested_probability",
+            "is_issue",
+        ],
+        [
+            [
+                r[k]
+                for k in (
+                    "rank",
+                    "path",
+                    "given_label",
+                    "suggested_label",
+                    "self_confidence",
+                    "suggested_probability",
+                    "is_issue",
+                )
+            ]
+            for r in report.label_ranking
+        ],
     )
     report.seconds["write"] = time.perf_counter() - t
     doc["timings"] = report.seconds
@@ -761,7 +834,9 @@ def check_summary(
 ) -> dict[str, Any]:
     """The ``data_checks`` section of train's metrics.json: counts, and which groups were merged
     (their members would have been split apart by the plain seeded split)."""
-    merged = [n for n, g in enumerate(report.groups, start=1) if len({plain_splits[i] for i in g.members}) > 1]
+    merged = [
+        n for n, g in enumerate(report.groups, start=1) if len({plain_splits[i] for i in g.members}) > 1
+    ]
     leaks = [n for n, g in enumerate(report.groups, start=1) if len({splits[i] for i in g.members}) > 1]
     return {
         "exact_duplicate_groups": sum(g.kind == "exact" for g in report.groups),
@@ -790,7 +865,7 @@ def write_run_checks(
 ) -> None:
     """``duplicate_groups.csv`` (every group member with its final split and whether the group
     was merged) and ``excluded.csv`` (what ``--exclude`` left out) in train's run folder."""
-    from .runs import write_rows
+    from headstart.core.io import write_rows
 
     if report is not None:
         merged = set((summary or {}).get("groups_merged_into_one_split", []))
@@ -800,12 +875,26 @@ def write_run_checks(
             leak = len({splits[i] for i in g.members}) > 1
             for i in g.members:
                 s = report.samples[i]
-                rows.append([n, g.kind, dataset.relative(s.path), s.label, splits[i],
-                             "yes" if n in merged else "no", "yes" if conflict else "no", "yes" if leak else "no"])
+                rows.append(
+                    [
+                        n,
+                        g.kind,
+                        dataset.relative(s.path),
+                        s.label,
+                        splits[i],
+                        "yes" if n in merged else "no",
+                        "yes" if conflict else "no",
+                        "yes" if leak else "no",
+                    ]
+                )
         write_rows(
             run_dir / "duplicate_groups.csv",
             ["group", "kind", "path", "label", "split", "merged", "conflicting_labels", "across_splits"],
             rows,
         )
     if excluded:
-        write_rows(run_dir / "excluded.csv", ["path", "label"], [[dataset.relative(s.path), s.label] for s in excluded])
+        write_rows(
+            run_dir / "excluded.csv",
+            ["path", "label"],
+            [[dataset.relative(s.path), s.label] for s in excluded],
+        )

@@ -24,9 +24,7 @@ def classification_metrics(
 
     labels = list(range(len(classes)))
     pred = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     cm = confusion_matrix(y, pred, labels=labels) if len(y) else np.zeros((len(classes),) * 2, int)
     k = min(top_k, len(classes))
     return {
@@ -55,7 +53,7 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import axis_label, style  # shortened names; CJK fonts where installed
+    from headstart.reporting.plots import axis_label, style  # shortened names; CJK fonts where installed
 
     with plt.rc_context({"font.family": style()["font.family"]}):
         matrix = np.asarray(cm, dtype=float)
@@ -75,8 +73,15 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, t
             for i in range(n):
                 for j in range(n):
                     if matrix[i, j]:
-                        ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                                color="white" if shade[i, j] > 0.5 else "black", fontsize=9)
+                        ax.text(
+                            j,
+                            i,
+                            int(matrix[i, j]),
+                            ha="center",
+                            va="center",
+                            color="white" if shade[i, j] > 0.5 else "black",
+                            fontsize=9,
+                        )
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import Backbone
-from .errors import BadImageError
-from .images import Preprocessor, read_bytes
-from .progress import NullProgress, ProgressSink
+from headstart.core.errors import BadImageError
+from headstart.core.progress import NullProgress, ProgressSink
+from headstart.data.images import Preprocessor, read_bytes
+from headstart.models.backbones import Backbone
 
 FEATURE_FORMAT = 1  # bump when what a cached vector means changes
 
@@ -270,9 +270,7 @@ class OnnxRuntimeEngine(Engine):
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(onnx_path), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.static_batch = batch_size
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -373,9 +371,7 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def build_engine(
-    backbone: Backbone, engine: str, batch_size: int, threads: int, cache_dir: Path
-) -> Engine:
+def build_engine(backbone: Backbone, engine: str, batch_size: int, threads: int, cache_dir: Path) -> Engine:
     engine = resolve_engine(engine)
     if engine == "torch":
         return TorchEngine(backbone, threads)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HeadstartError
+from headstart.core.errors import HeadstartError
 
 BUNDLE_FORMAT = 1
 BUNDLE_SUFFIX = ".safetensors"
@@ -63,7 +63,9 @@ def load_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]
     if path.is_dir() and (path / f"model{BUNDLE_SUFFIX}").is_file():
         path = path / f"model{BUNDLE_SUFFIX}"
     if not path.is_file():
-        raise HeadstartError(f"model file not found: {path} (train one with: headstart train DATA --out RUN_DIR)")
+        raise HeadstartError(
+            f"model file not found: {path} (train one with: headstart train DATA --out RUN_DIR)"
+        )
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = f.metadata() or {}

@@ -278,7 +278,9 @@ class MLPHead(Head):
         head.best_epoch = params.get("best_epoch")
         head.mean = np.asarray(arrays["mean"], dtype=np.float32)
         head.scale = np.asarray(arrays["scale"], dtype=np.float32)
-        head.weights = {k[4:]: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k.startswith("net.")}
+        head.weights = {
+            k[4:]: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k.startswith("net.")
+        }
         return head
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import HeadstartError
+from headstart.core.errors import HeadstartError
 
 app = typer.Typer(
     add_completion=False,
@@ -62,45 +62,98 @@ class Engine(str, Enum):
 def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     if data is not None:
         return data
-    from .data import fetch_flowers
-    from .features import default_cache_dir
+    from headstart.data.discovery import fetch_flowers
+    from headstart.features.extractor import default_cache_dir
 
     return fetch_flowers(Path(cache_dir) if cache_dir else default_cache_dir())
 
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders, split folders, or a CSV of path,label. Omitted: the TensorFlow flowers photos are downloaded.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the model, metrics and report files.")] = Path("runs/latest"),
-    backbone: Annotated[str, typer.Option(help="Any timm model name; the default works offline.")] = "tf_efficientnet_lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file (safetensors or torch state dict) for --backbone.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Folder of class sub-folders, split folders, or a CSV of path,label. Omitted: the TensorFlow flowers photos are downloaded."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder for the model, metrics and report files.")
+    ] = Path("runs/latest"),
+    backbone: Annotated[
+        str, typer.Option(help="Any timm model name; the default works offline.")
+    ] = "tf_efficientnet_lite0",
+    weights: Annotated[
+        Optional[Path],
+        typer.Option(help="Local weights file (safetensors or torch state dict) for --backbone."),
+    ] = None,
     head: Annotated[HeadName, typer.Option(help="Head trained on the cached features.")] = HeadName.logistic,
     seed: Annotated[int, typer.Option(help="Fixes the split and the training.")] = 0,
-    split: Annotated[str, typer.Option(help="train,val,test fractions when the data has no split folders.")] = "0.8,0.1,0.1",
+    split: Annotated[
+        str, typer.Option(help="train,val,test fractions when the data has no split folders.")
+    ] = "0.8,0.1,0.1",
     labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
     top_k: Annotated[int, typer.Option(help="k of the top-k accuracy.")] = 3,
     engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32)."),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    exclude: Annotated[Optional[Path], typer.Option(help="Files to leave out: a text file of paths (one a line, # comments), a CSV with a path column, or the doctor's exclude.txt/doctor.json. Your files are not touched.")] = None,
-    check_data: Annotated[bool, typer.Option("--check-data/--no-check-data", help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.")] = True,
-    strategy: Annotated[Strategy, typer.Option(help="feature-extraction (a head on cached features) or finetune (then train the backbone too).")] = Strategy.feature_extraction,
-    unfreeze: Annotated[str, typer.Option(help="finetune: head, last:N (block groups), half or all.")] = "last:2",
+    exclude: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Files to leave out: a text file of paths (one a line, # comments), a CSV with a path column, or the doctor's exclude.txt/doctor.json. Your files are not touched."
+        ),
+    ] = None,
+    check_data: Annotated[
+        bool,
+        typer.Option(
+            "--check-data/--no-check-data",
+            help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.",
+        ),
+    ] = True,
+    strategy: Annotated[
+        Strategy,
+        typer.Option(
+            help="feature-extraction (a head on cached features) or finetune (then train the backbone too)."
+        ),
+    ] = Strategy.feature_extraction,
+    unfreeze: Annotated[
+        str, typer.Option(help="finetune: head, last:N (block groups), half or all.")
+    ] = "last:2",
     epochs: Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")] = 4,
-    lr: Annotated[float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")] = 1e-3,
-    augment: Annotated[str, typer.Option(help="finetune: default (crop+flip), keras, randaugment, trivialaugment or none.")] = "default",
-    class_weight: Annotated[str, typer.Option(help="finetune: none or balanced (for imbalanced classes).")] = "none",
-    patience: Annotated[int, typer.Option(help="finetune: epochs without a better val_loss before stopping.")] = 3,
-    time_budget: Annotated[Optional[float], typer.Option(help="finetune: wall-clock budget in minutes; stops cleanly with the best model.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="finetune: continue the interrupted run in this folder (DATA and options come from it).")] = None,
+    lr: Annotated[
+        float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")
+    ] = 1e-3,
+    augment: Annotated[
+        str, typer.Option(help="finetune: default (crop+flip), keras, randaugment, trivialaugment or none.")
+    ] = "default",
+    class_weight: Annotated[
+        str, typer.Option(help="finetune: none or balanced (for imbalanced classes).")
+    ] = "none",
+    patience: Annotated[
+        int, typer.Option(help="finetune: epochs without a better val_loss before stopping.")
+    ] = 3,
+    time_budget: Annotated[
+        Optional[float],
+        typer.Option(help="finetune: wall-clock budget in minutes; stops cleanly with the best model."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="finetune: continue the interrupted run in this folder (DATA and options come from it)."
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
-    from .classifier import ImageClassifier
-    from .data import parse_split
+    from headstart.data.discovery import parse_split
+    from headstart.estimator.classifier import ImageClassifier
 
     if resume is not None:
-        from .finetune import resume_run
+        from headstart.estimator.finetune import resume_run
 
         resume_run(resume, verbose=not quiet)
         return
@@ -119,12 +172,18 @@ def train(
         check_data=check_data,
     )
     if strategy is Strategy.finetune:
-        from .finetune import FineTuneClassifier
+        from headstart.estimator.finetune import FineTuneClassifier
 
         clf: ImageClassifier = FineTuneClassifier(
-            unfreeze=unfreeze, epochs=epochs, lr=lr, train_batch_size=batch_size or 32, augment=augment,
-            class_weight=None if class_weight == "none" else class_weight, patience=patience,
-            time_budget=time_budget * 60 if time_budget else None, **common,
+            unfreeze=unfreeze,
+            epochs=epochs,
+            lr=lr,
+            train_batch_size=batch_size or 32,
+            augment=augment,
+            class_weight=None if class_weight == "none" else class_weight,
+            patience=patience,
+            time_budget=time_budget * 60 if time_budget else None,
+            **common,
         )
     else:
         clf = ImageClassifier(batch_size=batch_size or 8, **common)
@@ -134,13 +193,19 @@ def train(
 @app.command()
 def doctor(
     data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")] = Path("runs/doctor"),
-    backbone: Annotated[str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")] = "tf_efficientnet_lite0",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")
+    ] = Path("runs/doctor"),
+    backbone: Annotated[
+        str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")
+    ] = "tf_efficientnet_lite0",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --backbone.")] = None,
     labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the out-of-fold label check.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
-    near: Annotated[float, typer.Option(help="Feature cosine similarity from which two images are near duplicates.")] = 0.95,
+    near: Annotated[
+        float, typer.Option(help="Feature cosine similarity from which two images are near duplicates.")
+    ] = 0.95,
     engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
     cache_dir: Annotated[Optional[Path], typer.Option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -148,13 +213,21 @@ def doctor(
     """Check DATA for broken files, duplicates, leaks, likely wrong labels and imbalance."""
     import time
 
-    from .doctor import diagnose, write_report
-    from .runs import write_json
+    from headstart.core.io import write_json
+    from headstart.doctor.checks import diagnose, write_report
 
     t0 = time.perf_counter()
     report = diagnose(
-        data, backbone=backbone, weights=weights, labels_from=labels_from, cache_dir=cache_dir,
-        engine=engine.value, folds=folds, seed=seed, near_cosine=near, verbose=not quiet,
+        data,
+        backbone=backbone,
+        weights=weights,
+        labels_from=labels_from,
+        cache_dir=cache_dir,
+        engine=engine.value,
+        folds=folds,
+        seed=seed,
+        near_cosine=near,
+        verbose=not quiet,
     )
     settings = {"data": str(data), "backbone": backbone, "folds": folds, "seed": seed, "near_cosine": near}
     doc = write_report(report, out, settings)
@@ -175,13 +248,20 @@ def doctor(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="model.safetensors (or its run folder).")],
     data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = Path("runs/evaluate"),
-    split: Annotated[str, typer.Option(help="auto: the saved test split if DATA is the training data, else all images; or all/test/val/train.")] = "auto",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")
+    ] = Path("runs/evaluate"),
+    split: Annotated[
+        str,
+        typer.Option(
+            help="auto: the saved test split if DATA is the training data, else all images; or all/test/val/train."
+        ),
+    ] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Evaluate a saved model on labelled images."""
-    from .classifier import load
+    from headstart.estimator.classifier import load
 
     clf = load(model, cache_dir=cache_dir, verbose=not quiet)
     clf.evaluate(data, out_dir=out, split=split)
@@ -194,10 +274,15 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
     cache_dir: Annotated[Optional[Path], typer.Option()] = None,
-    annotate: Annotated[Optional[Path], typer.Option(help="Also save each image with its top-k drawn on it into this folder, plus index.html.")] = None,
+    annotate: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also save each image with its top-k drawn on it into this folder, plus index.html."
+        ),
+    ] = None,
 ) -> None:
     """Top-k labels with probabilities for each image."""
-    from .classifier import load
+    from headstart.estimator.classifier import load
 
     clf = load(model, cache_dir=cache_dir, verbose=False)
     results = clf.predict_top_k(paths, k=top_k)
@@ -229,18 +314,26 @@ def predict(
     if bad:
         print(f"{len(bad)} of {len(results)} file(s) could not be read", file=sys.stderr)
     if annotate is not None:
-        from .annotate import annotate_predictions
-        from .progress import ConsoleProgress
+        from headstart.core.progress import ConsoleProgress
+        from headstart.reporting.annotate import annotate_predictions
 
-        index = annotate_predictions(results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress())
+        index = annotate_predictions(
+            results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
+        )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by train or evaluate.")],
-    method: Annotated[Optional[MapMethod], typer.Option(help="Recompute the feature map with this method (default: keep the saved map).")] = None,
-    points: Annotated[Optional[MapPoints], typer.Option(help="Map the test images or all images of the run (all: train, val and test).")] = None,
+    method: Annotated[
+        Optional[MapMethod],
+        typer.Option(help="Recompute the feature map with this method (default: keep the saved map)."),
+    ] = None,
+    points: Annotated[
+        Optional[MapPoints],
+        typer.Option(help="Map the test images or all images of the run (all: train, val and test)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the map.")] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -248,27 +341,43 @@ def report(
     """Rebuild RUN_DIR/report.html from the saved run files (no retraining)."""
     import time
 
-    from .report import MAP_JSON, build_report, remap_run
+    from headstart.reporting.run_report import MAP_JSON, build_report, remap_run
 
     if not run_dir.is_dir():
         raise HeadstartError(f"run folder not found: {run_dir}")
     t0 = time.perf_counter()
     if method is not None or points is not None:
         saved = json.loads((run_dir / MAP_JSON).read_text()) if (run_dir / MAP_JSON).is_file() else {}
-        info = remap_run(run_dir, (method or MapMethod(saved.get("method", "tsne"))).value,
-                         (points or MapPoints(saved.get("points", "test"))).value, seed, cache_dir, not quiet)
+        info = remap_run(
+            run_dir,
+            (method or MapMethod(saved.get("method", "tsne"))).value,
+            (points or MapPoints(saved.get("points", "test"))).value,
+            seed,
+            cache_dir,
+            not quiet,
+        )
         if not quiet:
-            print(f"feature map: {info['method']} of {info['n']} images in {info['seconds']:.1f}s", file=sys.stderr)
+            print(
+                f"feature map: {info['method']} of {info['n']} images in {info['seconds']:.1f}s",
+                file=sys.stderr,
+            )
     path = build_report(run_dir)
     if not quiet:
-        print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"report: {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
 
 
 @app.command()
 def embed(
     data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for map.png, map.html and map.csv.")] = Path("runs/embed"),
-    backbone: Annotated[str, typer.Option(help="Any timm model name; the default works offline.")] = "tf_efficientnet_lite0",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for map.png, map.html and map.csv.")
+    ] = Path("runs/embed"),
+    backbone: Annotated[
+        str, typer.Option(help="Any timm model name; the default works offline.")
+    ] = "tf_efficientnet_lite0",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --backbone.")] = None,
     method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = MapMethod.tsne,
     labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
@@ -277,7 +386,7 @@ def embed(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """A 2-D map of every image's backbone features, coloured by class (features from the cache)."""
-    from .embedding import embed_map
+    from headstart.reporting.maps import embed_map
 
     embed_map(data, out, backbone, weights, method.value, labels_from, seed, cache_dir, not quiet)
 

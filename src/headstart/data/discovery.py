@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HeadstartError
-from .images import is_image_name
-from .progress import ConsoleProgress, ProgressSink
+from headstart.core.errors import HeadstartError
+from headstart.core.progress import ConsoleProgress, ProgressSink
+from headstart.data.images import is_image_name
 
 SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -34,9 +34,7 @@ FILENAME_LABEL = re.compile(r"^([^_]+)_.+")
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "image", "image_path", "fname")
 LABEL_COLUMNS = ("label", "class", "category", "target", "y", "class_name")
 
-FLOWERS_URL = (
-    "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
-)
+FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 
 
@@ -332,7 +330,9 @@ def keep_groups_together(
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or fractions[0] <= 0:
-        raise HeadstartError(f"--split needs three fractions train,val,test like 0.8,0.1,0.1 (got {fractions})")
+        raise HeadstartError(
+            f"--split needs three fractions train,val,test like 0.8,0.1,0.1 (got {fractions})"
+        )
     total = float(sum(fractions))
     return fractions[0] / total, fractions[1] / total, fractions[2] / total
 
@@ -373,7 +373,9 @@ def assign_splits(
         )
         where = {i: k for k, i in enumerate(train_idx)}
         inner_groups = [[where[i] for i in g if i in where] for g in groups or ()]
-        inner = make_split([samples[i].label for i in train_idx], sub, seed, [g for g in inner_groups if len(g) > 1])
+        inner = make_split(
+            [samples[i].label for i in train_idx], sub, seed, [g for g in inner_groups if len(g) > 1]
+        )
         for i, g in zip(train_idx, inner):
             out[i] = g
         return out, f"predefined (+{'/'.join(missing)} carved from train)"

@@ -1,0 +1,5 @@
+"""``python -m headstart``: the same as the ``headstart`` command."""
+
+from headstart.cli.app import main
+
+main()

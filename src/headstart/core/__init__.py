@@ -1,0 +1,1 @@
+"""Lowest layer: errors, settings validation, CPUs and threads, atomic file writes, progress. Imports nothing of headstart."""

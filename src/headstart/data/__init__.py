@@ -1,0 +1,1 @@
+"""Images on disk: discovery, splits, exclusions, decoding, augmentation, downloadable data sets."""

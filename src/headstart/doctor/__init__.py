@@ -1,0 +1,1 @@
+"""The data doctor: bad files, duplicates, likely wrong labels, imbalance."""

@@ -1,0 +1,1 @@
+"""The estimator: ImageClassifier (feature extraction or fine-tuning), load."""

@@ -1,0 +1,1 @@
+"""Numbers about predictions: metrics, calibration, confused pairs."""

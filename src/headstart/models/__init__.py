@@ -1,0 +1,1 @@
+"""Networks and their files: backbones (timm), heads on features, the one-file bundle."""

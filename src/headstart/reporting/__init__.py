@@ -1,0 +1,1 @@
+"""Pages and pictures: the run report, the doctor page, feature maps, plots, annotated images."""

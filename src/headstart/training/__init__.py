@@ -1,0 +1,1 @@
+"""Fine-tuning: the epoch loop, its callbacks and checkpoints."""
