@@ -281,20 +281,27 @@ def test_a_kept_probe_is_the_feature_extraction_model(tmp_path):
 def test_training_threads_leave_out_cores_other_programs_keep_busy(monkeypatch):
     """The sample of the CPU counters decides, not the load average (which still counts this
     run's own feature extraction)."""
-    import headstart.training.loop as training
+    import headstart.core.system as system
 
-    monkeypatch.setattr(training, "usable_cpus", lambda: [0, 1, 2, 3])
-    monkeypatch.setattr(training, "usable_core_count", lambda: 4)
-    monkeypatch.setattr(training.os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # stale: must be ignored
-    monkeypatch.setattr(training.time, "sleep", lambda s: None)
-    for busy_jiffies, expected in ((0, 4), (100, 3), (260, 1), (400, 1)):
-        # 4 cores x 100 jiffies pass in the window; ``busy_jiffies`` of them by other programs
-        samples = iter([(1000.0, 5000.0), (1000.0 + busy_jiffies, 5400.0)])
-        monkeypatch.setattr(training, "_cpu_times", lambda s=samples: next(s))
-        assert training.compute_threads() == expected, busy_jiffies
-    monkeypatch.setattr(training, "_cpu_times", lambda: None)  # no /proc/stat: the load average
-    assert training.compute_threads() == 1
-    assert training.compute_threads(3) == 3  # an explicit count always wins
+    monkeypatch.setattr(system, "usable_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(system.os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # stale: must be ignored
+    monkeypatch.setattr(system.time, "sleep", lambda s: None)
+    monkeypatch.setattr(system.time, "process_time", lambda: 0.0)
+    for busy_seconds, expected in ((0, 4), (1.0, 3), (2.6, 1), (4.0, 1)):
+        # 4 cores x 1 s pass in the window; ``busy_seconds`` of them by other programs
+        samples = iter([(10.0, 50.0), (10.0 + busy_seconds, 54.0)])
+        monkeypatch.setattr(system, "cpu_times", lambda s=samples: next(s))
+        assert system.compute_threads() == expected, busy_seconds
+    monkeypatch.setattr(system, "cpu_times", lambda: None)  # no counters: the load average
+    assert system.compute_threads() == 1
+    assert system.compute_threads(3) == 3  # an explicit count always wins
+
+
+def test_cpu_counters_are_read_for_the_usable_cpus_only():
+    from headstart.core.system import cpu_times, usable_core_count
+
+    busy, total = cpu_times()
+    assert 0 < busy < total and usable_core_count() >= 1
 
 
 def test_tensorboard_gets_every_epoch_where_installed(tiny, tmp_path):

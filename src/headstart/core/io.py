@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +49,51 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    # backslashreplace turns a non-UTF-8 file name into a JSON \\udcXX escape: valid, and it reads back exact
-    tmp.write_text(
-        json.dumps(_clean(data), indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace"
-    )
-    tmp.replace(path)
-    return path
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` only when the block
+    ends without an error, so a reader never sees half a file (removed on error).
+
+    Every file headstart writes goes through here (or ``write_json``/``write_rows``/``write_text``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
-def write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    # surrogateescape: a non-UTF-8 file name is written back as the bytes it has on disk
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+def write_text(path: str | Path, text: str, errors: str = "strict") -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", errors=errors)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """JSON, atomically; NaN/inf become null; a non-UTF-8 file name becomes a \\udcXX escape
+    (valid JSON that reads back exact)."""
+    text = json.dumps(_clean(data), indent=2, ensure_ascii=False)
+    return write_text(path, text, errors="backslashreplace")
+
+
+def write_rows(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """CSV, atomically; a non-UTF-8 file name is written back as the bytes it has on disk."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return Path(path)
 
 
 def summarize_skips(skipped: Sequence[tuple[str, str, str]]) -> str:

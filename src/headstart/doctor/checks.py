@@ -32,6 +32,7 @@ from PIL import Image
 
 from headstart.core.errors import BadImageError, HeadstartError
 from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink
+from headstart.core.system import usable_core_count
 from headstart.data.discovery import Dataset, Sample, discover
 from headstart.data.images import decode_image, read_bytes
 
@@ -106,7 +107,7 @@ def check_files(
     progress = progress or NullProgress()
     progress.start("checking files", len(paths))
     out: list[FileCheck] = []
-    with ThreadPoolExecutor(workers or max(1, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(workers or usable_core_count()) as pool:
         for check in pool.map(check_file, paths):
             out.append(check)
             progress.advance(1)
@@ -652,7 +653,7 @@ def write_html(doc: dict[str, Any], path: Path, max_items: int = 200) -> Path:
     for r in doc["label_issues"][:max_items]:
         wanted += [r["path"], *[n["path"] for n in r.get("neighbours", [])[:3]]]
     wanted = list(dict.fromkeys(wanted))
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(usable_core_count()) as pool:
         thumbs = dict(zip(wanted, pool.map(thumbnail_uri, wanted)))
     s = doc["summary"]
     parts = [

@@ -28,6 +28,7 @@ import numpy as np
 
 from headstart.core.errors import BadImageError
 from headstart.core.progress import NullProgress, ProgressSink
+from headstart.core.system import usable_core_count
 from headstart.data.images import Preprocessor, read_bytes
 from headstart.models.backbones import Backbone
 
@@ -46,20 +47,6 @@ def _db_text(path: str) -> str:
     """A path SQLite can store: non-UTF-8 bytes in a file name (kept by Python as surrogates)
     become backslash escapes."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def usable_cpus() -> list[int] | None:
-    """The CPUs this process may run on (a container or taskset may allow fewer than exist);
-    None where the OS does not say."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
-def usable_core_count() -> int:
-    cpus = usable_cpus()
-    return len(cpus) if cpus else max(1, os.cpu_count() or 1)
 
 
 def content_hash(data: bytes) -> str:
@@ -606,3 +593,36 @@ def extract_features(
 ) -> ExtractionResult:
     """One-call form of :class:`FeatureExtractor` for scripts and notebooks."""
     return FeatureExtractor(backbone, cache=cache, **kwargs).extract(paths)
+
+
+def build_extractor(
+    backbone: str | Backbone | None = None,
+    weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    engine: str = "auto",
+    batch_size: int = 8,
+    workers: int | None = None,
+    verbose: bool = True,
+) -> FeatureExtractor:
+    """The one way to set up extraction: backbone (a timm name, or one already built), the
+    feature cache, the engine, the batch size, the decoding threads and progress lines.
+
+    Args:
+        backbone: timm model name (default: the offline EfficientNet-Lite0) or a built ``Backbone``.
+        weights: local weights file for a named backbone.
+        cache_dir: feature cache folder (default ``default_cache_dir()``).
+        engine: ``auto``, ``openvino``, ``onnxruntime`` or ``torch``.
+        batch_size: images per engine call.
+        workers: decoding threads (default: the usable cores).
+        verbose: print progress lines (images/s, ETA) to stderr.
+    """
+    from headstart.core.progress import ConsoleProgress
+    from headstart.models.backbones import DEFAULT_BACKBONE, create_backbone
+
+    cache = FeatureCache(cache_dir)
+    if not isinstance(backbone, Backbone):
+        backbone = create_backbone(backbone or DEFAULT_BACKBONE, weights, cache.root)
+    progress = ConsoleProgress() if verbose else NullProgress()
+    return FeatureExtractor(
+        backbone, cache=cache, engine=engine, batch_size=batch_size, workers=workers, progress=progress
+    )

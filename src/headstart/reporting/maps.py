@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.core.system import usable_core_count
+
 METHODS = ("tsne", "pca")
 MAP_FORMAT = 1  # bump when the map for given features changes
 PARALLEL_FROM = 5000
@@ -55,7 +57,7 @@ def _tsne(features: np.ndarray, seed: int) -> np.ndarray:
         initialization="pca",  # a stable global layout; and it converges faster than random
         # One thread below a few thousand points: on a busy CPU two threads ran 6-8x slower
         # (measured on a shared 2-core machine); beyond that the parallel gradient pays off.
-        n_jobs=1 if n < PARALLEL_FROM else max(1, os.cpu_count() or 1),
+        n_jobs=1 if n < PARALLEL_FROM else usable_core_count(),
         random_state=seed,
         verbose=False,
     )

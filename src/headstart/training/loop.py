@@ -30,7 +30,7 @@ import numpy as np
 
 from headstart.core.errors import BadImageError, HeadstartError
 from headstart.core.progress import ConsoleProgress, NullProgress, _fmt_eta
-from headstart.features.extractor import usable_core_count, usable_cpus
+from headstart.core.system import compute_threads, usable_core_count
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
@@ -170,66 +170,6 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
             return self.fc((features - self.feature_mean) / self.feature_scale)
 
     return Network()
-
-
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies since boot of the CPUs this process may use, from /proc/stat;
-    None where there is no /proc/stat."""
-    cpus = usable_cpus()
-    wanted = {f"cpu{i}" for i in cpus} if cpus is not None else {"cpu"}
-    busy = total = 0.0
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *values = line.split()
-                if name not in wanted:
-                    continue
-                fields = [float(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
-                idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-                busy += sum(fields) - idle
-                total += sum(fields)
-    except (OSError, ValueError, IndexError):
-        return None
-    return (busy, total) if total > 0 else None
-
-
-def busy_cores(sample_s: float = 0.5) -> float | None:
-    """How many of this process's usable cores other programs keep busy now, sampled over
-    ``sample_s`` while this process waits; None where /proc/stat is unavailable."""
-    first = _cpu_times()
-    if first is None:
-        return None
-    own = time.process_time()
-    time.sleep(sample_s)
-    second = _cpu_times()
-    own = time.process_time() - own
-    if second is None or second[1] <= first[1]:
-        return None
-    wall = (second[1] - first[1]) / usable_core_count()  # jiffies per core in the window
-    busy = (second[0] - first[0]) / wall - own / max(sample_s, 1e-9)
-    return max(0.0, busy)
-
-
-def compute_threads(threads: int | None = None) -> int:
-    """Torch threads for training: the cores not already busy.
-
-    On a shared machine, more threads than free cores is far slower than fewer (every small op
-    waits at a barrier for a descheduled thread: measured 2-10x here), so the default leaves
-    out the cores other programs keep busy right now. It samples the CPU counters for half a
-    second rather than reading the load average: that average still counts this run's own
-    feature extraction of the last minute, and halved the threads on an idle 2-core machine
-    (25 instead of 35 images/s). Where there are no counters, the load average it is.
-    """
-    cores = usable_core_count()
-    if threads:
-        return max(1, int(threads))
-    busy = busy_cores()
-    if busy is None:
-        try:
-            busy = os.getloadavg()[0]
-        except OSError:
-            busy = 0.0
-    return max(1, min(cores, cores - int(round(busy))))
 
 
 def resolve_precision(precision: str) -> str:
@@ -374,7 +314,7 @@ class FineTuner:
     def _workers(self) -> int:
         if self.settings.workers is not None:
             return max(0, int(self.settings.workers))
-        return max(1, min(4, (os.cpu_count() or 1) // 2))  # decoding is cheap next to training
+        return max(1, min(4, usable_core_count() // 2))  # decoding is cheap next to training
 
     def _autocast(self) -> Any:
         import contextlib
