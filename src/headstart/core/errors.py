@@ -16,3 +16,16 @@ class BadImageError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ParameterError(HeadstartError, ValueError):
+    """A parameter of the estimator (or a function) has a value it cannot take.
+
+    ``param`` is the Python parameter's name, so the CLI can name its own flag instead (a
+    library error never names a CLI flag).
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message

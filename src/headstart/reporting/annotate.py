@@ -19,7 +19,7 @@ from headstart.core.errors import BadImageError
 from headstart.core.io import write_rows
 from headstart.core.progress import NullProgress, ProgressSink
 from headstart.data.images import decode_image, read_bytes
-from headstart.reporting.run_report import esc, page
+from headstart.reporting.html import esc, page
 
 MAX_SIDE = 512
 
