@@ -68,6 +68,10 @@ TENSORBOARD_DIR = "tensorboard"
 
 @dataclass
 class FineTuneResult:
+    """The fine-tuned backbone, the head's arrays (see ``network.head_arrays``), one history row
+    per complete epoch, and what the run did (``info``: epochs_run, best_epoch, probe_kept,
+    stopped_because...)."""
+
     backbone_model: Any
     head_arrays: dict[str, np.ndarray]
     history: list[dict[str, float]]
@@ -497,6 +501,7 @@ class FineTuner:
         stopped: str,
         resume: bool,
     ) -> dict[str, Any]:
+        """What the run did, as the estimator saves it (finetune.json, metrics.json)."""
         s, history = self.settings, state.history
         return {
             "unfreeze": s.unfreeze,
