@@ -15,14 +15,10 @@ import headstart
 from headstart.core.errors import HeadstartError
 from headstart.models.backbones import create_backbone
 from headstart.models.heads import make_head
-from headstart.training.loop import (
-    FineTuner,
-    FineTuneSettings,
-    block_groups,
-    load_checkpoint,
-    save_checkpoint,
-    trainable_groups,
-)
+from headstart.training.checkpoints import load_checkpoint, save_checkpoint
+from headstart.training.loop import FineTuner
+from headstart.training.network import block_groups, trainable_groups
+from headstart.training.settings import FineTuneSettings
 
 CLI = [sys.executable, "-m", "headstart"]
 

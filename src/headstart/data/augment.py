@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.core.errors import HeadstartError
+from headstart.core.errors import ParameterError
 
 PRESETS = ("default", "keras", "randaugment", "trivialaugment", "none")
 
@@ -73,7 +73,7 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
             v2.CenterCrop((h, w)),
         ]
     else:
-        raise HeadstartError(f"unknown augmentation '{preset}': choose one of {', '.join(PRESETS)}")
+        raise ParameterError("augment", f"unknown value '{preset}': choose one of {', '.join(PRESETS)}")
     return v2.Compose([*steps, v2.PILToTensor()])  # geometry on PIL: faster than on tensors
 
 

@@ -1,1 +1,32 @@
 """Fine-tuning: the epoch loop, its callbacks and checkpoints."""
+
+from headstart.training.callbacks import (
+    Callback,
+    CallbackList,
+    Checkpointing,
+    EarlyStopping,
+    EpochEndFunction,
+    History,
+    TensorBoard,
+    TimeBudget,
+)
+from headstart.training.checkpoints import settings_fingerprint
+from headstart.training.loop import FineTuner, FineTuneResult
+from headstart.training.settings import FineTuneSettings
+from headstart.training.state import TrainState
+
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "Checkpointing",
+    "EarlyStopping",
+    "EpochEndFunction",
+    "FineTuneResult",
+    "FineTuneSettings",
+    "FineTuner",
+    "History",
+    "TensorBoard",
+    "TimeBudget",
+    "TrainState",
+    "settings_fingerprint",
+]

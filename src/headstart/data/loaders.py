@@ -1,0 +1,128 @@
+"""Image loaders for fine-tuning: seeded per image, so an epoch is the same whatever the worker
+count or an interruption.
+
+Images reach the network as uint8 CHW tensors (normalisation happens inside the network), so
+workers pass small tensors. An unreadable file gets label -100, which every loss ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from headstart.core.errors import BadImageError
+from headstart.core.system import usable_core_count
+
+IGNORED_LABEL = -100
+
+
+class ImageSet:
+    """(path, label) pairs -> (uint8 CHW tensor, label); an unreadable file gets label -100 (ignored).
+
+    Indices come from :class:`EpochSampler` as (index, seed): each image's augmentation is drawn
+    from its own seed, so it is the same whatever the worker count or an interruption.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, int]], transform: Any, min_side: int, shape: tuple) -> None:
+        self.items = list(items)
+        self.transform = transform
+        self.min_side = min_side
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[Any, int]:
+        import torch
+
+        from headstart.data.images import decode_image, read_bytes
+
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        path, label = self.items[index]
+        try:
+            img = decode_image(read_bytes(path), self.min_side)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.transform(img), label
+        except BadImageError:
+            return torch.zeros(self.shape, dtype=torch.uint8), IGNORED_LABEL
+
+
+class EpochSampler:
+    """A seeded permutation per epoch, yielding (index, per-image seed); set ``epoch`` before each."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**31 - 1, self.n)
+        return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
+
+
+def worker_init(_: int) -> None:
+    """Each loader worker decodes with one torch thread: the workers are the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def loader_workers(workers: int | None) -> int:
+    """Loader worker processes: ``workers`` if given, else up to 4 (half the usable cores), since
+    decoding is cheap next to training."""
+    if workers is not None:
+        return max(0, int(workers))
+    return max(1, min(4, usable_core_count() // 2))
+
+
+def make_loader(dataset: ImageSet, sampler: EpochSampler, batch_size: int, workers: int) -> Any:
+    """A torch DataLoader over ``dataset`` in ``sampler``'s order; workers persist across epochs."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        dataset,  # type: ignore[arg-type]  # map-style by protocol (torch is imported lazily)
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def train_loader(
+    items: Sequence[tuple[str, int]],
+    augment: str,
+    data_config: dict[str, Any],
+    batch_size: int,
+    workers: int,
+    seed: int,
+) -> tuple[Any, EpochSampler]:
+    """The shuffled, augmented training loader and its sampler (set ``sampler.epoch`` per epoch).
+
+    Images are decoded at the input size plus a margin, so random crops keep detail.
+    """
+    from headstart.data.augment import train_transform
+
+    _, h, w = data_config["input_size"]
+    dataset = ImageSet(items, train_transform(augment, data_config), max(h, w) + 96, (3, h, w))
+    sampler = EpochSampler(len(dataset), seed, shuffle=True)
+    return make_loader(dataset, sampler, batch_size, workers), sampler
+
+
+def eval_loader(
+    items: Sequence[tuple[str, int]], data_config: dict[str, Any], batch_size: int, workers: int
+) -> Any:
+    """Images in order through the backbone's eval transform (the feature path's preprocessing)."""
+    from headstart.data.augment import EvalTransform
+
+    transform = EvalTransform(data_config)
+    _, h, w = data_config["input_size"]
+    dataset = ImageSet(items, transform, transform.preprocess.min_side, (3, h, w))
+    return make_loader(dataset, EpochSampler(len(items), 0, shuffle=False), batch_size, workers)

@@ -1,0 +1,53 @@
+"""What decides a fine-tuning run: its settings, and the precision they resolve to on this CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from headstart.core.errors import ParameterError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class FineTuneSettings:
+    """Everything that decides a fine-tuning run (saved with the run, checked on resume)."""
+
+    unfreeze: str = "last:2"
+    epochs: int = 4
+    lr: float = 1e-3  # the head's; backbone groups get less (see ``backbone_lr_scale``)
+    backbone_lr_scale: float = 0.1  # the top trainable group's lr relative to the head
+    layer_decay: float = 0.6  # each earlier group: times this
+    batch_size: int = 32
+    augment: str = "default"
+    class_weight: str | None = None  # None or "balanced"
+    patience: int = 3
+    time_budget: float | None = None  # seconds of wall time for the whole fit
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of all steps
+    grad_clip: float = 1.0
+    # BatchNorm statistics: frozen everywhere by default (Keras' advice for fine-tuning: small
+    # batches of augmented images make poor statistics); False updates them in trainable parts.
+    freeze_bn_stats: bool = True
+    # Keep the probe's own L2 penalty (scikit-learn's 1/(2 C n) ||W||^2) on the head, so training
+    # optimises the objective the probe was chosen with.
+    keep_probe_l2: bool = True
+    workers: int | None = None
+    precision: str = "auto"  # auto (bf16 where the CPU has it), bf16 or fp32
+    threads: int | None = None  # torch threads; None: the cores not already busy (see compute_threads)
+    seed: int = 0
+
+
+def resolve_precision(precision: str) -> str:
+    """bf16 autocast where the CPU has native bf16 (decided at run time), else fp32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ParameterError("precision", f"unknown value '{precision}': use {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if precision == "bf16" and not native:
+        raise ParameterError("precision", "bf16: this CPU has no native bf16; use auto or fp32")
+    return "bf16" if native else "fp32"

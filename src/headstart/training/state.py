@@ -1,0 +1,56 @@
+"""What the epoch loop and its callbacks share: one mutable :class:`TrainState` per fit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headstart.training.settings import FineTuneSettings
+
+# An epoch improves on the best when its val_loss is lower by more than this.
+MIN_DELTA = 1e-4
+
+
+def no_best() -> dict[str, Any]:
+    """The best model before any epoch: nothing to beat (``state`` is set to the probe's weights)."""
+    return {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0, "state": None}
+
+
+@dataclass
+class TrainState:
+    """The run as the loop and its callbacks see it.
+
+    A callback stops the run by setting ``stop`` to a short reason (it becomes
+    ``info["stopped_because"]``), optionally with ``stop_message`` for the log. A stop set during
+    an epoch (in ``on_batch_end``) drops that epoch; one set in ``on_epoch_end`` keeps it.
+    """
+
+    settings: FineTuneSettings
+    network: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    precision: str = "fp32"
+    run_dir: Path | None = None
+    log: Callable[[str], None] = print
+    fingerprint: str = ""
+    epoch: int = 0  # the epoch running, or the last one that ended
+    start_epoch: int = 1  # the first epoch this fit runs (after a resume: the one after the checkpoint)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=no_best)  # val_loss, val_accuracy, epoch, state
+    improved: bool = False  # whether the epoch that just ended is the new best
+    waited: int = 0  # epochs since the best (kept by EarlyStopping, saved in checkpoints)
+    trained_s: float = 0.0  # seconds of complete epochs, resumed runs included
+    start_val: dict[str, float] | None = None  # the probe's val_loss and val_accuracy
+    stop: str | None = None
+    stop_message: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return self.settings.epochs
+
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """Stop after the current batch or epoch; ``message`` is logged once the loop stops."""
+        self.stop = reason
+        self.stop_message = message
