@@ -28,6 +28,8 @@ LABEL_COLUMNS = ("label", "class", "category", "target", "y", "class_name")
 
 @dataclass(frozen=True)
 class Sample:
+    """One labelled image file."""
+
     path: str
     label: str
     split: str | None = None  # set when the data came with predefined splits
@@ -55,12 +57,14 @@ class Dataset:
         return [s.label for s in self.samples]
 
     def relative(self, path: str) -> str:
+        """``path`` relative to the data root (as given where it has none, e.g. another drive)."""
         try:
             return os.path.relpath(path, self.root)
         except ValueError:
             return path
 
     def class_counts(self) -> dict[str, int]:
+        """Images per class, by class name."""
         return dict(sorted(Counter(self.labels).items()))
 
 

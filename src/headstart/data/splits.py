@@ -103,6 +103,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
+    """``"0.8,0.1,0.1"`` as normalised train, val and test fractions."""
     try:
         parts = tuple(float(x) for x in text.split(","))
     except ValueError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class CheckReport:
         return [g for g in self.groups if len({self.samples[i].split for i in g.members} - {None}) > 1]
 
     def imbalance(self) -> dict[str, Any]:
+        """Largest and smallest class, their ratio, and what to do from ``IMBALANCE_RATIO`` up."""
         counts = self.class_counts
         if not counts:
             return {"ratio": None, "suggestion": None}
@@ -63,7 +65,8 @@ class CheckReport:
             )
         return {"largest": big, "smallest": small, "ratio": round(ratio, 3), "suggestion": suggestion}
 
-    def group_records(self, relative=None) -> list[dict[str, Any]]:
+    def group_records(self, relative: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
+        """The duplicate groups as ``doctor.json`` lists them; ``relative`` shortens paths."""
         rel = relative or (lambda p: p)
         out = []
         for n, g in enumerate(self.groups, start=1):

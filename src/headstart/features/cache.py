@@ -91,6 +91,7 @@ class FeatureCache:
         return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
     def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of ``keys`` in namespace ``ns``; a missing or damaged row is left out."""
         found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(keys))
         with self._lock:
@@ -109,6 +110,7 @@ class FeatureCache:
         return found
 
     def put_many(self, ns: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Store ``(key, vector)`` pairs in namespace ``ns`` in one transaction."""
         rows = []
         for key, vec in items:
             blob = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
@@ -132,6 +134,7 @@ class FeatureCache:
         return found
 
     def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
+        """Store ``(path, size, mtime_ns, inode, hash)`` rows for ``known_hashes``."""
         rows = [(_db_text(p), *rest) for p, *rest in rows]
         with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", rows)

@@ -73,6 +73,7 @@ class Engine:
     static_batch: int | None = None
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of one uint8 NHWC batch of exactly the engine's batch size."""
         raise NotImplementedError
 
     def _pad(self, pixels: np.ndarray) -> np.ndarray:
