@@ -57,7 +57,13 @@ def run_doctor(
         verbose=verbose,
     )
     root = data.root if isinstance(data, Dataset) else data
-    settings = {"data": str(root), "backbone": backbone, "folds": folds, "seed": seed, "near_cosine": near_cosine}
+    settings = {
+        "data": str(root),
+        "backbone": backbone,
+        "folds": folds,
+        "seed": seed,
+        "near_cosine": near_cosine,
+    }
     doc = write_doctor_files(report, out_dir, settings, started)
     return doc, summary_lines(report, doc, Path(out_dir))
 
