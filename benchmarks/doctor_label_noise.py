@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from headstart import ImageClassifier
-from headstart.data.discovery import discover, make_split
-from headstart.doctor.checks import diagnose, write_report
+from headstart.data.discovery import discover
+from headstart.data.splits import make_split
+from headstart.doctor import diagnose
+from headstart.runs.doctor import write_doctor_files
 
 
 def accuracy(clf: ImageClassifier, paths: list[str], truth: list[str]) -> float:
@@ -74,7 +76,7 @@ def main() -> None:
 
     t = time.perf_counter()
     report = diagnose(csv_path, seed=args.seed, verbose=False)
-    doc = write_report(report, out / "doctor")
+    doc = write_doctor_files(report, out / "doctor")
     doctor_s = time.perf_counter() - t
     ranked = [r["path"] for r in report.label_ranking]
     recall = {}

@@ -47,7 +47,7 @@ def tuned_pytorch(backbone, paths: list[str], batch_size: int = 32) -> tuple[flo
     import torch
 
     from headstart.data.images import Preprocessor
-    from headstart.features.extractor import TorchEngine
+    from headstart.features.engines import TorchEngine
     from headstart.training.loop import resolve_precision
 
     precision = resolve_precision("auto")
@@ -78,7 +78,8 @@ def main() -> None:
 
     from headstart.core.progress import NullProgress
     from headstart.data.discovery import discover
-    from headstart.features.extractor import FeatureCache, FeatureExtractor
+    from headstart.features.cache import FeatureCache
+    from headstart.features.extractor import FeatureExtractor
     from headstart.models.backbones import create_backbone
 
     paths = discover(args.data).paths

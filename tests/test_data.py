@@ -5,7 +5,8 @@ import pytest
 from conftest import make_class_folders, make_image
 
 from headstart.core.errors import HeadstartError
-from headstart.data.discovery import assign_splits, discover, make_split
+from headstart.data.discovery import discover
+from headstart.data.splits import assign_splits, make_split
 
 
 def test_class_folders_with_hidden_and_non_image_files(tmp_path):

@@ -16,13 +16,10 @@ import pytest
 from conftest import make_class_folders, tree_digest
 from PIL import Image
 
-from headstart.data.discovery import Sample, assign_splits, make_split
-from headstart.doctor.checks import (
-    exclude_samples,
-    find_duplicates,
-    rank_label_issues,
-    read_exclude_list,
-)
+from headstart.data.discovery import Sample
+from headstart.data.exclusions import exclude_samples, read_exclude_list
+from headstart.data.splits import assign_splits, make_split
+from headstart.doctor import find_duplicates, rank_label_issues
 
 CLI = [sys.executable, "-m", "headstart"]
 
@@ -265,7 +262,8 @@ def test_exclude_list_formats(tmp_path):
 def test_doctor_finds_flipped_labels_and_train_excludes_them(flowers_csv, tmp_path):
     """Three flower photos given a wrong label rank near the top; --exclude leaves them out."""
     import headstart
-    from headstart.doctor.checks import diagnose, write_report
+    from headstart.doctor import diagnose
+    from headstart.runs.doctor import write_doctor_files
 
     rows = flowers_csv.read_text().splitlines()
     flips = {1: "roses", 40: "sunflowers", 100: "daisy"}  # row -> wrong label (rows 1-30 are daisy...)
@@ -276,7 +274,7 @@ def test_doctor_finds_flipped_labels_and_train_excludes_them(flowers_csv, tmp_pa
     flipped = {rows[i].rsplit(",", 1)[0] for i in flips}
 
     report = diagnose(noisy, verbose=False)
-    doc = write_report(report, tmp_path / "doc")
+    doc = write_doctor_files(report, tmp_path / "doc")
     top = {r["path"] for r in report.label_ranking[:12]}  # with genuinely odd photos (ranks 2, 4, 10 here)
     assert flipped <= top
     issues = {r["path"]: r for r in doc["label_issues"]}
@@ -302,7 +300,7 @@ def test_exclude_errors_are_one_line(tmp_path, bad):
 
 
 def test_leak_across_predefined_splits_is_reported_not_moved():
-    from headstart.doctor.checks import quick_check, report_dict
+    from headstart.doctor import quick_check, report_dict
 
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(8, 16)).astype(np.float32)

@@ -13,7 +13,8 @@ import pytest
 
 from headstart.core.errors import HeadstartError
 from headstart.core.progress import NullProgress
-from headstart.data.discovery import discover, fetch_flowers
+from headstart.data.discovery import discover
+from headstart.data.download import fetch_flowers
 
 
 def _archive() -> bytes:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, make_image
 
-from headstart.features.extractor import FeatureCache, FeatureExtractor
+from headstart.features.cache import FeatureCache
+from headstart.features.extractor import FeatureExtractor
 from headstart.models.backbones import create_backbone
 
 

@@ -62,8 +62,8 @@ class Engine(str, Enum):
 def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     if data is not None:
         return data
-    from headstart.data.discovery import fetch_flowers
-    from headstart.features.extractor import default_cache_dir
+    from headstart.data.download import fetch_flowers
+    from headstart.features.cache import default_cache_dir
 
     return fetch_flowers(Path(cache_dir) if cache_dir else default_cache_dir())
 
@@ -149,7 +149,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
-    from headstart.data.discovery import parse_split
+    from headstart.data.splits import parse_split
     from headstart.estimator.classifier import ImageClassifier
 
     if resume is not None:
@@ -211,14 +211,11 @@ def doctor(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Check DATA for broken files, duplicates, leaks, likely wrong labels and imbalance."""
-    import time
+    from headstart.runs.doctor import run_doctor
 
-    from headstart.core.io import write_json
-    from headstart.doctor.checks import diagnose, write_report
-
-    t0 = time.perf_counter()
-    report = diagnose(
+    _, lines = run_doctor(
         data,
+        out,
         backbone=backbone,
         weights=weights,
         labels_from=labels_from,
@@ -229,17 +226,6 @@ def doctor(
         near_cosine=near,
         verbose=not quiet,
     )
-    settings = {"data": str(data), "backbone": backbone, "folds": folds, "seed": seed, "near_cosine": near}
-    doc = write_report(report, out, settings)
-    s = doc["summary"]
-    lines = report.summary_lines() + [
-        f"  {s['bad_files']} unusable file(s), {s['warnings']} warning(s) (tiny, extreme aspect, huge)",
-        f"  {s['label_issues']} likely label issue(s), most suspicious first in {out / 'doctor.html'}",
-        f"  suggested exclusions: {len(doc['exclude_suggested'])} in {out / 'exclude.txt'} (train --exclude)",
-        f"doctor done in {time.perf_counter() - t0:.1f}s: {out / 'doctor.json'}",
-    ]
-    doc["timings"]["total"] = time.perf_counter() - t0
-    write_json(out / "doctor.json", doc)
     if not quiet:
         print("\n".join(lines), file=sys.stderr)
 

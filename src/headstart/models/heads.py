@@ -337,6 +337,3 @@ class KNNHead(Head):
         head.x, head.y = np.asarray(arrays["x"], np.float32), np.asarray(arrays["y"], np.int64)
         head._fitted = head._model(head.x, head.y, head.k)
         return head
-
-
-HEADS = ("logistic", "mlp", "knn")

@@ -1,0 +1,107 @@
+"""The quick data check ``train`` runs on the features it extracts anyway, and what it leaves in
+train's run folder (the ``data_checks`` summary, ``duplicate_groups.csv``, ``excluded.csv``)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.core.io import write_rows
+from headstart.data.discovery import Dataset, Sample
+from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
+from headstart.doctor.report import CheckReport
+
+
+def quick_check(
+    samples: Sequence[Sample],
+    features: np.ndarray,
+    content_hashes: Sequence[str | None],
+    bad_files: Sequence[tuple[str, str]] = (),
+    near_cosine: float = NEAR_COSINE,
+) -> CheckReport:
+    """The cheap checks train runs: duplicates from hashes and features it already has."""
+    t = time.perf_counter()
+    groups, _, _, notes = find_duplicates(content_hashes, features, None, near_cosine)
+    report = CheckReport(
+        list(samples),
+        groups,
+        dict(sorted(Counter(s.label for s in samples).items())),
+        [{"path": p, "reason": r, "severity": "error"} for p, r in bad_files],
+        notes=notes,
+    )
+    report.seconds["duplicates"] = time.perf_counter() - t
+    return report
+
+
+def check_summary(
+    report: CheckReport, plain_splits: Sequence[str], splits: Sequence[str], excluded: Sequence[Sample] = ()
+) -> dict[str, Any]:
+    """The ``data_checks`` section of train's metrics.json: counts, and which groups were merged
+    (their members would have been split apart by the plain seeded split)."""
+    merged = [
+        n for n, g in enumerate(report.groups, start=1) if len({plain_splits[i] for i in g.members}) > 1
+    ]
+    leaks = [n for n, g in enumerate(report.groups, start=1) if len({splits[i] for i in g.members}) > 1]
+    return {
+        "exact_duplicate_groups": sum(g.kind == "exact" for g in report.groups),
+        "near_duplicate_groups": sum(g.kind == "near" for g in report.groups),
+        "images_in_duplicate_groups": sum(len(g.members) for g in report.groups),
+        "cross_class_groups": len(report.conflicts()),
+        "groups_merged_into_one_split": merged,
+        "groups_across_splits": leaks,
+        "notes": report.notes,
+        "near_cosine": NEAR_COSINE,
+        "bad_files": len(report.bad_files),
+        "class_counts": report.class_counts,
+        "imbalance": report.imbalance(),
+        "excluded": len(excluded),
+        "seconds": report.seconds,
+    }
+
+
+def write_run_checks(
+    run_dir: Path,
+    dataset: Dataset,
+    report: CheckReport | None,
+    splits: Sequence[str],
+    summary: dict[str, Any] | None,
+    excluded: Sequence[Sample] = (),
+) -> None:
+    """``duplicate_groups.csv`` (every group member with its final split and whether the group
+    was merged) and ``excluded.csv`` (what ``--exclude`` left out) in train's run folder."""
+    if report is not None:
+        merged = set((summary or {}).get("groups_merged_into_one_split", []))
+        rows = []
+        for n, g in enumerate(report.groups, start=1):
+            conflict = len({report.samples[i].label for i in g.members}) > 1
+            leak = len({splits[i] for i in g.members}) > 1
+            for i in g.members:
+                s = report.samples[i]
+                rows.append(
+                    [
+                        n,
+                        g.kind,
+                        dataset.relative(s.path),
+                        s.label,
+                        splits[i],
+                        "yes" if n in merged else "no",
+                        "yes" if conflict else "no",
+                        "yes" if leak else "no",
+                    ]
+                )
+        write_rows(
+            run_dir / "duplicate_groups.csv",
+            ["group", "kind", "path", "label", "split", "merged", "conflicting_labels", "across_splits"],
+            rows,
+        )
+    if excluded:
+        write_rows(
+            run_dir / "excluded.csv",
+            ["path", "label"],
+            [[dataset.relative(s.path), s.label] for s in excluded],
+        )

@@ -1,0 +1,148 @@
+"""The content-addressed feature cache: one SQLite file of float32 vectors.
+
+Each image's features are stored under (backbone key, hash of the file's bytes), so renaming,
+moving or re-splitting files never re-extracts, and a changed file does. A file's content hash
+is remembered with its size, mtime and inode, so an unchanged file is not read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from headstart.data.images import read_bytes
+
+FEATURE_FORMAT = 1  # bump when what a cached vector means changes
+
+
+def default_cache_dir() -> Path:
+    """``$HEADSTART_CACHE``, else ``$XDG_CACHE_HOME/headstart``, else ``~/.cache/headstart``."""
+    if os.environ.get("HEADSTART_CACHE"):
+        return Path(os.environ["HEADSTART_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "headstart"
+
+
+def _db_text(path: str) -> str:
+    """A path SQLite can store: non-UTF-8 bytes in a file name (kept by Python as surrogates)
+    become backslash escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def content_hash(data: bytes) -> str:
+    """The cache key of a file: a 128-bit BLAKE2b digest of its bytes."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class FeatureCache:
+    """SQLite store of float32 vectors with a checksum per row.
+
+    A row whose checksum or length does not match is treated as missing (and recomputed);
+    a database file that SQLite cannot read is moved aside and started afresh.
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / "features.sqlite"
+        self.damaged = 0
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        for attempt in range(2):
+            try:
+                db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL never corrupts the file; a power cut may only lose the newest
+                # rows, which are recomputed. FULL would fsync every batch (~10% of a cold run).
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS features (ns TEXT, key TEXT, dim INTEGER, "
+                    "crc TEXT, data BLOB, PRIMARY KEY (ns, key))"
+                )
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER, "
+                    "mtime_ns INTEGER, inode INTEGER, hash TEXT)"
+                )
+                db.execute("SELECT count(*) FROM features LIMIT 1").fetchone()
+                return db
+            except sqlite3.DatabaseError:
+                if attempt:
+                    raise
+                aside = self.path.with_name(f"features.sqlite.damaged-{int(time.time())}")
+                warnings.warn(f"feature cache {self.path} is damaged; moved to {aside.name}")
+                for suffix in ("", "-wal", "-shm"):
+                    p = Path(str(self.path) + suffix)
+                    if p.exists():
+                        p.rename(Path(str(aside) + suffix))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _crc(blob: bytes) -> str:
+        return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+    def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of ``keys`` in namespace ``ns``; a missing or damaged row is left out."""
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for i in range(0, len(unique), 500):
+                chunk = unique[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, dim, crc, data FROM features WHERE ns=? AND key IN ({marks})",
+                    [ns, *chunk],
+                ).fetchall()
+                for key, dim, crc, data in rows:
+                    if data is None or len(data) != 4 * dim or self._crc(data) != crc:
+                        self.damaged += 1
+                        continue
+                    found[key] = np.frombuffer(data, dtype=np.float32)
+        return found
+
+    def put_many(self, ns: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Store ``(key, vector)`` pairs in namespace ``ns`` in one transaction."""
+        rows = []
+        for key, vec in items:
+            blob = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+            rows.append((ns, key, len(blob) // 4, self._crc(blob), blob))
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
+
+    def known_hashes(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str]]:
+        """Content hashes seen before, with the file stat they were computed for."""
+        found: dict[str, tuple[int, int, int, str]] = {}
+        original = {_db_text(p): p for p in paths}
+        with self._lock:
+            for i in range(0, len(paths), 500):
+                chunk = [_db_text(p) for p in paths[i : i + 500]]
+                marks = ",".join("?" * len(chunk))
+                for path, size, mtime, inode, h in self._db.execute(
+                    f"SELECT path, size, mtime_ns, inode, hash FROM file_hashes WHERE path IN ({marks})",
+                    chunk,
+                ):
+                    found[original.get(path, path)] = (size, mtime, inode, h)
+        return found
+
+    def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
+        """Store ``(path, size, mtime_ns, inode, hash)`` rows for ``known_hashes``."""
+        rows = [(_db_text(p), *rest) for p, *rest in rows]
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def hash_file(path: str) -> str:
+    """``content_hash`` of a file's bytes; a missing or unreadable file raises ``BadImageError``."""
+    return content_hash(read_bytes(path))
