@@ -7,7 +7,6 @@ headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,41 +19,16 @@ import numpy as np
 from headstart.core.errors import HeadstartError
 from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
 from headstart.core.progress import ConsoleProgress, NullProgress
-from headstart.data.discovery import Dataset, Sample, assign_splits, discover
-from headstart.data.images import is_image_name
+from headstart.data.discovery import Dataset, Sample, discover, expand_paths
+from headstart.data.splits import assign_splits
 from headstart.evaluation.metrics import classification_metrics, plot_confusion_matrix
-from headstart.features.extractor import (
-    ExtractionResult,
-    FeatureCache,
-    FeatureExtractor,
-    default_cache_dir,
-)
+from headstart.features.cache import FeatureCache, default_cache_dir
+from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
 from headstart.models.bundle import BUNDLE_SUFFIX, library_versions, load_bundle, save_bundle
 from headstart.models.heads import make_head, restore_head
 
 STRATEGY = "feature-extraction"
-
-
-def expand_paths(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given, folders as their images (recursively, sorted); missing paths reported."""
-    files: list[str] = []
-    missing: list[tuple[str, str]] = []
-    for p in paths:
-        p = Path(p).expanduser()
-        if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [
-                    str(Path(dirpath) / f)
-                    for f in sorted(filenames)
-                    if is_image_name(f) and not f.startswith(".")
-                ]
-        elif p.exists():
-            files.append(str(p))
-        else:
-            missing.append((str(p), "path not found"))
-    return files, missing
 
 
 class ImageClassifier:
@@ -141,7 +115,7 @@ class ImageClassifier:
         )
         excluded: list[Sample] = []
         if self.exclude is not None:
-            from headstart.doctor.checks import exclude_samples, read_exclude_list
+            from headstart.data.exclusions import exclude_samples, read_exclude_list
 
             entries = (
                 read_exclude_list(self.exclude)
@@ -186,7 +160,7 @@ class ImageClassifier:
 
         checks = None
         if self.check_data:
-            from headstart.doctor.checks import quick_check
+            from headstart.doctor import quick_check
 
             t = time.perf_counter()
             ok_hashes = [h for h, good in zip(result.hashes, ok) if good]
@@ -245,7 +219,7 @@ class ImageClassifier:
         self.metrics_ = self._metrics(dataset, scores, eval_split, fit_info, result, skipped, timings)
         self.checks_ = checks
         if checks is not None:
-            from headstart.doctor.checks import check_summary
+            from headstart.doctor import check_summary
 
             plain, _ = assign_splits(samples, self.split, self.seed)
             self.metrics_["data_checks"] = check_summary(checks, plain, splits, excluded)
@@ -258,7 +232,7 @@ class ImageClassifier:
             t = time.perf_counter()
             self._write_run(run_dir, skipped, log)
             if checks is not None or excluded:
-                from headstart.doctor.checks import write_run_checks
+                from headstart.doctor import write_run_checks
 
                 write_run_checks(run_dir, dataset, checks, splits, self.metrics_.get("data_checks"), excluded)
             timings["save"] = time.perf_counter() - t
