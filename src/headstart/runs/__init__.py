@@ -1,0 +1,1 @@
+"""Whole runs: the steps of a command (discover, extract, compute, write the run folder) in order."""
