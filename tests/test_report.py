@@ -22,6 +22,7 @@ from conftest import make_class_folders, make_image
 
 import headstart
 from headstart.core.io import write_json, write_rows
+from headstart.evaluation.calibration import expected_calibration_error
 from headstart.evaluation.metrics import classification_metrics
 from headstart.reporting.maps import embed_features
 from headstart.reporting.plots import (
@@ -32,7 +33,7 @@ from headstart.reporting.plots import (
     font_file_for,
     most_confused_classes,
 )
-from headstart.reporting.run_report import build_report, expected_calibration_error, write_run_report
+from headstart.reporting.run_report import build_report, write_run_report
 
 CLI = [sys.executable, "-m", "headstart"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -301,7 +302,7 @@ def test_embed_and_annotated_predictions(tmp_path):
     assert (out / "map.png").stat().st_size > 5000 and (out / "map.html").is_file()
     with open(out / "map.csv", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 24
-    from headstart.reporting.maps import embed_map
+    from headstart.runs.embed import embed_map
 
     embed_map(data, out, verbose=False)
     assert json.loads((out / "map.json").read_text())["from_cache"] is True

@@ -372,7 +372,7 @@ def embed(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """A 2-D map of every image's backbone features, coloured by class (features from the cache)."""
-    from headstart.reporting.maps import embed_map
+    from headstart.runs.embed import embed_map
 
     embed_map(data, out, backbone, weights, method.value, labels_from, seed, cache_dir, not quiet)
 

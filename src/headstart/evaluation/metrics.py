@@ -1,8 +1,9 @@
-"""Metrics on a held-out split and the confusion-matrix figure."""
+"""Metrics on a held-out split: accuracy, top-k, per-class scores and the confusion matrix.
+
+The figures of these numbers live in ``headstart.reporting.plots`` (evaluation sits below reporting)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,46 +45,3 @@ def classification_metrics(
         },
         "confusion_matrix": cm.astype(int).tolist(),
     }
-
-
-def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
-    """Counts with row-normalised shading, so small classes are as readable as large ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from headstart.reporting.plots import axis_label, style  # shortened names; CJK fonts where installed
-
-    with plt.rc_context({"font.family": style()["font.family"]}):
-        matrix = np.asarray(cm, dtype=float)
-        rows = matrix.sum(axis=1, keepdims=True)
-        shade = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-        n = len(classes)
-        size = min(max(4.0, 0.55 * n + 2.5), 30.0)
-        fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
-        ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
-        names = [axis_label(c, i) for i, c in enumerate(classes)]
-        ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
-        ax.set_yticks(range(n), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title or "Confusion matrix (test split)")
-        if n <= 30:
-            for i in range(n):
-                for j in range(n):
-                    if matrix[i, j]:
-                        ax.text(
-                            j,
-                            i,
-                            int(matrix[i, j]),
-                            ha="center",
-                            va="center",
-                            color="white" if shade[i, j] > 0.5 else "black",
-                            fontsize=9,
-                        )
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-    return path

@@ -16,10 +16,10 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageFont
 
 from headstart.core.errors import BadImageError
-from headstart.core.io import write_rows
+from headstart.core.io import atomic_path, write_rows
 from headstart.core.progress import NullProgress, ProgressSink
 from headstart.data.images import decode_image, read_bytes
-from headstart.reporting.html import esc, page
+from headstart.reporting.html import write_page
 
 MAX_SIDE = 512
 
@@ -85,6 +85,20 @@ def _output_name(i: int, path: str) -> str:
     return f"{i:04d}_{Path(path).stem[:80] or 'image'}.jpg"
 
 
+def _annotate_one(i: int, result: dict[str, Any], out: Path) -> tuple[str, str | None]:
+    """Save image ``i`` with its predictions drawn on; returns (file name or "", error or None)."""
+    error = result.get("error")
+    if not result["predictions"]:
+        return "", error
+    try:
+        name = _output_name(i, result["path"])
+        with atomic_path(out / name) as tmp:
+            annotate_image(result["path"], result["predictions"]).save(tmp, format="JPEG", quality=88)
+        return name, error
+    except (BadImageError, OSError) as e:
+        return "", getattr(e, "reason", str(e))
+
+
 def annotate_predictions(
     results: Sequence[dict[str, Any]],
     out_dir: str | Path,
@@ -98,41 +112,30 @@ def annotate_predictions(
     out.mkdir(parents=True, exist_ok=True)
     tiles, rows, failed = [], [], []
     for i, r in enumerate(results):
-        top = r["predictions"]
-        error = r.get("error")
-        name = ""
-        if top:
-            try:
-                name = _output_name(i, r["path"])
-                annotate_image(r["path"], top).save(out / name, quality=88)
-            except (BadImageError, OSError) as e:
-                error, name = getattr(e, "reason", str(e)), ""
+        name, error = _annotate_one(i, r, out)
         progress.advance()
         if error:
             failed.append((r["path"], error))
-        for rank, p in enumerate(top, start=1):
+        for rank, p in enumerate(r["predictions"], start=1):
             rows.append([r["path"], rank, p["label"], f"{p['probability']:.6f}", name])
         if name:
-            first = top[0]
+            first = r["predictions"][0]
             tiles.append(
-                f'<figure class="tile sheet" title="{esc(r["path"])}"><a href="{quote(name)}">'
-                f'<img alt="{esc(Path(r["path"]).name)}" src="{quote(name)}"></a>'
-                f"<figcaption><b>{esc(first['label'])}</b> {first['probability']:.0%}<br>"
-                f'<span class="muted">{esc(Path(r["path"]).name)}</span></figcaption></figure>'
+                {
+                    "path": r["path"],
+                    "name": Path(r["path"]).name,
+                    "href": quote(name),
+                    "label": first["label"],
+                    "probability": first["probability"],
+                }
             )
     progress.finish()
     write_rows(out / "predictions.csv", ["path", "rank", "label", "probability", "annotated"], rows)
-    body = [
-        f"<h1>{esc(title or 'headstart predictions')}</h1>",
-        f"<p>{len(tiles):,} image(s) with their top-{max((len(r['predictions']) for r in results), default=0)} "
-        "predictions drawn on them; click one for the full size. All rows are in "
-        "<code>predictions.csv</code>.</p>",
-        "<style>.tile.sheet{width:272px}.tile.sheet img{max-width:260px;max-height:360px}</style>",
-        f'<div class="grid">{"".join(tiles)}</div>',
-    ]
-    if failed:
-        items = "".join(f"<li><code>{esc(p)}</code>: {esc(e)}</li>" for p, e in failed)
-        body.append(f"<h2>Could not be read ({len(failed)})</h2><ul>{items}</ul>")
-    index = out / "index.html"
-    index.write_text(page(title or "headstart predictions", "".join(body)), encoding="utf-8")
-    return index
+    return write_page(
+        out / "index.html",
+        "contact_sheet.html",
+        title=title or "headstart predictions",
+        tiles=tiles,
+        top_k=max((len(r["predictions"]) for r in results), default=0),
+        failed=failed,
+    )

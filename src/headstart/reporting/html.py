@@ -1,76 +1,80 @@
-"""The HTML shell every page shares (run report, doctor page, map page, contact sheet)."""
+"""The HTML shell every page shares (run report, doctor page, map page, contact sheet).
+
+Pages are Jinja2 templates in ``reporting/templates/``: ``base.html`` holds the shell (the CSS
+of ``shell.css`` and the page-check script of ``page_check.js``) and each page extends it.
+Why Jinja2: it escapes every value by default (autoescape is on), and class and file names
+are data that may hold ``<``, ``&`` or quotes; the markup and CSS can be edited without
+touching Python. A value is inserted unescaped only when it is ``Markup`` (HTML already built
+from escaped parts, such as an embedded figure).
+
+Rules for every page: self-contained (images as data: URIs or files next to the page, CSS and
+script inline, nothing fetched from a network), and a ``<p id="page-check">`` that the script
+fills in with how many images loaded, so a browser test can read it.
+"""
 
 from __future__ import annotations
 
+import base64
+import functools
 import html
+import io
+from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from headstart.core.errors import BadImageError
+from headstart.core.io import write_text
+from headstart.data.images import decode_image, read_bytes
+
+THUMB = 112  # px, longest side of embedded thumbnails
 
 
 def esc(text: Any) -> str:
+    """``text`` escaped for HTML text and attribute values (quotes included)."""
     return html.escape(str(text), quote=True)
 
 
-CSS = """
-*{box-sizing:border-box}
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
-main{max-width:1180px;margin:0 auto;padding:20px 24px 60px}
-h1{font-size:26px;margin:6px 0 4px;overflow-wrap:anywhere}
-h2{font-size:20px;margin:34px 0 10px;padding-top:10px;border-top:1px solid #dde1e6}
-h3{font-size:16px;margin:18px 0 8px;overflow-wrap:anywhere}
-p,li{overflow-wrap:anywhere}
-.muted{color:#5b6470;font-size:13px}
-nav{font-size:13px;margin:8px 0 0}
-nav a{margin-right:12px;color:#2458b3;text-decoration:none}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
-.card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 16px;min-width:140px;flex:0 1 auto;max-width:100%}
-.card .v{font-size:26px;font-weight:700;overflow-wrap:anywhere}
-.card.main .v{font-size:38px;color:#1d4e89}
-.card .k{font-size:12px;color:#5b6470;text-transform:uppercase;letter-spacing:.04em}
-img.figure{max-width:100%;height:auto;background:#fff;border:1px solid #dde1e6;border-radius:6px;display:block;margin:8px 0}
-.scroll{overflow-x:auto;max-width:100%}
-.pair{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
-.pair img.figure{max-width:100%;flex:0 1 auto;min-width:0}
-.scroll.tall{max-height:520px;overflow-y:auto}
-table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}
-th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:top;max-width:420px;overflow-wrap:anywhere}
-th{background:#eef1f4;position:sticky;top:0}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.grid{display:flex;flex-wrap:wrap;gap:8px}
-.tile{margin:0;width:124px;background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:5px;font-size:11.5px;line-height:1.3}
-.tile img{display:block;max-width:112px;max-height:112px;margin:0 auto}
-.tile figcaption{margin-top:4px;overflow-wrap:anywhere}
-.tile.wrong{border-color:#d9534f}
-.missing{width:112px;height:84px;background:#e3e6ea;color:#5b6470;display:flex;align-items:center;justify-content:center;text-align:center;font-size:11px}
-.cls{margin:10px 0 14px}
-.bad{color:#b42318}.good{color:#1a7f37}
-details>summary{cursor:pointer;color:#2458b3;margin:6px 0}
-code{font-size:12.5px;overflow-wrap:anywhere}
-"""
+def thumbnail_uri(path: str, size: int = THUMB) -> str | None:
+    """A small JPEG of the user's image as a data: URI (the page stays one file), or None when
+    it cannot be read now."""
+    try:
+        img = decode_image(read_bytes(path), min_side=2 * size)
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=78)
+    except (BadImageError, OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-CHECK_SCRIPT = """
-window.addEventListener('load', function () {
-  var imgs = document.images, broken = 0;
-  for (var i = 0; i < imgs.length; i++) {
-    if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) broken++;
-  }
-  var doc = document.documentElement;
-  var wide = doc.scrollWidth > doc.clientWidth + 1;
-  var el = document.getElementById('page-check');
-  el.setAttribute('data-images', imgs.length);
-  el.setAttribute('data-broken', broken);
-  el.setAttribute('data-overflow', wide ? 1 : 0);
-  el.textContent = 'Page check: ' + imgs.length + ' images, ' + broken + ' failed to load'
-    + (wide ? '; the page is wider than the window' : '') + '.';
-});
-"""
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The template environment: templates from this package, every value escaped."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("headstart.reporting", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a missing value is a bug, never an empty string
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **context: Any) -> str:
+    """The page ``template`` (a file in ``reporting/templates/``) filled in with ``context``."""
+    return environment().get_template(template).render(**context)
 
 
 def page(title: str, body: str) -> str:
-    """The HTML shell shared by the run report, the map page and the contact sheet."""
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{body}"
-        '<p id="page-check" class="muted" data-broken="-1">Page check: not run (scripts disabled?).</p>'
-        f"</main><script>{CHECK_SCRIPT}</script></body></html>\n"
-    )
+    """The shell around ``body``, HTML already built (its names escaped with ``esc``)."""
+    return render("page.html", title=title, body=Markup(body))
+
+
+def write_page(path: str | Path, template: str, **context: Any) -> Path:
+    """Render ``template`` and write it to ``path`` atomically.
+
+    A file name that is not valid UTF-8 is written as ``\\udcXX`` text rather than failing.
+    """
+    return write_text(path, render(template, **context), errors="backslashreplace")

@@ -8,13 +8,14 @@ The coordinates are stored under a key made of the features' bytes, the method a
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from headstart.core.errors import HeadstartError
+from headstart.core.io import atomic_path
 from headstart.core.system import usable_core_count
 
 METHODS = ("tsne", "pca")
@@ -73,8 +74,6 @@ def embed_features(
     a single point sits at the origin.
     """
     if method not in METHODS:
-        from headstart.core.errors import HeadstartError
-
         raise HeadstartError(f"unknown map method '{method}': choose tsne or pca (or none for no map)")
     t0 = time.perf_counter()
     features = np.asarray(features, dtype=np.float32)
@@ -102,78 +101,6 @@ def embed_features(
         xy = np.hstack([xy, np.zeros((n, 2 - xy.shape[1]))])
     xy = xy.astype(np.float32)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-        np.save(tmp, xy, allow_pickle=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, xy, allow_pickle=False)
     return FeatureMap(xy, used, time.perf_counter() - t0, False)
-
-
-def embed_map(
-    data: str | Path,
-    out_dir: str | Path,
-    backbone: str | None = None,
-    weights: str | Path | None = None,
-    method: str = "tsne",
-    labels_from: str = "auto",
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    verbose: bool = True,
-) -> Path:
-    """``headstart embed``: features of every image in ``data`` (cached), mapped to 2-D.
-
-    Writes ``map.png``, ``map.html`` (self-contained), ``map.csv`` (path,label,x,y),
-    ``map.json``, ``skipped.csv`` and ``log.txt`` to ``out_dir``; returns the HTML path.
-    """
-    from headstart.core.errors import HeadstartError
-    from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
-    from headstart.core.progress import ConsoleProgress, NullProgress
-    from headstart.data.discovery import discover
-    from headstart.features.extractor import FeatureCache, FeatureExtractor
-    from headstart.models.backbones import DEFAULT_BACKBONE, create_backbone
-    from headstart.reporting.run_report import write_map_page
-
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    log = RunLog(out, verbose)
-    dataset = discover(data, labels_from)
-    log(f"found {len(dataset.samples)} images in {len(dataset.classes)} classes in {dataset.root}")
-    cache = FeatureCache(cache_dir)
-    model = create_backbone(backbone or DEFAULT_BACKBONE, weights, cache.root)
-    progress = ConsoleProgress() if verbose else NullProgress()
-    result = FeatureExtractor(model, cache=cache, batch_size=8, progress=progress).extract(dataset.paths)
-    log(f"features: {result.n_extracted} extracted, {result.n_cached} from cache")
-    skipped = [(p, r, "discovery") for p, r in dataset.ignored]
-    skipped += [(dataset.samples[i].path, r, "decode") for i, r in result.errors.items()]
-    write_rows(out / "skipped.csv", ["path", "reason", "stage"], skipped)
-    if skipped:
-        log(summarize_skips(skipped))
-    ok = result.ok
-    samples = [s for s, good in zip(dataset.samples, ok) if good]
-    if not samples:
-        raise HeadstartError(f"none of the {len(dataset.samples)} images in {dataset.root} could be read")
-    log(f"mapping {len(samples)} images with {method}...")
-    fmap = embed_features(result.features[ok], method, seed, cache.root)
-    write_rows(
-        out / "map.csv",
-        ["path", "label", "x", "y"],
-        [[s.path, s.label, f"{x:.4f}", f"{y:.4f}"] for s, (x, y) in zip(samples, fmap.xy)],
-    )
-    info = {
-        "method": fmap.method,
-        "points": "all",
-        "n": len(samples),
-        "n_total": len(samples),
-        "seconds": round(fmap.seconds, 3),
-        "from_cache": fmap.cached,
-        "backbone": model.name,
-        "source": str(dataset.root),
-    }
-    write_json(out / "map.json", info)
-    page = write_map_page(out, fmap.xy, [s.label for s in samples], info, str(dataset.root))
-    log(
-        f"{fmap.method} map of {len(samples)} images in {fmap.seconds:.1f}s"
-        + (" (cached)" if fmap.cached else "")
-        + f"; {page} and map.png written in {time.perf_counter() - t0:.1f}s"
-    )
-    return page

@@ -1,6 +1,7 @@
 """The report's figures, in one matplotlib style: titled, labelled, legible with many classes.
 
-Every function returns PNG bytes (the HTML report embeds them) and never shows a window.
+Every figure function returns PNG bytes (the HTML report embeds them) and never shows a window;
+``write_confusion_matrix`` also writes its figure to a file (``RUN_DIR/confusion_matrix.png``).
 Class names are shortened for axes (the report's tables carry the full names). Text is drawn
 in DejaVu Sans (shipped with matplotlib), falling back per glyph to an installed CJK font
 (Noto CJK, Source Han, WenQuanYi, IPA...) where the system has one; a name that no available
@@ -18,6 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from headstart.core.io import write_bytes
+from headstart.evaluation import confusion
+from headstart.evaluation.calibration import CALIBRATION_BINS, reliability_bins
+
 STYLE = {
     "figure.dpi": 100,
     "savefig.dpi": 100,
@@ -31,6 +36,7 @@ STYLE = {
     "grid.alpha": 0.3,
     "legend.frameon": False,
     "figure.constrained_layout.use": True,
+    "text.parse_math": False,  # names are data: "cost_$10_$20" is text, never mathtext
 }
 SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B", "evaluated": "#54A24B"}
 MAX_HEATMAP_CLASSES = 30
@@ -119,7 +125,7 @@ def _charmaps() -> tuple[tuple[str, frozenset[int]], ...]:
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    files = [font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))]
+    files: list[str] = [str(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans")))]
     files += [path for _, path in fallback_fonts()]
     out = []
     for path in files:
@@ -225,21 +231,27 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
 
 
 def most_confused_classes(cm: np.ndarray, limit: int = MAX_HEATMAP_CLASSES) -> list[int]:
-    """The ``limit`` classes with the most errors (as true or as predicted class), in class order."""
-    errors = cm.sum(axis=0) + cm.sum(axis=1) - 2 * np.diag(cm)
-    if len(cm) <= limit:
-        return list(range(len(cm)))
-    order = np.lexsort((np.arange(len(cm)), -errors))[:limit]
-    return sorted(int(i) for i in order)
+    """The classes a heatmap shows: the ``limit`` with the most errors, in class order."""
+    return confusion.most_confused_classes(cm, limit)
 
 
 @styled
-def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int], normalised: bool) -> bytes:
+def confusion_heatmap(
+    cm: np.ndarray, classes: Sequence[str], keep: Sequence[int], normalised: bool, title: str = ""
+) -> bytes:
     """Counts, or row-normalised rates (recall on the diagonal), for the classes in ``keep``.
 
     Shading is always the row-normalised rate, so small classes read as clearly as large ones.
+
+    Args:
+        cm: confusion matrix (rows true, columns predicted) of all classes.
+        classes: class names in matrix order.
+        keep: indices of the classes to draw (rates still use the whole row).
+        normalised: write rates in the cells instead of counts.
+        title: the figure's title (default: what the cells show).
     """
     plt = _plt()
+    cm = np.asarray(cm)
     sub = cm[np.ix_(keep, keep)].astype(float)
     rows = cm[keep].sum(axis=1, keepdims=True).astype(float)  # whole row: rates stay true rates
     rate = np.divide(sub, rows, out=np.zeros_like(sub), where=rows > 0)
@@ -249,55 +261,81 @@ def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], keep: Sequence[int
     names = [axis_label(classes[i], i) for i in keep]
     font = 9 if n <= 15 else 8
     image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    rotate = n > 3 or max((len(name) for name in names), default=0) > 8
     ax.set_xticks(
         range(n),
         names,
-        rotation=45 if n > 3 else 0,
-        ha="right" if n > 3 else "center",
+        rotation=45 if rotate else 0,
+        ha="right" if rotate else "center",
         rotation_mode="anchor",
         fontsize=font,
     )
     ax.set_yticks(range(n), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Row-normalised (recall on the diagonal)" if normalised else "Counts")
+    ax.set_title(title or ("Row-normalised (recall on the diagonal)" if normalised else "Counts"))
     if n <= 20:
-        values, fmt = (rate, "{:.0%}") if normalised else (sub, "{:.0f}")
-        for i in range(n):
-            for j in range(n):
-                if sub[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        fmt.format(values[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=font,
-                        color="white" if rate[i, j] > 0.5 else "black",
-                    )
+        _cell_values(ax, rate if normalised else sub, "{:.0%}" if normalised else "{:.0f}", sub, rate, font)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class")
     return to_png(fig)
 
 
+def _cell_values(ax, values: np.ndarray, fmt: str, counts: np.ndarray, rate: np.ndarray, font: int) -> None:
+    """Write each non-empty cell's value, white on dark shading."""
+    n = len(values)
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                color = "white" if rate[i, j] > 0.5 else "black"
+                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=font, color=color)
+
+
+def write_confusion_matrix(
+    cm: np.ndarray | Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | Path,
+    title: str = "Confusion matrix (test split)",
+) -> Path:
+    """``RUN_DIR/confusion_matrix.png``: the counts heatmap of the report, as a file.
+
+    Beyond MAX_HEATMAP_CLASSES classes it shows the most confused ones and says so in the title;
+    the whole matrix is in ``metrics.json``.
+
+    Args:
+        cm: confusion matrix, rows true classes and columns predicted ones.
+        classes: class names in matrix order.
+        path: the PNG file to write (atomically).
+        title: the figure's title.
+    """
+    matrix = np.asarray(cm, dtype=int).reshape(len(classes), len(classes))
+    keep = most_confused_classes(matrix)
+    if len(keep) < len(classes):
+        title = f"{title}: the {len(keep)} most confused of {len(classes)} classes"
+    return write_bytes(path, confusion_heatmap(matrix, classes, keep, False, title))
+
+
 @styled
-def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> bytes:
+def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> bytes:
     """Accuracy against confidence per bin (on the diagonal = well calibrated), with the counts."""
     plt = _plt()
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    acc = np.array([correct[which == b].mean() if counts[b] else np.nan for b in range(bins)])
+    r = reliability_bins(confidence, correct, bins)
     fig, (ax, ax_n) = plt.subplots(
         2, 1, figsize=(5.2, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    centers = (edges[:-1] + edges[1:]) / 2
-    ax.bar(centers, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color="#4C78A8", label="accuracy")
+    ax.bar(
+        r.centers,
+        np.nan_to_num(r.accuracy),
+        width=1 / bins,
+        edgecolor="white",
+        color="#4C78A8",
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="#888", label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability diagram")
     ax.legend(loc="upper left")
-    ax_n.bar(centers, counts, width=1 / bins, edgecolor="white", color="#999")
+    ax_n.bar(r.centers, r.counts, width=1 / bins, edgecolor="white", color="#999")
     ax_n.set_xlabel("confidence (top predicted probability)")
     ax_n.set_ylabel("images")
     ax_n.set_xlim(0, 1)
@@ -310,14 +348,14 @@ def feature_map(xy: np.ndarray, labels: Sequence[int], classes: Sequence[str], t
     plt = _plt()
     n_classes = len(classes)
     colors = class_colors(n_classes)
-    labels = np.asarray(labels, dtype=int)
+    label_ids = np.asarray(labels, dtype=int)
     wide = n_classes <= 20
     fig, ax = plt.subplots(figsize=(9.5 if wide else 8, 7))
     size = 14 if len(xy) < 2000 else 6
-    present = [c for c in range(n_classes) if (labels == c).any()]
+    present = [c for c in range(n_classes) if (label_ids == c).any()]
     order = np.random.default_rng(0).permutation(len(xy))  # no class always drawn on top
     ax.scatter(
-        xy[order, 0], xy[order, 1], s=size, c=[colors[labels[i]] for i in order], alpha=0.8, linewidths=0
+        xy[order, 0], xy[order, 1], s=size, c=[colors[label_ids[i]] for i in order], alpha=0.8, linewidths=0
     )
     if wide:  # legend handles only: one empty scatter per class
         for c in present:
@@ -326,12 +364,12 @@ def feature_map(xy: np.ndarray, labels: Sequence[int], classes: Sequence[str], t
                 [],
                 s=size,
                 color=colors[c],
-                label=f"{axis_label(classes[c], c)} ({int((labels == c).sum())})",
+                label=f"{axis_label(classes[c], c)} ({int((label_ids == c).sum())})",
             )
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, fontsize=9)
     elif n_classes <= 60:
         for c in range(n_classes):
-            mask = labels == c
+            mask = label_ids == c
             if mask.any():
                 cx, cy = np.median(xy[mask], axis=0)
                 ax.text(

@@ -12,6 +12,12 @@ from those files only, so ``headstart report RUN_DIR`` can rebuild it without re
 
 The images in the sample grid and the misclassified list are read from the user's files
 (never written); one that cannot be read any more shows as a grey "unavailable" tile.
+
+The page is ``templates/report.html`` on the shared shell (``reporting.html``). Its sections are
+HTML built here, where every name from a file or class goes through ``esc``; the numbers come
+from ``headstart.evaluation`` (calibration, confusion). A new map of a run (``report --points
+all``) needs features, hence a model: the estimator computes them and stores the map with
+``save_map`` (``map_inputs`` lists the images); this module never loads a model.
 """
 
 from __future__ import annotations
@@ -28,22 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
-from headstart.core.errors import BadImageError, HeadstartError
-from headstart.core.io import write_json, write_rows
+from headstart.core.errors import HeadstartError
+from headstart.core.io import atomic_path, write_bytes, write_json, write_rows
+from headstart.evaluation.calibration import CALIBRATION_BINS, expected_calibration_error
+from headstart.evaluation.confusion import confused_pairs
 from headstart.reporting import plots
-from headstart.reporting.html import esc, page
+from headstart.reporting.html import esc, thumbnail_uri, write_page
+from headstart.reporting.maps import embed_features
 
 REPORT_NAME = "report.html"
 PREDICTIONS_CSV = "test_predictions.csv"
 PROBABILITIES_NPY = "test_probabilities.npy"
 MAP_CSV = "map.csv"
 MAP_JSON = "map.json"
-THUMB = 112  # px, longest side of embedded thumbnails
 MAX_MISCLASSIFIED = 48
 MAX_SAMPLE_THUMBS = 600  # sample grid budget across all classes
 MAX_MAP_POINTS = 5000  # the run report maps a seeded sample beyond this (embed maps everything)
-CALIBRATION_BINS = 10
 
 
 # --------------------------------------------------------------------------- saving the inputs
@@ -57,7 +65,8 @@ def save_predictions(
     for p, t, pr in zip(paths, y, proba):  # absolute paths: `headstart report` may run from elsewhere
         rows.append([os.path.abspath(p), classes[int(t)], classes[int(pr.argmax())], f"{pr.max():.4f}"])
     write_rows(run_dir / PREDICTIONS_CSV, ["path", "label", "predicted", "probability"], rows)
-    np.save(run_dir / PROBABILITIES_NPY, np.asarray(proba, dtype=np.float32), allow_pickle=False)
+    with atomic_path(run_dir / PROBABILITIES_NPY) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(proba, dtype=np.float32), allow_pickle=False)
 
 
 def save_map(
@@ -71,9 +80,18 @@ def save_map(
     seed: int = 0,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Compute (or fetch from the cache) the 2-D map and store it in the run folder."""
-    from headstart.reporting.maps import embed_features
+    """Compute (or fetch from the cache) the 2-D map and store it in the run folder.
 
+    Args:
+        run_dir: the run folder (``map.csv`` and ``map.json`` are written there).
+        features: one feature row per image.
+        paths, labels, splits: per image, in ``features`` order.
+        method: ``tsne`` or ``pca``.
+        points: what the rows are (``test`` or ``all``); a ``test`` map of more than
+            MAX_MAP_POINTS images maps a seeded sample.
+        seed: seed of the map and of the sample.
+        cache_dir: feature cache folder (maps are cached under ``CACHE/maps``).
+    """
     n_total = len(features)
     idx = np.arange(n_total)
     if points == "test" and n_total > MAX_MAP_POINTS:
@@ -84,7 +102,7 @@ def save_map(
         ["path", "label", "split", "x", "y"],
         [
             [os.path.abspath(paths[i]), labels[i], splits[i], f"{x:.4f}", f"{y:.4f}"]
-            for i, (x, y) in zip(idx, fmap.xy)
+            for i, (x, y) in zip(idx.tolist(), fmap.xy)
         ],
     )
     info = {
@@ -228,37 +246,6 @@ def _float(text: str | None) -> float:
         return float("nan")
 
 
-# --------------------------------------------------------------------------- numbers
-
-
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
-) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
-    if len(confidence) == 0:
-        return float("nan")
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
-
-
-def confused_pairs(
-    cm: np.ndarray, classes: Sequence[str], limit: int = 15
-) -> list[tuple[str, str, int, float]]:
-    """(true, predicted, count, share of the true class), most frequent mistakes first."""
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    rows = cm.sum(axis=1)
-    pairs = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off))]
-    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
-    return [(classes[i], classes[j], n, n / rows[i] if rows[i] else 0.0) for n, i, j in pairs[:limit]]
-
-
 # --------------------------------------------------------------------------- html pieces
 
 
@@ -267,24 +254,8 @@ def _png_tag(png: bytes, alt: str, cls: str = "figure") -> str:
     return f'<img class="{cls}" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def thumbnail(path: str, size: int = THUMB) -> str | None:
-    """A small JPEG data URI of the user's image, or None when it cannot be read now."""
-    import io
-
-    from headstart.data.images import decode_image, read_bytes
-
-    try:
-        img = decode_image(read_bytes(path), min_side=2 * size)
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=78)
-    except (BadImageError, OSError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _tile(path: str, caption_html: str, cls: str = "") -> str:
-    uri = thumbnail(path)
+    uri = thumbnail_uri(path)
     name = Path(path).name
     picture = (
         f'<img alt="{esc(name)}" src="{uri}">' if uri else '<div class="missing">image unavailable</div>'
@@ -678,56 +649,31 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> 
         _doctor_section(run),
         _details_section(run),
     ]
-    out = run["run_dir"] / REPORT_NAME
-    tmp = out.with_name(f".{out.name}.tmp")
     name = Path((run["metrics"].get("data") or {}).get("source", "") or run["run_dir"]).name
-    tmp.write_text(page(f"headstart report: {name}", "".join(sections)), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_page(
+        run["run_dir"] / REPORT_NAME,
+        "report.html",
+        title=f"headstart report: {name}",
+        sections=[Markup(section) for section in sections if section],
+    )
 
 
-# --------------------------------------------------------------------------- headstart report / embed
+# --------------------------------------------------------------------------- new maps and the embed page
 
 
-def remap_run(
-    run_dir: Path,
-    method: str,
-    points: str,
-    seed: int = 0,
-    cache_dir: Path | None = None,
-    verbose: bool = True,
-) -> dict[str, Any]:
-    """Recompute the run's map (for ``report --points all`` or another ``--method``) from cached features."""
-    from headstart.estimator.classifier import load
+def map_inputs(run_dir: Path, points: str) -> list[dict[str, str]]:
+    """The images a new map of the run covers, as rows with ``path``, ``label`` and ``split``.
 
-    model = run_dir / "model.safetensors"
-    if not model.is_file():
-        raise HeadstartError(
-            f"{run_dir} has no model.safetensors, which a new map needs for the features; "
-            "run `headstart report` on the training run folder, or leave out --points/--method"
-        )
+    Args:
+        run_dir: a run folder written by ``train`` (``split.csv``) or ``evaluate``.
+        points: ``test`` (the evaluated images) or ``all`` (every split of ``split.csv``).
+    """
     run = load_run(run_dir)
     if points == "all":
         if not run["split_rows"]:
             raise HeadstartError(f"{run_dir} has no split.csv: --points all needs a training run folder")
-        rows = run["split_rows"]
-    else:
-        rows = [{"path": r["path"], "label": r["label"], "split": "test"} for r in run["predictions"]]
-    clf = load(model, cache_dir=cache_dir, verbose=verbose)
-    result = clf._features([r["path"] for r in rows])
-    ok = result.ok
-    kept = [r for r, good in zip(rows, ok) if good]
-    return save_map(
-        run_dir,
-        result.features[ok],
-        [r["path"] for r in kept],
-        [r["label"] for r in kept],
-        [r["split"] for r in kept],
-        method,
-        points,
-        seed,
-        Path(clf._extractor(clf.backbone_).cache.root),
-    )
+        return [{"path": r["path"], "label": r["label"], "split": r["split"]} for r in run["split_rows"]]
+    return [{"path": r["path"], "label": r["label"], "split": "test"} for r in run["predictions"]]
 
 
 def write_map_page(
@@ -739,19 +685,18 @@ def write_map_page(
     method = {"tsne": "t-SNE (openTSNE)", "pca": "PCA"}.get(info["method"], info["method"])
     title = f"{method} of {info['backbone']} features: {len(labels):,} images, {len(classes)} classes"
     png = plots.feature_map(xy, [index[c] for c in labels], classes, title)
-    (out_dir / "map.png").write_bytes(png)
+    write_bytes(out_dir / "map.png", png)
     counts = Counter(labels)
-    rows = [[f"#{i}", esc(c), f"{counts[c]:,}"] for i, c in enumerate(classes)]
-    body = (
-        f"<h1>Feature map: {esc(Path(source).name)}</h1>"
-        f'<p class="muted">source <code>{esc(source)}</code> · backbone <code>{esc(info["backbone"])}</code> · '
-        f"{esc(method)} in {info['seconds']:.1f}s{' (from the cache)' if info.get('from_cache') else ''}</p>"
-        "<p>Each dot is one image's bottleneck feature vector, coloured by its class: classes that separate "
-        "here, before any classifier is trained, are easy for transfer learning.</p>"
-        + _png_tag(png, "2-D map of the features coloured by class")
-        + "<h3>Classes</h3>"
-        + _table(["#", "class", "images"], rows, numeric=(2,))
+    return write_page(
+        out_dir / "map.html",
+        "map_page.html",
+        title=f"headstart map: {Path(source).name}",
+        name=Path(source).name,
+        source=source,
+        backbone=info["backbone"],
+        method=method,
+        seconds=info["seconds"],
+        from_cache=bool(info.get("from_cache")),
+        figure=Markup(_png_tag(png, "2-D map of the features coloured by class")),
+        classes=[(c, counts[c]) for c in classes],
     )
-    out = out_dir / "map.html"
-    out.write_text(page(f"headstart map: {Path(source).name}", body), encoding="utf-8")
-    return out
