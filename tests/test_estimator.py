@@ -173,3 +173,30 @@ def test_cli_names_its_flags(colors_dir, tmp_path):
         assert proc.returncode == 2 and f"error: {flag}: " in proc.stderr and "Traceback" not in proc.stderr
     help_text = subprocess.run([*CLI, "train", "--help"], capture_output=True, text=True).stdout
     assert "minutes" in help_text
+
+
+@pytest.mark.slow
+def test_one_way_to_resume_a_killed_finetuning_run(tmp_path):
+    from conftest import make_class_folders
+
+    data = make_class_folders(tmp_path / "photos", per_class=10)
+    run = tmp_path / "run"
+
+    def killed_after_first_epoch(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    clf = FineTuneClassifier(
+        unfreeze="last:1", epochs=2, train_batch_size=8, loader_workers=0, precision="fp32", verbose=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(data, out_dir=run, on_epoch_end=killed_after_first_epoch)
+    saved = json.loads((run / "finetune.json").read_text())
+    assert saved["data"] == str(data.resolve()) and saved["params"] == {
+        **json.loads(json.dumps(clf._json_params())),
+        "strategy": "finetune",
+    }
+    resumed = ImageClassifier.resume(run, verbose=False)
+    ft = resumed.metrics_["finetune"]
+    assert resumed.strategy_ == "finetune" and ft["epochs_run"] == 2 and ft["stopped_because"] == "completed"
+    assert headstart.load(run).predict(resumed.test_["paths"]) == resumed.predict(resumed.test_["paths"])

@@ -187,6 +187,7 @@ def train(
     from headstart.estimator.classifier import ImageClassifier
 
     finetune = strategy is Strategy.finetune
+    budget_seconds = time_budget * 60 if time_budget else None  # the flag is in minutes, the API in seconds
     try:
         if resume is not None:
             ImageClassifier.resume(resume, verbose=not quiet)
@@ -213,13 +214,12 @@ def train(
             augment=augment,
             class_weight=None if class_weight == "none" else class_weight,
             patience=patience,
-            time_budget=time_budget * 60
-            if time_budget
-            else None,  # the flag is in minutes, the API in seconds
+            time_budget=budget_seconds,
         )
         clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
     except ParameterError as e:
-        raise HeadstartError(f"{flag_for(e.param)}: {e.message}") from e
+        message = "must be a number of minutes > 0" if e.param == "time_budget" else e.message
+        raise HeadstartError(f"{flag_for(e.param)}: {message}") from e
 
 
 @app.command()

@@ -29,7 +29,8 @@ from headstart.core.errors import ParameterError
 class Constraint(Protocol):
     """What a parameter may be: ``accepts(value)`` and a ``description`` for the error message."""
 
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def accepts(self, value: Any) -> bool: ...
 

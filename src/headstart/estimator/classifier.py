@@ -64,7 +64,7 @@ from headstart.features.extractor import (
 )
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
 from headstart.models.bundle import library_versions, load_bundle, save_bundle
-from headstart.models.heads import HEADS, restore_head
+from headstart.models.heads import HEADS, Head, restore_head
 from headstart.runs.writer import (
     Predictions,
     ReportSettings,
@@ -182,6 +182,14 @@ class ImageClassifier(BaseEstimator):
         precision: fine-tuning: ``auto`` (bf16 where the CPU has it), ``bf16`` or ``fp32``.
         loader_workers: fine-tuning: image-loading processes (default: up to 4).
     """
+
+    # Fitted state (set by ``fit`` or ``load``).
+    backbone_: Backbone
+    head_: Head
+    classes_: list[str]
+    strategy_: str
+    split_: dict[str, Any]
+    metrics_: dict[str, Any]
 
     def __init__(
         self,
@@ -384,15 +392,15 @@ class ImageClassifier(BaseEstimator):
         )
         test = Predictions(self.test_["paths"], self.test_["y"], proba, usable.features[evaluated])
         run = TrainingRun(
-            self.metrics_,
-            dataset,
-            self.split_["files"],
-            split.names,
-            usable.skipped,
-            test,
-            clock.started,
-            checks,
-            excluded,
+            metrics=self.metrics_,
+            dataset=dataset,
+            split_rows=self.split_["files"],
+            splits=split.names,
+            skipped=usable.skipped,
+            test=test,
+            started=clock.started,
+            checks=checks,
+            excluded=excluded,
         )
         writer.write_training_run(run, self.save, self._report_settings())
         return self
