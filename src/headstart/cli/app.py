@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from headstart.core.errors import HeadstartError
+from headstart.core.errors import HeadstartError, ParameterError
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +23,40 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Transfer learning for image classification: folder of photos in, tested model out.",
 )
+
+
+# ImageClassifier's parameters -> train's flags (errors name the flag the user typed); parameters
+# missing here have no flag and keep their Python name.
+PARAMETER_FLAGS = {
+    "strategy": "--strategy",
+    "backbone": "--backbone",
+    "weights": "--weights",
+    "head": "--head",
+    "seed": "--seed",
+    "split": "--split",
+    "labels_from": "--labels-from",
+    "top_k": "--top-k",
+    "engine": "--engine",
+    "batch_size": "--batch-size",
+    "train_batch_size": "--batch-size",
+    "cache_dir": "--cache-dir",
+    "verbose": "--quiet",
+    "exclude": "--exclude",
+    "check_data": "--check-data",
+    "unfreeze": "--unfreeze",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "augment": "--augment",
+    "class_weight": "--class-weight",
+    "patience": "--patience",
+    "time_budget": "--time-budget",
+    "run_dir": "--resume",
+}
+
+
+def flag_for(param: str) -> str:
+    """The train flag that sets ``param`` (its Python name where no flag does)."""
+    return PARAMETER_FLAGS.get(param, param)
 
 
 class Format(str, Enum):
@@ -152,29 +186,27 @@ def train(
     from headstart.data.splits import parse_split
     from headstart.estimator.classifier import ImageClassifier
 
-    if resume is not None:
-        from headstart.estimator.finetune import resume_run
-
-        resume_run(resume, verbose=not quiet)
-        return
-    common = dict(
-        backbone=backbone,
-        weights=weights,
-        head=head.value,
-        seed=seed,
-        split=parse_split(split),
-        labels_from=labels_from,
-        top_k=top_k,
-        engine=engine.value,
-        cache_dir=cache_dir,
-        verbose=not quiet,
-        exclude=exclude,
-        check_data=check_data,
-    )
-    if strategy is Strategy.finetune:
-        from headstart.estimator.finetune import FineTuneClassifier
-
-        clf: ImageClassifier = FineTuneClassifier(
+    finetune = strategy is Strategy.finetune
+    budget_seconds = time_budget * 60 if time_budget else None  # the flag is in minutes, the API in seconds
+    try:
+        if resume is not None:
+            ImageClassifier.resume(resume, verbose=not quiet)
+            return
+        clf = ImageClassifier(
+            strategy=strategy.value,
+            backbone=backbone,
+            weights=weights,
+            head=head.value,
+            seed=seed,
+            split=parse_split(split),
+            labels_from=labels_from,
+            top_k=top_k,
+            engine=engine.value,
+            batch_size=(batch_size or 8) if not finetune else 8,
+            cache_dir=cache_dir,
+            verbose=not quiet,
+            exclude=exclude,
+            check_data=check_data,
             unfreeze=unfreeze,
             epochs=epochs,
             lr=lr,
@@ -182,12 +214,12 @@ def train(
             augment=augment,
             class_weight=None if class_weight == "none" else class_weight,
             patience=patience,
-            time_budget=time_budget * 60 if time_budget else None,
-            **common,
+            time_budget=budget_seconds,
         )
-    else:
-        clf = ImageClassifier(batch_size=batch_size or 8, **common)
-    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+        clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    except ParameterError as e:
+        message = "must be a number of minutes > 0" if e.param == "time_budget" else e.message
+        raise HeadstartError(f"{flag_for(e.param)}: {message}") from e
 
 
 @app.command()
@@ -327,7 +359,8 @@ def report(
     """Rebuild RUN_DIR/report.html from the saved run files (no retraining)."""
     import time
 
-    from headstart.reporting.run_report import MAP_JSON, build_report, remap_run
+    from headstart.estimator.remap import remap_run
+    from headstart.reporting.run_report import MAP_JSON, build_report
 
     if not run_dir.is_dir():
         raise HeadstartError(f"run folder not found: {run_dir}")

@@ -1,45 +1,172 @@
-"""``ImageClassifier``: the scikit-learn-style front door to feature-extraction transfer learning.
+"""``ImageClassifier``: the scikit-learn-style front door to transfer learning on images.
 
-clf = ImageClassifier().fit("photos/", out_dir="runs/photos")
-clf.predict(["new.jpg"])
-headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
+    clf = ImageClassifier().fit("photos/", out_dir="runs/photos")
+    clf.predict(["new.jpg"])
+    headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
+    ImageClassifier(strategy="finetune", unfreeze="half", epochs=2).fit("photos/", out_dir="runs/ft")
+    ImageClassifier.resume("runs/ft")      # a killed fine-tuning run, from its last complete epoch
+
+``fit`` computes; a :class:`~headstart.runs.writer.RunWriter` writes the run folder.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from headstart.core.errors import HeadstartError
-from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
-from headstart.core.progress import ConsoleProgress, NullProgress
+from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.io import summarize_skips
+from headstart.core.params import (
+    AnyOf,
+    Check,
+    Constraint,
+    InstanceOf,
+    Interval,
+    Optional,
+    Options,
+    Pattern,
+    validate_params,
+)
+from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, discover, expand_paths
-from headstart.data.splits import assign_splits
-from headstart.evaluation.metrics import classification_metrics, plot_confusion_matrix
+from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune
+from headstart.estimator.fitting import (
+    Split,
+    Stopwatch,
+    Usable,
+    build_metrics,
+    check_data,
+    data_check_summary,
+    discover_data,
+    extraction_info,
+    fit_head,
+    head_summary,
+    now_utc,
+    score,
+    split_record,
+    split_samples,
+    usable_samples,
+)
 from headstart.features.cache import FeatureCache, default_cache_dir
-from headstart.features.extractor import ExtractionResult, FeatureExtractor
+from headstart.features.extractor import ExtractionResult, FeatureExtractor, build_extractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
-from headstart.models.bundle import BUNDLE_SUFFIX, library_versions, load_bundle, save_bundle
-from headstart.models.heads import make_head, restore_head
+from headstart.models.bundle import library_versions, load_bundle, save_bundle
+from headstart.models.heads import Head, restore_head
+from headstart.runs.writer import (
+    Predictions,
+    ReportSettings,
+    RunWriter,
+    TrainingRun,
+    read_run_config,
+)
+from headstart.training.loop import CHECKPOINT_DIR, FineTuneSettings
 
-STRATEGY = "feature-extraction"
+FEATURE_EXTRACTION = "feature-extraction"
+FINETUNE = "finetune"
+EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-class ImageClassifier:
-    """Pretrained backbone + cached bottleneck features + a small head.
+def _is_fractions(value: Any) -> bool:
+    parts = [float(v) for v in value]
+    return len(parts) == 3 and all(p >= 0 for p in parts) and parts[0] > 0
 
-    Parameters are plain values set in ``__init__`` (as in scikit-learn); fitted state ends in
-    an underscore. ``head`` is ``logistic`` (default), ``mlp`` or ``knn``.
+
+def _is_exclude_list(value: Any) -> bool:
+    return not isinstance(value, (str, bytes)) and all(isinstance(v, (str, Path)) for v in value)
+
+
+PATH = InstanceOf((str, Path), "a path")
+
+# What each parameter may be; checked once, at the start of ``fit``.
+CONSTRAINTS: dict[str, Constraint] = {
+    "strategy": Options(FEATURE_EXTRACTION, FINETUNE),
+    "backbone": InstanceOf((str,), "a timm model name"),
+    "weights": Optional(PATH),
+    "head": Options(*sorted(Head.registry)),
+    "head_params": Optional(InstanceOf((dict,), "a dict of the head's parameters")),
+    "seed": Interval(int, 0),
+    "split": Check(_is_fractions, "three fractions train, val, test like (0.8, 0.1, 0.1)"),
+    "labels_from": Options("auto", "folder", "filename", "csv"),
+    "top_k": Interval(int, 1),
+    "engine": Options("auto", "openvino", "onnxruntime", "torch"),
+    "batch_size": Interval(int, 1),
+    "workers": Optional(Interval(int, 1)),
+    "cache_dir": Optional(PATH),
+    "verbose": InstanceOf((bool,), "True or False"),
+    "exclude": Optional(AnyOf(PATH, Check(_is_exclude_list, "a list of paths"))),
+    "check_data": InstanceOf((bool,), "True or False"),
+    "report_map": Options("tsne", "pca", "none"),
+    "unfreeze": Pattern(r"head|half|all|last:\d+", "head, last:N, half or all"),
+    "epochs": Interval(int, 1),
+    "lr": Interval(float, 0, low_open=True),
+    "train_batch_size": Interval(int, 1),
+    "augment": Options(*PRESETS),
+    "class_weight": Options(None, "none", "balanced"),
+    "patience": Interval(int, 1),
+    "time_budget": Optional(Interval(float, 0, low_open=True)),
+    "precision": Options("auto", "bf16", "fp32"),
+    "loader_workers": Optional(Interval(int, 0)),
+}
+
+
+class ImageClassifier(BaseEstimator):
+    """Pretrained backbone + cached bottleneck features + a small head; optionally fine-tuned.
+
+    Parameters are stored as given (scikit-learn style: ``get_params``, ``set_params`` and
+    ``sklearn.base.clone`` work) and checked in ``fit``; fitted state ends in an underscore.
+
+    Args:
+        strategy: ``feature-extraction`` (a head on cached features) or ``finetune`` (then the
+            backbone and head train end to end on augmented images).
+        backbone: any timm model name; the default works offline.
+        weights: local weights file (safetensors or torch state dict) for ``backbone``.
+        head: ``logistic``, ``mlp`` or ``knn`` (fine-tuning starts from ``logistic``).
+        head_params: the head's own parameters (fine-tuning default: ``{"refit": False}``, so
+            validation stays unseen by the probe).
+        seed: fixes the split and the training.
+        split: train, val, test fractions, for data without split folders.
+        labels_from: ``auto``, ``folder``, ``filename`` or ``csv``.
+        top_k: k of the top-k accuracy.
+        engine: feature-extraction runtime: ``auto``, ``openvino``, ``onnxruntime`` or ``torch``.
+        batch_size: images per feature-extraction batch.
+        workers: image-decoding threads (default: the usable cores).
+        cache_dir: feature cache (default ``~/.cache/headstart`` or ``$HEADSTART_CACHE``).
+        verbose: print progress and a summary to stderr.
+        exclude: files to leave out: a text/CSV file of paths, a ``doctor.json``, or a list.
+        check_data: quick data check; duplicate groups stay on one side of the split.
+        report_map: the map in ``RUN_DIR/report.html``: ``tsne``, ``pca`` or ``none``.
+        unfreeze: fine-tuning: ``head``, ``last:N`` (block groups), ``half`` or ``all``.
+        epochs: fine-tuning: most epochs (early stopping may end sooner).
+        lr: fine-tuning: the head's learning rate; backbone layers get less.
+        train_batch_size: fine-tuning batch (``batch_size`` stays the extraction batch).
+        augment: fine-tuning augmentation preset (``default``, ``keras``, ``randaugment``,
+            ``trivialaugment``, ``none``).
+        class_weight: fine-tuning: None (or ``none``) or ``balanced``.
+        patience: fine-tuning: epochs without a better val_loss before stopping.
+        time_budget: fine-tuning: SECONDS of wall time for the whole ``fit``; stops cleanly
+            with the best model so far.
+        precision: fine-tuning: ``auto`` (bf16 where the CPU has it), ``bf16`` or ``fp32``.
+        loader_workers: fine-tuning: image-loading processes (default: up to 4).
     """
+
+    # Fitted state (set by ``fit`` or ``load``).
+    backbone_: Backbone
+    head_: Head
+    classes_: list[str]
+    strategy_: str
+    split_: dict[str, Any]
+    metrics_: dict[str, Any]
 
     def __init__(
         self,
+        *,
+        strategy: str = FEATURE_EXTRACTION,
         backbone: str = DEFAULT_BACKBONE,
         weights: str | Path | None = None,
         head: str = "logistic",
@@ -56,13 +183,24 @@ class ImageClassifier:
         exclude: str | Path | Sequence[str] | None = None,
         check_data: bool = True,
         report_map: str = "tsne",
+        unfreeze: str = "last:2",
+        epochs: int = 4,
+        lr: float = 1e-3,
+        train_batch_size: int = 32,
+        augment: str = "default",
+        class_weight: str | None = None,
+        patience: int = 3,
+        time_budget: float | None = None,
+        precision: str = "auto",
+        loader_workers: int | None = None,
     ) -> None:
+        self.strategy = strategy
         self.backbone = backbone
         self.weights = weights
         self.head = head
         self.head_params = head_params
         self.seed = seed
-        self.split = tuple(split)
+        self.split = split
         self.labels_from = labels_from
         self.top_k = top_k
         self.engine = engine
@@ -72,294 +210,315 @@ class ImageClassifier:
         self.verbose = verbose
         self.exclude = exclude
         self.check_data = check_data
-        self.report_map = report_map  # map in RUN_DIR/report.html: tsne, pca or none
+        self.report_map = report_map
+        self.unfreeze = unfreeze
+        self.epochs = epochs
+        self.lr = lr
+        self.train_batch_size = train_batch_size
+        self.augment = augment
+        self.class_weight = class_weight
+        self.patience = patience
+        self.time_budget = time_budget
+        self.precision = precision
+        self.loader_workers = loader_workers
+
+    # ------------------------------------------------------------------ parameters
+
+    def _check_params(self) -> None:
+        """Every parameter against ``CONSTRAINTS``, then the combinations."""
+        validate_params(self.get_params(), CONSTRAINTS)
+        if self.strategy == FINETUNE and self.head != "logistic":
+            raise ParameterError("head", "fine-tuning starts from the linear probe: use head='logistic'")
+
+    def _head_params(self) -> dict[str, Any]:
+        if self.head_params is not None:
+            return dict(self.head_params)
+        # The probe is fitted on train only: validation must stay unseen to judge the epochs.
+        return {"refit": False} if self.strategy == FINETUNE else {}
+
+    def _finetune_settings(self) -> FineTuneSettings:
+        return FineTuneSettings(
+            unfreeze=self.unfreeze,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.train_batch_size,
+            augment=self.augment,
+            class_weight=None if self.class_weight == "none" else self.class_weight,
+            patience=self.patience,
+            time_budget=self.time_budget,
+            workers=self.loader_workers,
+            precision=self.precision,
+            seed=self.seed,
+        )
+
+    def _json_params(self) -> dict[str, Any]:
+        """``get_params`` as JSON (``finetune.json``); ``exclude`` made absolute for a resume
+        from another working folder."""
+        out: dict[str, Any] = {}
+        for name, value in self.get_params().items():
+            if isinstance(value, (str, Path)) and name == "exclude":
+                value = str(Path(value).expanduser().resolve())
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple) or (name == "exclude" and isinstance(value, list)):
+                value = [str(v) if isinstance(v, Path) else v for v in value]
+            out[name] = value
+        return out
 
     # ------------------------------------------------------------------ plumbing
 
     def _extractor(self, backbone: Backbone) -> FeatureExtractor:
-        progress = ConsoleProgress() if self.verbose else NullProgress()
-        return FeatureExtractor(
+        return build_extractor(
             backbone,
-            cache=FeatureCache(self.cache_dir),
+            cache_dir=self.cache_dir,
             engine=self.engine,
             batch_size=self.batch_size,
             workers=self.workers,
-            progress=progress,
+            verbose=self.verbose,
         )
+
+    def _extract(self, paths: Sequence[str | Path]) -> ExtractionResult:
+        return self._extractor(self.backbone_).extract([str(p) for p in paths])
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
             raise HeadstartError("this classifier is not fitted yet: call fit(DATA) or headstart.load(MODEL)")
 
-    def _features(self, paths: Sequence[str]) -> ExtractionResult:
-        return self._extractor(self.backbone_).extract(paths)
+    def _report_settings(self) -> ReportSettings:
+        return ReportSettings(self.report_map, self.seed, Path(self.cache_dir or default_cache_dir()))
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, data: str | Path | Dataset, out_dir: str | Path | None = None) -> ImageClassifier:
-        """Discover images, extract (cached) features, split, fit the head, evaluate on test.
+    def fit(
+        self,
+        data: str | Path | Dataset,
+        out_dir: str | Path | None = None,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> ImageClassifier:
+        """Discover images, extract (cached) features, split, fit the head (then fine-tune, with
+        ``strategy="finetune"``), evaluate on the test split.
 
-        With ``out_dir`` the run folder gets the model bundle, ``metrics.json``, the split,
-        the skipped files, the confusion matrix and a log.
+        Args:
+            data: a folder of class sub-folders, split folders, a CSV of path,label, or a Dataset.
+            out_dir: run folder for the model bundle, ``metrics.json``, the split, the skipped
+                files, the confusion matrix, the report and a log (None: nothing is written).
+            on_epoch_end: fine-tuning: called as ``on_epoch_end(epoch, history_row)`` after each
+                epoch (raise KeyboardInterrupt in it to stop the run cleanly).
         """
-        t_all = time.perf_counter()
-        timings: dict[str, float] = {}
-        run_dir = Path(out_dir) if out_dir is not None else None
-        log = RunLog(run_dir, self.verbose)
+        return self._fit(data, out_dir, resume=False, on_epoch_end=on_epoch_end)
 
-        t = time.perf_counter()
-        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
-        timings["discover"] = time.perf_counter() - t
-        log(
-            f"found {len(dataset.samples)} images in {len(dataset.classes)} classes ({dataset.kind}) in {dataset.root}"
+    @classmethod
+    def resume(
+        cls, run_dir: str | Path, on_epoch_end: EpochCallback | None = None, **overrides: Any
+    ) -> ImageClassifier:
+        """Continue the fine-tuning run in ``run_dir`` from its last complete epoch.
+
+        The data and parameters come from ``run_dir/finetune.json``; ``overrides`` (e.g.
+        ``verbose=False``) replace saved parameters.
+        """
+        run_dir = Path(run_dir).expanduser()
+        config = read_run_config(run_dir)
+        names = set(cls._get_param_names())
+        params = {k: v for k, v in config["params"].items() if k in names}
+        params.update(strategy=FINETUNE, **overrides)
+        if isinstance(params.get("split"), list):
+            params["split"] = tuple(params["split"])
+        return cls(**params)._fit(config["data"], run_dir, resume=True, on_epoch_end=on_epoch_end)
+
+    def _fit(
+        self,
+        data: str | Path | Dataset,
+        out_dir: str | Path | None,
+        resume: bool,
+        on_epoch_end: EpochCallback | None,
+    ) -> ImageClassifier:
+        self._check_params()
+        clock, started = Stopwatch(), time.time()
+        writer = RunWriter(out_dir, self.verbose)
+        if self.strategy == FINETUNE:
+            self._start_finetune_run(data, writer, resume)
+        dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
+        checks = None
+        if self.check_data:
+            with clock("data_check"):
+                checks = check_data(usable, writer)
+        with clock("split"):
+            split = split_samples(usable.samples, self.split, self.seed, checks)
+        with clock("fit_head"):
+            head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
+        self.head_, self.classes_, self.strategy_ = head, usable.classes, self.strategy
+        evaluated = split.mask(split.evaluated_on)
+        with clock("evaluate"):
+            outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
+            proba = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
+            scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)
+        self._record(dataset, excluded, usable, result, split, checks, fit_info, scores, outcome, clock)
+        self.test_ = {
+            "paths": [s.path for s, m in zip(usable.samples, evaluated) if m],
+            "y": usable.y[evaluated],
+            "proba": proba,
+        }
+        writer(
+            f"{split.evaluated_on} accuracy {scores['accuracy']:.4f} on {scores['n']} images (top-{scores['top_k']} "
+            f"{scores['top_k_accuracy']:.4f}); head {self.head} {head_summary(fit_info)}"
         )
-        excluded: list[Sample] = []
-        if self.exclude is not None:
-            from headstart.data.exclusions import exclude_samples, read_exclude_list
+        test = Predictions(self.test_["paths"], self.test_["y"], proba, usable.features[evaluated])
+        run = TrainingRun(
+            metrics=self.metrics_,
+            dataset=dataset,
+            split_rows=self.split_["files"],
+            splits=split.names,
+            skipped=usable.skipped,
+            test=test,
+            started=clock.started,
+            checks=checks,
+            excluded=excluded,
+        )
+        writer.write_training_run(run, self.save, self._report_settings())
+        return self
 
-            entries = (
-                read_exclude_list(self.exclude)
-                if isinstance(self.exclude, (str, Path))
-                else list(self.exclude)
+    def _start_finetune_run(self, data: str | Path | Dataset, writer: RunWriter, resume: bool) -> None:
+        """A resume needs a checkpoint; a new run records its data and parameters first."""
+        if resume and (writer.run_dir is None or not (writer.run_dir / CHECKPOINT_DIR / "last.pt").is_file()):
+            raise ParameterError(
+                "run_dir",
+                f"no checkpoint to resume in {writer.run_dir} ({CHECKPOINT_DIR}/last.pt is missing: the run ended "
+                "before its first epoch); start it again instead of resuming",
             )
-            dataset, excluded, unmatched = exclude_samples(dataset, entries)
-            log(
-                f"excluded {len(excluded)} image(s) listed in --exclude"
-                + (f"; {len(unmatched)} listed path(s) matched no image" if unmatched else "")
-            )
+        if not resume:
+            root = data.root if isinstance(data, Dataset) else Path(data).expanduser().resolve()
+            writer.write_run_config(root, self._json_params())
 
-        t = time.perf_counter()
-        self.backbone_ = create_backbone(self.backbone, self.weights, FeatureCache(self.cache_dir).root)
-        timings["backbone"] = time.perf_counter() - t
+    def _second_stage(
+        self,
+        writer: RunWriter,
+        resume: bool,
+        started: float,
+        on_epoch_end: EpochCallback | None,
+        usable: Usable,
+        split: Split,
+        clock: Stopwatch,
+    ) -> FineTuneOutcome | None:
+        """Fine-tuning after the probe (None for feature extraction): the model becomes the
+        tuned backbone and head, or the probe refitted on train + val when no epoch beat it."""
+        if self.strategy != FINETUNE:
+            return None
+        deadline = started + self.time_budget if self.time_budget else None
+        job = FineTuneJob(
+            self._finetune_settings(),
+            self.unfreeze,
+            writer.run_dir,
+            writer,
+            self.verbose,
+            resume,
+            deadline,
+            on_epoch_end,
+        )
+        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
+        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
+        return outcome
 
-        t = time.perf_counter()
-        result = self._features(dataset.paths)
-        timings["extract"] = time.perf_counter() - t
-        timings["extract_images_per_s"] = result.images_per_s
-        timings["extract_new_images_per_s"] = result.new_images_per_s
-        log(
+    def _prepare_data(
+        self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch
+    ) -> tuple[Dataset, list[Sample], Usable, ExtractionResult]:
+        """Discovery and exclusion, the backbone, the (cached) features of every image."""
+        with clock("discover"):
+            dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer)
+        with clock("backbone"):
+            self.backbone_ = create_backbone(self.backbone, self.weights, FeatureCache(self.cache_dir).root)
+        with clock("extract"):
+            result = self._extract(dataset.paths)
+        clock.timings["extract_images_per_s"] = result.images_per_s
+        clock.timings["extract_new_images_per_s"] = result.new_images_per_s
+        writer(
             f"features: {result.n_extracted} extracted, {result.n_cached} from cache "
             f"({result.images_per_s:.0f} images/s, engine {result.engine})"
         )
+        skipped_file = writer.path("skipped.csv") if writer.run_dir is not None else None
+        return dataset, excluded, usable_samples(dataset, result, writer, skipped_file), result
 
-        skipped = [(p, r, "discovery") for p, r in dataset.ignored]
-        skipped += [(dataset.samples[i].path, r, "decode") for i, r in result.errors.items()]
-        ok = result.ok
-        samples = [s for s, good in zip(dataset.samples, ok) if good]
-        features = result.features[ok]
-        if skipped:
-            log(summarize_skips(skipped) + (f" (listed in {run_dir / 'skipped.csv'})" if run_dir else ""))
-        if not samples:
-            raise HeadstartError(f"none of the {len(dataset.samples)} images in {dataset.root} could be read")
-        classes = sorted({s.label for s in samples})
-        if len(classes) < 2:
-            raise HeadstartError(
-                f"only one class ('{classes[0]}') found in {dataset.root}: a classifier needs at least two "
-                "class folders (or labels)"
-            )
-
-        checks = None
-        if self.check_data:
-            from headstart.doctor import quick_check
-
-            t = time.perf_counter()
-            ok_hashes = [h for h, good in zip(result.hashes, ok) if good]
-            checks = quick_check(samples, features, ok_hashes, [(p, r) for p, r, _ in skipped])
-            timings["data_check"] = time.perf_counter() - t
-            for line in checks.summary_lines():
-                log(line)
-
-        t = time.perf_counter()
-        groups = checks.group_indices if checks else None
-        splits, split_method = assign_splits(samples, self.split, self.seed, groups)
-        timings["split"] = time.perf_counter() - t
-        split_arr = np.array(splits)
-        y = np.array([classes.index(s.label) for s in samples])
-        for name in ("train", "val"):
-            if not (split_arr == name).any():
-                raise HeadstartError(f"the {name} split is empty: give more images or change --split")
-
-        t = time.perf_counter()
-        head = make_head(self.head, **(self.head_params or {}))
-        if self.head == "mlp" and "seed" not in (self.head_params or {}):
-            head.seed = self.seed  # type: ignore[attr-defined]
-        tr, va = split_arr == "train", split_arr == "val"
-        fit_info = head.fit(features[tr], y[tr], features[va], y[va], len(classes))
-        timings["fit_head"] = time.perf_counter() - t
-        self.head_, self.classes_ = head, classes
-
-        t = time.perf_counter()
-        eval_split = "test" if (split_arr == "test").any() else "val"
-        te = split_arr == eval_split
-        proba = self._second_stage(samples, features, split_arr, y, eval_split, run_dir, log, timings)
-        if proba is None:
-            proba = head.predict_proba(features[te])
-        scores = classification_metrics(y[te], proba, classes, self.top_k)
-        timings["evaluate"] = time.perf_counter() - t
-
-        counts = {
-            name: dict(sorted(Counter(s.label for s, g in zip(samples, splits) if g == name).items()))
-            for name in ("train", "val", "test")
-        }
-        self.split_ = {
-            "method": split_method,
-            "seed": self.seed,
-            "fractions": list(self.split),
-            "root": str(dataset.root),
-            "counts": counts,
-            "files": [[dataset.relative(s.path), s.label, g] for s, g in zip(samples, splits)],
-        }
-        self.extraction_ = result
-        self.dataset_ = dataset
-        self.test_ = {
-            "paths": [s.path for s, m in zip(samples, te) if m],
-            "y": y[te],
-            "proba": proba,
-        }
-        self.metrics_ = self._metrics(dataset, scores, eval_split, fit_info, result, skipped, timings)
-        self.checks_ = checks
-        if checks is not None:
-            from headstart.doctor import check_summary
-
-            plain, _ = assign_splits(samples, self.split, self.seed)
-            self.metrics_["data_checks"] = check_summary(checks, plain, splits, excluded)
-        log(
-            f"{eval_split} accuracy {scores['accuracy']:.4f} on {scores['n']} images "
-            f"(top-{scores['top_k']} {scores['top_k_accuracy']:.4f}); head {self.head} {self._head_summary(fit_info)}"
-        )
-
-        if run_dir is not None:
-            t = time.perf_counter()
-            self._write_run(run_dir, skipped, log)
-            if checks is not None or excluded:
-                from headstart.doctor import write_run_checks
-
-                write_run_checks(run_dir, dataset, checks, splits, self.metrics_.get("data_checks"), excluded)
-            timings["save"] = time.perf_counter() - t
-            timings["report"] = self._write_report(run_dir, self.test_, features[te], log)
-        timings["total"] = time.perf_counter() - t_all
-        self.metrics_["timings"] = timings
-        if run_dir is not None:
-            write_json(run_dir / "metrics.json", self.metrics_)
-            log(
-                f"done in {timings['total']:.1f}s: {run_dir / ('model' + BUNDLE_SUFFIX)}, {run_dir / 'metrics.json'}"
-            )
-        return self
-
-    def _second_stage(
-        self, samples, features, split_arr, y, eval_split, run_dir, log, timings
-    ) -> np.ndarray | None:
-        """Hook after the head is fitted on features: fine-tuning (training.py) replaces the
-        backbone and head and returns its own ``eval_split`` probabilities; feature extraction: None."""
-        return None
-
-    def _strategy(self) -> str:
-        return getattr(self, "meta_", {}).get("strategy", STRATEGY)
-
-    @staticmethod
-    def _head_summary(info: dict[str, Any]) -> str:
-        keep = {k: v for k, v in info.items() if k in ("C", "k", "best_epoch")}
-        return ", ".join(f"{k}={v}" for k, v in keep.items())
-
-    def _metrics(self, dataset, scores, eval_split, fit_info, result, skipped, timings) -> dict[str, Any]:
-        summary = {k: scores[k] for k in ("accuracy", "n", "top_k", "top_k_accuracy", "macro_f1")}
-        return {
-            eval_split: summary,
-            "evaluated_on": eval_split,
-            "classes": self.classes_,
-            "per_class": scores["per_class"],
-            "confusion_matrix": scores["confusion_matrix"],
-            "backbone": self.backbone_.describe(),
-            "strategy": self._strategy(),
-            "head": {"name": self.head, "params": self.head_.params(), "fit": fit_info},
-            "data": {
-                "source": str(dataset.root),
-                "kind": dataset.kind,
-                "n_images": len(dataset.samples),
-                "n_used": int(result.ok.sum()),
-                "n_skipped": len(skipped),
-                "split": {k: v for k, v in self.split_.items() if k != "files"},
-            },
-            "extraction": {
-                "engine": result.engine,
-                "n_extracted": result.n_extracted,
-                "n_cached": result.n_cached,
-                "n_damaged_cache_entries": result.n_damaged_cache,
-                "seconds": result.seconds,
-            },
-            "timings": timings,
-            "versions": library_versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-
-    def _write_run(self, run_dir: Path, skipped: list[tuple[str, str, str]], log: RunLog) -> None:
-        write_rows(run_dir / "split.csv", ["path", "label", "split"], self.split_["files"])
-        write_rows(run_dir / "skipped.csv", ["path", "reason", "stage"], skipped)
-        write_rows(
-            run_dir / "test_predictions.csv",
-            ["path", "label", "predicted", "probability"],
-            [
-                [p, self.classes_[t], self.classes_[int(pr.argmax())], f"{pr.max():.4f}"]
-                for p, t, pr in zip(self.test_["paths"], self.test_["y"], self.test_["proba"])
-            ],
-        )
-        plot_confusion_matrix(
-            self.metrics_["confusion_matrix"],
-            self.classes_,
-            run_dir / "confusion_matrix.png",
-            f"Confusion matrix ({self.metrics_['evaluated_on']}, accuracy "
-            f"{self.metrics_[self.metrics_['evaluated_on']]['accuracy']:.3f})",
-        )
-        self.save(run_dir / f"model{BUNDLE_SUFFIX}")
-
-    def _write_report(
+    def _record(
         self,
-        run_dir: Path,
-        test: dict[str, Any],
-        features: np.ndarray,
-        log: RunLog,
-        metrics: dict[str, Any] | None = None,
-    ) -> float:
-        """RUN_DIR/report.html (see headstart.report); returns the seconds it took."""
-        from headstart.reporting.run_report import write_run_report
-
-        return write_run_report(
-            run_dir,
-            metrics or self.metrics_,
-            test,
-            features,
-            self.report_map,
-            self.seed,
-            Path(self.cache_dir or default_cache_dir()),
-            log,
+        dataset: Dataset,
+        excluded: list[Sample],
+        usable: Usable,
+        result: ExtractionResult,
+        split: Split,
+        checks: Any,
+        fit_info: dict[str, Any],
+        scores: dict[str, Any],
+        outcome: FineTuneOutcome | None,
+        clock: Stopwatch,
+    ) -> None:
+        """The fitted state: split, extraction, checks and the metrics."""
+        self.split_ = split_record(dataset, usable, split, self.split, self.seed)
+        self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
+        data = {
+            "source": str(dataset.root),
+            "kind": dataset.kind,
+            "n_images": len(dataset.samples),
+            "n_used": int(result.ok.sum()),
+            "n_skipped": len(usable.skipped),
+            "split": {k: v for k, v in self.split_.items() if k != "files"},
+        }
+        model = self._model_info({"fit": fit_info})
+        extra: dict[str, Any] = {"extraction": extraction_info(result), "created": now_utc()}
+        if outcome is not None:
+            self.finetune_, self.history_ = outcome.info, outcome.info["history"]
+            extra["finetune"] = outcome.info
+            if outcome.info.get("probe_refit_on_train_val"):
+                model["head"]["fit"] = {**fit_info, "refit_on_train_val": True}
+        if checks is not None:
+            extra["data_checks"] = data_check_summary(
+                checks, usable.samples, split, self.split, self.seed, excluded
+            )
+        self.metrics_ = build_metrics(
+            scores, split.evaluated_on, split.evaluated_on, model, data, clock.timings, extra
         )
+
+    def _model_info(self, head_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "classes": self.classes_,
+            "backbone": self.backbone_.describe(),
+            "strategy": self.strategy_,
+            "head": {"name": self.head_.name, "params": self.head_.params(), **(head_extra or {})},
+        }
 
     # ------------------------------------------------------------------ inference
 
-    def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
-        """Class probabilities, one row per path (NaN rows for files that cannot be read)."""
+    def transform(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """The backbone's features of each image (cached), one row per path; NaN rows for files
+        that cannot be read."""
         self._check_fitted()
-        result = self._features([str(p) for p in paths])
+        return self._extract(paths).features
+
+    def _proba_and_errors(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, dict[int, str]]:
+        self._check_fitted()
+        result = self._extract(paths)
         proba = np.full((len(paths), len(self.classes_)), np.nan)
         ok = result.ok
         if ok.any():
             proba[ok] = self.head_.predict_proba(result.features[ok])
-        self.last_errors_ = result.errors
-        return proba
+        return proba, result.errors
+
+    def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Class probabilities, one row per path (NaN rows for files that cannot be read)."""
+        return self._proba_and_errors(paths)[0]
 
     def predict(self, paths: Sequence[str | Path]) -> list[str | None]:
+        """The most probable class of each image (None for files that cannot be read)."""
         proba = self.predict_proba(paths)
         return [None if np.isnan(row).any() else self.classes_[int(row.argmax())] for row in proba]
 
     def predict_top_k(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
         """``[{"path", "predictions": [{"label", "probability"}...]}]``; folders are expanded."""
         files, missing = expand_paths(paths)
-        proba = self.predict_proba(files) if files else np.zeros((0, len(self.classes_)))
+        proba, errors = self._proba_and_errors(files) if files else (np.zeros((0, len(self.classes_))), {})
         out: list[dict[str, Any]] = []
         k = min(k, len(self.classes_))
         for i, (path, row) in enumerate(zip(files, proba)):
-            if i in self.last_errors_:
-                out.append({"path": path, "predictions": [], "error": self.last_errors_[i]})
+            if i in errors:
+                out.append({"path": path, "predictions": [], "error": errors[i]})
                 continue
             top = np.argsort(-row)[:k]
             out.append(
@@ -371,6 +530,8 @@ class ImageClassifier:
         out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
         return out
 
+    # ------------------------------------------------------------------ evaluation
+
     def evaluate(
         self, data: str | Path | Dataset, out_dir: str | Path | None = None, split: str = "auto"
     ) -> dict[str, Any]:
@@ -381,19 +542,52 @@ class ImageClassifier:
         """
         self._check_fitted()
         t0 = time.perf_counter()
-        run_dir = Path(out_dir) if out_dir is not None else None
-        log = RunLog(run_dir, self.verbose)
+        writer = RunWriter(out_dir, self.verbose)
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
-        samples = dataset.samples
-        used = "all"
+        samples, used = self._evaluation_samples(dataset, split)
+        known, skipped = self._known_samples(dataset, samples)
+        result = self._extract([s.path for s in known])
+        skipped += [(known[i].path, r, "decode") for i, r in result.errors.items()]
+        ok = result.ok
+        y = np.array([self.classes_.index(s.label) for s, good in zip(known, ok) if good])
+        proba = self.head_.predict_proba(result.features[ok])
+        scores = score(y, proba, self.classes_, self.top_k)
+        timings = {
+            "extract": result.seconds.get("total", 0.0),
+            "extract_images_per_s": result.images_per_s,
+            "total": time.perf_counter() - t0,
+        }
+        data_info = {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)}
+        metrics = build_metrics(scores, "test", used, self._model_info(), data_info, timings)
+        if skipped:
+            writer(summarize_skips(skipped))
+        writer(
+            f"accuracy {scores['accuracy']:.4f} on {scores['n']} images ({used}); "
+            f"top-{scores['top_k']} {scores['top_k_accuracy']:.4f}"
+        )
+        paths = [s.path for s, good in zip(known, ok) if good]
+        writer.write_evaluation(
+            metrics, skipped, Predictions(paths, y, proba, result.features[ok]), self._report_settings()
+        )
+        return metrics
+
+    def _evaluation_samples(self, dataset: Dataset, split: str) -> tuple[list[Sample], str]:
+        """The saved split's images when ``dataset`` is the training data, else all of them."""
         saved = getattr(self, "split_", None) or {}
         same_data = saved.get("root") and Path(saved["root"]) == dataset.root
         if split in ("auto", "test", "val", "train") and same_data:
             wanted = "test" if split == "auto" else split
             chosen = {f for f, _label, g in saved.get("files", []) if g == wanted}
             if chosen:
-                samples = [s for s in samples if dataset.relative(s.path) in chosen]
-                used = f"saved {wanted} split"
+                return [
+                    s for s in dataset.samples if dataset.relative(s.path) in chosen
+                ], f"saved {wanted} split"
+        return list(dataset.samples), "all"
+
+    def _known_samples(
+        self, dataset: Dataset, samples: list[Sample]
+    ) -> tuple[list[Sample], list[tuple[str, str, str]]]:
+        """Samples with a class the model knows; the others (and discovery's leftovers) skipped."""
         skipped = [(p, r, "discovery") for p, r in dataset.ignored]
         known = [s for s in samples if s.label in self.classes_]
         skipped += [
@@ -405,42 +599,7 @@ class ImageClassifier:
             raise HeadstartError(
                 f"no images in {dataset.root} carry one of the model's classes ({', '.join(self.classes_)})"
             )
-        result = self._features([s.path for s in known])
-        skipped += [(known[i].path, r, "decode") for i, r in result.errors.items()]
-        ok = result.ok
-        y = np.array([self.classes_.index(s.label) for s, good in zip(known, ok) if good])
-        proba = self.head_.predict_proba(result.features[ok])
-        scores = classification_metrics(y, proba, self.classes_, self.top_k)
-        summary = {k: scores[k] for k in ("accuracy", "n", "top_k", "top_k_accuracy", "macro_f1")}
-        metrics = {
-            "test": summary,
-            "evaluated_on": used,
-            "classes": self.classes_,
-            "per_class": scores["per_class"],
-            "confusion_matrix": scores["confusion_matrix"],
-            "backbone": self.backbone_.describe(),
-            "strategy": self._strategy(),
-            "head": {"name": self.head, "params": self.head_.params()},
-            "data": {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)},
-            "timings": {
-                "extract": result.seconds.get("total", 0.0),
-                "extract_images_per_s": result.images_per_s,
-                "total": time.perf_counter() - t0,
-            },
-            "versions": library_versions(),
-        }
-        if skipped:
-            log(summarize_skips(skipped))
-        log(
-            f"accuracy {summary['accuracy']:.4f} on {summary['n']} images ({used}); top-{summary['top_k']} {summary['top_k_accuracy']:.4f}"
-        )
-        if run_dir is not None:
-            write_json(run_dir / "metrics.json", metrics)
-            write_rows(run_dir / "skipped.csv", ["path", "reason", "stage"], skipped)
-            plot_confusion_matrix(scores["confusion_matrix"], self.classes_, run_dir / "confusion_matrix.png")
-            test = {"paths": [s.path for s, good in zip(known, ok) if good], "y": y, "proba": proba}
-            self._write_report(run_dir, test, result.features[ok], log, metrics)
-        return metrics
+        return known, skipped
 
     def score(self, data: str | Path | Dataset) -> float:
         """Accuracy on ``data`` (scikit-learn's ``score``)."""
@@ -453,9 +612,9 @@ class ImageClassifier:
         self._check_fitted()
         meta = {
             "classes": self.classes_,
-            "strategy": self._strategy(),
+            "strategy": self.strategy_,
             "backbone": self.backbone_.describe(),
-            "head": {"name": self.head, "params": self.head_.params()},
+            "head": {"name": self.head_.name, "params": self.head_.params()},
             "settings": {"seed": self.seed, "split": list(self.split), "top_k": self.top_k},
             "split": getattr(self, "split_", None),
             "metrics": {
@@ -464,7 +623,7 @@ class ImageClassifier:
                 if k in ("test", "val", "evaluated_on", "per_class", "confusion_matrix")
             },
             "versions": library_versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": now_utc(),
         }
         state = self.backbone_.state_arrays()
         head_arrays = {k: np.asarray(v) for k, v in self.head_.arrays().items()}
@@ -472,17 +631,20 @@ class ImageClassifier:
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> ImageClassifier:
+        """A saved bundle (``model.safetensors`` or its run folder); ``overrides`` set parameters
+        such as ``cache_dir``, ``engine`` or ``verbose``."""
         meta, state, head_arrays = load_bundle(path)
         b = meta["backbone"]
         settings = meta.get("settings", {})
-        clf = cls(
-            backbone=b["name"],
-            head=meta["head"]["name"],
-            seed=settings.get("seed", 0),
-            split=tuple(settings.get("split", (0.8, 0.1, 0.1))),
-            top_k=settings.get("top_k", 3),
-            **overrides,
-        )
+        params = {
+            "strategy": meta.get("strategy", FEATURE_EXTRACTION),
+            "backbone": b["name"],
+            "head": meta["head"]["name"],
+            "seed": settings.get("seed", 0),
+            "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
+            "top_k": settings.get("top_k", 3),
+        }
+        clf = cls(**{**params, **overrides})
         try:
             clf.backbone_ = backbone_from_state(b["name"], state, b)
             clf.head_ = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
@@ -491,10 +653,28 @@ class ImageClassifier:
                 f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
             ) from e
         clf.classes_ = list(meta["classes"])
+        clf.strategy_ = params["strategy"]
         clf.split_ = meta.get("split") or {}
         clf.metrics_ = meta.get("metrics", {})
         clf.meta_ = meta
         return clf
+
+
+class FineTuneClassifier(ImageClassifier):
+    """:class:`ImageClassifier` with ``strategy="finetune"`` by default (same parameters)."""
+
+    def __init__(self, **params: Any) -> None:
+        params.setdefault("strategy", FINETUNE)
+        super().__init__(**params)
+
+
+# scikit-learn reads the parameters from the signature: the parent's, with the other default.
+FineTuneClassifier.__init__.__signature__ = inspect.signature(ImageClassifier.__init__).replace(  # type: ignore[attr-defined]
+    parameters=[
+        p.replace(default=FINETUNE) if p.name == "strategy" else p
+        for p in inspect.signature(ImageClassifier.__init__).parameters.values()
+    ]
+)
 
 
 def load(path: str | Path, **overrides: Any) -> ImageClassifier:
@@ -502,4 +682,4 @@ def load(path: str | Path, **overrides: Any) -> ImageClassifier:
     return ImageClassifier.load(path, **overrides)
 
 
-__all__ = ["ImageClassifier", "load", "expand_paths", "Sample"]
+__all__ = ["ImageClassifier", "FineTuneClassifier", "load", "expand_paths", "Sample"]
