@@ -108,6 +108,8 @@ def make_battery(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     return errors, warns
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_bad_input_battery_doctor_and_train(tmp_path):
     data = tmp_path / "battery"
     errors, warns = make_battery(data)
@@ -262,6 +264,7 @@ def test_exclude_list_formats(tmp_path):
     assert read_exclude_list(cs) == ["red/red_2.jpg"]
 
 
+@pytest.mark.slow
 def test_doctor_finds_flipped_labels_and_train_excludes_them(flowers_csv, tmp_path):
     """Three flower photos given a wrong label rank near the top; --exclude leaves them out."""
     import headstart
@@ -293,6 +296,7 @@ def test_doctor_finds_flipped_labels_and_train_excludes_them(flowers_csv, tmp_pa
 
 
 @pytest.mark.parametrize("bad", ["nope.txt", "bad.json"])
+@pytest.mark.cli
 def test_exclude_errors_are_one_line(tmp_path, bad):
     data = make_class_folders(tmp_path / "d", per_class=4)
     if bad == "bad.json":
