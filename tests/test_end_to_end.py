@@ -153,7 +153,9 @@ def test_python_api_on_flower_photos(flowers_csv, tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(files), clf.predict_proba(files), atol=1e-5)
     assert loaded.split_["seed"] == 1 and len(loaded.split_["files"]) == 150
     assert loaded.predict(files) == clf.predict(files)
-    assert 0 <= loaded.score(flowers_csv) <= 1
+    assert loaded.score(flowers_csv) == pytest.approx(
+        clf.metrics_["test"]["accuracy"]
+    )  # the saved test split
 
 
 @pytest.mark.parametrize("head", ["mlp", "knn"])
