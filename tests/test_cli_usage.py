@@ -242,3 +242,15 @@ def test_user_error_in_a_real_process(tmp_path):
     proc = headstart("report", str(tmp_path / "missing"))
     assert proc.returncode == USAGE_ERROR
     assert proc.stderr.strip() == f"error: run folder not found: {tmp_path / 'missing'}"
+
+
+def test_a_parameter_without_a_flag_keeps_its_name(monkeypatch, tmp_path):
+    import headstart.estimator.classifier as classifier
+
+    def refuse(*args, **kwargs):
+        raise ParameterError("cs", "must be positive")
+
+    monkeypatch.setattr(classifier, "load", refuse)
+    result = run(["predict", "m", str(tmp_path)])
+    assert result.exit_code == USAGE_ERROR, result.output
+    assert result.output.strip() == "error: cs: must be positive"

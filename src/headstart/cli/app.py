@@ -22,21 +22,21 @@ from headstart.core.errors import HeadstartError, ParameterError
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# Library parameters whose CLI flag is not simply the parameter's name with dashes.
+# Library parameters set by a CLI flag of another name; the others share the command's parameter name.
 PARAMETER_FLAGS = {
     "train_batch_size": "--batch-size",
     "head_params": "--head",
     "near_cosine": "--near",
     "k": "--top-k",
     "out_dir": "--out",
-    "split_fractions": "--split",
 }
 
 
 def flag_for(param: str, command: Any = None) -> str:
-    """The CLI flag that sets the library parameter ``param`` (of ``command`` when given).
+    """The CLI flag (or ARGUMENT) that sets the library parameter ``param`` of ``command``.
 
     Library errors name Python parameters; the user typed flags, so the message names the flag.
+    A parameter no flag sets keeps its Python name rather than naming a flag that does not exist.
     """
     if param in PARAMETER_FLAGS:
         return PARAMETER_FLAGS[param]
@@ -44,7 +44,7 @@ def flag_for(param: str, command: Any = None) -> str:
         if option.name == param:
             longest = max(option.opts, key=len)
             return longest if longest.startswith("-") else longest.upper()
-    return "--" + param.replace("_", "-")
+    return param
 
 
 def user_message(error: HeadstartError, command: Any = None) -> str:
