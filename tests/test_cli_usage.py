@@ -162,13 +162,13 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     [("epochs", "--epochs"), ("time_budget", "--time-budget"), ("train_batch_size", "--batch-size")],
 )
 def test_parameter_error_names_the_cli_flag(monkeypatch, tmp_path, param, flag):
-    from headstart.estimator.finetune import FineTuneClassifier
+    from headstart.estimator.classifier import ImageClassifier
 
     def refuse(self, *args, **kwargs):
         raise ParameterError(param, "must be at least 1")
 
-    monkeypatch.setattr(FineTuneClassifier, "fit", refuse)
-    result = run(["train", str(tmp_path), "--strategy", "finetune", "--out", str(tmp_path / "run")])
+    monkeypatch.setattr(ImageClassifier, "fit", refuse)
+    result = run(["train", str(tmp_path), "--out", str(tmp_path / "run")])
     assert result.exit_code == USAGE_ERROR, result.output
     assert result.output.strip() == f"error: {flag}: must be at least 1"
 
