@@ -1,9 +1,14 @@
-"""Shared fixtures: generated image folders, a subset of the shared flowers photos, one cache."""
+"""Shared fixtures: generated image folders, a subset of the shared flowers photos, one cache.
+
+Also the headless browser of the ``browser`` tests: skipped (with the reason) where none is
+installed, a failure instead where HEADSTART_REQUIRE_BROWSER=1 (CI must run them).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +18,7 @@ from PIL import Image
 os.environ["HF_HUB_OFFLINE"] = "1"  # a hub call fails at once instead of retrying
 
 FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flower_photos"
+DEFAULT_CHROMIUM = Path("/usr/bin/chromium")
 COLORS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
 
 
@@ -77,3 +83,35 @@ def flowers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("flowers") / "subset.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def find_chromium() -> Path | None:
+    """The headless browser, or None: HEADSTART_CHROMIUM if set (a path that is not an executable
+    file means "no browser"), else ``chromium`` on PATH, else /usr/bin/chromium."""
+    named = os.environ.get("HEADSTART_CHROMIUM")
+    if named:
+        return Path(named) if os.path.isfile(named) and os.access(named, os.X_OK) else None
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return DEFAULT_CHROMIUM if os.access(DEFAULT_CHROMIUM, os.X_OK) else None
+
+
+def require_chromium() -> Path:
+    """The browser; without one, skip the test (or fail it where HEADSTART_REQUIRE_BROWSER=1)."""
+    chromium = find_chromium()
+    if chromium is not None:
+        return chromium
+    looked = os.environ.get("HEADSTART_CHROMIUM") or "chromium on PATH or /usr/bin/chromium"
+    if os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
+        pytest.fail(
+            f"HEADSTART_REQUIRE_BROWSER=1 but no headless browser ({looked}): apt-get install chromium"
+        )
+    pytest.skip(f"no headless Chromium ({looked}): apt-get install chromium to run the browser checks")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``browser`` test needs the browser before it spends time building a report."""
+    if item.get_closest_marker("browser") is not None:
+        require_chromium()

@@ -46,6 +46,8 @@ def add_bad_files(root: Path) -> dict[str, str]:
     return {"zero.jpg": "empty", "truncated.jpg": "truncated", "text.png": "not an image"}
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_train_predict_evaluate_with_bad_files(tmp_path):
     data = make_class_folders(tmp_path / "photos", per_class=10)
     expected = add_bad_files(data)
@@ -112,6 +114,7 @@ def test_train_predict_evaluate_with_bad_files(tmp_path):
         ("tiny_class", "class 'blue' has 2 usable"),
     ],
 )
+@pytest.mark.cli
 def test_training_errors_are_one_line(tmp_path, setup, message):
     data = tmp_path / "d"
     data.mkdir()
@@ -128,6 +131,7 @@ def test_training_errors_are_one_line(tmp_path, setup, message):
     assert len(proc.stderr.strip().splitlines()[-1]) < 300
 
 
+@pytest.mark.cli
 def test_missing_or_corrupt_model_is_one_line(tmp_path):
     img = make_image(tmp_path / "x.jpg", (1, 2, 3), 0)
     bad = tmp_path / "model.safetensors"
@@ -137,6 +141,7 @@ def test_missing_or_corrupt_model_is_one_line(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_python_api_on_flower_photos(flowers_csv, tmp_path):
     clf = headstart.ImageClassifier(head="logistic", seed=1, verbose=False)
     clf.fit(flowers_csv, out_dir=tmp_path / "run")
@@ -148,7 +153,9 @@ def test_python_api_on_flower_photos(flowers_csv, tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(files), clf.predict_proba(files), atol=1e-5)
     assert loaded.split_["seed"] == 1 and len(loaded.split_["files"]) == 150
     assert loaded.predict(files) == clf.predict(files)
-    assert 0 <= loaded.score(flowers_csv) <= 1
+    assert loaded.score(flowers_csv) == pytest.approx(
+        clf.metrics_["test"]["accuracy"]
+    )  # the saved test split
 
 
 @pytest.mark.parametrize("head", ["mlp", "knn"])

@@ -1,7 +1,8 @@
 """The HTML report, the feature map, annotated predictions: on synthetic runs and a real small one.
 
-The browser checks open the page in headless Chromium (Debian's `chromium`, which .ci/run
-installs). Without it these tests fail, unless HEADSTART_SKIP_BROWSER=1 says to skip them.
+The browser checks (marked ``browser``) open the page in headless Chromium (Debian's `chromium`,
+which .ci/run installs). Without it they are skipped with the reason, unless
+HEADSTART_REQUIRE_BROWSER=1 (as in CI) makes a missing browser a failure; see conftest.find_chromium.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, make_image
+from conftest import make_class_folders, make_image, require_chromium
 
 import headstart
 from headstart.core.io import write_json, write_rows
@@ -36,7 +37,6 @@ from headstart.reporting.plots import (
 from headstart.reporting.run_report import build_report, write_run_report
 
 CLI = [sys.executable, "-m", "headstart"]
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def run(*args, check=True):
@@ -48,15 +48,10 @@ def run(*args, check=True):
 
 def open_in_browser(html: Path, screenshot: Path | None = None, size=(1280, 2000)) -> dict[str, str]:
     """Load the page in headless Chromium; returns the page-check marker the page's script wrote."""
-    if not CHROMIUM.exists():
-        if os.environ.get("HEADSTART_SKIP_BROWSER") == "1":
-            pytest.skip(
-                "HEADSTART_SKIP_BROWSER=1 and /usr/bin/chromium is missing (apt-get install chromium)"
-            )
-        pytest.fail("/usr/bin/chromium is missing: apt-get install -y chromium (or HEADSTART_SKIP_BROWSER=1)")
+    chromium = require_chromium()
     with tempfile.TemporaryDirectory() as profile:
         base = [
-            str(CHROMIUM),
+            str(chromium),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -161,6 +156,7 @@ def synthetic_run(root: Path, n_classes: int, seed: int = 0, history: bool = Fal
     return run_dir, metrics
 
 
+@pytest.mark.browser
 def test_report_with_200_odd_classes_renders_readably(tmp_path):
     run_dir, metrics = synthetic_run(tmp_path, 200)
     html = (run_dir / "report.html").read_text(encoding="utf-8")
@@ -180,6 +176,7 @@ def test_report_with_200_odd_classes_renders_readably(tmp_path):
     assert f"{metrics['test']['accuracy']:.1%}" in page["dom"]
 
 
+@pytest.mark.cli
 def test_report_curves_doctor_and_regeneration(tmp_path):
     run_dir, metrics = synthetic_run(tmp_path, 8, history=True)
     html = (run_dir / "report.html").read_text(encoding="utf-8")
@@ -200,6 +197,7 @@ def test_report_curves_doctor_and_regeneration(tmp_path):
     assert "No map was saved" in html and "Misclassified" in html
 
 
+@pytest.mark.cli
 def test_report_command_errors_are_one_line(tmp_path):
     proc = run("report", tmp_path / "nope", check=False)
     assert proc.returncode == 2 and "run folder not found" in proc.stderr and "Traceback" not in proc.stderr
@@ -265,6 +263,9 @@ def test_feature_map_cache_and_tiny_inputs(tmp_path):
 # --------------------------------------------------------------------------- real runs
 
 
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.cli
 def test_train_and_evaluate_write_a_report_that_a_browser_shows(flowers_csv, tmp_path):
     run_dir = tmp_path / "run"
     clf = headstart.ImageClassifier(seed=1, verbose=False).fit(flowers_csv, out_dir=run_dir)
@@ -290,6 +291,9 @@ def test_train_and_evaluate_write_a_report_that_a_browser_shows(flowers_csv, tmp
         assert {r["split"] for r in csv.DictReader(f)} == {"train", "val", "test"}
 
 
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.cli
 def test_embed_and_annotated_predictions(tmp_path):
     data = make_class_folders(tmp_path / "photos", per_class=8)
     (data / "red" / "broken.jpg").write_bytes(b"not a jpeg")

@@ -1,6 +1,7 @@
 """The ``headstart`` command: train, evaluate, predict.
 
 Errors the user can fix are printed as one line (``error: ...``) with exit code 2; no traceback.
+A mistyped command or flag gets the usage line and a one-line ``Error: ...`` from typer, exit code 2.
 """
 
 from __future__ import annotations
@@ -11,52 +12,80 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from headstart.core.errors import HeadstartError, ParameterError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Transfer learning for image classification: folder of photos in, tested model out.",
-)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
-
-# ImageClassifier's parameters -> train's flags (errors name the flag the user typed); parameters
-# missing here have no flag and keep their Python name.
+# Library parameters set by a CLI flag of another name; the others share the command's parameter name.
 PARAMETER_FLAGS = {
-    "strategy": "--strategy",
-    "backbone": "--backbone",
-    "weights": "--weights",
-    "head": "--head",
-    "seed": "--seed",
-    "split": "--split",
-    "labels_from": "--labels-from",
-    "top_k": "--top-k",
-    "engine": "--engine",
-    "batch_size": "--batch-size",
     "train_batch_size": "--batch-size",
-    "cache_dir": "--cache-dir",
-    "verbose": "--quiet",
-    "exclude": "--exclude",
-    "check_data": "--check-data",
-    "unfreeze": "--unfreeze",
-    "epochs": "--epochs",
-    "lr": "--lr",
-    "augment": "--augment",
-    "class_weight": "--class-weight",
-    "patience": "--patience",
-    "time_budget": "--time-budget",
+    "head_params": "--head",
+    "near_cosine": "--near",
+    "k": "--top-k",
+    "out_dir": "--out",
     "run_dir": "--resume",
+    "verbose": "--quiet",
 }
 
 
-def flag_for(param: str) -> str:
-    """The train flag that sets ``param`` (its Python name where no flag does)."""
-    return PARAMETER_FLAGS.get(param, param)
+def flag_for(param: str, command: Any = None) -> str:
+    """The CLI flag (or ARGUMENT) that sets the library parameter ``param`` of ``command``.
+
+    Library errors name Python parameters; the user typed flags, so the message names the flag.
+    A parameter no flag sets keeps its Python name rather than naming a flag that does not exist.
+    """
+    if param in PARAMETER_FLAGS:
+        return PARAMETER_FLAGS[param]
+    for option in getattr(command, "params", []):
+        if option.name == param:
+            longest = max(option.opts, key=len)
+            return longest if longest.startswith("-") else longest.upper()
+    return param
+
+
+def user_message(error: HeadstartError, command: Any = None) -> str:
+    """``error`` as the one line the CLI prints, with a parameter's name replaced by its flag."""
+    if isinstance(error, ParameterError):
+        return f"{flag_for(error.param, command)}: {error.message}"
+    return str(error)
+
+
+class HeadstartGroup(TyperGroup):
+    """The command group: turns our errors into one line and an exit code inside the framework.
+
+    Usage errors stay typer's (usage line, one-line ``Error:``, exit 2); a ``HeadstartError`` from a
+    command becomes ``error: ...`` with exit 2 and Ctrl-C exit 130, by raising ``typer.Exit``, which
+    every typer/click version handles in standalone mode.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HeadstartError as error:
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            typer.echo(f"error: {user_message(error, command)}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from error
+        except KeyboardInterrupt as interrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from interrupt
+
+
+app = typer.Typer(
+    cls=HeadstartGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # plain click output: a usage error is the usage line and ONE line "Error: ..." (rich boxes wrap it)
+    rich_markup_mode=None,
+    help="Transfer learning for image classification: folder of photos in, tested model out.",
+)
 
 
 class Format(str, Enum):
@@ -218,8 +247,9 @@ def train(
         )
         clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
     except ParameterError as e:
-        message = "must be a number of minutes > 0" if e.param == "time_budget" else e.message
-        raise HeadstartError(f"{flag_for(e.param)}: {message}") from e
+        if e.param == "time_budget":  # the flag is in minutes, the API in seconds
+            raise ParameterError("time_budget", "must be a number of minutes > 0") from e
+        raise
 
 
 @app.command()
@@ -411,27 +441,9 @@ def embed(
 
 
 def main() -> None:
-    """Entry point: user errors become one line and exit code 2."""
+    """Entry point: typer runs standalone (usage errors: usage line, one-line error, exit 2)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        app(standalone_mode=False)
-    except HeadstartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (typer.Abort, EOFError):
-        sys.exit(1)
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    app()
 
 
 if __name__ == "__main__":

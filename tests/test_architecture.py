@@ -1,0 +1,81 @@
+"""The package's shape: the layer contract holds and no module imports itself through others.
+
+The layers (pyproject.toml, ``[tool.importlinter]``) say which package may import which; a cycle
+between modules is checked here too, because a cycle inside one layer (or through an import
+inside a function) is just as hard to change later.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "headstart"
+
+
+def lint_imports_command() -> str:
+    beside_python = Path(sys.executable).with_name("lint-imports")
+    found = str(beside_python) if beside_python.exists() else shutil.which("lint-imports")
+    if found is None:
+        pytest.fail("lint-imports is missing: pip install -e '.[test]' (import-linter)")
+    return found
+
+
+def test_import_linter_contracts_are_kept():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [lint_imports_command(), "--no-cache", "--no-logo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout, proc.stdout
+
+
+def import_cycles(graph) -> list[tuple[str, ...]]:
+    """One chain per direct import a -> b that leads back to a (b -> ... -> a), shortest first."""
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back is not None:
+                cycles.append((importer, *back))
+    return sorted(cycles, key=len)
+
+
+def test_no_module_imports_itself_through_others():
+    """Imports inside functions count: grimp reads every import statement of every module."""
+    sys.path.insert(0, str(ROOT / "src"))
+    try:
+        graph = grimp.build_graph(PACKAGE, include_external_packages=False, cache_dir=None)
+    finally:
+        sys.path.remove(str(ROOT / "src"))
+    assert len(graph.modules) > 20, "the graph does not hold the package's modules"
+    cycles = import_cycles(graph)
+    shown = "\n".join(" -> ".join(chain) for chain in cycles[:20])
+    assert not cycles, f"{len(cycles)} import(s) close a cycle:\n{shown}"
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    """The check itself: a two-module cycle made through a function-level import is found."""
+    package = tmp_path / "cyclic_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from cyclic_pkg import b\n")
+    (package / "b.py").write_text("def f():\n    from cyclic_pkg import a\n    return a\n")
+    (package / "c.py").write_text("from cyclic_pkg import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    graph = grimp.build_graph("cyclic_pkg", include_external_packages=False, cache_dir=None)
+    cycles = import_cycles(graph)
+    assert ("cyclic_pkg.a", "cyclic_pkg.b", "cyclic_pkg.a") in cycles
+    assert not any(chain[0] == "cyclic_pkg.c" for chain in cycles)
