@@ -10,13 +10,44 @@ import csv
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from headstart.cli.options import (
+    Augment,
+    BackboneName,
+    BatchSize,
+    CacheDir,
+    CheckData,
+    ClassWeight,
+    Engine,
+    EngineChoice,
+    Epochs,
+    ExcludeFile,
+    Format,
+    HeadChoice,
+    HeadName,
+    LabelsFrom,
+    LearningRate,
+    MapMethod,
+    MapPoints,
+    Patience,
+    Quiet,
+    ResumeRun,
+    RunOut,
+    Seed,
+    SplitFractions,
+    Strategy,
+    StrategyChoice,
+    TimeBudgetMinutes,
+    TopK,
+    TrainData,
+    Unfreeze,
+    WeightsFile,
+)
 from headstart.core.errors import HeadstartError, ParameterError
 
 EXIT_USER_ERROR = 2
@@ -88,40 +119,6 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-class HeadName(str, Enum):
-    logistic = "logistic"
-    mlp = "mlp"
-    knn = "knn"
-
-
-class Strategy(str, Enum):
-    feature_extraction = "feature-extraction"
-    finetune = "finetune"
-
-
-class MapMethod(str, Enum):
-    tsne = "tsne"
-    pca = "pca"
-
-
-class MapPoints(str, Enum):
-    test = "test"
-    all = "all"
-
-
-class Engine(str, Enum):
-    auto = "auto"
-    openvino = "openvino"
-    onnxruntime = "onnxruntime"
-    torch = "torch"
-
-
 def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     if data is not None:
         return data
@@ -133,123 +130,66 @@ def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
 
 @app.command()
 def train(
-    data: Annotated[
-        Optional[Path],
-        typer.Argument(
-            help="Folder of class sub-folders, split folders, or a CSV of path,label. Omitted: the TensorFlow flowers photos are downloaded."
-        ),
-    ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Run folder for the model, metrics and report files.")
-    ] = Path("runs/latest"),
-    backbone: Annotated[
-        str, typer.Option(help="Any timm model name; the default works offline.")
-    ] = "tf_efficientnet_lite0",
-    weights: Annotated[
-        Optional[Path],
-        typer.Option(help="Local weights file (safetensors or torch state dict) for --backbone."),
-    ] = None,
-    head: Annotated[HeadName, typer.Option(help="Head trained on the cached features.")] = HeadName.logistic,
-    seed: Annotated[int, typer.Option(help="Fixes the split and the training.")] = 0,
-    split: Annotated[
-        str, typer.Option(help="train,val,test fractions when the data has no split folders.")
-    ] = "0.8,0.1,0.1",
-    labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
-    top_k: Annotated[int, typer.Option(help="k of the top-k accuracy.")] = 3,
-    engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32)."),
-    ] = None,
-    cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    exclude: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Files to leave out: a text file of paths (one a line, # comments), a CSV with a path column, or the doctor's exclude.txt/doctor.json. Your files are not touched."
-        ),
-    ] = None,
-    check_data: Annotated[
-        bool,
-        typer.Option(
-            "--check-data/--no-check-data",
-            help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.",
-        ),
-    ] = True,
-    strategy: Annotated[
-        Strategy,
-        typer.Option(
-            help="feature-extraction (a head on cached features) or finetune (then train the backbone too)."
-        ),
-    ] = Strategy.feature_extraction,
-    unfreeze: Annotated[
-        str, typer.Option(help="finetune: head, last:N (block groups), half or all.")
-    ] = "last:2",
-    epochs: Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")] = 4,
-    lr: Annotated[
-        float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")
-    ] = 1e-3,
-    augment: Annotated[
-        str, typer.Option(help="finetune: default (crop+flip), keras, randaugment, trivialaugment or none.")
-    ] = "default",
-    class_weight: Annotated[
-        str, typer.Option(help="finetune: none or balanced (for imbalanced classes).")
-    ] = "none",
-    patience: Annotated[
-        int, typer.Option(help="finetune: epochs without a better val_loss before stopping.")
-    ] = 3,
-    time_budget: Annotated[
-        Optional[float],
-        typer.Option(help="finetune: wall-clock budget in minutes; stops cleanly with the best model."),
-    ] = None,
-    resume: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="finetune: continue the interrupted run in this folder (DATA and options come from it)."
-        ),
-    ] = None,
+    data: TrainData = None,
+    out: RunOut = Path("runs/latest"),
+    backbone: BackboneName = "tf_efficientnet_lite0",
+    weights: WeightsFile = None,
+    head: HeadChoice = HeadName.logistic,
+    seed: Seed = 0,
+    split: SplitFractions = "0.8,0.1,0.1",
+    labels_from: LabelsFrom = "auto",
+    top_k: TopK = 3,
+    engine: EngineChoice = Engine.auto,
+    batch_size: BatchSize = None,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+    exclude: ExcludeFile = None,
+    check_data: CheckData = True,
+    strategy: StrategyChoice = Strategy.feature_extraction,
+    unfreeze: Unfreeze = "last:2",
+    epochs: Epochs = 4,
+    lr: LearningRate = 1e-3,
+    augment: Augment = "default",
+    class_weight: ClassWeight = "none",
+    patience: Patience = 3,
+    time_budget: TimeBudgetMinutes = None,
+    resume: ResumeRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     from headstart.data.splits import parse_split
     from headstart.estimator.classifier import ImageClassifier
 
+    if resume is not None:
+        ImageClassifier.resume(resume, verbose=not quiet)
+        return
+    if time_budget is not None and not time_budget > 0:
+        raise ParameterError("time_budget", f"must be a number of minutes > 0 (got {time_budget:g})")
     finetune = strategy is Strategy.finetune
-    budget_seconds = time_budget * 60 if time_budget else None  # the flag is in minutes, the API in seconds
-    try:
-        if resume is not None:
-            ImageClassifier.resume(resume, verbose=not quiet)
-            return
-        clf = ImageClassifier(
-            strategy=strategy.value,
-            backbone=backbone,
-            weights=weights,
-            head=head.value,
-            seed=seed,
-            split=parse_split(split),
-            labels_from=labels_from,
-            top_k=top_k,
-            engine=engine.value,
-            batch_size=(batch_size or 8) if not finetune else 8,
-            cache_dir=cache_dir,
-            verbose=not quiet,
-            exclude=exclude,
-            check_data=check_data,
-            unfreeze=unfreeze,
-            epochs=epochs,
-            lr=lr,
-            train_batch_size=batch_size or 32,
-            augment=augment,
-            class_weight=None if class_weight == "none" else class_weight,
-            patience=patience,
-            time_budget=budget_seconds,
-        )
-        clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
-    except ParameterError as e:
-        if e.param == "time_budget":  # the flag is in minutes, the API in seconds
-            raise ParameterError("time_budget", "must be a number of minutes > 0") from e
-        raise
+    clf = ImageClassifier(
+        strategy=strategy.value,
+        backbone=backbone,
+        weights=weights,
+        head=head.value,
+        seed=seed,
+        split=parse_split(split),
+        labels_from=labels_from,
+        top_k=top_k,
+        engine=engine.value,
+        batch_size=8 if finetune else (batch_size or 8),
+        cache_dir=cache_dir,
+        verbose=not quiet,
+        exclude=exclude,
+        check_data=check_data,
+        unfreeze=unfreeze,
+        epochs=epochs,
+        lr=lr,
+        train_batch_size=batch_size or 32,
+        augment=augment,
+        class_weight=None if class_weight == "none" else class_weight,
+        patience=patience,
+        time_budget=time_budget * 60 if time_budget else None,  # the flag is in minutes, the API seconds
+    )
+    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
 
 
 @app.command()

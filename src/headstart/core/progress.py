@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class ProgressSink(Protocol):
@@ -36,7 +36,7 @@ class ConsoleProgress:
         self.stream = stream or sys.stderr
         self.every_s = every_s
         self.unit = unit
-        self._bar = None
+        self._bar: Any = None  # rich.progress.Progress on a terminal
 
     def start(self, stage: str, total: int) -> None:
         self.stage, self.total, self.done = stage, total, 0

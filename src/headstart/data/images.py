@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart.core.errors import BadImageError
 
@@ -76,8 +76,8 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            if min_side and img.format == "JPEG":
+            img: Image.Image = Image.open(io.BytesIO(data))
+            if min_side and img.format == "JPEG" and isinstance(img, ImageFile.ImageFile):
                 img.draft("RGB", (min_side, min_side))
             img.load()
             img = ImageOps.exif_transpose(img) or img

@@ -89,7 +89,8 @@ def hash_pairs(hashes: Sequence[int | None], max_distance: int = HASH_DISTANCE) 
     idx = [i for i, h in enumerate(hashes) if h is not None]
     if len(idx) < 2:
         return []
-    bits = np.array([[(hashes[i] >> b) & 1 for b in range(64)] for i in idx], dtype=np.float32)
+    known = [h for h in hashes if h is not None]
+    bits = np.array([[(h >> b) & 1 for b in range(64)] for h in known], dtype=np.float32)
     out = []
     block = _block_rows(len(idx))
     for start in range(0, len(idx), block):

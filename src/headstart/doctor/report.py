@@ -71,7 +71,7 @@ class CheckReport:
         out = []
         for n, g in enumerate(self.groups, start=1):
             labels = sorted({self.samples[i].label for i in g.members})
-            splits = sorted({self.samples[i].split for i in g.members} - {None})
+            splits = sorted({s for i in g.members if (s := self.samples[i].split) is not None})
             out.append(
                 {
                     "group": n,
@@ -149,7 +149,7 @@ def exclude_copies(report: CheckReport) -> list[tuple[int, str]]:
         if len(labels) > 1:
             out += [(i, "duplicate with conflicting labels") for i in g.members]
             continue
-        splits = {report.samples[i].split for i in g.members} - {None}
+        splits = {s for i in g.members if (s := report.samples[i].split) is not None}
         if len(splits) > 1:
             keep = min(splits, key=lambda s: order.get(s, 9))
             out += [

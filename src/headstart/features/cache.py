@@ -135,9 +135,9 @@ class FeatureCache:
 
     def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
         """Store ``(path, size, mtime_ns, inode, hash)`` rows for ``known_hashes``."""
-        rows = [(_db_text(p), *rest) for p, *rest in rows]
+        stored = [(_db_text(p), size, mtime, inode, h) for p, size, mtime, inode, h in rows]
         with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", stored)
 
     def close(self) -> None:
         self._db.close()

@@ -31,6 +31,8 @@ def pixels_to_features(backbone: Backbone) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.net = backbone.model
+            self.mean: torch.Tensor
+            self.std: torch.Tensor
             mean = torch.tensor(backbone.data_config["mean"], dtype=torch.float32) * 255.0
             std = torch.tensor(backbone.data_config["std"], dtype=torch.float32) * 255.0
             self.register_buffer("mean", mean.view(1, 3, 1, 1))

@@ -233,7 +233,7 @@ class RunWriter:
             + (" (cached)" if info["from_cache"] else "")
         )
 
-    def _guarded(self, what: str, draw: Callable[[], None], hint: str = "") -> None:
+    def _guarded(self, what: str, draw: Callable[[], object], hint: str = "") -> None:
         """Figures and pages never cost the run: a failure is a warning (traceback in log.txt)."""
         try:
             draw()

@@ -1,0 +1,115 @@
+"""The command line's options, defined once as typed aliases, so a command's signature is one line
+per flag and two commands that share a flag share its name, type and help."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class HeadName(str, Enum):
+    logistic = "logistic"
+    mlp = "mlp"
+    knn = "knn"
+
+
+class Strategy(str, Enum):
+    feature_extraction = "feature-extraction"
+    finetune = "finetune"
+
+
+class MapMethod(str, Enum):
+    tsne = "tsne"
+    pca = "pca"
+
+
+class MapPoints(str, Enum):
+    test = "test"
+    all = "all"
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    openvino = "openvino"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+TrainData = Annotated[
+    Optional[Path],
+    typer.Argument(
+        help="Folder of class sub-folders, split folders, or a CSV of path,label. "
+        "Omitted: the TensorFlow flowers photos are downloaded."
+    ),
+]
+RunOut = Annotated[
+    Path, typer.Option("--out", "-o", help="Run folder for the model, metrics and report files.")
+]
+BackboneName = Annotated[str, typer.Option(help="Any timm model name; the default works offline.")]
+WeightsFile = Annotated[
+    Optional[Path], typer.Option(help="Local weights file (safetensors or torch state dict) for --backbone.")
+]
+HeadChoice = Annotated[HeadName, typer.Option(help="Head trained on the cached features.")]
+Seed = Annotated[int, typer.Option(help="Fixes the split and the training.")]
+SplitFractions = Annotated[
+    str, typer.Option(help="train,val,test fractions when the data has no split folders.")
+]
+LabelsFrom = Annotated[str, typer.Option(help="auto, folder, filename or csv.")]
+TopK = Annotated[int, typer.Option(help="k of the top-k accuracy.")]
+EngineChoice = Annotated[Engine, typer.Option(help="Runtime for feature extraction.")]
+BatchSize = Annotated[
+    Optional[int], typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32).")
+]
+CacheDir = Annotated[
+    Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q")]
+ExcludeFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Files to leave out: a text file of paths (one a line, # comments), a CSV with a path column, "
+        "or the doctor's exclude.txt/doctor.json. Your files are not touched."
+    ),
+]
+CheckData = Annotated[
+    bool,
+    typer.Option(
+        "--check-data/--no-check-data",
+        help="Quick data check (duplicates, conflicts, leaks) with duplicate groups kept on one side of the split.",
+    ),
+]
+StrategyChoice = Annotated[
+    Strategy,
+    typer.Option(
+        help="feature-extraction (a head on cached features) or finetune (then train the backbone too)."
+    ),
+]
+Unfreeze = Annotated[str, typer.Option(help="finetune: head, last:N (block groups), half or all.")]
+Epochs = Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")]
+LearningRate = Annotated[
+    float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")
+]
+Augment = Annotated[
+    str, typer.Option(help="finetune: default (crop+flip), keras, randaugment, trivialaugment or none.")
+]
+ClassWeight = Annotated[str, typer.Option(help="finetune: none or balanced (for imbalanced classes).")]
+Patience = Annotated[int, typer.Option(help="finetune: epochs without a better val_loss before stopping.")]
+TimeBudgetMinutes = Annotated[
+    Optional[float],
+    typer.Option(help="finetune: wall-clock budget in minutes; stops cleanly with the best model."),
+]
+ResumeRun = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="finetune: continue the interrupted run in this folder (DATA and options come from it)."
+    ),
+]
