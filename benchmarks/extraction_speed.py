@@ -14,7 +14,6 @@ decoding), for a ratio against the best plain PyTorch rather than against the tu
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import tempfile
@@ -46,17 +45,18 @@ def tuned_pytorch(backbone, paths: list[str], batch_size: int = 32) -> tuple[flo
     native bf16, inference mode, and headstart's threaded decoding feeding it."""
     import torch
 
+    from headstart.core.system import usable_core_count
     from headstart.data.images import Preprocessor
     from headstart.features.engines import TorchEngine
-    from headstart.training.loop import resolve_precision
+    from headstart.training.settings import resolve_precision
 
     precision = resolve_precision("auto")
-    engine = TorchEngine(backbone, os.cpu_count() or 1)
+    engine = TorchEngine(backbone, usable_core_count())
     prep = Preprocessor(backbone.data_config)
     out = []
     t0 = time.perf_counter()
     with (
-        ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+        ThreadPoolExecutor(usable_core_count()) as pool,
         torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
     ):
         batches = (pool.map(prep.load, paths[i : i + batch_size]) for i in range(0, len(paths), batch_size))
@@ -77,6 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from headstart.core.progress import NullProgress
+    from headstart.core.system import cpu_summary
     from headstart.data.discovery import discover
     from headstart.features.cache import FeatureCache
     from headstart.features.extractor import FeatureExtractor
@@ -87,7 +88,8 @@ def main() -> None:
     if args.limit and args.limit < len(paths):
         paths = [paths[i] for i in sorted(rng.choice(len(paths), args.limit, replace=False))]
     backbone = create_backbone()
-    print(f"{len(paths)} images from {args.data}, backbone {backbone.name}, {os.cpu_count()} CPU cores")
+    print(f"{len(paths)} images from {args.data}, backbone {backbone.name}")
+    print(f"CPU: {cpu_summary()}")
 
     # The baseline runs first, so neither side inherits the other's thread pools.
     base_s, base_feats = plain_pytorch(backbone, paths)

@@ -79,3 +79,25 @@ def compute_threads(threads: int | None = None) -> int:
         except OSError:
             busy = 0.0
     return max(1, min(cores, cores - int(round(busy))))
+
+
+def cpu_summary() -> str:
+    """The CPU's model name and the instruction sets that decide inference speed, for printing
+    next to every speed figure (figures from machines of different kinds are not comparable)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    isa = ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx reported"
+    return f"{name}; {usable_core_count()} usable cores; {isa}"
