@@ -199,15 +199,8 @@ class OpenVinoEngine(Engine):
 
 
 def available_engines() -> list[str]:
-    """Engines installed here, fastest first (torch is always there)."""
-    names = []
-    for module, name in (("openvino", "openvino"), ("onnxruntime", "onnxruntime")):
-        try:
-            __import__(module)
-            names.append(name)
-        except ImportError:
-            pass
-    return [*names, "torch"]
+    """The engines, fastest first: all three are required dependencies."""
+    return ["openvino", "onnxruntime", "torch"]
 
 
 @functools.cache
@@ -222,17 +215,14 @@ def engine_precision(engine: str) -> str:
 
 
 def resolve_engine(engine: str) -> str:
-    """The engine ``engine`` names (``auto``: the fastest installed); an engine not installed
-    raises ``ImportError`` with the package to install."""
+    """The engine ``engine`` names (``auto``: the fastest)."""
     names = available_engines()
     if engine == "auto":
         return names[0]
-    if engine not in ("openvino", "onnxruntime", "torch"):
+    if engine not in names:
         raise ParameterError(
             "engine", f"unknown engine '{engine}': choose auto, openvino, onnxruntime or torch"
         )
-    if engine not in names:
-        raise ImportError(f"engine '{engine}' is not installed: pip install {engine}")
     return engine
 
 

