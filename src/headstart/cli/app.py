@@ -7,6 +7,7 @@ A mistyped command or flag gets the usage line and a one-line ``Error: ...`` fro
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -162,6 +163,8 @@ def train(
     if resume is not None:
         ImageClassifier.resume(resume, verbose=not quiet)
         return
+    if batch_size is not None and batch_size < 1:
+        raise ParameterError("batch_size", f"must be at least 1 (got {batch_size})")
     if time_budget is not None and not time_budget > 0:
         raise ParameterError("time_budget", f"must be a number of minutes > 0 (got {time_budget:g})")
     finetune = strategy is Strategy.finetune
@@ -272,35 +275,24 @@ def predict(
     """Top-k labels with probabilities for each image."""
     from headstart.estimator.classifier import load
 
+    if top_k < 1:
+        raise ParameterError("k", f"must be at least 1 (got {top_k})")
     clf = load(model, cache_dir=cache_dir, verbose=False)
     results = clf.predict_top_k(paths, k=top_k)
     if format is Format.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
+        # a non-UTF-8 file name becomes a \\udcXX escape: valid JSON that reads back exact
+        _write_stdout(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "backslashreplace")
     elif format is Format.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "label", "probability", "error"])
-        for r in results:
-            if r.get("error"):
-                writer.writerow([r["path"], "", "", "", r["error"]])
-            for rank, p in enumerate(r["predictions"], start=1):
-                writer.writerow([r["path"], rank, p["label"], f"{p['probability']:.6f}", ""])
+        _write_stdout(_predictions_csv(results), "surrogateescape")
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(show_header=True, header_style="bold")
-        table.add_column("image", overflow="fold")
-        for rank in range(1, min(top_k, len(clf.classes_)) + 1):
-            table.add_column(f"#{rank}")
-        for r in results:
-            cells = [f"{p['label']} {p['probability']:.1%}" for p in r["predictions"]]
-            if r.get("error"):
-                cells = [f"[red]skipped: {r['error']}[/red]"]
-            table.add_row(os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"], *cells)
-        Console(width=max(100, Console().width)).print(table)
+        _print_table(results, min(top_k, len(clf.classes_)))
     bad = [r for r in results if r.get("error")]
     if bad:
         print(f"{len(bad)} of {len(results)} file(s) could not be read", file=sys.stderr)
+    if len(bad) == len(results):
+        raise HeadstartError(
+            "no image could be read" if results else "no image files found in the paths given"
+        )
     if annotate is not None:
         from headstart.core.progress import ConsoleProgress
         from headstart.reporting.annotate import annotate_predictions
@@ -309,6 +301,60 @@ def predict(
             results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
         )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+
+
+def _write_stdout(text: str, errors: str) -> None:
+    """``text`` to stdout as UTF-8; ``errors`` says what becomes of non-UTF-8 file names."""
+    data = text.encode("utf-8", errors)
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+
+
+def _predictions_csv(results: list[dict[str, Any]]) -> str:
+    """predict's CSV: names are data, so a cell that starts like a formula is protected."""
+    from headstart.core.io import protect_cell
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["path", "rank", "label", "probability", "error"])
+    for r in results:
+        if r.get("error"):
+            writer.writerow([protect_cell(r["path"]), "", "", "", protect_cell(r["error"])])
+        for rank, p in enumerate(r["predictions"], start=1):
+            writer.writerow(
+                [protect_cell(r["path"]), rank, protect_cell(p["label"]), f"{p['probability']:.6f}", ""]
+            )
+    return out.getvalue()
+
+
+def _print_table(results: list[dict[str, Any]], columns: int) -> None:
+    """predict's table: file and class names are shown as they are, never read as rich markup,
+    emoji codes or terminal control characters."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from headstart.core.io import terminal_safe
+
+    def shown(text: str) -> str:
+        return escape(terminal_safe(text, keep=""))
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("image", overflow="fold")
+    for rank in range(1, columns + 1):
+        table.add_column(f"#{rank}")
+    for r in results:
+        cells = [f"{shown(p['label'])} {p['probability']:.1%}" for p in r["predictions"]]
+        if r.get("error"):
+            cells = [f"[red]skipped: {shown(r['error'])}[/red]"]
+        path = os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"]
+        table.add_row(shown(path), *cells)
+    Console(width=max(100, Console().width), emoji=False, highlight=False).print(table)
 
 
 @app.command()

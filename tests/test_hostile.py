@@ -1,0 +1,346 @@
+"""Hostile files, names and model files (issue 12): no hang, no lost run, no poisoned cache.
+
+Every hostile input is built here at run time. Each case asserts: no traceback, no hang (a
+subprocess ``timeout=``, or ``SIGALRM`` for in-process cases that touch no user file), the
+expected skip reason or one-line error, the user's folder byte-identical afterwards
+(``tree_digest``) and, where training was possible, the model saved.
+
+The costly part is one training run over a data folder holding every hostile class name and
+every hostile file at once (``battery``); the predict, evaluate and report cases reuse its model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import COLORS, make_image, tree_digest
+from PIL import Image
+
+CLI = [sys.executable, "-m", "headstart"]
+RUN_TIMEOUT = 240  # seconds for one command; a hang fails the test instead of stalling the suite
+
+# Class folder names that are data, never markup, formulas or terminal commands.
+HOSTILE_CLASSES = {
+    "dollars": "cost_$10_$20",  # matplotlib mathtext (issue 12, "Why")
+    "mathtext": "a$^$b",
+    "brackets": "Dog [puppy]",  # rich markup (issue 12, "Why")
+    "percent_braces": "100% {x}",
+    "backslash": "back\\slash",
+    "emoji": "cat 🐱 :smile:",
+    "rtl": "עברית \u202egpj.exe",
+    "formula": "=HYPERLINK(1)",
+    "escape": "ansi \x1b[31mred",
+    "non_utf8": os.fsdecode(b"caf\xe9"),
+}
+PER_CLASS = 6
+
+
+def run(
+    *args: Any, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``headstart ARGS`` in a subprocess, under a timeout (a hang fails the test)."""
+    proc = subprocess.run(
+        [*CLI, *map(os.fsdecode, args)],
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
+    )
+    proc.stdout = proc.stdout.decode("utf-8", "surrogateescape")
+    proc.stderr = proc.stderr.decode("utf-8", "surrogateescape")
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2 and one ``error: ...`` line naming every fragment; returns the line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """An in-process case that touches no user file (no blocking read) fails instead of hanging."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"took more than {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return list(csv.DictReader(f))
+
+
+def make_classes(root: Path, names: dict[str, str], per_class: int = PER_CLASS) -> None:
+    """``per_class`` small generated images in a folder for each class name (distinct colours)."""
+    palette = list(COLORS.values())
+    for n, name in enumerate(names.values()):
+        base = palette[n % 3]
+        color = tuple(int((c + 53 * n) % 256) for c in base)
+        for i in range(per_class):
+            make_image(root / name / f"img_{i}.jpg", color, seed=1000 * n + i)
+
+
+def postscript() -> bytes:
+    return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+def bind_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.fsdecode(path))
+    return sock
+
+
+def add_hostile_files(root: Path, keep: list[Any]) -> dict[str, str]:
+    """Bad files in the class folders; returns file name -> fragment of the skip reason."""
+    first = root / HOSTILE_CLASSES["dollars"]
+    second = root / HOSTILE_CLASSES["brackets"]
+    expected = {}
+    os.mkfifo(first / "pipe.jpg")  # a FIFO nobody writes to: a plain open() blocks forever
+    expected["pipe.jpg"] = "not a regular file: a named pipe"
+    (second / "fifo_link.jpg").symlink_to(first / "pipe.jpg")
+    expected["fifo_link.jpg"] = "not a regular file: a named pipe"
+    (first / "zero.jpg").symlink_to("/dev/zero")  # an endless device: memory would grow forever
+    expected["zero.jpg"] = "not a regular file: a device"
+    (second / "null.png").symlink_to("/dev/null")
+    expected["null.png"] = "not a regular file: a device"
+    keep.append(bind_socket(first / "sock.jpg"))
+    expected["sock.jpg"] = "not a regular file: a socket"
+    (second / "cat.jpg").write_bytes(postscript())  # must never reach Ghostscript
+    expected["cat.jpg"] = "not an image Pillow can read"
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(first / "portable.jpg", format="PPM")  # not a format we take
+    expected["portable.jpg"] = "not an image Pillow can read"
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(second / "icon.png", format="ICO")
+    expected["icon.png"] = "not an image Pillow can read"
+    Image.new("RGB", (1200, 1000), (9, 9, 9)).save(first / "large.png")  # over HEADSTART_MAX_PIXELS
+    expected["large.png"] = "decompression-bomb limit"
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(second / "heavy.bmp")  # 120 KB: over HEADSTART_MAX_FILE_MB
+    expected["heavy.bmp"] = "too large"
+    (first / "riff.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 20)  # damaged WebP
+    expected["riff.webp"] = "image"
+    (second / "half.gif").write_bytes(b"GIF89a\x10\x00\x10\x00\x80\x00\x00")  # header only
+    expected["half.gif"] = "image"
+    # odd but usable: 16-bit and float images, converted without float64 copies
+    Image.fromarray(np.full((48, 64), 60000, dtype=np.uint16)).save(first / "sixteen.png")
+    Image.fromarray(np.linspace(-5, 5, 48 * 64, dtype=np.float32).reshape(48, 64)).save(second / "float.tif")
+    return expected
+
+
+ENV = {"HEADSTART_MAX_PIXELS": "1000000", "HEADSTART_MAX_FILE_MB": "0.1"}
+
+
+@pytest.fixture(scope="module")
+def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One training run over every hostile class name and file (with a stale earlier run and an
+    interrupted write in the run folder); the model is reused by the later cases."""
+    root = tmp_path_factory.mktemp("hostile")
+    data, out = root / "data", root / "run"
+    make_classes(data, HOSTILE_CLASSES)
+    sockets: list[Any] = []
+    expected = add_hostile_files(data, sockets)
+    (data / HOSTILE_CLASSES["rtl"] / "loop").symlink_to(".", target_is_directory=True)
+    (data / HOSTILE_CLASSES["emoji"] / "up").symlink_to("..", target_is_directory=True)
+    out.mkdir()
+    (out / "history.csv").write_text("epoch,loss\n1,0.5\n")  # a fine-tuning run was here before
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.pt").write_bytes(b"old")
+    (out / "finetune.json").write_text("{}")
+    (out / ".model.safetensors.999999999.tmp").write_bytes(b"half a model")  # a killed write
+    before = tree_digest(data)
+    proc = run("train", data, "--out", out, "--engine", "torch", "--seed", "1", env=ENV)
+    yield {"data": data, "out": out, "proc": proc, "expected": expected, "before": before}
+    for s in sockets:
+        s.close()
+
+
+def test_battery_train_skips_every_hostile_file_with_its_reason(battery):
+    proc, out = battery["proc"], battery["out"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
+    skipped = {os.path.basename(r["path"]): r["reason"] for r in read_csv(out / "skipped.csv")}
+    for name, reason in battery["expected"].items():
+        assert reason in skipped.get(name, ""), (name, skipped.get(name))
+    assert "symbolic-link loop" in skipped["loop"] and "symbolic-link loop" in skipped["up"]
+    used = {r["path"] for r in read_csv(out / "split.csv")}
+    assert any(p.endswith("sixteen.png") for p in used) and any(p.endswith("float.tif") for p in used)
+    assert tree_digest(battery["data"]) == battery["before"], "the user's folder must be byte-identical"
+
+
+def test_battery_names_reach_plots_report_and_logs_as_data(battery):
+    proc, out = battery["proc"], battery["out"]
+    assert "could not be written" not in proc.stderr, proc.stderr  # confusion matrix and report drew
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+    html = (out / "report.html").read_text(encoding="utf-8", errors="surrogateescape")
+    for key in ("dollars", "mathtext", "emoji", "backslash"):
+        assert HOSTILE_CLASSES[key] in html, key
+    assert "Dog [puppy]" in html and "100% {x}" in html
+    assert "\x1b" not in proc.stderr  # no terminal control character reaches the terminal
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["classes"]) == set(HOSTILE_CLASSES.values())
+
+
+def test_battery_csv_cells_never_run_as_formulas_and_read_back(battery):
+    out = battery["out"]
+    raw = (out / "split.csv").read_text(encoding="utf-8", errors="surrogateescape")
+    assert ",'=HYPERLINK(1)," in raw and ",=HYPERLINK(1)," not in raw
+    from headstart.core.io import read_rows
+
+    labels = {r["label"] for r in read_rows(out / "split.csv")}
+    assert labels == set(HOSTILE_CLASSES.values())  # the apostrophe is taken off on reading
+
+
+def test_battery_stale_files_and_interrupted_writes_are_gone(battery):
+    out = battery["out"]
+    for name in ("history.csv", "checkpoints", "finetune.json", ".model.safetensors.999999999.tmp"):
+        assert not (out / name).exists(), name
+    assert "fine-tuning" not in (out / "report.html").read_text(encoding="utf-8", errors="surrogateescape").lower()
+
+
+# --------------------------------------------------------------------------- predict, evaluate, report
+
+
+def test_predict_table_shows_brackets_emoji_codes_and_escapes_as_text(battery):
+    data = battery["data"]
+    folder = data / HOSTILE_CLASSES["brackets"]
+    env = {**ENV, "COLUMNS": "400"}  # a row on one line
+    proc = run("predict", battery["out"], folder, "--format", "table", "--top-k", "10", env=env, cwd=data)
+    assert proc.returncode == 0, proc.stderr
+    assert "Dog [puppy]/img_0.jpg" in proc.stdout  # the path, not "Dog /img_0.jpg"
+    assert proc.stdout.count("Dog [puppy] ") >= PER_CLASS  # the class in every row's top 10
+    assert "cat 🐱 :smile:" in proc.stdout and "😄" not in proc.stdout  # no emoji codes
+    assert "\x1b" not in proc.stdout and "ansi \\x1b[31mred" in proc.stdout  # shown, never obeyed
+    assert "not a regular file: a named pipe" in proc.stdout  # fifo_link.jpg
+    assert tree_digest(data) == battery["before"]
+
+
+def test_predict_folder_walk_is_loop_safe_and_names_round_trip(battery):
+    data = battery["data"]
+    proc = run("predict", battery["out"], data, "--format", "json", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    paths = [r["path"] for r in results]
+    assert len(paths) == len(set(paths)), "a linked folder was listed again"
+    assert not any("/loop/" in p or "/up/" in p for p in paths)
+    by_name = {os.path.basename(r["path"]): r for r in results}
+    assert "named pipe" in by_name["pipe.jpg"]["error"] and "socket" in by_name["sock.jpg"]["error"]
+    non_utf8 = data / HOSTILE_CLASSES["non_utf8"] / "img_0.jpg"
+    assert str(non_utf8) in paths  # the \udcXX escape reads back as the name on disk
+    assert tree_digest(data) == battery["before"]
+
+
+def test_predict_csv_protects_formula_cells(battery):
+    folder = battery["data"] / HOSTILE_CLASSES["formula"]
+    proc = run("predict", battery["out"], folder, "--format", "csv", "--top-k", "10", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    labels = {row["label"] for row in csv.DictReader(io.StringIO(proc.stdout))}
+    assert "'=HYPERLINK(1)" in labels and "=HYPERLINK(1)" not in labels
+
+
+def test_predict_exits_non_zero_when_no_file_could_be_read(battery, tmp_path):
+    os.mkfifo(tmp_path / "alone.jpg")
+    proc = run("predict", battery["out"], tmp_path / "alone.jpg", "--format", "json", timeout=120)
+    assert_one_line_error(proc, "no image could be read")
+    assert "named pipe" in json.loads(proc.stdout)[0]["error"]
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("predict", battery["out"], tmp_path / "empty", timeout=120), "no image files")
+
+
+def test_evaluate_and_report_on_hostile_data(battery, tmp_path):
+    out = tmp_path / "eval"
+    proc = run("evaluate", battery["out"], battery["data"], "--out", out, "--split", "all", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    skipped = {os.path.basename(r["path"]) for r in read_csv(out / "skipped.csv")}
+    assert {"pipe.jpg", "sock.jpg", "zero.jpg", "cat.jpg", "large.png"} <= skipped
+    proc = run("report", battery["out"])  # reads split.csv etc. back: non-UTF-8 and protected cells
+    assert proc.returncode == 0 and "report:" in proc.stderr, proc.stderr
+    assert tree_digest(battery["data"]) == battery["before"]
+
+
+def test_out_inside_data_is_refused_before_anything_is_written(battery):
+    data = battery["data"]
+    proc = run("evaluate", battery["out"], data, "--out", data / "runs", timeout=120)
+    assert_one_line_error(proc, "--out", "inside the data folder")
+    proc = run("train", data, "--out", data / HOSTILE_CLASSES["dollars"] / "run", timeout=120)
+    assert_one_line_error(proc, "--out", "inside the data folder")
+    assert tree_digest(data) == battery["before"]
+
+
+@pytest.mark.slow
+def test_doctor_on_hostile_data(battery, tmp_path):
+    proc = run("doctor", battery["data"], "--out", tmp_path / "doc", "--engine", "torch", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "doc" / "doctor.json").read_text())
+    reported = {os.path.basename(b["path"]): b["reason"] for b in doc["bad_files"]}
+    for name in ("pipe.jpg", "fifo_link.jpg", "zero.jpg", "sock.jpg", "cat.jpg", "large.png", "heavy.bmp"):
+        assert battery["expected"][name] in reported[name], name
+    assert tree_digest(battery["data"]) == battery["before"]
+
+
+# --------------------------------------------------------------------------- values the CLI refuses
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["train", "DATA", "--batch-size", "0"], "--batch-size"),
+        (["train", "DATA", "--batch-size", "-3"], "--batch-size"),
+        (["train", "DATA", "--time-budget", "0"], "--time-budget"),
+        (["train", "DATA", "--top-k", "0"], "--top-k"),
+        (["predict", "MODEL", "IMAGE", "--top-k", "0"], "--top-k"),
+        (["predict", "MODEL", "IMAGE", "--top-k", "-1"], "--top-k"),
+        (["evaluate", "MODEL", "DATA", "--split", "tset"], "--split"),
+    ],
+)
+def test_bad_values_are_one_line_errors(battery, tmp_path, args, flag):
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
+    names = {
+        "DATA": str(battery["data"]),
+        "MODEL": str(battery["out"]),
+        "IMAGE": str(battery["data"] / HOSTILE_CLASSES["dollars"] / "img_0.jpg"),
+    }
+    args = [names.get(a, a) for a in args] + ["--out", str(tmp_path / "o")] * (args[0] != "predict")
+    with time_limit(120):
+        result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {flag}"), result.output
+    assert not (tmp_path / "o").exists()
+    assert tree_digest(battery["data"]) == battery["before"]
+
+
+def test_unknown_split_in_csv_is_one_line_error(tmp_path):
+    make_image(tmp_path / "a.jpg", (200, 40, 40), 1)
+    make_image(tmp_path / "b.jpg", (40, 40, 200), 2)
+    (tmp_path / "data.csv").write_text("path,label,split\na.jpg,red,train\nb.jpg,blue,tset\n")
+    proc = run("train", tmp_path / "data.csv", "--out", tmp_path / "run", timeout=120)
+    assert_one_line_error(proc, "line 3", "unknown split 'tset'")
