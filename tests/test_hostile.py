@@ -221,7 +221,10 @@ def test_battery_stale_files_and_interrupted_writes_are_gone(battery):
     out = battery["out"]
     for name in ("history.csv", "checkpoints", "finetune.json", ".model.safetensors.999999999.tmp"):
         assert not (out / name).exists(), name
-    assert "fine-tuning" not in (out / "report.html").read_text(encoding="utf-8", errors="surrogateescape").lower()
+    assert (
+        "fine-tuning"
+        not in (out / "report.html").read_text(encoding="utf-8", errors="surrogateescape").lower()
+    )
 
 
 # --------------------------------------------------------------------------- predict, evaluate, report
@@ -344,3 +347,390 @@ def test_unknown_split_in_csv_is_one_line_error(tmp_path):
     (tmp_path / "data.csv").write_text("path,label,split\na.jpg,red,train\nb.jpg,blue,tset\n")
     proc = run("train", tmp_path / "data.csv", "--out", tmp_path / "run", timeout=120)
     assert_one_line_error(proc, "line 3", "unknown split 'tset'")
+
+
+# --------------------------------------------------------------------------- model files are untrusted
+
+
+def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = json.loads(f.metadata()["headstart"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return meta, tensors
+
+
+def write_bundle(path: Path, header: Any, tensors: dict[str, np.ndarray]) -> Path:
+    from safetensors.numpy import save_file
+
+    text = header if isinstance(header, str) else json.dumps(header)
+    save_file(tensors, str(path), metadata={"headstart": text})
+    return path
+
+
+def _set(meta: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    meta = json.loads(json.dumps(meta))
+    *parents, last = dotted.split(".")
+    node = meta
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return meta
+
+
+DELETE = object()
+# crafted metadata -> a fragment of the one-line error
+CRAFTED_META = [
+    ("classes", DELETE, "'classes'"),
+    ("classes", "cats", "'classes'"),
+    ("classes", [1, 2], "distinct names"),
+    ("classes", ["a", "a"], "distinct names"),
+    ("backbone", None, "'backbone'"),
+    ("backbone.name", 7, "timm model name"),
+    ("backbone.num_features", 10**9, "num_features"),
+    ("backbone.data_config.input_size", [3, 100000, 100000], "input_size"),
+    ("backbone.data_config.input_size", "big", "input_size"),
+    ("backbone.data_config.crop_pct", 0, "crop_pct"),
+    ("backbone.data_config.evil", "os.system", "data_config"),
+    ("backbone.data_config.mean", ["a"], "mean"),
+    ("head", DELETE, "'head'"),
+    ("head.name", "pickle", "damaged or incomplete"),
+    ("head.params", "C=1", "'head'"),
+    ("settings.top_k", -5, "top_k"),
+    ("split", [1, 2], "'split'"),
+    ("split.files", [["a.jpg", "x"]], "split files"),
+    ("format_version", "x", "format_version"),
+]
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment", CRAFTED_META, ids=[f"{c[0]}={c[1]!r}"[:40] for c in CRAFTED_META]
+)
+def test_crafted_metadata_is_a_one_line_error(battery, tmp_path, field, value, fragment):
+    import headstart
+    from headstart.core.errors import HeadstartError
+
+    meta, tensors = read_bundle(battery["out"] / "model.safetensors")
+    meta = _set(meta, field, value)
+    path = write_bundle(tmp_path / "model.safetensors", meta, tensors)
+    with time_limit(60), pytest.raises(HeadstartError) as caught:
+        headstart.load(path, verbose=False)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"", "damaged"),
+        (b"\x00" * 64, "damaged"),
+        (b"\xff" * 8 + b"{not json", "damaged"),
+        ("truncated", "damaged"),
+        ("header not json", "damaged"),
+        ("header a list", "not a JSON object"),
+        ("no headstart entry", "not a headstart model"),
+        ("head of another size", "outputs for"),
+    ],
+)
+def test_damaged_model_files_are_one_line_errors_in_predict(battery, tmp_path, content, fragment):
+    from safetensors.numpy import save_file
+
+    source = battery["out"] / "model.safetensors"
+    path = tmp_path / "model.safetensors"
+    meta, tensors = read_bundle(source)
+    if content == "truncated":
+        path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    elif content == "header not json":
+        write_bundle(path, "{classes: [", tensors)
+    elif content == "header a list":
+        write_bundle(path, [1, 2, 3], tensors)
+    elif content == "no headstart entry":
+        save_file(tensors, str(path), metadata={"other": "x"})
+    elif content == "head of another size":
+        write_bundle(path, _set(meta, "classes", [*meta["classes"], "extra"]), tensors)
+    else:
+        path.write_bytes(content)
+    image = battery["data"] / HOSTILE_CLASSES["dollars"] / "img_0.jpg"
+    assert_one_line_error(run("predict", path, image, timeout=120), fragment)
+
+
+def test_altered_weights_never_share_the_original_cache_and_are_refused(battery, tmp_path):
+    import headstart
+    from headstart.models.backbones import create_backbone
+
+    meta, tensors = read_bundle(battery["out"] / "model.safetensors")
+    name = next(k for k in sorted(tensors) if k.startswith("backbone.") and tensors[k].dtype == np.float32)
+    tensors[name] = tensors[name] + np.float32(0.5)  # other weights, same recorded name and digest
+    crafted = write_bundle(tmp_path / "model.safetensors", meta, tensors)
+    with time_limit(120):
+        original = headstart.load(battery["out"], verbose=False)
+        forged = headstart.load(crafted, verbose=False)
+    assert forged.backbone_.weights_id == original.backbone_.weights_id  # what the file claims...
+    assert forged.backbone_.key != original.backbone_.key  # ...is not what keys the caches
+    assert original.backbone_.key == create_backbone().key  # a loaded model finds what training cached
+    image = battery["data"] / HOSTILE_CLASSES["dollars"] / "img_0.jpg"  # its features are cached
+    proc = run("predict", crafted, image, timeout=120)
+    assert_one_line_error(proc, "do not match their recorded digest")
+    assert tree_digest(battery["data"]) == battery["before"]
+
+
+# --------------------------------------------------------------------------- decoders and reads
+
+
+def test_postscript_named_jpg_never_reaches_ghostscript(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from headstart.core.errors import BadImageError
+    from headstart.data.images import decode_image
+
+    assert Image.open(io.BytesIO(postscript())).format == "EPS"  # Pillow alone would take it
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+    with time_limit(30), pytest.raises(BadImageError, match="not an image Pillow can read"):
+        decode_image(postscript())
+    assert not calls
+
+
+def test_any_decoder_exception_is_a_skip_naming_it(monkeypatch, tmp_path):
+    from PIL import PngImagePlugin
+
+    from headstart.core.errors import BadImageError
+    from headstart.data.images import decode_image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with time_limit(30), pytest.raises(BadImageError, match="RuntimeError: decoder bug"):
+        decode_image((tmp_path / "a.png").read_bytes())
+
+
+def test_special_files_are_refused_without_blocking(tmp_path):
+    from headstart.core.errors import BadImageError
+    from headstart.data.images import read_bytes
+
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "urandom.jpg").symlink_to("/dev/urandom")
+    sock = bind_socket(tmp_path / "s.jpg")
+    try:
+        for name, kind in [("fifo.jpg", "named pipe"), ("urandom.jpg", "device"), ("s.jpg", "socket")]:
+            with time_limit(10), pytest.raises(BadImageError, match=f"not a regular file: a {kind}"):
+                read_bytes(tmp_path / name)
+    finally:
+        sock.close()
+    (tmp_path / "big.jpg").write_bytes(b"\xff" * 2000)
+    with pytest.raises(BadImageError, match="too large"):
+        read_bytes(tmp_path / "big.jpg", max_bytes=1000)
+
+
+def test_sixteen_bit_conversion_makes_no_float64_copy():
+    import tracemalloc
+
+    from headstart.data.images import to_rgb
+
+    side = 1500
+    img = Image.fromarray(np.full((side, side), 65535, dtype=np.uint16))
+    tracemalloc.start()
+    rgb = to_rgb(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255)
+    assert peak < 8 * side * side, f"{peak / 1e6:.0f} MB: a float64 copy of the image"
+
+
+def test_fine_tuning_loader_skips_hostile_files(tmp_path):
+    from headstart.data.loaders import IGNORED_LABEL, ImageSet
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "cat.jpg").write_bytes(postscript())
+    good = make_image(tmp_path / "good.jpg", (10, 200, 10), 1)
+    items = [(str(tmp_path / "pipe.jpg"), 0), (str(tmp_path / "cat.jpg"), 1), (str(good), 2)]
+    dataset = ImageSet(items, lambda img: np.asarray(img), 64, (3, 8, 8))
+    with time_limit(30):
+        labels = [dataset[i][1] for i in range(3)]
+    assert labels == [IGNORED_LABEL, IGNORED_LABEL, 2]
+
+
+def test_expand_paths_lists_each_image_once_through_links(tmp_path):
+    from headstart.data.discovery import expand_paths
+
+    make_image(tmp_path / "a" / "one.jpg", (1, 2, 3), 1)
+    make_image(tmp_path / "a" / "b" / "two.jpg", (1, 2, 3), 2)
+    (tmp_path / "a" / "loop").symlink_to(".", target_is_directory=True)
+    (tmp_path / "a" / "b" / "up").symlink_to("..", target_is_directory=True)
+    with time_limit(30):
+        files, problems = expand_paths([tmp_path / "a"])
+    assert sorted(os.path.basename(f) for f in files) == ["one.jpg", "two.jpg"] and not problems
+
+
+# --------------------------------------------------------------------------- the feature cache
+
+
+def test_damaged_cache_file_is_moved_aside(tmp_path):
+    from headstart.features.cache import FeatureCache
+
+    (tmp_path / "features.sqlite").write_bytes(b"this is no database" * 100)
+    with time_limit(30), pytest.warns(UserWarning, match="damaged"):
+        cache = FeatureCache(tmp_path)
+    cache.put_many("ns", [("k", np.ones(4, dtype=np.float32))])
+    assert "k" in cache.get_many("ns", ["k"]) and list(tmp_path.glob("features.sqlite.damaged-*"))
+
+
+def test_locked_cache_warns_and_goes_on_without_moving_it(tmp_path, capsys):
+    from headstart.features.cache import FeatureCache
+
+    FeatureCache(tmp_path).put_many("ns", [("old", np.ones(4, dtype=np.float32))])
+    holder = sqlite3.connect(tmp_path / "features.sqlite")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with time_limit(30):
+            cache = FeatureCache(tmp_path, timeout=0.2)
+            cache.put_many("ns", [("new", np.ones(4, dtype=np.float32))])  # no error: a warning
+            cache.put_many("ns", [("newer", np.ones(4, dtype=np.float32))])
+            assert "newer" in cache.get_many("ns", ["newer"])  # the rest of the run caches in memory
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "database is locked" in capsys.readouterr().err and "locked" in cache.problem
+    assert not list(tmp_path.glob("*.damaged-*"))
+    assert "old" in FeatureCache(tmp_path).get_many("ns", ["old"])  # the file was left whole
+
+
+def test_cache_folder_that_cannot_be_made_warns_and_goes_on(tmp_path, capsys):
+    from headstart.features.cache import FeatureCache
+
+    (tmp_path / "not_a_folder").write_text("x")
+    with time_limit(30):
+        cache = FeatureCache(tmp_path / "not_a_folder" / "cache")
+        cache.put_many("ns", [("k", np.ones(4, dtype=np.float32))])
+    assert "going on without caching" in capsys.readouterr().err and "k" in cache.get_many("ns", ["k"])
+
+
+def test_disk_full_during_a_run_warns_and_goes_on(tmp_path, capsys):
+    from headstart.features.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path)
+
+    class FullDisk:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+        def __enter__(self) -> Any:
+            return self.db.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self.db.__exit__(*exc)
+
+        def executemany(self, *args: Any) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    cache._db = FullDisk(cache._db)  # type: ignore[assignment]
+    with time_limit(30):
+        cache.put_many("ns", [("k", np.ones(4, dtype=np.float32))])
+        cache.remember_hashes([("a.jpg", 1, 2, 3, "h")])
+    assert "disk is full" in capsys.readouterr().err and not list(tmp_path.glob("*.damaged-*"))
+
+
+def test_stale_temporary_files_are_cleaned_live_ones_kept(tmp_path):
+    from headstart.core.io import clean_stale_temporaries
+
+    dead = tmp_path / "models" / ".net.onnx.999999999.1234.tmp"
+    dead.parent.mkdir()
+    dead.write_bytes(b"half")
+    live = tmp_path / f".features.{os.getpid()}.1.tmp"
+    live.write_bytes(b"being written")
+    assert clean_stale_temporaries(tmp_path) == 1
+    assert not dead.exists() and live.exists()
+
+
+def test_file_changed_after_hashing_is_never_cached_under_the_old_hash(tmp_path, monkeypatch):
+    import headstart.features.extractor as extractor_module
+    from headstart.features.cache import content_hash
+    from headstart.features.extractor import build_extractor
+
+    a = make_image(tmp_path / "a.jpg", (200, 40, 40), 1)
+    b = make_image(tmp_path / "b.jpg", (40, 40, 200), 2)
+    stale = content_hash(b"the bytes a.jpg had when it was hashed")
+    real = extractor_module.hash_file
+    monkeypatch.setattr(extractor_module, "hash_file", lambda p: stale if p == str(a) else real(p))
+    extractor = build_extractor(cache_dir=tmp_path / "cache", engine="torch", verbose=False)
+    with time_limit(120):
+        result = extractor.extract([a, b])
+    assert result.errors == {0: "changed while being read (re-run to use its new content)"}
+    assert stale not in extractor.cache.get_many(extractor.namespace, [stale])
+    assert np.isfinite(result.features[1]).all()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def spawn(*args: Any, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, *map(os.fsdecode, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+
+
+def cache_rows(cache: Path) -> tuple[str, int]:
+    db = sqlite3.connect(cache / "features.sqlite")
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0], db.execute(
+            "SELECT count(*) FROM features"
+        ).fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_two_trains_share_one_cache_at_once(tmp_path):
+    data = tmp_path / "data"
+    make_classes(data, {c: c for c in COLORS}, per_class=10)
+    before = tree_digest(data)
+    env = {"HEADSTART_CACHE": str(tmp_path / "cache")}
+    procs = [
+        spawn("train", data, "--out", tmp_path / f"run{i}", "--engine", "torch", "-q", env=env)
+        for i in (1, 2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=RUN_TIMEOUT)
+        assert p.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]
+    probas = [np.load(tmp_path / f"run{i}" / "test_probabilities.npy") for i in (1, 2)]
+    np.testing.assert_allclose(probas[0], probas[1], atol=1e-6)
+    assert cache_rows(tmp_path / "cache") == ("ok", 30)
+    assert tree_digest(data) == before
+
+
+@pytest.mark.slow
+def test_kill_during_extraction_then_rerun_completes(tmp_path):
+    data = tmp_path / "data"
+    make_classes(data, {c: c for c in COLORS}, per_class=60)
+    before = tree_digest(data)
+    cache = tmp_path / "cache"
+    env = {"HEADSTART_CACHE": str(cache)}
+    proc = spawn("train", data, "--out", tmp_path / "run", "--engine", "torch", "--batch-size", "4", env=env)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (cache / "features.sqlite").is_file() and cache_rows(cache)[1] >= 8:
+            break
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.communicate(timeout=30)
+    status, rows = cache_rows(cache)
+    assert status == "ok" and rows < 180, "the kill came after extraction: nothing was tested"
+    rerun = run("train", data, "--out", tmp_path / "run", "--engine", "torch", env=env)
+    assert rerun.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), rerun.stderr
+    assert f"{rows} from cache" in rerun.stderr or "from cache" in rerun.stderr
+    assert cache_rows(cache) == ("ok", 180)
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    assert tree_digest(data) == before

@@ -113,25 +113,29 @@ def state_dict_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:24]
 
 
-def _tensor_bytes(tensor: Any) -> tuple[str, tuple[int, ...], bytes]:
-    """dtype name, shape and raw bytes of a numpy array or a torch tensor (same for the same values)."""
+def _tensor_bytes(tensor: Any) -> tuple[str, bytes]:
+    """dtype name and raw bytes of a numpy array or a torch tensor (same for the same values)."""
     if isinstance(tensor, np.ndarray):
         arr = np.ascontiguousarray(tensor)
-        return arr.dtype.name, tuple(int(n) for n in arr.shape), arr.tobytes()
+        return arr.dtype.name, arr.tobytes()
     import torch
 
     t = tensor.detach().cpu().contiguous()
     data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return str(t.dtype).removeprefix("torch."), tuple(int(n) for n in t.shape), data
+    return str(t.dtype).removeprefix("torch."), data
 
 
 def tensor_digest(state: dict[str, Any]) -> str:
     """A content hash of named tensors in name order (numpy arrays and torch tensors alike), so
-    weights read from a file and the same weights in a network get the same digest."""
+    weights read from a file and the same weights in a network get the same digest.
+
+    Shapes are left out: the architecture fixes them (a file stores a scalar as shape (1,)),
+    and weights of another shape do not load into it.
+    """
     h = hashlib.sha256()
     for key in sorted(state):
-        dtype, shape, data = _tensor_bytes(state[key])
-        h.update(json.dumps([key, dtype, shape, len(data)]).encode())
+        dtype, data = _tensor_bytes(state[key])
+        h.update(json.dumps([key, dtype, len(data)]).encode())
         h.update(data)
     return h.hexdigest()[:24]
 

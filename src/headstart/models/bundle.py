@@ -150,6 +150,8 @@ def meta_problem(meta: dict[str, Any]) -> str:
     """What is wrong with a bundle's metadata ('' when nothing): every field the loader uses is
     checked for its type, and every size for a sane bound, so a crafted header gives one line
     instead of a traceback or a huge allocation."""
+    if not _is_int(meta.get("format_version", 0), 0, BUNDLE_FORMAT):
+        return "'format_version' must be a whole number"
     classes = meta.get("classes")
     if not (isinstance(classes, list) and 0 < len(classes) <= MAX_CLASSES):
         return f"'classes' must be a list of 1 to {MAX_CLASSES} names"
