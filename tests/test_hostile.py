@@ -22,7 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +293,10 @@ def test_out_inside_data_is_refused_before_anything_is_written(battery):
     assert_one_line_error(proc, "--out", "inside the data folder")
     proc = run("train", data, "--out", data / HOSTILE_CLASSES["dollars"] / "run", timeout=120)
     assert_one_line_error(proc, "--out", "inside the data folder")
+    for command in ("doctor", "embed"):
+        assert_one_line_error(
+            run(command, data, "--out", data, timeout=120), "--out", "inside the data folder"
+        )
     assert tree_digest(data) == battery["before"]
 
 

@@ -50,6 +50,7 @@ from headstart.cli.options import (
     WeightsFile,
 )
 from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.io import terminal_safe
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -102,7 +103,8 @@ class HeadstartGroup(TyperGroup):
         except HeadstartError as error:
             name = ctx.invoked_subcommand
             command = self.get_command(ctx, name) if name else None
-            typer.echo(f"error: {user_message(error, command)}", err=True)
+            # one line whatever the names in it hold (newlines, control characters)
+            typer.echo(f"error: {terminal_safe(user_message(error, command), keep='')}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from error
         except KeyboardInterrupt as interrupt:
             typer.echo("interrupted", err=True)
@@ -127,6 +129,14 @@ def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     from headstart.features.cache import default_cache_dir
 
     return fetch_flowers(Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+def _check_train_values(batch_size: Optional[int], time_budget: Optional[float]) -> None:
+    """Flags whose CLI meaning differs from the library parameter's (``None`` picks a default)."""
+    if batch_size is not None and batch_size < 1:
+        raise ParameterError("batch_size", f"must be at least 1 (got {batch_size})")
+    if time_budget is not None and not time_budget > 0:
+        raise ParameterError("time_budget", f"must be a number of minutes > 0 (got {time_budget:g})")
 
 
 @app.command()
@@ -163,10 +173,7 @@ def train(
     if resume is not None:
         ImageClassifier.resume(resume, verbose=not quiet)
         return
-    if batch_size is not None and batch_size < 1:
-        raise ParameterError("batch_size", f"must be at least 1 (got {batch_size})")
-    if time_budget is not None and not time_budget > 0:
-        raise ParameterError("time_budget", f"must be a number of minutes > 0 (got {time_budget:g})")
+    _check_train_values(batch_size, time_budget)
     finetune = strategy is Strategy.finetune
     clf = ImageClassifier(
         strategy=strategy.value,
@@ -338,8 +345,6 @@ def _print_table(results: list[dict[str, Any]], columns: int) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from headstart.core.io import terminal_safe
 
     def shown(text: str) -> str:
         return escape(terminal_safe(text, keep=""))

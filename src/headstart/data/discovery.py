@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from headstart.core.errors import HeadstartError
+from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import unprotect_cell
 from headstart.data.images import is_image_name
 
@@ -262,3 +262,23 @@ def expand_paths(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str
         else:
             missing.append((str(p), "path not found"))
     return files, missing
+
+
+def check_out_dir(out_dir: str | Path | None, data: str | Path | Dataset) -> None:
+    """Refuse a run folder inside a data folder: the next run would find it as a class (and
+    headstart never writes into the user's data)."""
+    if out_dir is None:
+        return
+    if isinstance(data, Dataset):
+        root = None if data.kind == "csv" else data.root
+    else:
+        root = Path(data).expanduser() if Path(data).expanduser().is_dir() else None
+    if root is None:
+        return
+    root_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
+    if out_real == root_real or out_real.startswith(root_real.rstrip(os.sep) + os.sep):
+        raise ParameterError(
+            "out_dir",
+            f"{out_dir} is inside the data folder {root}: choose a run folder outside it "
+            "(headstart never writes into your data)",
+        )

@@ -34,7 +34,7 @@ from headstart.core.params import (
     validate_params,
 )
 from headstart.data.augment import PRESETS
-from headstart.data.discovery import Dataset, Sample, discover, expand_paths
+from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune
 from headstart.estimator.fitting import (
     Split,
@@ -63,7 +63,6 @@ from headstart.runs.writer import (
     ReportSettings,
     RunWriter,
     TrainingRun,
-    check_out_dir,
     read_run_config,
 )
 from headstart.training.loop import CHECKPOINT_DIR, FineTuneSettings

@@ -294,26 +294,6 @@ def duplicate_group_rows(
     return rows
 
 
-def check_out_dir(out_dir: str | Path | None, data: str | Path | Dataset) -> None:
-    """Refuse a run folder inside a data folder: the next run would find it as a class (and
-    headstart never writes into the user's data)."""
-    if out_dir is None:
-        return
-    if isinstance(data, Dataset):
-        root = None if data.kind == "csv" else data.root
-    else:
-        root = Path(data).expanduser() if Path(data).expanduser().is_dir() else None
-    if root is None:
-        return
-    root_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
-    if out_real == root_real or out_real.startswith(root_real.rstrip(os.sep) + os.sep):
-        raise ParameterError(
-            "out_dir",
-            f"{out_dir} is inside the data folder {root}: choose a run folder outside it "
-            "(headstart never writes into your data)",
-        )
-
-
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """``finetune.json`` of a fine-tuning run: ``{"data": DATA_ROOT, "params": {...}}``."""
     path = Path(run_dir).expanduser() / RUN_CONFIG
