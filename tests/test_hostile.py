@@ -458,8 +458,16 @@ def test_damaged_model_files_are_one_line_errors_in_predict(battery, tmp_path, c
         write_bundle(path, _set(meta, "classes", [*meta["classes"], "extra"]), tensors)
     else:
         path.write_bytes(content)
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
     image = battery["data"] / HOSTILE_CLASSES["dollars"] / "img_0.jpg"
-    assert_one_line_error(run("predict", path, image, timeout=120), fragment)
+    with time_limit(60):  # the model is refused before any image is opened
+        result = CliRunner().invoke(app, ["predict", str(path), str(image)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert fragment in lines[0] and "Traceback" not in result.output, lines[0]
 
 
 def test_altered_weights_never_share_the_original_cache_and_are_refused(battery, tmp_path):
@@ -614,6 +622,19 @@ def test_cache_folder_that_cannot_be_made_warns_and_goes_on(tmp_path, capsys):
         cache = FeatureCache(tmp_path / "not_a_folder" / "cache")
         cache.put_many("ns", [("k", np.ones(4, dtype=np.float32))])
     assert "going on without caching" in capsys.readouterr().err and "k" in cache.get_many("ns", ["k"])
+
+
+@pytest.mark.slow
+def test_train_goes_on_when_the_cache_folder_cannot_be_made(tmp_path):
+    data = tmp_path / "data"
+    make_classes(data, {c: c for c in COLORS}, per_class=6)
+    (tmp_path / "file").write_text("not a folder")
+    before = tree_digest(data)
+    cache = tmp_path / "file" / "cache"
+    proc = run("train", data, "--out", tmp_path / "run", "--cache-dir", cache, "--engine", "onnxruntime")
+    assert proc.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), proc.stderr
+    assert proc.stderr.count("going on without caching") == 1 and "could not be written" not in proc.stderr
+    assert tree_digest(data) == before
 
 
 def test_disk_full_during_a_run_warns_and_goes_on(tmp_path, capsys):

@@ -7,11 +7,14 @@ is remembered with its size, mtime and inode, so an unchanged file is not read a
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -46,6 +49,16 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+_WARNED: set[str] = set()
+
+
+def _scratch_folder() -> Path:
+    """A private folder removed when the process ends: the cache's place for one run."""
+    path = tempfile.mkdtemp(prefix="headstart-cache-")
+    atexit.register(shutil.rmtree, path, True)
+    return Path(path)
+
+
 CORRUPTION_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
@@ -78,7 +91,10 @@ class FeatureCache:
             self.root.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(self.root)
             self._db = self._open()
-        except (OSError, sqlite3.Error) as e:
+        except OSError as e:
+            self._db = self._without_caching(e)
+            self.root = _scratch_folder()  # exported networks and backbones too, for this run only
+        except sqlite3.Error as e:
             self._db = self._without_caching(e)
 
     def _connect(self, path: Path | str) -> sqlite3.Connection:
@@ -118,7 +134,9 @@ class FeatureCache:
         """An in-memory store for the rest of the run, after one warning line naming the cause."""
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
         self.problem = f"feature cache {self.path} not usable ({reason}): going on without caching"
-        print(f"warning: {self.problem}", file=sys.stderr, flush=True)
+        if self.problem not in _WARNED:  # once per process, however many caches open the same place
+            _WARNED.add(self.problem)
+            print(f"warning: {self.problem}", file=sys.stderr, flush=True)
         return self._connect(":memory:")
 
     @contextmanager
