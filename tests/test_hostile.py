@@ -276,6 +276,7 @@ def test_predict_exits_non_zero_when_no_file_could_be_read(battery, tmp_path):
     assert_one_line_error(run("predict", battery["out"], tmp_path / "empty", timeout=120), "no image files")
 
 
+@pytest.mark.slow
 def test_evaluate_and_report_on_hostile_data(battery, tmp_path):
     out = tmp_path / "eval"
     proc = run("evaluate", battery["out"], battery["data"], "--out", out, "--split", "all", env=ENV)
@@ -470,6 +471,7 @@ def test_damaged_model_files_are_one_line_errors_in_predict(battery, tmp_path, c
     assert fragment in lines[0] and "Traceback" not in result.output, lines[0]
 
 
+@pytest.mark.slow
 def test_altered_weights_never_share_the_original_cache_and_are_refused(battery, tmp_path):
     import headstart
     from headstart.models.backbones import create_backbone
@@ -673,8 +675,13 @@ def test_stale_temporary_files_are_cleaned_live_ones_kept(tmp_path):
     dead.write_bytes(b"half")
     live = tmp_path / f".features.{os.getpid()}.1.tmp"
     live.write_bytes(b"being written")
-    assert clean_stale_temporaries(tmp_path) == 1
-    assert not dead.exists() and live.exists()
+    recent = tmp_path / ".net.xml.999999998.tmp"  # maybe another machine's write in progress
+    recent.write_bytes(b"fresh")
+    hour_ago = time.time() - 3600
+    for path in (dead, live):
+        os.utime(path, (hour_ago, hour_ago))
+    assert clean_stale_temporaries(tmp_path, min_age=600) == 1
+    assert not dead.exists() and live.exists() and recent.exists()
 
 
 def test_file_changed_after_hashing_is_never_cached_under_the_old_hash(tmp_path, monkeypatch):

@@ -166,23 +166,30 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(folder: str | Path, depth: int = 1) -> int:
+def clean_stale_temporaries(folder: str | Path, depth: int = 1, min_age: float = 0.0) -> int:
     """Remove temporary files of writes a killed process left behind (``atomic_path``'s
-    ``.NAME.PID[.THREAD].tmp`` whose process is gone) in ``folder`` and ``depth`` levels below;
-    returns how many. A write in progress (its process alive) is left alone."""
+    ``.NAME.PID[.THREAD].tmp`` whose process is gone, untouched for ``min_age`` seconds) in
+    ``folder`` and ``depth`` levels below; returns how many.
+
+    Rule: a write in progress is left alone: its process is alive, and in a folder other machines
+    or containers may share (another process numbering), a recent file is never taken for stale.
+    """
     removed = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
+    now = time.time()
     for entry in entries:
         match = TEMPORARY_NAME.match(entry.name)
         try:
-            if match and entry.is_file(follow_symlinks=False) and not _process_alive(int(match.group(1))):
-                os.unlink(entry.path)
-                removed += 1
+            if match and entry.is_file(follow_symlinks=False):
+                old = now - entry.stat(follow_symlinks=False).st_mtime >= min_age
+                if old and not _process_alive(int(match.group(1))):
+                    os.unlink(entry.path)
+                    removed += 1
             elif depth > 0 and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                removed += clean_stale_temporaries(entry.path, depth - 1)
+                removed += clean_stale_temporaries(entry.path, depth - 1, min_age)
         except OSError:
             continue
     return removed

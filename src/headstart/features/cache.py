@@ -27,7 +27,8 @@ import numpy as np
 from headstart.core.io import clean_stale_temporaries
 from headstart.data.images import read_bytes
 
-FEATURE_FORMAT = 1  # bump when what a cached vector means changes
+FEATURE_FORMAT = 1
+STALE_AFTER_S = 600  # a temporary file in the (maybe shared) cache untouched this long is a killed write  # bump when what a cached vector means changes
 
 
 def default_cache_dir() -> Path:
@@ -89,7 +90,7 @@ class FeatureCache:
         self._lock = threading.Lock()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            clean_stale_temporaries(self.root)
+            clean_stale_temporaries(self.root, min_age=STALE_AFTER_S)
             self._db = self._open()
         except OSError as e:
             self._db = self._without_caching(e)
