@@ -7,6 +7,7 @@ A mistyped command or flag gets the usage line and a one-line ``Error: ...`` fro
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -49,6 +50,7 @@ from headstart.cli.options import (
     WeightsFile,
 )
 from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.io import terminal_safe
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -101,7 +103,8 @@ class HeadstartGroup(TyperGroup):
         except HeadstartError as error:
             name = ctx.invoked_subcommand
             command = self.get_command(ctx, name) if name else None
-            typer.echo(f"error: {user_message(error, command)}", err=True)
+            # one line whatever the names in it hold (newlines, control characters)
+            typer.echo(f"error: {terminal_safe(user_message(error, command), keep='')}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from error
         except KeyboardInterrupt as interrupt:
             typer.echo("interrupted", err=True)
@@ -126,6 +129,14 @@ def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     from headstart.features.cache import default_cache_dir
 
     return fetch_flowers(Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+def _check_train_values(batch_size: Optional[int], time_budget: Optional[float]) -> None:
+    """Flags whose CLI meaning differs from the library parameter's (``None`` picks a default)."""
+    if batch_size is not None and batch_size < 1:
+        raise ParameterError("batch_size", f"must be at least 1 (got {batch_size})")
+    if time_budget is not None and not time_budget > 0:
+        raise ParameterError("time_budget", f"must be a number of minutes > 0 (got {time_budget:g})")
 
 
 @app.command()
@@ -162,8 +173,7 @@ def train(
     if resume is not None:
         ImageClassifier.resume(resume, verbose=not quiet)
         return
-    if time_budget is not None and not time_budget > 0:
-        raise ParameterError("time_budget", f"must be a number of minutes > 0 (got {time_budget:g})")
+    _check_train_values(batch_size, time_budget)
     finetune = strategy is Strategy.finetune
     clf = ImageClassifier(
         strategy=strategy.value,
@@ -272,35 +282,24 @@ def predict(
     """Top-k labels with probabilities for each image."""
     from headstart.estimator.classifier import load
 
+    if top_k < 1:
+        raise ParameterError("k", f"must be at least 1 (got {top_k})")
     clf = load(model, cache_dir=cache_dir, verbose=False)
     results = clf.predict_top_k(paths, k=top_k)
     if format is Format.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
+        # a non-UTF-8 file name becomes a \\udcXX escape: valid JSON that reads back exact
+        _write_stdout(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "backslashreplace")
     elif format is Format.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "label", "probability", "error"])
-        for r in results:
-            if r.get("error"):
-                writer.writerow([r["path"], "", "", "", r["error"]])
-            for rank, p in enumerate(r["predictions"], start=1):
-                writer.writerow([r["path"], rank, p["label"], f"{p['probability']:.6f}", ""])
+        _write_stdout(_predictions_csv(results), "surrogateescape")
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(show_header=True, header_style="bold")
-        table.add_column("image", overflow="fold")
-        for rank in range(1, min(top_k, len(clf.classes_)) + 1):
-            table.add_column(f"#{rank}")
-        for r in results:
-            cells = [f"{p['label']} {p['probability']:.1%}" for p in r["predictions"]]
-            if r.get("error"):
-                cells = [f"[red]skipped: {r['error']}[/red]"]
-            table.add_row(os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"], *cells)
-        Console(width=max(100, Console().width)).print(table)
+        _print_table(results, min(top_k, len(clf.classes_)))
     bad = [r for r in results if r.get("error")]
     if bad:
         print(f"{len(bad)} of {len(results)} file(s) could not be read", file=sys.stderr)
+    if len(bad) == len(results):
+        raise HeadstartError(
+            "no image could be read" if results else "no image files found in the paths given"
+        )
     if annotate is not None:
         from headstart.core.progress import ConsoleProgress
         from headstart.reporting.annotate import annotate_predictions
@@ -309,6 +308,58 @@ def predict(
             results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
         )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+
+
+def _write_stdout(text: str, errors: str) -> None:
+    """``text`` to stdout as UTF-8; ``errors`` says what becomes of non-UTF-8 file names."""
+    data = text.encode("utf-8", errors)
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+
+
+def _predictions_csv(results: list[dict[str, Any]]) -> str:
+    """predict's CSV: names are data, so a cell that starts like a formula is protected."""
+    from headstart.core.io import protect_cell
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["path", "rank", "label", "probability", "error"])
+    for r in results:
+        if r.get("error"):
+            writer.writerow([protect_cell(r["path"]), "", "", "", protect_cell(r["error"])])
+        for rank, p in enumerate(r["predictions"], start=1):
+            writer.writerow(
+                [protect_cell(r["path"]), rank, protect_cell(p["label"]), f"{p['probability']:.6f}", ""]
+            )
+    return out.getvalue()
+
+
+def _print_table(results: list[dict[str, Any]], columns: int) -> None:
+    """predict's table: file and class names are shown as they are, never read as rich markup,
+    emoji codes or terminal control characters."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    def shown(text: str) -> str:
+        return escape(terminal_safe(text, keep=""))
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("image", overflow="fold")
+    for rank in range(1, columns + 1):
+        table.add_column(f"#{rank}")
+    for r in results:
+        cells = [f"{shown(p['label'])} {p['probability']:.1%}" for p in r["predictions"]]
+        if r.get("error"):
+            cells = [f"[red]skipped: {shown(r['error'])}[/red]"]
+        path = os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"]
+        table.add_row(shown(path), *cells)
+    Console(width=max(100, Console().width), emoji=False, highlight=False).print(table)
 
 
 @app.command()

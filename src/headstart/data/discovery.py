@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from headstart.core.errors import HeadstartError
+from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.io import unprotect_cell
 from headstart.data.images import is_image_name
 
 SPLIT_NAMES = {
@@ -188,12 +189,17 @@ def _read_csv(path: Path) -> tuple[list[Sample], list[tuple[str, str]]]:
         if len(row) <= max(path_col, label_col) or not row[path_col].strip():
             ignored.append((f"{path}:{line_no}", "CSV row without path and label"))
             continue
-        file = Path(row[path_col].strip())
+        file = Path(unprotect_cell(row[path_col].strip()))
         file = file if file.is_absolute() else path.parent / file
         split = None
-        if split_col is not None and len(row) > split_col:
+        if split_col is not None and len(row) > split_col and row[split_col].strip():
             split = _normal_split(row[split_col])
-        samples.append(Sample(str(file), row[label_col].strip(), split))
+            if split is None:
+                raise HeadstartError(
+                    f"CSV {path} line {line_no}: unknown split {row[split_col].strip()!r} "
+                    "(use train, val or test, or leave the split column out)"
+                )
+        samples.append(Sample(str(file), unprotect_cell(row[label_col].strip()), split))
     return samples, ignored
 
 
@@ -241,21 +247,38 @@ def discover(source: str | Path, labels_from: str = "auto") -> Dataset:
 
 
 def expand_paths(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given, folders as their images (recursively, sorted); missing paths reported."""
+    """Files as given, folders as their images (recursively, sorted, through the same loop-safe
+    walk as ``discover``); missing paths and unreadable folders reported."""
     files: list[str] = []
     missing: list[tuple[str, str]] = []
     for p in paths:
         p = Path(p).expanduser()
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [
-                    str(Path(dirpath) / f)
-                    for f in sorted(filenames)
-                    if is_image_name(f) and not f.startswith(".")
-                ]
+            ignored: list[tuple[str, str]] = []
+            files += [str(f) for f in _walk_images(p, ignored)]
+            missing += [(f, reason) for f, reason in ignored if reason.startswith("folder unreadable")]
         elif p.exists():
             files.append(str(p))
         else:
             missing.append((str(p), "path not found"))
     return files, missing
+
+
+def check_out_dir(out_dir: str | Path | None, data: str | Path | Dataset) -> None:
+    """Refuse a run folder inside a data folder: the next run would find it as a class (and
+    headstart never writes into the user's data)."""
+    if out_dir is None:
+        return
+    if isinstance(data, Dataset):
+        root = None if data.kind == "csv" else data.root
+    else:
+        root = Path(data).expanduser() if Path(data).expanduser().is_dir() else None
+    if root is None:
+        return
+    root_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
+    if out_real == root_real or out_real.startswith(root_real.rstrip(os.sep) + os.sep):
+        raise ParameterError(
+            "out_dir",
+            f"{out_dir} is inside the data folder {root}: choose a run folder outside it "
+            "(headstart never writes into your data)",
+        )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from headstart.core.errors import HeadstartError
+from headstart.core.io import unprotect_cell
 from headstart.data.discovery import Dataset, Sample
 
 
@@ -38,7 +39,7 @@ def read_exclude_list(path: str | Path) -> list[str]:
         if "path" not in header:
             raise HeadstartError(f"--exclude CSV {path} needs a 'path' column")
         col = header.index("path")
-        return [r[col] for r in rows[1:] if len(r) > col and r[col].strip()]
+        return [unprotect_cell(r[col]) for r in rows[1:] if len(r) > col and r[col].strip()]
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 

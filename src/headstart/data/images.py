@@ -6,7 +6,11 @@ reported and skipped instead of ending a run.
 
 from __future__ import annotations
 
+import errno
+import functools
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from headstart.core.errors import BadImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# The only decoders a file reaches, whatever its name: never PostScript (Ghostscript), PDF, SVG...
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+DEFAULT_MAX_FILE_MB = 100
+DEFAULT_MAX_PIXELS = 100_000_000  # a 10,000 x 10,000 photo; a larger header is a bomb until shown otherwise
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -24,11 +32,65 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """Read a whole file, turning OS errors into a reason a person understands."""
+def max_file_bytes() -> int:
+    """The largest file headstart reads: ``$HEADSTART_MAX_FILE_MB`` megabytes (default 100)."""
+    return int(float(os.environ.get("HEADSTART_MAX_FILE_MB") or DEFAULT_MAX_FILE_MB) * 1_000_000)
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image may declare before it is decoded: ``$HEADSTART_MAX_PIXELS``."""
+    return int(float(os.environ.get("HEADSTART_MAX_PIXELS") or DEFAULT_MAX_PIXELS))
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
+
+
+def _open_regular(path: str | Path) -> int:
+    """A descriptor of ``path`` opened without blocking (a FIFO with no writer would block a plain
+    open forever); anything but a regular file is refused before a byte is read."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket (or a link to one)
+            try:
+                raise BadImageError(f"not a regular file: {_kind(os.stat(path).st_mode)}") from e
+            except OSError:
+                pass
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        raise BadImageError(f"not a regular file: {_kind(st.st_mode)}")
+    return fd
+
+
+def read_bytes(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """Read a whole regular file, turning OS errors into a reason a person understands.
+
+    Rule: only regular files are read (pipes, sockets and devices are skipped without blocking),
+    and never more than ``max_bytes`` (default ``max_file_bytes()``).
+    """
+    limit = max_file_bytes() if max_bytes is None else max_bytes
+    try:
+        fd = _open_regular(path)
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise BadImageError(
+                    f"too large: {size / 1e6:.3g} MB, over the {limit / 1e6:.3g} MB limit (HEADSTART_MAX_FILE_MB)"
+                )
+            data = f.read(limit + 1)
     except PermissionError as e:
         raise BadImageError("unreadable: permission denied") from e
     except IsADirectoryError as e:
@@ -37,12 +99,32 @@ def read_bytes(path: str | Path) -> bytes:
         raise BadImageError("file not found (deleted or a broken link?)") from e
     except OSError as e:
         raise BadImageError(f"unreadable: {e.strerror or e}") from e
+    if len(data) > limit:
+        raise BadImageError(f"too large: over the {limit / 1e6:.3g} MB limit (HEADSTART_MAX_FILE_MB)")
+    return data
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
     rgba = img.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float pixels to 8-bit gray, in the image's own dtype or float32
+    (never a float64 copy of the whole image): 16-bit values scaled by 1/257, wider ranges and
+    floats stretched from their minimum to their maximum."""
+    arr = np.asarray(img)
+    hi = float(arr.max()) if arr.size else 0.0
+    if img.mode == "F" or hi > 65535:
+        lo = float(arr.min()) if arr.size else 0.0
+        scaled = (arr.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / max(hi - lo, 1e-12))
+    elif hi > 255:
+        scaled = arr // 257
+    else:
+        scaled = arr
+    gray = np.clip(scaled, 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -53,15 +135,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         return _flatten_alpha(img)
     if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
-        if mode == "F" or hi > 65535:
-            lo = float(arr.min())
-            arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
-        elif hi > 255:
-            arr = arr / 257.0
-        gray = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
-        return gray.convert("RGB")
+        return _wide_to_rgb(img)
     return img.convert("RGB")
 
 
@@ -76,12 +150,15 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=_accepted_formats())
+            _check_pixels(img)
             if min_side and img.format == "JPEG" and isinstance(img, ImageFile.ImageFile):
                 img.draft("RGB", (min_side, min_side))
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return to_rgb(img)
+    except BadImageError:
+        raise
     except Image.DecompressionBombError as e:
         raise BadImageError("too large: over Pillow's decompression-bomb pixel limit") from e
     except UnidentifiedImageError as e:
@@ -91,8 +168,27 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
         if "truncated" in text.lower():
             raise BadImageError("truncated image (file cut short)") from e
         raise BadImageError(f"damaged image: {text[:120]}") from e
-    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this one file's problem
         raise BadImageError(f"damaged image: {type(e).__name__}: {str(e)[:100]}") from e
+
+
+@functools.cache
+def _accepted_formats() -> tuple[str, ...]:
+    """``ACCEPTED_FORMATS`` this Pillow has (its plugins registered once, so MPO and WebP are known)."""
+    Image.init()
+    return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN)
+
+
+def _check_pixels(img: Image.Image) -> None:
+    """Refuse a header that declares more pixels than ``max_image_pixels()`` before decoding
+    (opening is lazy: only the header has been read)."""
+    width, height = img.size
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise BadImageError(
+            f"too large: {width} x {height} pixels, over the decompression-bomb limit of "
+            f"{limit:,} (HEADSTART_MAX_PIXELS)"
+        )
 
 
 class Preprocessor:

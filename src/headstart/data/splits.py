@@ -18,7 +18,7 @@ from headstart.data.discovery import Sample
 
 def _class_rng(seed: int, label: str) -> np.random.Generator:
     # Per-class streams: adding a class never reshuffles the others.
-    return np.random.default_rng([seed, zlib.crc32(label.encode())])
+    return np.random.default_rng([seed, zlib.crc32(label.encode("utf-8", "surrogateescape"))])
 
 
 def make_split(

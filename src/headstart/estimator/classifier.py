@@ -34,7 +34,7 @@ from headstart.core.params import (
     validate_params,
 )
 from headstart.data.augment import PRESETS
-from headstart.data.discovery import Dataset, Sample, discover, expand_paths
+from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune
 from headstart.estimator.fitting import (
     Split,
@@ -67,6 +67,7 @@ from headstart.runs.writer import (
 )
 from headstart.training.loop import CHECKPOINT_DIR, FineTuneSettings
 
+EVALUATION_SPLITS = ("auto", "all", "test", "val", "train")
 FEATURE_EXTRACTION = "feature-extraction"
 FINETUNE = "finetune"
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -334,7 +335,10 @@ class ImageClassifier(BaseEstimator):
     ) -> ImageClassifier:
         self._check_params()
         clock, started = Stopwatch(), time.time()
+        check_out_dir(out_dir, data)
         writer = RunWriter(out_dir, self.verbose)
+        if not resume:
+            writer.remove_stale_files()
         if self.strategy == FINETUNE:
             self._start_finetune_run(data, writer, resume)
         dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
@@ -512,6 +516,8 @@ class ImageClassifier(BaseEstimator):
 
     def predict_top_k(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
         """``[{"path", "predictions": [{"label", "probability"}...]}]``; folders are expanded."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ParameterError("k", f"must be a whole number of at least 1 (got {k!r})")
         files, missing = expand_paths(paths)
         proba, errors = self._proba_and_errors(files) if files else (np.zeros((0, len(self.classes_))), {})
         out: list[dict[str, Any]] = []
@@ -541,9 +547,12 @@ class ImageClassifier(BaseEstimator):
         training images never count); on any other data, every image.
         """
         self._check_fitted()
+        if split not in EVALUATION_SPLITS:
+            raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
         t0 = time.perf_counter()
-        writer = RunWriter(out_dir, self.verbose)
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
+        check_out_dir(out_dir, dataset)
+        writer = RunWriter(out_dir, self.verbose)
         samples, used = self._evaluation_samples(dataset, split)
         known, skipped = self._known_samples(dataset, samples)
         result = self._extract([s.path for s in known])
@@ -648,7 +657,10 @@ class ImageClassifier(BaseEstimator):
         try:
             clf.backbone_ = backbone_from_state(b["name"], state, b)
             clf.head_ = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
-        except (KeyError, RuntimeError, ValueError) as e:
+            _check_head_shape(clf.head_, clf.backbone_.num_features, len(meta["classes"]))
+        except HeadstartError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
             raise HeadstartError(
                 f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
             ) from e
@@ -658,6 +670,17 @@ class ImageClassifier(BaseEstimator):
         clf.metrics_ = meta.get("metrics", {})
         clf.meta_ = meta
         return clf
+
+
+def _check_head_shape(head: Head, num_features: int, n_classes: int) -> None:
+    """The head takes ``num_features`` inputs and gives one probability per class (a file whose
+    head and metadata disagree would otherwise fail at the first prediction)."""
+    with np.errstate(all="ignore"):
+        proba = np.asarray(head.predict_proba(np.zeros((1, num_features), dtype=np.float32)))
+    if proba.shape != (1, n_classes):
+        raise ValueError(
+            f"its head gives {proba.shape[-1] if proba.ndim else 0} outputs for {n_classes} classes"
+        )
 
 
 class FineTuneClassifier(ImageClassifier):

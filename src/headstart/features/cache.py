@@ -7,20 +7,28 @@ is remembered with its size, mtime and inode, so an unchanged file is not read a
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import os
+import shutil
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from headstart.core.io import clean_stale_temporaries
 from headstart.data.images import read_bytes
 
-FEATURE_FORMAT = 1  # bump when what a cached vector means changes
+FEATURE_FORMAT = 1
+STALE_AFTER_S = 600  # a temporary file in the (maybe shared) cache untouched this long is a killed write  # bump when what a cached vector means changes
 
 
 def default_cache_dir() -> Path:
@@ -42,41 +50,78 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+_WARNED: set[str] = set()
+
+
+def _scratch_folder() -> Path:
+    """A private folder removed when the process ends: the cache's place for one run."""
+    path = tempfile.mkdtemp(prefix="headstart-cache-")
+    atexit.register(shutil.rmtree, path, True)
+    return Path(path)
+
+
+CORRUPTION_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def is_corruption(error: sqlite3.Error) -> bool:
+    """True for a file SQLite cannot read as a database (moved aside); False for a fault of the
+    moment or the place (locked, disk full, read-only folder), which leaves the file alone."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name:
+        return name.startswith(CORRUPTION_CODES)
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError)
+
+
 class FeatureCache:
     """SQLite store of float32 vectors with a checksum per row.
 
     A row whose checksum or length does not match is treated as missing (and recomputed);
-    a database file that SQLite cannot read is moved aside and started afresh.
+    a database file that SQLite cannot read is moved aside and started afresh. A cache that
+    cannot be used now (locked, disk full, read-only folder) gives one warning and the run goes
+    on without caching: the cache is a speed-up, never a reason to fail.
     """
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, timeout: float = 60.0) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "features.sqlite"
         self.damaged = 0
+        self.timeout = timeout
+        self.problem = ""  # why the cache is not in use (empty while it is)
         self._lock = threading.Lock()
-        self._db = self._open()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_stale_temporaries(self.root, min_age=STALE_AFTER_S)
+            self._db = self._open()
+        except OSError as e:
+            self._db = self._without_caching(e)
+            self.root = _scratch_folder()  # exported networks and backbones too, for this run only
+        except sqlite3.Error as e:
+            self._db = self._without_caching(e)
+
+    def _connect(self, path: Path | str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=self.timeout, check_same_thread=False)
+        if path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL never corrupts the file; a power cut may only lose the newest
+        # rows, which are recomputed. FULL would fsync every batch (~10% of a cold run).
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS features (ns TEXT, key TEXT, dim INTEGER, "
+            "crc TEXT, data BLOB, PRIMARY KEY (ns, key))"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, inode INTEGER, hash TEXT)"
+        )
+        db.execute("SELECT count(*) FROM features LIMIT 1").fetchone()
+        return db
 
     def _open(self) -> sqlite3.Connection:
         for attempt in range(2):
             try:
-                db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL never corrupts the file; a power cut may only lose the newest
-                # rows, which are recomputed. FULL would fsync every batch (~10% of a cold run).
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS features (ns TEXT, key TEXT, dim INTEGER, "
-                    "crc TEXT, data BLOB, PRIMARY KEY (ns, key))"
-                )
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER, "
-                    "mtime_ns INTEGER, inode INTEGER, hash TEXT)"
-                )
-                db.execute("SELECT count(*) FROM features LIMIT 1").fetchone()
-                return db
-            except sqlite3.DatabaseError:
-                if attempt:
+                return self._connect(self.path)
+            except sqlite3.Error as e:
+                if attempt or not is_corruption(e):
                     raise
                 aside = self.path.with_name(f"features.sqlite.damaged-{int(time.time())}")
                 warnings.warn(f"feature cache {self.path} is damaged; moved to {aside.name}")
@@ -86,6 +131,25 @@ class FeatureCache:
                         p.rename(Path(str(aside) + suffix))
         raise AssertionError("unreachable")
 
+    def _without_caching(self, error: Exception) -> sqlite3.Connection:
+        """An in-memory store for the rest of the run, after one warning line naming the cause."""
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        self.problem = f"feature cache {self.path} not usable ({reason}): going on without caching"
+        if self.problem not in _WARNED:  # once per process, however many caches open the same place
+            _WARNED.add(self.problem)
+            print(f"warning: {self.problem}", file=sys.stderr, flush=True)
+        return self._connect(":memory:")
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Run one cache operation; a fault switches the run to an in-memory cache instead of failing."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._without_caching(e)
+
     @staticmethod
     def _crc(blob: bytes) -> str:
         return hashlib.blake2b(blob, digest_size=8).hexdigest()
@@ -94,7 +158,7 @@ class FeatureCache:
         """The stored vectors of ``keys`` in namespace ``ns``; a missing or damaged row is left out."""
         found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(keys))
-        with self._lock:
+        with self._lock, self._guard():
             for i in range(0, len(unique), 500):
                 chunk = unique[i : i + 500]
                 marks = ",".join("?" * len(chunk))
@@ -115,14 +179,14 @@ class FeatureCache:
         for key, vec in items:
             blob = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
             rows.append((ns, key, len(blob) // 4, self._crc(blob), blob))
-        with self._lock, self._db:
+        with self._lock, self._guard(), self._db:
             self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
 
     def known_hashes(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str]]:
         """Content hashes seen before, with the file stat they were computed for."""
         found: dict[str, tuple[int, int, int, str]] = {}
         original = {_db_text(p): p for p in paths}
-        with self._lock:
+        with self._lock, self._guard():
             for i in range(0, len(paths), 500):
                 chunk = [_db_text(p) for p in paths[i : i + 500]]
                 marks = ",".join("?" * len(chunk))
@@ -136,7 +200,7 @@ class FeatureCache:
     def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
         """Store ``(path, size, mtime_ns, inode, hash)`` rows for ``known_hashes``."""
         stored = [(_db_text(p), size, mtime, inode, h) for p, size, mtime, inode, h in rows]
-        with self._lock, self._db:
+        with self._lock, self._guard(), self._db:
             self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", stored)
 
     def close(self) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 from headstart.core.errors import BadImageError
 from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink
 from headstart.core.system import usable_core_count
-from headstart.data.images import Preprocessor
-from headstart.features.cache import FEATURE_FORMAT, FeatureCache, hash_file
+from headstart.data.images import Preprocessor, decode_image, read_bytes
+from headstart.features.cache import FEATURE_FORMAT, FeatureCache, content_hash, hash_file
 from headstart.features.engines import Engine, build_engine, engine_precision, resolve_engine
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 
@@ -98,14 +98,26 @@ class FeatureExtractor:
             )
         return self._engine
 
-    def _decode(self, path: str) -> np.ndarray | str:
+    def _decode(self, path: str, expected_hash: str | None = None) -> np.ndarray | str:
+        """One file's pixels, or the reason it cannot be used.
+
+        Rule: the bytes decoded are the bytes hashed: a file whose content no longer matches the
+        hash it is cached under is refused, so features are never stored under another file's hash.
+        """
         try:
-            return self.preprocess.load(path)
+            data = read_bytes(path)
+            if expected_hash is not None and content_hash(data) != expected_hash:
+                return "changed while being read (re-run to use its new content)"
+            return self.preprocess(decode_image(data, self.preprocess.min_side))
         except BadImageError as e:
             return e.reason
 
     def _batches(
-        self, pool: ThreadPoolExecutor, paths: Sequence[str], prefetch: int = 3
+        self,
+        pool: ThreadPoolExecutor,
+        paths: Sequence[str],
+        prefetch: int = 3,
+        hashes: Sequence[str | None] | None = None,
     ) -> Iterator[list[tuple[int, np.ndarray | str]]]:
         """Yield decoded batches in order, keeping only ``prefetch`` batches in flight."""
         pending: deque[list[tuple[int, Future]]] = deque()
@@ -115,7 +127,9 @@ class FeatureExtractor:
             start = next(starts, None)
             if start is not None:
                 idx = range(start, min(start + self.batch_size, len(paths)))
-                pending.append([(i, pool.submit(self._decode, paths[i])) for i in idx])
+                pending.append(
+                    [(i, pool.submit(self._decode, paths[i], hashes[i] if hashes else None)) for i in idx]
+                )
 
         for _ in range(prefetch):
             submit_next()
@@ -239,7 +253,7 @@ class FeatureExtractor:
         """
         rep_hashes = list(todo)
         rep_paths = [paths[idxs[0]] for idxs in todo.values()]
-        batches = self._batches(pool, rep_paths, prefetch=3 if engine_future.done() else 12)
+        batches = self._batches(pool, rep_paths, 3 if engine_future.done() else 12, rep_hashes)
         first = next(batches)
         engine: Engine = engine_future.result()
         clock["engine"] = time.perf_counter()

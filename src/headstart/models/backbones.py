@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headstart.core.errors import HeadstartError
 from headstart.core.io import atomic_path
 
@@ -35,6 +37,7 @@ class Backbone:
     num_features: int = 0
     _model: Any = None
     _state: dict[str, Any] | None = field(default=None, repr=False)
+    _content_id: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if self._model is not None:
@@ -50,14 +53,32 @@ class Backbone:
 
             assert self._state is not None, "backbone has neither a model nor saved weights"
             model = _create(self.name, pretrained=False, num_classes=0)
-            model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._state.items()})
+            try:
+                model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._state.items()})
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise HeadstartError(
+                    f"the saved weights do not fit backbone '{self.name}' ({str(e).splitlines()[0][:120]})"
+                ) from e
+            if self.weights_id and state_dict_digest(model.state_dict()) != self.weights_id:
+                raise HeadstartError(
+                    f"the saved weights of backbone '{self.name}' do not match their recorded digest "
+                    f"{self.weights_id}: the model file was altered; train it again"
+                )
             self._model = model.eval()
         return self._model
 
     @property
     def key(self) -> str:
-        """Identity of what this backbone computes: architecture, weights and preprocessing."""
-        spec = {"name": self.name, "weights": self.weights_id, "data": _jsonable(self.data_config)}
+        """Identity of what this backbone computes: architecture, weights and preprocessing.
+
+        Rule: the weights part is computed from the tensors themselves (``tensor_digest``), never
+        taken from a file's metadata, so a model file cannot claim another network's cache entries.
+        """
+        if not self._content_id:
+            self._content_id = tensor_digest(
+                self._state if self._state is not None else self.model.state_dict()
+            )
+        spec = {"name": self.name, "weights": self._content_id, "data": _jsonable(self.data_config)}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
     def state_arrays(self) -> dict[str, Any]:
@@ -89,6 +110,33 @@ def state_dict_digest(state: dict[str, Any]) -> str:
         t = tensor.detach().cpu().contiguous()
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def _tensor_bytes(tensor: Any) -> tuple[str, bytes]:
+    """dtype name and raw bytes of a numpy array or a torch tensor (same for the same values)."""
+    if isinstance(tensor, np.ndarray):
+        arr = np.ascontiguousarray(tensor)
+        return arr.dtype.name, arr.tobytes()
+    import torch
+
+    t = tensor.detach().cpu().contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return str(t.dtype).removeprefix("torch."), data
+
+
+def tensor_digest(state: dict[str, Any]) -> str:
+    """A content hash of named tensors in name order (numpy arrays and torch tensors alike), so
+    weights read from a file and the same weights in a network get the same digest.
+
+    Shapes are left out: the architecture fixes them (a file stores a scalar as shape (1,)),
+    and weights of another shape do not load into it.
+    """
+    h = hashlib.sha256()
+    for key in sorted(state):
+        dtype, data = _tensor_bytes(state[key])
+        h.update(json.dumps([key, dtype, len(data)]).encode())
+        h.update(data)
     return h.hexdigest()[:24]
 
 

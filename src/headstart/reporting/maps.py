@@ -101,6 +101,9 @@ def embed_features(
         xy = np.hstack([xy, np.zeros((n, 2 - xy.shape[1]))])
     xy = xy.astype(np.float32)
     if path is not None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, xy, allow_pickle=False)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, xy, allow_pickle=False)
+        except OSError:
+            pass  # the cache is a speed-up: a read-only or full disk only costs the next run time
     return FeatureMap(xy, used, time.perf_counter() - t0, False)

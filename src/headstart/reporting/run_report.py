@@ -23,7 +23,6 @@ all``) needs features, hence a model: the estimator computes them and stores the
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import os
 import time
@@ -37,7 +36,7 @@ import numpy as np
 from markupsafe import Markup
 
 from headstart.core.errors import HeadstartError
-from headstart.core.io import atomic_path, write_bytes, write_json, write_rows
+from headstart.core.io import atomic_path, read_rows, write_bytes, write_json, write_rows
 from headstart.evaluation.calibration import CALIBRATION_BINS, expected_calibration_error
 from headstart.evaluation.confusion import confused_pairs
 from headstart.reporting import plots
@@ -173,10 +172,8 @@ def write_run_report(
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """A CSV of the run as written (non-UTF-8 file names kept, formula protection removed)."""
+    return read_rows(path)
 
 
 def _resolve(path: str, root: str | None) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.core.io import write_json, write_rows, write_text
-from headstart.data.discovery import Dataset
+from headstart.data.discovery import Dataset, check_out_dir
 from headstart.doctor.diagnosis import diagnose
 from headstart.doctor.duplicates import NEAR_COSINE
 from headstart.doctor.report import LABEL_RANKING_COLUMNS, CheckReport, report_dict
@@ -44,6 +44,7 @@ def run_doctor(
     summary lines to show the user.
     """
     started = time.perf_counter()
+    check_out_dir(out_dir, data)
     report = diagnose(
         data,
         backbone=backbone,

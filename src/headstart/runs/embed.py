@@ -18,7 +18,7 @@ from typing import Any
 
 from headstart.core.errors import HeadstartError
 from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
-from headstart.data.discovery import Dataset, Sample, discover
+from headstart.data.discovery import Dataset, Sample, check_out_dir, discover
 from headstart.features.extractor import ExtractionResult, build_extractor
 from headstart.reporting.maps import FeatureMap, embed_features
 from headstart.reporting.run_report import write_map_page
@@ -68,6 +68,7 @@ def embed_map(
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
+    check_out_dir(out, data)
     log = RunLog(out, verbose)
     dataset = discover(data, labels_from)
     log(f"found {len(dataset.samples)} images in {len(dataset.classes)} classes in {dataset.root}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from headstart.core.errors import ParameterError
-from headstart.core.io import RunLog, write_bytes, write_json, write_rows
+from headstart.core.io import RunLog, clean_stale_temporaries, write_bytes, write_json, write_rows
 from headstart.data.discovery import Dataset, Sample
 from headstart.doctor import CheckReport
 from headstart.reporting.plots import write_confusion_matrix
@@ -48,9 +49,20 @@ from headstart.reporting.run_report import (
     build_report,
     save_map,
 )
+from headstart.training.loop import CHECKPOINT_DIR, HISTORY_FILE, TENSORBOARD_DIR
 
 MODEL_FILE = "model.safetensors"
 RUN_CONFIG = "finetune.json"
+# Files of one run that another run in the same folder does not rewrite (a new run removes them,
+# so the report never mixes two runs): fine-tuning's, and those written only when there is data.
+STALE_FILES = (
+    RUN_CONFIG,
+    HISTORY_FILE,
+    CHECKPOINT_DIR,
+    TENSORBOARD_DIR,
+    "duplicate_groups.csv",
+    "excluded.csv",
+)
 
 
 @dataclass
@@ -96,7 +108,21 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path | None, verbose: bool = True) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            clean_stale_temporaries(self.run_dir)
         self.log = RunLog(self.run_dir, verbose)
+
+    def remove_stale_files(self) -> None:
+        """Files an earlier run left in this folder that this run will not write again
+        (``STALE_FILES``): removed at the start of a new (not resumed) run."""
+        if self.run_dir is None:
+            return
+        for name in STALE_FILES:
+            path = self.run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
 
     def __call__(self, message: str) -> None:
         self.log(message)
