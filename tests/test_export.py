@@ -142,7 +142,8 @@ def file_metadata(model_file: Path) -> dict[str, str]:
 
     model = ov.Core().read_model(str(model_file))
     return {
-        key: str(model.get_rt_info(["headstart", key])) for key in ("classes", "preprocessing", "precision")
+        key: model.get_rt_info(["headstart", key]).astype(str)
+        for key in ("classes", "preprocessing", "precision")
     }
 
 
