@@ -26,6 +26,7 @@ import numpy as np
 from headstart.core.errors import BadImageError, HeadstartError, ParameterError
 from headstart.core.system import usable_core_count
 from headstart.data.images import decode_image, read_bytes
+from headstart.export.graph import HEAD_SCOPE
 from headstart.export.runtime import prepare_pixels
 
 CALIBRATION_IMAGES = 300
@@ -102,12 +103,17 @@ def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
 
     MinMax calibration keeps only each tensor's per-batch min and max (ReduceMin/ReduceMax outputs),
     so all batches stay in memory cheaply; ORT's ``CalibMaxIntermediateOutputs`` must stay unset: it
-    drops the batches it clears instead of merging them.
+    drops the batches it clears instead of merging them. The head stays fp32: it is a few
+    thousand multiply-adds, and its standardised weights can hold outliers that int8 would flatten.
     """
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
     prepared = out.with_name("prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    head_nodes = [
+        node.name for node in onnx.load(str(prepared)).graph.node if node.name.startswith(HEAD_SCOPE)
+    ]
     quantize_static(
         str(prepared),
         str(out),
@@ -116,6 +122,7 @@ def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
         per_channel=True,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=head_nodes,
     )
     return out
 
