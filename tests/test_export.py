@@ -116,10 +116,13 @@ def test_int8_without_its_training_images_names_what_is_missing(colors_dir, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_exported_probe_matches_headstart_predict(probe_run, flowers_csv, tmp_path, fmt):
     out = tmp_path / fmt
-    model_file = export_model(probe_run, out, fmt, "fp32")
+    result = CliRunner().invoke(app, ["export", str(probe_run), "--format", fmt, "--out", str(out), "-q"])
+    assert result.exit_code == 0 and result.output == "", result.output
+    model_file = out / ("model.onnx" if fmt == "onnx" else "model.xml")
     exported = load_exported(out)
     paths = flowers_paths(flowers_csv)
     pixels = np.stack([exported.load_image(p) for p in paths])
@@ -129,7 +132,6 @@ def test_exported_probe_matches_headstart_predict(probe_run, flowers_csv, tmp_pa
     assert exported.classes == info["classes"] == (out / "labels.txt").read_text().split()
     assert exported.input_size == (224, 224) and info["backbone"] == DEFAULT_BACKBONE
     assert info["test_metrics"]["accuracy"] == info["accuracy"]["fp32_headstart"]
-    assert model_file == out / ("model.onnx" if fmt == "onnx" else "model.xml")
     assert file_metadata(model_file)["classes"] == json.dumps(info["classes"])
 
 
