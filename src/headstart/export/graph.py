@@ -1,0 +1,80 @@
+"""The whole classifier as one torch module: uint8 NHWC pixels -> backbone -> head -> softmax.
+
+Built from a bundle with headstart's own pieces (the feature network of ``features.engines``
+and the head's saved arrays), so the exported graph computes what ``headstart predict`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from headstart.core.errors import HeadstartError
+from headstart.features.engines import pixels_to_features
+from headstart.models.backbones import Backbone
+from headstart.models.heads import Head
+
+KNN_REFUSAL = (
+    "a kNN head cannot be exported: it would carry every training feature inside the file and its "
+    "distance ties break differently in fp16/int8; retrain with --head logistic or mlp to export"
+)
+
+
+def head_module(head: Head) -> Any:
+    """The head as torch layers on features, softmax included.
+
+    The logistic and MLP heads both standardise features with their saved ``mean`` and ``scale``
+    before their first linear layer; that affine step is folded into the layer's weights
+    (``W / scale``, ``b - W @ (mean / scale)``), the same function in one op. A kNN head is refused
+    (see ``KNN_REFUSAL``).
+    """
+    import torch
+
+    arrays = head.arrays()
+    mean, scale = arrays["mean"], arrays["scale"]
+    if head.name == "logistic":
+        layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
+    elif head.name == "mlp":
+        layers = [
+            _standardised_linear(arrays["net.0.weight"], arrays["net.0.bias"], mean, scale),
+            torch.nn.ReLU(),
+            _linear(arrays["net.3.weight"], arrays["net.3.bias"]),
+        ]
+    elif head.name == "knn":
+        raise HeadstartError(KNN_REFUSAL)
+    else:
+        raise HeadstartError(f"cannot export a '{head.name}' head: only logistic and mlp heads export")
+    return torch.nn.Sequential(*layers, torch.nn.Softmax(dim=1))
+
+
+def _standardised_linear(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> Any:
+    """``Linear`` of ``(x - mean) / scale``, computed in float64 before rounding to float32."""
+    w = np.asarray(weight, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
+    b = np.asarray(bias, dtype=np.float64) - w @ np.asarray(mean, dtype=np.float64)
+    return _linear(w, b)
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
+    import torch
+
+    weight = np.asarray(weight, dtype=np.float32)
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight))
+        layer.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
+    return layer
+
+
+HEAD_SCOPE = "/head/"  # the head's nodes in the exported ONNX graph are named /head/...
+
+
+def classifier_module(backbone: Backbone, head: Head) -> Any:
+    """uint8 (N, H, W, 3) pixels -> (N, C) probabilities, in eval mode; its parts are named
+    ``features`` and ``head`` (so are the exported graph's nodes)."""
+    from collections import OrderedDict
+
+    import torch
+
+    parts = OrderedDict(features=pixels_to_features(backbone), head=head_module(head))
+    return torch.nn.Sequential(parts).eval()
