@@ -27,6 +27,13 @@ from headstart.cli.options import (
     EngineChoice,
     Epochs,
     ExcludeFile,
+    ExportForce,
+    ExportFormat,
+    ExportFormatChoice,
+    ExportOut,
+    ExportPrecision,
+    ExportPrecisionChoice,
+    ExportSource,
     Format,
     HeadChoice,
     HeadName,
@@ -378,6 +385,25 @@ def embed(
     from headstart.runs.embed import embed_map
 
     embed_map(data, out, backbone, weights, method.value, labels_from, seed, cache_dir, not quiet)
+
+
+@app.command()
+def export(
+    model: ExportSource,
+    out: ExportOut,
+    format: ExportFormatChoice = ExportFormat.onnx,  # noqa: A002 - the flag's name
+    precision: ExportPrecisionChoice = ExportPrecision.fp32,
+    force: ExportForce = False,
+    quiet: Quiet = False,
+) -> None:
+    """Export a model to ONNX or OpenVINO: uint8 RGB images in, probabilities out (no torch needed)."""
+    from headstart.export.exporter import export_model
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr)
+
+    export_model(model, out, format.value, precision.value, force, say)
 
 
 def main() -> None:

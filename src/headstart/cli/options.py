@@ -113,6 +113,34 @@ ResumeRun = Annotated[
         help="finetune: continue the interrupted run in this folder (DATA and options come from it)."
     ),
 ]
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class ExportPrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+ExportSource = Annotated[Path, typer.Argument(help="A model.safetensors file or the run folder holding it.")]
+ExportFormatChoice = Annotated[
+    ExportFormat,
+    typer.Option("--format", "-f", help="onnx (model.onnx) or openvino (model.xml + model.bin)."),
+]
+ExportPrecisionChoice = Annotated[
+    ExportPrecision,
+    typer.Option(help="fp32, fp16, or int8 (calibrated on up to 300 of the model's training images)."),
+]
+ExportOut = Annotated[
+    Path, typer.Option("--out", "-o", help="Folder for the model file, labels.txt and export.json.")
+]
+ExportForce = Annotated[
+    bool, typer.Option("--force", help="int8: keep the model even if it loses over 1 point of test accuracy.")
+]
 ServeHost = Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
 ServePort = Annotated[int, typer.Option(help="TCP port.")]
 MaxBatch = Annotated[int, typer.Option(help="Most images in one model call (1 turns micro-batching off).")]

@@ -47,10 +47,22 @@ def pixels_to_features(backbone: Backbone) -> Any:
 
 def export_onnx(backbone: Backbone, path: Path, batch_size: int | None) -> Path:
     """Export the feature network; a static batch is ~1.7x faster on CPU than a dynamic one."""
+    _, h, w = backbone.data_config["input_size"]
+    return export_pixels_module(pixels_to_features(backbone), (h, w), path, batch_size, "features")
+
+
+def export_pixels_module(
+    module: Any, size: tuple[int, int], path: Path, batch_size: int | None, output: str
+) -> Path:
+    """Export a torch module that takes uint8 NHWC ``pixels`` of ``size`` (H, W) to ONNX.
+
+    Args:
+        batch_size: a static batch, or None for a dynamic batch axis.
+        output: the name of the graph's one output.
+    """
     import torch
 
-    _, h, w = backbone.data_config["input_size"]
-    module = pixels_to_features(backbone)
+    h, w = size
     example = torch.zeros((batch_size or 2, h, w, 3), dtype=torch.uint8)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
@@ -59,8 +71,8 @@ def export_onnx(backbone: Backbone, path: Path, batch_size: int | None) -> Path:
             (example,),
             str(tmp),
             input_names=["pixels"],
-            output_names=["features"],
-            dynamic_axes=None if batch_size else {"pixels": {0: "batch"}, "features": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes=None if batch_size else {"pixels": {0: "batch"}, output: {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )

@@ -1,0 +1,226 @@
+"""``export_model``: a headstart bundle -> an ONNX or OpenVINO file, with ``labels.txt`` and
+``export.json`` beside it.
+
+The graph is the whole classifier (``export.graph``): uint8 (N, H, W, 3) RGB pixels, already
+resized and centre-cropped (``export.runtime.resize_crop``), in; probabilities out; dynamic batch.
+fp16 and int8 files are derived from the fp32 ONNX graph (see ``export.quantize``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.io import atomic_path, write_json, write_text
+from headstart.data.images import Preprocessor
+from headstart.export.graph import classifier_module
+from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
+from headstart.features.engines import export_pixels_module
+from headstart.models.backbones import backbone_from_state
+from headstart.models.bundle import library_versions, load_bundle
+from headstart.models.heads import restore_head
+
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_FORMAT_VERSION = 1
+
+
+@dataclass
+class Bundle:
+    """A loaded headstart model: its metadata, backbone and head."""
+
+    meta: dict[str, Any]
+    backbone: Any
+    head: Any
+    source: Path
+
+
+def read_bundle(source: str | Path) -> Bundle:
+    """A bundle (``model.safetensors`` or its run folder) ready to export."""
+    meta, state, head_arrays = load_bundle(source)
+    try:
+        backbone = backbone_from_state(meta["backbone"]["name"], state, meta["backbone"])
+        head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise HeadstartError(f"model file {source} is damaged or incomplete ({type(e).__name__})") from e
+    return Bundle(meta, backbone, head, Path(source))
+
+
+def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
+    """The exact eval transform headstart applies before the network (``data.images.Preprocessor``),
+    as plain values a runtime without timm can follow; normalisation is inside the graph."""
+    pre = Preprocessor(data_config)
+    if not pre._fast:
+        raise HeadstartError(
+            f"cannot export: the backbone's eval transform ({[type(s).__name__ for s in pre._steps]}) is not "
+            "a resize of the shorter side plus a centre crop, which exported models reproduce"
+        )
+    return {
+        "resize": pre.scale_size,
+        "crop": [pre.height, pre.width],
+        "interpolation": pre._resample.name.lower(),
+        "decode_min_side": pre.min_side,
+        "mean": [float(v) for v in data_config["mean"]],
+        "std": [float(v) for v in data_config["std"]],
+        "steps": "decode (EXIF-upright RGB, alpha over white); resize the shorter side to `resize`; "
+        "centre-crop to `crop` (H, W); uint8 NHWC into the graph, which normalises with mean/std",
+    }
+
+
+def _check_choices(fmt: str, precision: str) -> None:
+    if fmt not in FORMATS:
+        raise ParameterError("format", f"unknown format '{fmt}': choose onnx or openvino")
+    if precision not in PRECISIONS:
+        raise ParameterError("precision", f"unknown precision '{precision}': choose fp32, fp16 or int8")
+
+
+def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
+    """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet)."""
+    _, h, w = bundle.backbone.data_config["input_size"]
+    module = classifier_module(bundle.backbone, bundle.head)
+    return export_pixels_module(module, (h, w), path, None, "probabilities")
+
+
+def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """``export.json`` (accuracy figures are added once measured)."""
+    meta = bundle.meta
+    test = (meta.get("metrics") or {}).get("test") or {}
+    _, h, w = bundle.backbone.data_config["input_size"]
+    return {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "format": fmt,
+        "precision": precision,
+        "model_file": MODEL_FILES[fmt],
+        "classes": list(meta["classes"]),
+        "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(meta["classes"])]},
+        "input_size": [h, w],
+        "preprocessing": spec,
+        "backbone": meta["backbone"]["name"],
+        "strategy": meta.get("strategy", "feature-extraction"),
+        "head": meta["head"]["name"],
+        "source_model": str(bundle.source),
+        "test_metrics": {k: test[k] for k in ("accuracy", "top_k_accuracy", "n") if k in test},
+        "accuracy": {"fp32_headstart": test.get("accuracy")},
+        "headstart_version": library_versions().get("headstart", "unknown"),
+        "versions": library_versions(),
+    }
+
+
+def file_metadata(info: dict[str, Any]) -> dict[str, str]:
+    """What the model file itself carries (ONNX metadata_props / OpenVINO rt_info), as strings."""
+    accuracy = info["accuracy"].get(info["precision"], info["accuracy"].get("fp32_headstart"))
+    return {
+        "headstart_version": str(info["headstart_version"]),
+        "classes": json.dumps(info["classes"]),
+        "preprocessing": json.dumps(info["preprocessing"]),
+        "input_size": json.dumps(info["input_size"]),
+        "backbone": info["backbone"],
+        "precision": info["precision"],
+        "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
+    }
+
+
+def write_onnx(src: Path, dst: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    onnx.helper.set_model_props(model, props)
+    model.producer_name = "headstart"
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def write_openvino(src: Path, dst: Path, props: dict[str, str], compress_to_fp16: bool) -> None:
+    """Convert (from ONNX) or re-save (from OpenVINO IR) with ``rt_info``, into ``dst`` (.xml + .bin)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(src)) if src.suffix == ".xml" else ov.convert_model(str(src))
+    for key, value in props.items():
+        model.set_rt_info(value, ["headstart", key])
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".ov-") as tmp_dir:
+        staged = Path(tmp_dir) / dst.name
+        ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
+        for suffix in (".bin", ".xml"):  # the weights first: a reader that sees the .xml finds its .bin
+            with atomic_path(dst.with_suffix(suffix)) as final:
+                shutil.move(str(staged.with_suffix(suffix)), final)
+
+
+def write_beside(out_dir: Path, info: dict[str, Any]) -> None:
+    write_text(out_dir / LABELS_TXT, "".join(f"{c}\n" for c in info["classes"]))
+    write_json(out_dir / EXPORT_JSON, info)
+
+
+def _fp16_onnx(src: Path, dst: Path) -> Path:
+    """Weights and arithmetic in fp16; the uint8 input and float32 output stay as they are."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _build(bundle: Bundle, fmt: str, precision: str, work: Path, info: dict[str, Any], force: bool) -> Path:
+    """The model file in its final format and precision under ``work`` (no metadata yet)."""
+    fp32 = export_fp32_onnx(bundle, work / "fp32.onnx")
+    if precision == "fp16" and fmt == "onnx":
+        return _fp16_onnx(fp32, work / "fp16.onnx")
+    if precision == "int8":
+        from headstart.export.quantize import quantize_checked
+
+        return quantize_checked(bundle, fp32, fmt, work, info, force)
+    return fp32
+
+
+def export_model(
+    source: str | Path,
+    out_dir: str | Path,
+    format: str = "onnx",  # noqa: A002 - the CLI's word for it
+    precision: str = "fp32",
+    force: bool = False,
+    log: Any = None,
+) -> Path:
+    """Export a headstart model to ``out_dir``: the model file, ``labels.txt`` and ``export.json``.
+
+    Args:
+        source: ``model.safetensors`` or the run folder holding it.
+        out_dir: the folder to write (created; files of an earlier export there are replaced).
+        format: ``onnx`` (``model.onnx``) or ``openvino`` (``model.xml`` + ``model.bin``).
+        precision: ``fp32``, ``fp16`` or ``int8`` (post-training static quantisation calibrated on the
+            model's training images; refused if it loses over 1 point of test accuracy).
+        force: keep an int8 model even when it loses more than that.
+        log: called with one line per step (default: silent).
+
+    Returns:
+        The model file's path.
+    """
+    _check_choices(format, precision)
+    say = log or (lambda message: None)
+    bundle = read_bundle(source)
+    spec = preprocessing_spec(bundle.backbone.data_config)
+    info = describe_export(bundle, format, precision, spec)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / MODEL_FILES[format]
+    say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {target} in {precision}")
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        built = _build(bundle, format, precision, Path(tmp), info, force)
+        props = file_metadata(info)
+        if format == "onnx":
+            write_onnx(built, target, props)
+        else:
+            write_openvino(built, target, props, compress_to_fp16=precision == "fp16")
+    for other in MODEL_FILES.values():  # one model per folder: the runtime loads whichever is there
+        if other != target.name:
+            (out / other).unlink(missing_ok=True)
+            if other.endswith(".xml"):
+                (out / other).with_suffix(".bin").unlink(missing_ok=True)
+    write_beside(out, info)
+    say(f"wrote {target}, {LABELS_TXT} and {EXPORT_JSON}")
+    return target

@@ -1,0 +1,190 @@
+"""Run an exported model (ONNX or OpenVINO) with only its runtime, Pillow and numpy.
+
+    model = load_exported("export/")            # the folder, or its model.onnx / model.xml
+    pixels = model.load_image("rose.jpg")      # (H, W, 3) uint8, exactly as headstart predict sees it
+    proba = model.predict_proba(pixels[None])  # (1, C) float32
+    model.classes[int(proba.argmax())]
+
+Nothing here imports torch or timm, so a server that uses it stays small. The resize and centre
+crop are headstart's own (``data.images.Preprocessor``'s fast path), read from ``export.json``:
+the same pixels give the same probabilities as ``headstart predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from headstart.core.errors import HeadstartError
+from headstart.data.images import decode_image, read_bytes, to_rgb
+
+EXPORT_JSON = "export.json"
+LABELS_TXT = "labels.txt"
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def resize_crop(img: Image.Image, resize: int, size: tuple[int, int], interpolation: str) -> Image.Image:
+    """Resize the shorter side to ``resize``, then centre-crop to ``size`` (H, W), in one resample.
+
+    The same geometry and rounding as ``data.images.Preprocessor`` (timm's Resize + CenterCrop),
+    computing only the kept pixels.
+    """
+    height, width = size
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    return img.resize((width, height), RESAMPLING[interpolation], box=box)
+
+
+class _Runner:
+    """One runtime's session: ``run(uint8 NHWC) -> float32 (N, C)``."""
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _OnnxRunner(_Runner):
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input: pixels})[0], dtype=np.float32)
+
+
+class _OpenVinoRunner(_Runner):
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        # f32 inference: OpenVINO would otherwise run in bf16 where the CPU has it, which moves
+        # probabilities by ~1e-2; an fp16 or int8 file keeps its own weights' precision either way.
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: pixels})[0], dtype=np.float32, copy=True)
+
+
+@dataclass
+class ExportedModel:
+    """An exported classifier: its classes, ``export.json`` and a session of its runtime.
+
+    Attributes:
+        path: the model file (``model.onnx`` or ``model.xml``).
+        format: ``onnx`` or ``openvino``.
+        classes: class names, index-aligned with the probabilities.
+        metadata: ``export.json`` as a dict.
+        input_size: (H, W) of the images ``predict_proba`` takes.
+    """
+
+    path: Path
+    format: str
+    classes: list[str]
+    metadata: dict[str, Any]
+    input_size: tuple[int, int]
+    _runner: _Runner = field(repr=False)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.metadata["preprocessing"])
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """A decoded image -> (H, W, 3) uint8: to RGB, headstart's resize and centre crop."""
+        pre = self.metadata["preprocessing"]
+        img = resize_crop(to_rgb(image), int(pre["resize"]), self.input_size, pre["interpolation"])
+        return np.asarray(img, dtype=np.uint8)
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Bytes of an image file -> upright RGB image, decoded as headstart predict does (large
+        JPEGs at reduced size, which the resize makes invisible); ``BadImageError`` if unreadable."""
+        return decode_image(data, int(self.metadata["preprocessing"]["decode_min_side"]))
+
+    def load_image(self, source: str | Path | bytes) -> np.ndarray:
+        """A file path or its bytes -> (H, W, 3) uint8, the very pixels headstart predict uses."""
+        data = source if isinstance(source, bytes) else read_bytes(source)
+        return self.prepare(self.decode(data))
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> (N, C) float32 probabilities."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        if pixels.ndim != 4 or pixels.shape[1:] != (*self.input_size, 3):
+            raise HeadstartError(
+                f"expected uint8 images of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), "
+                f"got {pixels.shape}: use prepare() or load_image() first"
+            )
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self._runner.run(pixels)
+
+
+def _model_file(path: Path) -> tuple[Path, str]:
+    if path.is_dir():
+        for fmt, name in MODEL_FILES.items():
+            if (path / name).is_file():
+                return path / name, fmt
+        raise HeadstartError(
+            f"{path} holds no exported model (model.onnx or model.xml): run headstart export"
+        )
+    if not path.is_file():
+        raise HeadstartError(f"exported model not found: {path}")
+    if path.suffix == ".onnx":
+        return path, "onnx"
+    if path.suffix == ".xml":
+        return path, "openvino"
+    raise HeadstartError(f"{path} is not an exported model: give a .onnx or .xml file or its folder")
+
+
+def load_exported(path: str | os.PathLike[str], threads: int | None = None) -> ExportedModel:
+    """Load an exported model: its folder (from ``headstart export``) or the model file in it.
+
+    Args:
+        path: the export folder, ``model.onnx`` or ``model.xml``; ``export.json`` must be beside it.
+        threads: inference threads (default: the runtime's choice, every core).
+    """
+    model_path, fmt = _model_file(Path(path).expanduser())
+    meta_path = model_path.parent / EXPORT_JSON
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        classes = list(metadata["classes"])
+        input_size = (int(metadata["input_size"][0]), int(metadata["input_size"][1]))
+    except FileNotFoundError as e:
+        raise HeadstartError(f"{meta_path} is missing: export the model again with headstart export") from e
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise HeadstartError(f"{meta_path} is damaged ({type(e).__name__}): export the model again") from e
+    try:
+        runner: _Runner = (
+            _OnnxRunner(model_path, threads) if fmt == "onnx" else _OpenVinoRunner(model_path, threads)
+        )
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a bad file
+        raise HeadstartError(
+            f"cannot load {model_path} ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})"
+        ) from e
+    return ExportedModel(model_path, fmt, classes, metadata, input_size, runner)
