@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from headstart.cli.options import (
+    ApiKey,
     Augment,
     BackboneName,
     BatchSize,
@@ -41,11 +42,15 @@ from headstart.cli.options import (
     LearningRate,
     MapMethod,
     MapPoints,
+    MaxBatch,
+    MaxUploadMb,
     Patience,
     Quiet,
     ResumeRun,
     RunOut,
     Seed,
+    ServeHost,
+    ServePort,
     SplitFractions,
     Strategy,
     StrategyChoice,
@@ -406,19 +411,6 @@ def export(
     export_model(model, out, format.value, precision.value, force, say)
 
 
-def main() -> None:
-    """Entry point: typer runs standalone (usage errors: usage line, one-line error, exit 2)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    app()
-
-
-if __name__ == "__main__":
-    main()
-
-
-from headstart.cli.options import ApiKey, MaxBatch, MaxUploadMb, ServeHost, ServePort  # noqa: E402
-
-
 @app.command()
 def serve(
     model: Annotated[
@@ -440,7 +432,6 @@ def serve(
     import uvicorn
 
     from headstart.serve import create_app
-    from headstart.serve.app import rss_mb
     from headstart.serve.source import resolve_model
 
     if max_batch < 1:
@@ -448,7 +439,19 @@ def serve(
     if max_upload_mb <= 0:
         raise ParameterError("max_upload_mb", "must be positive")
     export_dir = resolve_model(model, cache_dir)
-    print(f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs)", file=sys.stderr)
+    print(
+        f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
+        file=sys.stderr,
+    )
     asgi = create_app(export_dir, max_batch=max_batch, max_upload_mb=max_upload_mb, api_key=api_key)
     uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
-    print(f"server stopped; memory at the end {rss_mb()} MiB", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point: typer runs standalone (usage errors: usage line, one-line error, exit 2)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    app()
+
+
+if __name__ == "__main__":
+    main()
