@@ -235,8 +235,8 @@ def test_queue_limit_answers_503_with_retry_after(fake):
 
 def test_queue_limit_under_concurrent_load(fake):
     """A model held still: the queue fills, later requests get 503 at once, the held ones finish."""
-    fake.release.clear()
     with TestClient(create_app(fake, max_batch=2, queue_size=4)) as c:
+        fake.release.clear()
         answers: list[int] = []
 
         def send() -> None:

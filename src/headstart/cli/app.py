@@ -426,7 +426,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
 
-    A model or run folder is exported to ONNX first (in a subprocess, into the cache), so the
+    A model or run folder is exported to OpenVINO first (in a subprocess, into the cache), so the
     server runs the exported file and never loads torch.
     """
     import uvicorn

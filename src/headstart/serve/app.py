@@ -69,6 +69,13 @@ def _load(model: Any) -> Any:
     return model
 
 
+def _warm_up(model: Any, max_batch: int) -> None:
+    """One full batch before the server reports ready: the runtime sizes its memory for the
+    largest batch now, so the first requests are not slow and memory stays flat under load."""
+    height, width = model.input_size
+    model.predict_proba(np.zeros((max_batch, height, width, 3), dtype=np.uint8))
+
+
 class _State:
     """The loaded model and its batcher (set by the app's startup)."""
 
@@ -108,12 +115,13 @@ def create_app(
 
     Args:
         model: an ``ExportedModel`` (``headstart.export.runtime.load_exported``) or the path of an
-            export folder; a path is loaded at startup (``/readyz`` answers 503 until then).
+            export folder; a path is loaded at startup, and the model runs one full batch before
+            the app takes requests.
         max_batch: most images in one model call; 1 turns micro-batching off.
         max_upload_mb: most megabytes one request may send (all its files together).
         api_key: when set, every ``/v1/`` request must carry it (Bearer or X-API-Key).
         max_files: most files in one request.
-        queue_size: most images waiting for the model (default 8 batches); more get 503.
+        queue_size: most images waiting for the model (default 8 batches, at least 64); more get 503.
         max_wait_ms: how long a batch waits for more images once it has one.
     """
     if max_batch < 1:
@@ -126,8 +134,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.model = await asyncio.to_thread(_load, model)
+        await asyncio.to_thread(_warm_up, state.model, max_batch)
         state.batcher = MicroBatcher(
-            state.model.predict_proba, max_batch, max_wait_ms / 1000, queue_size or 8 * max_batch
+            state.model.predict_proba, max_batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
         )
         state.batcher.start()
         app.state.batcher = state.batcher

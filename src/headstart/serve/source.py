@@ -44,7 +44,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
-def export_for_serving(model: Path, cache_dir: Path | None = None, fmt: str = "onnx") -> Path:
+def export_for_serving(model: Path, cache_dir: Path | None = None, fmt: str = "openvino") -> Path:
     """The export folder of ``model`` in the cache, made by ``python -m headstart export`` when missing.
 
     The folder is named by the model file's content hash, so a retrained model is exported again
@@ -53,7 +53,9 @@ def export_for_serving(model: Path, cache_dir: Path | None = None, fmt: str = "o
     Args:
         model: ``model.safetensors`` or its run folder.
         cache_dir: the cache (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart``).
-        fmt: ``onnx`` or ``openvino``.
+        fmt: ``openvino`` (the default: on this project's x86 CPUs it runs the exported network
+            about 1.5x faster than ONNX Runtime, and it is headstart predict's own default engine)
+            or ``onnx``.
     """
     model_file = _model_file(model)
     target = Path(cache_dir or default_cache_dir()) / "exports" / f"{_file_digest(model_file)}-{fmt}"
