@@ -3,9 +3,9 @@
     python benchmarks/serve_load.py runs/flowers            # a run folder or model.safetensors
     python benchmarks/serve_load.py                         # trains a small probe on flowers first
 
-For each server setting (--max-batch 16, then 1: batching off) a fresh server on 127.0.0.1 (only)
-answers 8 and then 32 concurrent clients, each run a bounded loop of --requests requests of one
-flowers photo each. Reported: throughput, p50/p99 latency, errors, the server's memory (RSS)
+Two servers on 127.0.0.1 (only), --max-batch 16 and --max-batch 1 (batching off), answer 8 and
+then 32 concurrent clients in turn, each run a bounded loop of --requests requests of one flowers
+photo each. Reported: throughput, p50/p99 latency, errors, the server's memory (RSS)
 before and after; then the batching/no-batching ratio and the served throughput as a share of
 ``headstart predict``'s offline throughput on the same photos, measured in the same run.
 """
@@ -54,9 +54,9 @@ def train_probe(out: Path) -> Path:
     return out / "run"
 
 
-def export(model: Path, out: Path) -> Path:
+def export(model: Path, out: Path, fmt: str) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "headstart", "export", str(model), "--format", "onnx", "--out", str(out)],
+        [sys.executable, "-m", "headstart", "export", str(model), "--format", fmt, "--out", str(out)],
         check=True,
     )
     return out
@@ -144,26 +144,31 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def run_setting(
-    export_dir: Path, max_batch: int, bodies, client_counts, requests
-) -> dict[int, dict[str, float]]:
-    proc, url = start_server(export_dir, max_batch)
+def run_settings(
+    export_dir: Path, batch_sizes: list[int], bodies, client_counts, requests
+) -> dict[tuple[int, int], dict[str, float]]:
+    """Every server setting answers each client count in turn: one server per setting, all
+    started first, so the settings compared run minutes apart at most on a machine whose other
+    load drifts. An idle server uses no CPU while another is measured."""
+    servers = {batch: start_server(export_dir, batch) for batch in batch_sizes}
     results = {}
     try:
         for clients in client_counts:
-            before = rss_mb(proc.pid)
-            figures = asyncio.run(load(url, bodies, clients, requests))
-            figures.update(rss_before=before, rss_after=rss_mb(proc.pid))
-            results[clients] = figures
-            print(
-                f"max-batch {max_batch:>2}  {clients:>2} clients: {figures['rps']:6.1f} req/s  "
-                f"p50 {figures['p50']:7.1f} ms  p99 {figures['p99']:7.1f} ms  errors {figures['errors']}  "
-                f"server RSS {before:.0f} -> {figures['rss_after']:.0f} MiB",
-                flush=True,
-            )
+            for batch, (proc, url) in servers.items():
+                before = rss_mb(proc.pid)
+                figures = asyncio.run(load(url, bodies, clients, requests))
+                figures.update(rss_before=before, rss_after=rss_mb(proc.pid))
+                results[batch, clients] = figures
+                print(
+                    f"max-batch {batch:>2}  {clients:>2} clients: {figures['rps']:6.1f} req/s  "
+                    f"p50 {figures['p50']:7.1f} ms  p99 {figures['p99']:7.1f} ms  errors {figures['errors']}  "
+                    f"server RSS {before:.0f} -> {figures['rss_after']:.0f} MiB",
+                    flush=True,
+                )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
     return results
 
 
@@ -192,10 +197,9 @@ def main() -> None:
         print(
             f"headstart predict offline: {offline:.1f} images/s on {len(photos)} photos (empty feature cache)"
         )
-        batched = run_setting(export_dir, 16, bodies, args.clients, args.requests)
-        single = run_setting(export_dir, 1, bodies, args.clients, args.requests)
+        results = run_settings(export_dir, [16, 1], bodies, args.clients, args.requests)
     for clients in args.clients:
-        b, s = batched[clients], single[clients]
+        b, s = results[16, clients], results[1, clients]
         print(
             f"{clients:>2} clients: batching/no-batching throughput {b['rps'] / s['rps']:.2f}x; "
             f"batching = {100 * b['rps'] / offline:.0f}% of offline predict (target >= 80%); "
