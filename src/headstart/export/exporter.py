@@ -18,7 +18,7 @@ from typing import Any
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
-from headstart.export.graph import classifier_module
+from headstart.export.graph import KNN_REFUSAL, classifier_module
 from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
 from headstart.features.engines import export_pixels_module
 from headstart.models.backbones import backbone_from_state
@@ -203,6 +203,8 @@ def export_model(
     _check_choices(format, precision)
     say = log or (lambda message: None)
     bundle = read_bundle(source)
+    if bundle.head.name == "knn":
+        raise HeadstartError(KNN_REFUSAL)
     spec = preprocessing_spec(bundle.backbone.data_config)
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()

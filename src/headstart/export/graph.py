@@ -22,19 +22,22 @@ KNN_REFUSAL = (
 
 
 def head_module(head: Head) -> Any:
-    """The head as torch layers on features: standardise, then the head's own layers, then softmax.
+    """The head as torch layers on features, softmax included.
 
     The logistic and MLP heads both standardise features with their saved ``mean`` and ``scale``
-    before their linear layers; a kNN head is refused (see ``KNN_REFUSAL``).
+    before their first linear layer; that affine step is folded into the layer's weights
+    (``W / scale``, ``b - W @ (mean / scale)``), the same function in one op. A kNN head is refused
+    (see ``KNN_REFUSAL``).
     """
     import torch
 
     arrays = head.arrays()
+    mean, scale = arrays["mean"], arrays["scale"]
     if head.name == "logistic":
-        layers: list[Any] = [_linear(arrays["coef"], arrays["intercept"])]
+        layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
     elif head.name == "mlp":
         layers = [
-            _linear(arrays["net.0.weight"], arrays["net.0.bias"]),
+            _standardised_linear(arrays["net.0.weight"], arrays["net.0.bias"], mean, scale),
             torch.nn.ReLU(),
             _linear(arrays["net.3.weight"], arrays["net.3.bias"]),
         ]
@@ -42,9 +45,14 @@ def head_module(head: Head) -> Any:
         raise HeadstartError(KNN_REFUSAL)
     else:
         raise HeadstartError(f"cannot export a '{head.name}' head: only logistic and mlp heads export")
-    return torch.nn.Sequential(
-        _Standardise(arrays["mean"], arrays["scale"]), *layers, torch.nn.Softmax(dim=1)
-    )
+    return torch.nn.Sequential(*layers, torch.nn.Softmax(dim=1))
+
+
+def _standardised_linear(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> Any:
+    """``Linear`` of ``(x - mean) / scale``, computed in float64 before rounding to float32."""
+    w = np.asarray(weight, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
+    b = np.asarray(bias, dtype=np.float64) - w @ np.asarray(mean, dtype=np.float64)
+    return _linear(w, b)
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
@@ -58,31 +66,15 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
     return layer
 
 
-def _standardise_class() -> type:
-    import torch
-
-    class Standardise(torch.nn.Module):
-        """(x - mean) / scale, with the head's saved statistics."""
-
-        def __init__(self, mean: np.ndarray, scale: np.ndarray) -> None:
-            super().__init__()
-            self.mean: torch.Tensor
-            self.scale: torch.Tensor
-            self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float32)).view(1, -1))
-            self.register_buffer("scale", torch.from_numpy(np.asarray(scale, dtype=np.float32)).view(1, -1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return (x - self.mean) / self.scale
-
-    return Standardise
-
-
-def _Standardise(mean: np.ndarray, scale: np.ndarray) -> Any:  # noqa: N802 - reads as a layer
-    return _standardise_class()(mean, scale)
+HEAD_SCOPE = "/head/"  # the head's nodes in the exported ONNX graph are named /head/...
 
 
 def classifier_module(backbone: Backbone, head: Head) -> Any:
-    """uint8 (N, H, W, 3) pixels -> (N, C) probabilities, in eval mode."""
+    """uint8 (N, H, W, 3) pixels -> (N, C) probabilities, in eval mode; its parts are named
+    ``features`` and ``head`` (so are the exported graph's nodes)."""
+    from collections import OrderedDict
+
     import torch
 
-    return torch.nn.Sequential(pixels_to_features(backbone), head_module(head)).eval()
+    parts = OrderedDict(features=pixels_to_features(backbone), head=head_module(head))
+    return torch.nn.Sequential(parts).eval()

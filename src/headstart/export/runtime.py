@@ -53,6 +53,15 @@ def resize_crop(img: Image.Image, resize: int, size: tuple[int, int], interpolat
     return img.resize((width, height), RESAMPLING[interpolation], box=box)
 
 
+def prepare_pixels(image: Image.Image, preprocessing: dict[str, Any]) -> np.ndarray:
+    """A decoded image -> (H, W, 3) uint8 by ``export.json``'s ``preprocessing``: RGB, resize, crop."""
+    height, width = preprocessing["crop"]
+    img = resize_crop(
+        to_rgb(image), int(preprocessing["resize"]), (height, width), preprocessing["interpolation"]
+    )
+    return np.asarray(img, dtype=np.uint8)
+
+
 class _Runner:
     """One runtime's session: ``run(uint8 NHWC) -> float32 (N, C)``."""
 
@@ -116,9 +125,7 @@ class ExportedModel:
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """A decoded image -> (H, W, 3) uint8: to RGB, headstart's resize and centre crop."""
-        pre = self.metadata["preprocessing"]
-        img = resize_crop(to_rgb(image), int(pre["resize"]), self.input_size, pre["interpolation"])
-        return np.asarray(img, dtype=np.uint8)
+        return prepare_pixels(image, self.metadata["preprocessing"])
 
     def decode(self, data: bytes) -> Image.Image:
         """Bytes of an image file -> upright RGB image, decoded as headstart predict does (large
@@ -143,6 +150,11 @@ class ExportedModel:
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self._runner.run(pixels)
+
+
+def runner_for(model_path: Path, fmt: str, threads: int | None) -> _Runner:
+    """A session of the runtime for ``fmt`` (``onnx`` or ``openvino``) on ``model_path``."""
+    return _OnnxRunner(model_path, threads) if fmt == "onnx" else _OpenVinoRunner(model_path, threads)
 
 
 def _model_file(path: Path) -> tuple[Path, str]:
