@@ -98,7 +98,13 @@ def start_server(export_dir: Path, max_batch: int) -> tuple[subprocess.Popen, st
     url = f"http://{HOST}:{port}"
     for _ in range(600):
         try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+            ready = httpx.get(url + "/readyz", timeout=1)
+            if ready.status_code == 200:
+                tuned = ready.json()
+                print(
+                    f"--max-batch {max_batch}: batches of up to {tuned['batch_size']} "
+                    f"(images/s by batch size at startup: {tuned['images_per_second_by_batch_size']})"
+                )
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)

@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from headstart.serve import create_app
-from headstart.serve.batching import MicroBatcher, QueueFull
+from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 
 COLORS = ["red", "green", "blue"]
 
@@ -85,7 +85,7 @@ def fake() -> FakeModel:
 
 @pytest.fixture
 def client(fake: FakeModel):
-    with TestClient(create_app(fake, max_upload_mb=1, max_files=4)) as c:
+    with TestClient(create_app(fake, max_upload_mb=1, max_files=4, tune_batch=False)) as c:
         yield c
 
 
@@ -201,7 +201,7 @@ def test_large_uploads_leave_no_temporary_files(tmp_path, monkeypatch):
     noisy = np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noisy).save(buf, format="PNG")  # about 2.4 MB: past the 1 MB a parser would spool
-    with TestClient(create_app(FakeModel(), max_upload_mb=8)) as c:
+    with TestClient(create_app(FakeModel(), max_upload_mb=8, tune_batch=False)) as c:
         answer = c.post(
             "/v1/predict", files=files_field(("noise.png", buf.getvalue()), ("n2.png", buf.getvalue()))
         )
@@ -210,7 +210,7 @@ def test_large_uploads_leave_no_temporary_files(tmp_path, monkeypatch):
 
 
 def test_api_key_required_on_the_api_not_on_health(fake):
-    with TestClient(create_app(fake, api_key="s3cret")) as c:
+    with TestClient(create_app(fake, api_key="s3cret", tune_batch=False)) as c:
         body = files_field(("ok.png", image_bytes()))
         refused = c.post("/v1/predict", files=body)
         assert refused.status_code == 401 and "API key" in refused.json()["error"]
@@ -235,7 +235,7 @@ def test_queue_limit_answers_503_with_retry_after(fake):
 
 def test_queue_limit_under_concurrent_load(fake):
     """A model held still: the queue fills, later requests get 503 at once, the held ones finish."""
-    with TestClient(create_app(fake, max_batch=2, queue_size=4)) as c:
+    with TestClient(create_app(fake, max_batch=2, queue_size=4, tune_batch=False)) as c:
         fake.release.clear()
         answers: list[int] = []
 
@@ -303,6 +303,30 @@ def test_batcher_refuses_what_does_not_fit_and_survives_a_failing_model():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_batch_size_tuned_to_what_the_machine_runs_fastest(fake):
+    def per_call(pixels: np.ndarray) -> np.ndarray:  # a fixed cost a call: bigger is faster
+        time.sleep(0.01)
+        return np.zeros((len(pixels), 3), np.float32)
+
+    def cache_bound(pixels: np.ndarray) -> np.ndarray:  # each image costs more in a big batch
+        time.sleep(0.002 * len(pixels) * (1 + len(pixels) / 4))
+        return np.zeros((len(pixels), 3), np.float32)
+
+    size, rates = fastest_batch_size(per_call, (8, 8), 16, min_seconds=0.02)
+    assert size == 16 and sorted(rates) == [1, 2, 4, 8, 16]
+    assert fastest_batch_size(cache_bound, (8, 8), 12, min_seconds=0.02)[0] == 1
+    with TestClient(create_app(fake, max_batch=8)) as c:
+        ready = c.get("/readyz").json()
+        assert ready["batch_size"] in (1, 2, 4, 8) and set(ready["images_per_second_by_batch_size"]) == {
+            "1",
+            "2",
+            "4",
+            "8",
+        }
+    with TestClient(create_app(fake, max_batch=8, tune_batch=False)) as c:
+        assert c.get("/readyz").json()["batch_size"] == 8
 
 
 def test_settings_are_checked():

@@ -143,7 +143,13 @@ ExportForce = Annotated[
 ]
 ServeHost = Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
 ServePort = Annotated[int, typer.Option(help="TCP port.")]
-MaxBatch = Annotated[int, typer.Option(help="Most images in one model call (1 turns micro-batching off).")]
+MaxBatch = Annotated[
+    int,
+    typer.Option(
+        help="Most images in one model call; the server batches up to the size this CPU runs fastest, "
+        "measured at startup (1 turns micro-batching off)."
+    ),
+]
 MaxUploadMb = Annotated[float, typer.Option(help="Most megabytes one request may send (all its files).")]
 ApiKey = Annotated[
     Optional[str],

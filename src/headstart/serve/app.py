@@ -21,7 +21,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from headstart.core.errors import BadImageError, HeadstartError
-from headstart.serve.batching import MicroBatcher, QueueFull
+from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 from headstart.serve.page import docs_page, index_page
 from headstart.serve.uploads import UploadError, prepare_all, read_uploads
 
@@ -69,11 +69,16 @@ def _load(model: Any) -> Any:
     return model
 
 
-def _warm_up(model: Any, max_batch: int) -> None:
-    """One full batch before the server reports ready: the runtime sizes its memory for the
-    largest batch now, so the first requests are not slow and memory stays flat under load."""
+def _tune(model: Any, max_batch: int, tune: bool) -> tuple[int, dict[int, float]]:
+    """The batch size to use, measured on this machine (``tune``) or ``max_batch`` as given.
+
+    Either way the model runs a full batch before the server reports ready: the runtime sizes its
+    memory for the largest batch now, so memory stays flat under load."""
+    if tune and max_batch > 1:
+        return fastest_batch_size(model.predict_proba, tuple(model.input_size), max_batch)
     height, width = model.input_size
     model.predict_proba(np.zeros((max_batch, height, width, 3), dtype=np.uint8))
+    return max_batch, {}
 
 
 class _State:
@@ -81,6 +86,7 @@ class _State:
 
     model: Any = None
     batcher: MicroBatcher | None = None
+    batch_rates: dict[int, float] = {}
 
 
 def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaitable[Response]]], Any]:
@@ -110,6 +116,7 @@ def create_app(
     max_files: int = 64,
     queue_size: int | None = None,
     max_wait_ms: float = 5.0,
+    tune_batch: bool = True,
 ) -> FastAPI:
     """The server's ASGI app, ready to run with uvicorn or to mount in another app.
 
@@ -123,6 +130,8 @@ def create_app(
         max_files: most files in one request.
         queue_size: most images waiting for the model (default 8 batches, at least 64); more get 503.
         max_wait_ms: how long a batch waits for more images once it has one.
+        tune_batch: measure at startup which batch size up to ``max_batch`` this machine runs
+            fastest, and batch up to that (``GET /readyz`` tells it); False: always ``max_batch``.
     """
     if max_batch < 1:
         raise HeadstartError("max_batch must be at least 1")
@@ -134,9 +143,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.model = await asyncio.to_thread(_load, model)
-        await asyncio.to_thread(_warm_up, state.model, max_batch)
+        batch, state.batch_rates = await asyncio.to_thread(_tune, state.model, max_batch, tune_batch)
         state.batcher = MicroBatcher(
-            state.model.predict_proba, max_batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
+            state.model.predict_proba, batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
         )
         state.batcher.start()
         app.state.batcher = state.batcher
@@ -168,7 +177,14 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
     async def readyz() -> Any:
         if state.batcher is None:
             return _error(503, "the model is still loading")
-        return {"status": "ready", "waiting": state.batcher.waiting}
+        return {
+            "status": "ready",
+            "waiting": state.batcher.waiting,
+            "batch_size": state.batcher.max_batch,
+            "images_per_second_by_batch_size": {
+                str(k): round(v, 1) for k, v in sorted(state.batch_rates.items())
+            },
+        }
 
     @app.get(
         "/v1/model", summary="Classes, backbone, preprocessing, test metrics, version", response_model=None
