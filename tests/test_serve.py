@@ -314,9 +314,9 @@ def test_batch_size_tuned_to_what_the_machine_runs_fastest(fake):
         time.sleep(0.002 * len(pixels) * (1 + len(pixels) / 4))
         return np.zeros((len(pixels), 3), np.float32)
 
-    size, rates = fastest_batch_size(per_call, (8, 8), 16, min_seconds=0.02)
+    size, rates = fastest_batch_size(per_call, (8, 8), 16, min_seconds=0.03, rounds=3)
     assert size == 16 and sorted(rates) == [1, 2, 4, 8, 16]
-    assert fastest_batch_size(cache_bound, (8, 8), 12, min_seconds=0.02)[0] == 1
+    assert fastest_batch_size(cache_bound, (8, 8), 12, min_seconds=0.03, rounds=3)[0] == 1
     with TestClient(create_app(fake, max_batch=8)) as c:
         ready = c.get("/readyz").json()
         assert ready["batch_size"] in (1, 2, 4, 8) and set(ready["images_per_second_by_batch_size"]) == {

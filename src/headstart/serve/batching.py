@@ -34,32 +34,35 @@ def fastest_batch_size(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     input_size: tuple[int, int],
     max_batch: int,
-    min_seconds: float = 0.15,
+    min_seconds: float = 0.1,
+    rounds: int = 3,
     tolerance: float = 0.9,
 ) -> tuple[int, dict[int, float]]:
     """The batch size (a power of two up to ``max_batch``, or ``max_batch``) the model runs fastest.
 
-    Each size runs until ``min_seconds`` have passed (at least twice, the first call untimed: it
-    sizes the runtime's memory); the answer is the largest size within ``tolerance`` of the best
-    images per second, since a larger batch also drains a queue in fewer steps.
+    Every size runs for ``min_seconds`` in each of ``rounds`` interleaved rounds, and keeps its
+    best round: other work on the machine slows some rounds, never speeds one up. The answer is
+    the smallest size within ``tolerance`` of the best images per second: a bigger batch must be
+    clearly faster to be worth its latency and memory. The first call runs ``max_batch`` images,
+    which sizes the runtime's memory for the largest batch before any request.
 
     Returns:
         The size and every size's images per second.
     """
-    sizes = sorted(
-        {2**i for i in range(max_batch.bit_length()) if 2**i <= max_batch} | {max_batch}, reverse=True
-    )
+    sizes = sorted({2**i for i in range(max_batch.bit_length()) if 2**i <= max_batch} | {max_batch})
     pixels = np.zeros((max_batch, *input_size, 3), dtype=np.uint8)
-    rates: dict[int, float] = {}
-    for size in sizes:
-        predict_proba(pixels[:size])
-        calls, start = 0, time.perf_counter()
-        while calls < 2 or time.perf_counter() - start < min_seconds:
-            predict_proba(pixels[:size])
-            calls += 1
-        rates[size] = size * calls / (time.perf_counter() - start)
+    for size in reversed(sizes):
+        predict_proba(pixels[:size])  # untimed: the runtime's first call of a shape prepares it
+    rates = dict.fromkeys(sizes, 0.0)
+    for _ in range(rounds):
+        for size in sizes:
+            calls, start = 0, time.perf_counter()
+            while calls < 1 or time.perf_counter() - start < min_seconds:
+                predict_proba(pixels[:size])
+                calls += 1
+            rates[size] = max(rates[size], size * calls / (time.perf_counter() - start))
     best = max(rates.values())
-    return max(size for size, rate in rates.items() if rate >= tolerance * best), rates
+    return min(size for size, rate in rates.items() if rate >= tolerance * best), rates
 
 
 class QueueFull(HeadstartError):
