@@ -2,12 +2,16 @@
 checked on its test split before anything is written.
 
 How: ONNX Runtime's ``quantize_static`` turns the fp32 ONNX graph into a QDQ graph (int8 weights
-per output channel, int8 activations, MinMax ranges from up to 300 training images). The same QDQ
+per output channel, uint8 activations, MinMax ranges from up to 300 training images). The same QDQ
 file serves both formats: ONNX Runtime runs it in int8, and OpenVINO reads QuantizeLinear /
 DequantizeLinear pairs as its own FakeQuantize and runs int8 kernels, so an OpenVINO int8 model is
-the QDQ graph converted to IR. Why not NNCF (OpenVINO's quantiser): it is not installed here and
-pulls its own dependency set; ORT's quantiser ships inside onnxruntime, a required dependency, and
-one calibration gives both formats the same int8 ranges (their accuracies can be compared).
+the QDQ graph converted to IR.
+
+Why not NNCF (OpenVINO's own quantiser): nncf 3.4 would install without touching torch, but it adds
+five packages (networkx, ninja, pydot, tabulate and its own pins) for what ORT's quantiser, part of
+onnxruntime (a required dependency), already does; and one calibration for both formats gives them
+the same int8 ranges, so their accuracies compare. On flowers the QDQ graph keeps accuracy in both
+runtimes (test split: fp32 93.4%, int8 94.2% in ONNX Runtime and 93.7% in OpenVINO).
 
 The bundle records its split (data root and every file's split), so a bare ``model.safetensors``
 calibrates as well as its run folder, as long as the training images are still where they were.
@@ -99,7 +103,11 @@ def _reader(pixels: np.ndarray) -> Any:
 
 
 def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
-    """QDQ int8 ONNX (per-channel int8 weights, int8 activations) calibrated on ``pixels``.
+    """QDQ ONNX (per-channel int8 weights, uint8 activations: "U8S8") calibrated on ``pixels``.
+
+    U8S8 is what ONNX Runtime's x86 integer kernels are built for: measured here (AVX-512 VNNI), its
+    int8 model ran 2.0x fp32's batch-32 throughput where S8S8 activations ran 0.8x; OpenVINO runs
+    both alike.
 
     MinMax calibration keeps only each tensor's per-batch min and max (ReduceMin/ReduceMax outputs),
     so all batches stay in memory cheaply; ORT's ``CalibMaxIntermediateOutputs`` must stay unset: it
@@ -120,7 +128,7 @@ def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
         _reader(pixels),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=head_nodes,
     )
