@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from headstart.cli.options import (
+    ApiKey,
     Augment,
     BackboneName,
     BatchSize,
@@ -42,11 +43,15 @@ from headstart.cli.options import (
     LearningRate,
     MapMethod,
     MapPoints,
+    MaxBatch,
+    MaxUploadMb,
     Patience,
     Quiet,
     ResumeRun,
     RunOut,
     Seed,
+    ServeHost,
+    ServePort,
     SplitFractions,
     Strategy,
     StrategyChoice,
@@ -455,6 +460,42 @@ def export(
             print(message, file=sys.stderr)
 
     export_model(model, out, format.value, precision.value, force, say)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        Path,
+        typer.Argument(help="An export folder (headstart export), or model.safetensors / its run folder."),
+    ],
+    host: ServeHost = "127.0.0.1",
+    port: ServePort = 8000,
+    max_batch: MaxBatch = 16,
+    max_upload_mb: MaxUploadMb = 20,
+    api_key: ApiKey = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
+
+    A model or run folder is exported to OpenVINO first (in a subprocess, into the cache), so the
+    server runs the exported file and never loads torch.
+    """
+    import uvicorn
+
+    from headstart.serve import create_app
+    from headstart.serve.source import resolve_model
+
+    if max_batch < 1:
+        raise ParameterError("max_batch", "must be at least 1")
+    if max_upload_mb <= 0:
+        raise ParameterError("max_upload_mb", "must be positive")
+    export_dir = resolve_model(model, cache_dir)
+    print(
+        f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
+        file=sys.stderr,
+    )
+    asgi = create_app(export_dir, max_batch=max_batch, max_upload_mb=max_upload_mb, api_key=api_key)
+    uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
 def main() -> None:

@@ -141,3 +141,20 @@ ExportOut = Annotated[
 ExportForce = Annotated[
     bool, typer.Option("--force", help="int8: keep the model even if it loses over 1 point of test accuracy.")
 ]
+ServeHost = Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
+ServePort = Annotated[int, typer.Option(help="TCP port.")]
+MaxBatch = Annotated[
+    int,
+    typer.Option(
+        help="Most images in one model call; the server batches up to the size this CPU runs fastest, "
+        "measured at startup (1 turns micro-batching off)."
+    ),
+]
+MaxUploadMb = Annotated[float, typer.Option(help="Most megabytes one request may send (all its files).")]
+ApiKey = Annotated[
+    Optional[str],
+    typer.Option(
+        envvar="HEADSTART_API_KEY",
+        help="Require this key on /v1/ requests (Authorization: Bearer KEY or X-API-Key).",
+    ),
+]

@@ -1,0 +1,242 @@
+"""The ASGI app: REST endpoints, the web page, API-key checks, around one :class:`MicroBatcher`.
+
+FastAPI for the routes and the OpenAPI schema; its CDN-loaded docs pages are off (``/docs`` is
+a small local page that lists the endpoints and links ``/openapi.json``), since the server must
+work with no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from headstart.core.errors import BadImageError, HeadstartError
+from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
+from headstart.serve.page import docs_page, index_page
+from headstart.serve.uploads import UploadError, prepare_all, read_uploads
+
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
+RETRY_AFTER_S = 1
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB."""
+    return round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1)
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """What ``GET /v1/model`` tells: classes, backbone, preprocessing, test metrics, version."""
+    meta = dict(getattr(model, "metadata", {}) or {})
+    return {
+        "classes": list(model.classes),
+        "input_size": list(model.input_size),
+        "backbone": meta.get("backbone"),
+        "head": meta.get("head"),
+        "format": meta.get("format", getattr(model, "format", None)),
+        "precision": meta.get("precision"),
+        "preprocessing": meta.get("preprocessing"),
+        "test_metrics": meta.get("test_metrics", meta.get("metrics")),
+        "headstart_version": meta.get("headstart_version", meta.get("version")),
+        "metadata": meta,
+    }
+
+
+def top_k_predictions(classes: list[str], proba: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """The ``k`` most likely labels, most likely first, as ``headstart predict --format json``."""
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [{"label": classes[i], "probability": round(float(proba[i]), 6)} for i in order]
+
+
+def _error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def _load(model: Any) -> Any:
+    if isinstance(model, (str, os.PathLike)):
+        from headstart.export.runtime import load_exported
+
+        return load_exported(Path(model))
+    return model
+
+
+def _tune(model: Any, max_batch: int, tune: bool) -> tuple[int, dict[int, float]]:
+    """The batch size to use, measured on this machine (``tune``) or ``max_batch`` as given.
+
+    Either way the model runs a full batch before the server reports ready: the runtime sizes its
+    memory for the largest batch now, so memory stays flat under load."""
+    if tune and max_batch > 1:
+        return fastest_batch_size(model.predict_proba, tuple(model.input_size), max_batch)
+    height, width = model.input_size
+    model.predict_proba(np.zeros((max_batch, height, width, 3), dtype=np.uint8))
+    return max_batch, {}
+
+
+class _State:
+    """The loaded model and its batcher (set by the app's startup)."""
+
+    model: Any = None
+    batcher: MicroBatcher | None = None
+    batch_rates: dict[int, float] = {}
+
+
+def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaitable[Response]]], Any]:
+    async def check(request: Request, call_next: Callable[..., Awaitable[Response]]) -> Response:
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            return _error(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        return await call_next(request)
+
+    return check
+
+
+def create_app(
+    model: Any,
+    max_batch: int = 16,
+    max_upload_mb: float = 20,
+    api_key: str | None = None,
+    max_files: int = 64,
+    queue_size: int | None = None,
+    max_wait_ms: float = 5.0,
+    tune_batch: bool = True,
+) -> FastAPI:
+    """The server's ASGI app, ready to run with uvicorn or to mount in another app.
+
+    Args:
+        model: an ``ExportedModel`` (``headstart.export.runtime.load_exported``) or the path of an
+            export folder; a path is loaded at startup, and the model runs one full batch before
+            the app takes requests.
+        max_batch: most images in one model call; 1 turns micro-batching off.
+        max_upload_mb: most megabytes one request may send (all its files together).
+        api_key: when set, every ``/v1/`` request must carry it (Bearer or X-API-Key).
+        max_files: most files in one request.
+        queue_size: most images waiting for the model (default 8 batches, at least 64); more get 503.
+        max_wait_ms: how long a batch waits for more images once it has one.
+        tune_batch: measure at startup which batch size up to ``max_batch`` this machine runs
+            fastest, and batch up to that (``GET /readyz`` tells it); False: always ``max_batch``.
+    """
+    if max_batch < 1:
+        raise HeadstartError("max_batch must be at least 1")
+    if max_upload_mb <= 0:
+        raise HeadstartError("max_upload_mb must be positive")
+    state = _State()
+    limit = int(max_upload_mb * 2**20)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.model = await asyncio.to_thread(_load, model)
+        batch, state.batch_rates = await asyncio.to_thread(_tune, state.model, max_batch, tune_batch)
+        state.batcher = MicroBatcher(
+            state.model.predict_proba, batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
+        )
+        state.batcher.start()
+        app.state.batcher = state.batcher
+        try:
+            yield
+        finally:
+            await state.batcher.stop()
+
+    app = FastAPI(
+        title="headstart serve",
+        summary="Image classification with a model exported by headstart.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    if api_key:
+        app.middleware("http")(_api_key_middleware(api_key))
+    _add_routes(app, state, limit, max_files, needs_key=bool(api_key))
+    return app
+
+
+def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_key: bool) -> None:
+    @app.get("/healthz", summary="Alive (and the process's memory)")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "rss_mb": rss_mb()}
+
+    @app.get("/readyz", summary="The model is loaded", response_model=None)
+    async def readyz() -> Any:
+        if state.batcher is None:
+            return _error(503, "the model is still loading")
+        return {
+            "status": "ready",
+            "waiting": state.batcher.waiting,
+            "batch_size": state.batcher.max_batch,
+            "images_per_second_by_batch_size": {
+                str(k): round(v, 1) for k, v in sorted(state.batch_rates.items())
+            },
+        }
+
+    @app.get(
+        "/v1/model", summary="Classes, backbone, preprocessing, test metrics, version", response_model=None
+    )
+    async def get_model() -> Any:
+        if state.model is None:
+            return _error(503, "the model is still loading")
+        return model_info(state.model)
+
+    @app.post(
+        "/v1/predict",
+        summary="Top-k labels of each image (multipart field 'files', repeated, or one raw image body)",
+        response_model=None,
+    )
+    async def predict(request: Request, top_k: int = Query(3, ge=1, le=1000)) -> Any:
+        return await _predict(request, state, top_k, limit, max_files)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return index_page(needs_key=needs_key)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> str:
+        return docs_page(app.openapi())
+
+
+async def _predict(request: Request, state: _State, top_k: int, limit: int, max_files: int) -> Any:
+    """One request: read, decode and prepare its images, queue them, shape the answer."""
+    if state.batcher is None:
+        return _error(503, "the model is still loading", **{"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        uploads = await read_uploads(request, limit, max_files)
+    except UploadError as e:
+        return _error(e.status, str(e))
+    prepared = await prepare_all(state.model, uploads)
+    good = [p for p in prepared if not isinstance(p, BadImageError)]
+    try:
+        probabilities = iter(await state.batcher.predict(good)) if good else iter([])
+    except QueueFull as e:
+        return _error(503, str(e), **{"Retry-After": str(RETRY_AFTER_S)})
+    results: list[dict[str, Any]] = []
+    for upload, item in zip(uploads, prepared):
+        if isinstance(item, BadImageError):
+            results.append({"path": upload.name, "predictions": [], "error": str(item)})
+        else:
+            results.append(
+                {
+                    "path": upload.name,
+                    "predictions": top_k_predictions(state.model.classes, next(probabilities), top_k),
+                }
+            )
+    if not good:
+        reasons = "; ".join(f"{r['path']}: {r['error']}" for r in results)
+        return JSONResponse({"error": f"no readable image: {reasons}", "results": results}, status_code=422)
+    return results

@@ -1,0 +1,45 @@
+"""The server's own pages: the web page at ``/`` and the local API docs page at ``/docs``.
+
+Templates live in ``serve/templates`` and extend the report's shell (``reporting/templates/
+base.html``: its CSS, nothing fetched from a network), rendered by a Jinja2 environment that
+escapes every value.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jinja2
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    """Templates of this package first, then the report's shell they extend."""
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.PackageLoader("headstart.serve", "templates"),
+                jinja2.PackageLoader("headstart.reporting", "templates"),
+            ]
+        ),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def index_page(needs_key: bool) -> str:
+    """The page to try the model: pick or drop photos, see each with its top-k as bars."""
+    return environment().get_template("serve.html").render(title="headstart serve", needs_key=needs_key)
+
+
+def docs_page(openapi: dict[str, Any]) -> str:
+    """Every endpoint with its summary, and a link to the full OpenAPI schema."""
+    routes = [
+        {"method": method.upper(), "path": path, "summary": op.get("summary", "")}
+        for path, ops in openapi.get("paths", {}).items()
+        for method, op in ops.items()
+    ]
+    return environment().get_template("api_docs.html").render(title="headstart serve: API", routes=routes)
