@@ -47,6 +47,20 @@ def make_class_folders(root: Path, per_class: int = 10, classes=("red", "green",
     return root
 
 
+def make_gratings(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """Fine stripes (period 3 px) in noise, horizontal or vertical, on random tints."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for name, coord in (("horizontal", yy), ("vertical", xx)):
+        for i in range(per_class):
+            stripes = 20 * np.sin(2 * np.pi * coord / 3 + rng.uniform(0, 2 * np.pi))
+            arr = rng.uniform(80, 170, 3) + stripes[..., None] + rng.normal(0, 60, (64, 64, 3))
+            path = root / name / f"{name}_{i:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path)
+    return root
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Path -> sha256 of every file (and link target) below root: proves nothing was written."""
     out = {}

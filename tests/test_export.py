@@ -169,7 +169,7 @@ def test_mlp_head_and_fp16_export(flowers_csv, tmp_path):
 
 @pytest.mark.slow
 def test_exported_fine_tuned_network_matches_headstart_predict(flowers_csv, tmp_path):
-    from test_finetune_beats_probe import make_gratings
+    from conftest import make_gratings
 
     data = make_gratings(tmp_path / "gratings")
     run = tmp_path / "run"
