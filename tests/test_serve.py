@@ -440,6 +440,28 @@ def test_live_server_is_small_and_never_imports_torch(live_server, flowers_expor
 
 @pytest.mark.slow
 @pytest.mark.cli
+def test_bad_inputs_against_a_live_server(flowers_export):
+    """The same bad requests through uvicorn's own HTTP parsing: a 4xx naming the problem, and
+    the server keeps serving (the file-count case needs a limit below the default 64: in-process)."""
+    proc, url = start_server(flowers_export[0], "--max-upload-mb", "1")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for case, (kwargs, status, words) in BAD_REQUESTS.items():
+                if case == "too many files":
+                    continue
+                answer = http.post("/v1/predict", **kwargs)
+                assert answer.status_code == status, (case, answer.text)
+                assert words in answer.json()["error"], (case, answer.text)
+                good = http.post("/v1/predict", files=files_field(("ok.png", image_bytes())))
+                assert good.status_code == 200, (case, good.text)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.cli
 def test_sigterm_lets_an_in_flight_request_finish(flowers_export):
     proc, url = start_server(flowers_export[0])
     photo = Path(flowers_export[2].test_["paths"][0]).read_bytes()

@@ -39,6 +39,7 @@ from headstart.cli.options import (
     Format,
     HeadChoice,
     HeadName,
+    InferencePrecision,
     LabelsFrom,
     LearningRate,
     MapMethod,
@@ -52,6 +53,7 @@ from headstart.cli.options import (
     Seed,
     ServeHost,
     ServePort,
+    ServePrecision,
     SplitFractions,
     Strategy,
     StrategyChoice,
@@ -474,6 +476,7 @@ def serve(
     max_upload_mb: MaxUploadMb = 20,
     api_key: ApiKey = None,
     cache_dir: CacheDir = None,
+    precision: ServePrecision = InferencePrecision.auto,
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
 
@@ -494,7 +497,13 @@ def serve(
         f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
         file=sys.stderr,
     )
-    asgi = create_app(export_dir, max_batch=max_batch, max_upload_mb=max_upload_mb, api_key=api_key)
+    asgi = create_app(
+        export_dir,
+        max_batch=max_batch,
+        max_upload_mb=max_upload_mb,
+        api_key=api_key,
+        precision=precision.value,
+    )
     uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 

@@ -158,3 +158,17 @@ ApiKey = Annotated[
         help="Require this key on /v1/ requests (Authorization: Bearer KEY or X-API-Key).",
     ),
 ]
+
+
+class InferencePrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+
+
+ServePrecision = Annotated[
+    InferencePrecision,
+    typer.Option(
+        help="OpenVINO inference: auto (bf16 where the CPU has it natively, as predict's default engine) "
+        "or fp32 (exact, slower)."
+    ),
+]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from headstart.core.errors import HeadstartError
+from headstart.core.errors import HeadstartError, ParameterError
 from headstart.data.images import decode_image, read_bytes, to_rgb
 
 EXPORT_JSON = "export.json"
@@ -84,13 +84,16 @@ class _OnnxRunner(_Runner):
 
 
 class _OpenVinoRunner(_Runner):
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, precision: str = "fp32") -> None:
         import openvino as ov
 
         core = ov.Core()
-        # f32 inference: OpenVINO would otherwise run in bf16 where the CPU has it, which moves
-        # probabilities by ~1e-2; an fp16 or int8 file keeps its own weights' precision either way.
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        # fp32: exact, what parity is checked with. "auto": OpenVINO's own choice, bf16 where the
+        # CPU has it natively (as headstart predict's default engine), which moves probabilities by
+        # ~1e-2 and runs ~1.4x faster; an fp16 or int8 file keeps its own weights' precision.
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if precision == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
@@ -174,13 +177,20 @@ def _model_file(path: Path) -> tuple[Path, str]:
     raise HeadstartError(f"{path} is not an exported model: give a .onnx or .xml file or its folder")
 
 
-def load_exported(path: str | os.PathLike[str], threads: int | None = None) -> ExportedModel:
+def load_exported(
+    path: str | os.PathLike[str], threads: int | None = None, precision: str = "fp32"
+) -> ExportedModel:
     """Load an exported model: its folder (from ``headstart export``) or the model file in it.
 
     Args:
         path: the export folder, ``model.onnx`` or ``model.xml``; ``export.json`` must be beside it.
         threads: inference threads (default: the runtime's choice, every core).
+        precision: OpenVINO files: ``fp32`` (exact) or ``auto`` (bf16 where the CPU has it
+            natively, as ``headstart predict``'s default engine). ONNX Runtime always runs the
+            file's own precision.
     """
+    if precision not in ("fp32", "auto"):
+        raise ParameterError("precision", f"must be fp32 or auto (got {precision!r})")
     model_path, fmt = _model_file(Path(path).expanduser())
     meta_path = model_path.parent / EXPORT_JSON
     try:
@@ -193,7 +203,9 @@ def load_exported(path: str | os.PathLike[str], threads: int | None = None) -> E
         raise HeadstartError(f"{meta_path} is damaged ({type(e).__name__}): export the model again") from e
     try:
         runner: _Runner = (
-            _OnnxRunner(model_path, threads) if fmt == "onnx" else _OpenVinoRunner(model_path, threads)
+            _OnnxRunner(model_path, threads)
+            if fmt == "onnx"
+            else _OpenVinoRunner(model_path, threads, precision)
         )
     except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a bad file
         raise HeadstartError(

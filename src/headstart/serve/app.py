@@ -61,11 +61,11 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-def _load(model: Any) -> Any:
+def _load(model: Any, precision: str) -> Any:
     if isinstance(model, (str, os.PathLike)):
         from headstart.export.runtime import load_exported
 
-        return load_exported(Path(model))
+        return load_exported(Path(model), precision=precision)
     return model
 
 
@@ -108,6 +108,15 @@ def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaita
     return check
 
 
+def _check_settings(max_batch: int, max_upload_mb: float, precision: str) -> None:
+    if max_batch < 1:
+        raise HeadstartError("max_batch must be at least 1")
+    if max_upload_mb <= 0:
+        raise HeadstartError("max_upload_mb must be positive")
+    if precision not in ("auto", "fp32"):
+        raise HeadstartError(f"precision must be auto or fp32 (got {precision!r})")
+
+
 def create_app(
     model: Any,
     max_batch: int = 16,
@@ -117,6 +126,7 @@ def create_app(
     queue_size: int | None = None,
     max_wait_ms: float = 5.0,
     tune_batch: bool = True,
+    precision: str = "auto",
 ) -> FastAPI:
     """The server's ASGI app, ready to run with uvicorn or to mount in another app.
 
@@ -132,17 +142,16 @@ def create_app(
         max_wait_ms: how long a batch waits for more images once it has one.
         tune_batch: measure at startup which batch size up to ``max_batch`` this machine runs
             fastest, and batch up to that (``GET /readyz`` tells it); False: always ``max_batch``.
+        precision: for a path to an OpenVINO export: ``auto`` (bf16 where the CPU has it natively,
+            the numerics of ``headstart predict``'s default engine) or ``fp32`` (exact).
     """
-    if max_batch < 1:
-        raise HeadstartError("max_batch must be at least 1")
-    if max_upload_mb <= 0:
-        raise HeadstartError("max_upload_mb must be positive")
+    _check_settings(max_batch, max_upload_mb, precision)
     state = _State()
     limit = int(max_upload_mb * 2**20)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.model = await asyncio.to_thread(_load, model)
+        state.model = await asyncio.to_thread(_load, model, precision)
         batch, state.batch_rates = await asyncio.to_thread(_tune, state.model, max_batch, tune_batch)
         state.batcher = MicroBatcher(
             state.model.predict_proba, batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
