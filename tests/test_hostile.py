@@ -309,6 +309,8 @@ def test_doctor_on_hostile_data(battery, tmp_path):
     reported = {os.path.basename(b["path"]): b["reason"] for b in doc["bad_files"]}
     for name in ("pipe.jpg", "fifo_link.jpg", "zero.jpg", "sock.jpg", "cat.jpg", "large.png", "heavy.bmp"):
         assert battery["expected"][name] in reported[name], name
+    assert "\x1b" not in proc.stderr and "\u202e" not in proc.stderr  # names never drive the terminal
+    assert "Traceback" not in proc.stderr
     assert tree_digest(battery["data"]) == battery["before"]
 
 

@@ -253,7 +253,7 @@ def doctor(
         verbose=not quiet,
     )
     if not quiet:
-        print("\n".join(lines), file=sys.stderr)
+        print("\n".join(terminal_safe(line) for line in lines), file=sys.stderr)
 
 
 @app.command()

@@ -150,7 +150,7 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img: Image.Image = Image.open(io.BytesIO(data), formats=_accepted_formats())
+            img: Image.Image = Image.open(io.BytesIO(data), formats=accepted_formats())
             _check_pixels(img)
             if min_side and img.format == "JPEG" and isinstance(img, ImageFile.ImageFile):
                 img.draft("RGB", (min_side, min_side))
@@ -173,7 +173,7 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
 
 
 @functools.cache
-def _accepted_formats() -> tuple[str, ...]:
+def accepted_formats() -> tuple[str, ...]:
     """``ACCEPTED_FORMATS`` this Pillow has (its plugins registered once, so MPO and WebP are known)."""
     Image.init()
     return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN)

@@ -17,7 +17,7 @@ from PIL import Image
 from headstart.core.errors import BadImageError
 from headstart.core.progress import NullProgress, ProgressSink
 from headstart.core.system import usable_core_count
-from headstart.data.images import decode_image, read_bytes
+from headstart.data.images import accepted_formats, decode_image, read_bytes
 
 MIN_SIDE = 32  # pixels: smaller images carry almost nothing once resized to the backbone's input
 MAX_ASPECT = 10.0  # longer side / shorter side beyond which the centre crop keeps a sliver
@@ -51,7 +51,7 @@ def check_file(path: str, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPE
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with Image.open(io.BytesIO(data)) as header:
+                with Image.open(io.BytesIO(data), formats=accepted_formats()) as header:
                     width, height = header.size
         except Exception:  # noqa: BLE001 - decode_image below names the reason
             pass
