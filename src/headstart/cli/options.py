@@ -66,6 +66,22 @@ SplitFractions = Annotated[
 LabelsFrom = Annotated[str, typer.Option(help="auto, folder, filename or csv.")]
 TopK = Annotated[int, typer.Option(help="k of the top-k accuracy.")]
 EngineChoice = Annotated[Engine, typer.Option(help="Runtime for feature extraction.")]
+
+
+class FeaturePrecision(str, Enum):
+    auto = "auto"
+    int8 = "int8"
+
+
+FeaturePrecisionChoice = Annotated[
+    FeaturePrecision,
+    typer.Option(
+        "--precision",
+        help="Feature-extraction numerics: auto (the engine's fp32, or bf16 where the CPU has it) or int8 "
+        "(the backbone quantised, calibrated on 300 of the images; features cached apart; saved with "
+        "the model, so predict extracts the same way).",
+    ),
+]
 BatchSize = Annotated[
     Optional[int], typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32).")
 ]

@@ -54,6 +54,7 @@ from headstart.estimator.fitting import (
     usable_samples,
 )
 from headstart.features.cache import FeatureCache, default_cache_dir
+from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor, build_extractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
 from headstart.models.bundle import library_versions, load_bundle, save_bundle
@@ -96,6 +97,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "labels_from": Options("auto", "folder", "filename", "csv"),
     "top_k": Interval(int, 1),
     "engine": Options("auto", "openvino", "onnxruntime", "torch"),
+    "feature_precision": Options(*FEATURE_PRECISIONS),
     "batch_size": Interval(int, 1),
     "workers": Optional(Interval(int, 1)),
     "cache_dir": Optional(PATH),
@@ -135,6 +137,10 @@ class ImageClassifier(BaseEstimator):
         labels_from: ``auto``, ``folder``, ``filename`` or ``csv``.
         top_k: k of the top-k accuracy.
         engine: feature-extraction runtime: ``auto``, ``openvino``, ``onnxruntime`` or ``torch``.
+        feature_precision: feature-extraction numerics: ``auto`` (the engine's native fp32 or
+            bf16) or ``int8`` (the backbone quantised once, calibrated on up to 300 of the first
+            images it extracts, features cached apart; openvino or onnxruntime). Saved with the
+            model, so a loaded model extracts the same way.
         batch_size: images per feature-extraction batch.
         workers: image-decoding threads (default: the usable cores).
         cache_dir: feature cache (default ``~/.cache/headstart`` or ``$HEADSTART_CACHE``).
@@ -177,6 +183,7 @@ class ImageClassifier(BaseEstimator):
         labels_from: str = "auto",
         top_k: int = 3,
         engine: str = "auto",
+        feature_precision: str = "auto",
         batch_size: int = 8,
         workers: int | None = None,
         cache_dir: str | Path | None = None,
@@ -205,6 +212,7 @@ class ImageClassifier(BaseEstimator):
         self.labels_from = labels_from
         self.top_k = top_k
         self.engine = engine
+        self.feature_precision = feature_precision
         self.batch_size = batch_size
         self.workers = workers
         self.cache_dir = cache_dir
@@ -230,6 +238,7 @@ class ImageClassifier(BaseEstimator):
         validate_params(self.get_params(), CONSTRAINTS)
         if self.strategy == FINETUNE and self.head != "logistic":
             raise ParameterError("head", "fine-tuning starts from the linear probe: use head='logistic'")
+        check_feature_precision(self.feature_precision, resolve_engine(self.engine))
 
     def _head_params(self) -> dict[str, Any]:
         if self.head_params is not None:
@@ -276,6 +285,7 @@ class ImageClassifier(BaseEstimator):
             batch_size=self.batch_size,
             workers=self.workers,
             verbose=self.verbose,
+            precision=self.feature_precision,
         )
 
     def _extract(self, paths: Sequence[str | Path]) -> ExtractionResult:
@@ -624,7 +634,7 @@ class ImageClassifier(BaseEstimator):
             "strategy": self.strategy_,
             "backbone": self.backbone_.describe(),
             "head": {"name": self.head_.name, "params": self.head_.params()},
-            "settings": {"seed": self.seed, "split": list(self.split), "top_k": self.top_k},
+            "settings": self._bundle_settings(),
             "split": getattr(self, "split_", None),
             "metrics": {
                 k: v
@@ -637,6 +647,14 @@ class ImageClassifier(BaseEstimator):
         state = self.backbone_.state_arrays()
         head_arrays = {k: np.asarray(v) for k, v in self.head_.arrays().items()}
         return save_bundle(path, meta, state, head_arrays)
+
+    def _bundle_settings(self) -> dict[str, Any]:
+        """What a loaded model must reuse; ``feature_precision`` only where not the default, so a
+        default model's file stays byte-for-byte the format older versions read."""
+        settings: dict[str, Any] = {"seed": self.seed, "split": list(self.split), "top_k": self.top_k}
+        if self.feature_precision != "auto":
+            settings["feature_precision"] = self.feature_precision
+        return settings
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> ImageClassifier:
@@ -652,6 +670,7 @@ class ImageClassifier(BaseEstimator):
             "seed": settings.get("seed", 0),
             "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
             "top_k": settings.get("top_k", 3),
+            "feature_precision": settings.get("feature_precision", "auto"),
         }
         clf = cls(**{**params, **overrides})
         try:

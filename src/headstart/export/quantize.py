@@ -20,7 +20,7 @@ calibrates as well as its run folder, as long as the training images are still w
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,10 @@ from headstart.core.system import usable_core_count
 from headstart.data.images import decode_image, read_bytes
 from headstart.export.graph import HEAD_SCOPE
 from headstart.export.runtime import prepare_pixels
+from headstart.features.quantize import quantize_qdq
 
 CALIBRATION_IMAGES = 300
 MAX_INT8_LOSS_POINTS = 1.0
-CALIBRATION_BATCH = 10
 
 
 def split_files(meta: dict[str, Any], split: str) -> list[tuple[Path, str]]:
@@ -86,53 +86,13 @@ def calibration_pixels(meta: dict[str, Any], preprocessing: dict[str, Any], limi
     return pixels
 
 
-def _reader(pixels: np.ndarray) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches: Iterator[np.ndarray] = iter(
-                pixels[i : i + CALIBRATION_BATCH] for i in range(0, len(pixels), CALIBRATION_BATCH)
-            )
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"pixels": batch}
-
-    return Batches()
-
-
 def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
-    """QDQ ONNX (per-channel int8 weights, uint8 activations: "U8S8") calibrated on ``pixels``.
+    """QDQ ONNX calibrated on ``pixels`` (see ``features.quantize.quantize_qdq``).
 
-    U8S8 is what ONNX Runtime's x86 integer kernels are built for: measured here (AVX-512 VNNI), its
-    int8 model ran 2.0x fp32's batch-32 throughput where S8S8 activations ran 0.8x; OpenVINO runs
-    both alike.
-
-    MinMax calibration keeps only each tensor's per-batch min and max (ReduceMin/ReduceMax outputs),
-    so all batches stay in memory cheaply; ORT's ``CalibMaxIntermediateOutputs`` must stay unset: it
-    drops the batches it clears instead of merging them. The head stays fp32: it is a few
-    thousand multiply-adds, and its standardised weights can hold outliers that int8 would flatten.
+    The head stays fp32: it is a few thousand multiply-adds, and its standardised weights can hold
+    outliers that int8 would flatten.
     """
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
-
-    prepared = out.with_name("prepared.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    head_nodes = [
-        node.name for node in onnx.load(str(prepared)).graph.node if node.name.startswith(HEAD_SCOPE)
-    ]
-    quantize_static(
-        str(prepared),
-        str(out),
-        _reader(pixels),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=head_nodes,
-    )
-    return out
+    return quantize_qdq(fp32, out, pixels, keep_fp32=HEAD_SCOPE)
 
 
 def accuracy(model_file: Path, fmt: str, pixels: np.ndarray, labels: np.ndarray, classes: int) -> float:

@@ -12,14 +12,15 @@ import functools
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart.core.errors import ParameterError
+from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path
+from headstart.features.quantize import quantize_qdq
 from headstart.models.backbones import Backbone
 
 
@@ -215,9 +216,24 @@ def available_engines() -> list[str]:
     return ["openvino", "onnxruntime", "torch"]
 
 
-@functools.cache
-def engine_precision(engine: str) -> str:
+FEATURE_PRECISIONS = ("auto", "int8")
+
+
+def check_feature_precision(precision: str, engine: str) -> None:
+    """``precision`` is one the extractor knows, and ``engine`` can run it (int8 needs ONNX)."""
+    if precision not in FEATURE_PRECISIONS:
+        raise ParameterError("feature_precision", f"unknown value '{precision}': choose auto or int8")
+    if precision == "int8" and engine == "torch":
+        raise ParameterError("feature_precision", "int8 runs in openvino or onnxruntime, not engine='torch'")
+
+
+def engine_precision(engine: str, precision: str = "auto") -> str:
     """What numerics an engine will use here, known without building it (part of the cache key)."""
+    return "int8" if precision == "int8" else _native_precision(engine)
+
+
+@functools.cache
+def _native_precision(engine: str) -> str:
     if engine == "openvino":
         import openvino as ov
 
@@ -238,15 +254,50 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def build_engine(backbone: Backbone, engine: str, batch_size: int, threads: int, cache_dir: Path) -> Engine:
+def build_engine(
+    backbone: Backbone,
+    engine: str,
+    batch_size: int,
+    threads: int,
+    cache_dir: Path,
+    precision: str = "auto",
+    calibration: Callable[[], np.ndarray] | None = None,
+) -> Engine:
     """A ready engine; the ONNX graph is exported once per backbone and batch size into
-    ``cache_dir/models`` (and OpenVINO keeps its compiled blobs in ``cache_dir/openvino``)."""
+    ``cache_dir/models`` (and OpenVINO keeps its compiled blobs in ``cache_dir/openvino``).
+
+    Args:
+        precision: ``auto`` (the runtime's native numerics) or ``int8`` (the graph quantised once,
+            calibrated on ``calibration()``, and kept beside the fp32 one).
+        calibration: the (N, H, W, 3) uint8 images to calibrate int8 on; called only when no
+            quantised graph is cached yet.
+    """
     engine = resolve_engine(engine)
+    check_feature_precision(precision, engine)
     if engine == "torch":
         return TorchEngine(backbone, threads)
     onnx_path = cache_dir / "models" / f"{backbone.key}-b{batch_size}.onnx"
     if not onnx_path.exists():
         export_onnx(backbone, onnx_path, batch_size)
+    if precision == "int8":
+        onnx_path = _int8_graph(onnx_path, batch_size, calibration)
     if engine == "openvino":
         return OpenVinoEngine(onnx_path, batch_size, threads, cache_dir)
     return OnnxRuntimeEngine(onnx_path, batch_size, threads)
+
+
+def _int8_graph(fp32: Path, batch_size: int, calibration: Callable[[], np.ndarray] | None) -> Path:
+    """The cached int8 graph beside ``fp32``, quantised on first use.
+
+    Rule: once written it is reused as it is (never recalibrated), so every feature cached under
+    the int8 namespace comes from the same graph.
+    """
+    int8 = fp32.with_name(fp32.stem + "-int8.onnx")
+    if int8.exists():
+        return int8
+    pixels = calibration() if calibration is not None else None
+    if pixels is None or len(pixels) < batch_size:
+        raise HeadstartError(
+            f"int8 features need at least {batch_size} readable images (one batch) to calibrate on"
+        )
+    return quantize_qdq(fp32, int8, pixels, static_batch=batch_size)

@@ -23,8 +23,16 @@ from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink
 from headstart.core.system import usable_core_count
 from headstart.data.images import Preprocessor, decode_image, read_bytes
 from headstart.features.cache import FEATURE_FORMAT, FeatureCache, content_hash, hash_file
-from headstart.features.engines import Engine, build_engine, engine_precision, resolve_engine
+from headstart.features.engines import (
+    Engine,
+    build_engine,
+    check_feature_precision,
+    engine_precision,
+    resolve_engine,
+)
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+
+CALIBRATION_IMAGES = 300
 
 
 @dataclass
@@ -68,15 +76,19 @@ class FeatureExtractor:
         batch_size: int = 8,
         workers: int | None = None,
         progress: ProgressSink | None = None,
+        precision: str = "auto",
     ) -> None:
         self.backbone = backbone
         self.cache = cache if cache is not None else FeatureCache()
         self.engine_name = resolve_engine(engine)
+        check_feature_precision(precision, self.engine_name)
+        self.precision = precision
         self.batch_size = batch_size
         self.workers = workers or usable_core_count()
         self.progress = progress or NullProgress()
         self._preprocess: Preprocessor | None = None
         self._engine: Engine | None = None
+        self._calibration_paths: list[str] = []
 
     @property
     def preprocess(self) -> Preprocessor:
@@ -86,17 +98,40 @@ class FeatureExtractor:
 
     @property
     def namespace(self) -> str:
-        """Cache namespace: backbone identity plus the engine's numerics."""
-        precision = engine_precision(self.engine_name)
-        return f"{self.backbone.key}-{precision}-v{FEATURE_FORMAT}"
+        """Cache namespace: backbone identity plus the engine's numerics (int8 features never mix
+        with fp32 or bf16 ones)."""
+        return f"{self.backbone.key}-{self.numerics}-v{FEATURE_FORMAT}"
+
+    @property
+    def numerics(self) -> str:
+        """``fp32``, ``bf16`` or ``int8``: what the features are computed in."""
+        return engine_precision(self.engine_name, self.precision)
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = build_engine(
-                self.backbone, self.engine_name, self.batch_size, self.workers, self.cache.root
+                self.backbone,
+                self.engine_name,
+                self.batch_size,
+                self.workers,
+                self.cache.root,
+                self.precision,
+                self._calibration_pixels,
             )
         return self._engine
+
+    def _calibration_pixels(self) -> np.ndarray:
+        """int8 calibration: up to ``CALIBRATION_IMAGES`` of the images being extracted, taken at
+        even steps through them (a class-sorted listing still gives every class), unreadable ones
+        left out."""
+        paths = self._calibration_paths
+        step = max(1, len(paths) // CALIBRATION_IMAGES)
+        chosen = paths[::step][:CALIBRATION_IMAGES]
+        with ThreadPoolExecutor(self.workers) as pool:
+            decoded = [a for a in pool.map(self._decode, chosen) if not isinstance(a, str)]
+        shape = (0, self.preprocess.height, self.preprocess.width, 3)
+        return np.stack(decoded) if decoded else np.zeros(shape, np.uint8)
 
     def _decode(self, path: str, expected_hash: str | None = None) -> np.ndarray | str:
         """One file's pixels, or the reason it cannot be used.
@@ -145,6 +180,7 @@ class FeatureExtractor:
         clock = {"start": time.perf_counter()}
         errors: dict[int, str] = {}
         damaged_before = self.cache.damaged
+        self._calibration_paths = files
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as builder:
             known = self.cache.known_hashes(files)
             # Files never hashed before are most likely not cached either: start exporting and
@@ -177,7 +213,7 @@ class FeatureExtractor:
             n_extracted=extracted,
             n_damaged_cache=self.cache.damaged - damaged_before,
             seconds=_stage_seconds(clock),
-            engine=f"{self.engine_name}-{engine_precision(self.engine_name)}",
+            engine=f"{self.engine_name}-{self.numerics}",
         )
 
     def _content_hashes(
@@ -312,6 +348,7 @@ def build_extractor(
     batch_size: int = 8,
     workers: int | None = None,
     verbose: bool = True,
+    precision: str = "auto",
 ) -> FeatureExtractor:
     """The one way to set up extraction: backbone (a timm name, or one already built), the
     feature cache, the engine, the batch size, the decoding threads and progress lines.
@@ -324,11 +361,19 @@ def build_extractor(
         batch_size: images per engine call.
         workers: decoding threads (default: the usable cores).
         verbose: print progress lines (images/s, ETA) to stderr.
+        precision: ``auto`` (the engine's native fp32 or bf16) or ``int8`` (the backbone quantised
+            once, calibrated on the first images it extracts; openvino or onnxruntime only).
     """
     cache = FeatureCache(cache_dir)
     if not isinstance(backbone, Backbone):
         backbone = create_backbone(backbone or DEFAULT_BACKBONE, weights, cache.root)
     progress = ConsoleProgress() if verbose else NullProgress()
     return FeatureExtractor(
-        backbone, cache=cache, engine=engine, batch_size=batch_size, workers=workers, progress=progress
+        backbone,
+        cache=cache,
+        engine=engine,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        precision=precision,
     )
