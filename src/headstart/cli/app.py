@@ -191,8 +191,7 @@ def train(
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    finetune = strategy is Strategy.finetune
-    clf = ImageClassifier(
+    ImageClassifier(
         strategy=strategy.value,
         backbone=backbone,
         weights=weights,
@@ -203,7 +202,7 @@ def train(
         top_k=top_k,
         engine=engine.value,
         feature_precision=feature_precision.value,
-        batch_size=8 if finetune else (batch_size or 8),
+        batch_size=8 if strategy is Strategy.finetune else (batch_size or 8),
         cache_dir=cache_dir,
         verbose=not quiet,
         exclude=exclude,
@@ -216,8 +215,7 @@ def train(
         class_weight=None if class_weight == "none" else class_weight,
         patience=patience,
         time_budget=time_budget * 60 if time_budget else None,  # the flag is in minutes, the API seconds
-    )
-    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    ).fit(_data_or_flowers(data, cache_dir), out_dir=out)
 
 
 @app.command()
