@@ -79,3 +79,19 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
     cycles = import_cycles(graph)
     assert ("cyclic_pkg.a", "cyclic_pkg.b", "cyclic_pkg.a") in cycles
     assert not any(chain[0] == "cyclic_pkg.c" for chain in cycles)
+
+
+def test_no_function_is_longer_than_about_60_lines():
+    """Functions short enough to read at once: the project's rule, kept by this test."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "headstart"
+    spans = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                spans.append((lines, f"{path.relative_to(src)}:{node.lineno} {node.name}"))
+    too_long = sorted(s for s in spans if s[0] > 60)
+    assert not too_long, too_long
+    assert len(spans) > 300  # the walk found the package's functions
