@@ -61,6 +61,23 @@ def make_gratings(root: Path, per_class: int = 12, seed: int = 0) -> Path:
     return root
 
 
+def tiny_probe(root: Path):
+    """The default backbone, a logistic head fitted on random features (a cheap start for
+    training-loop tests) and ``(path, class index)`` items of the images below ``root``."""
+    from headstart.models.backbones import create_backbone
+    from headstart.models.heads import make_head
+
+    files = sorted(root.rglob("*.jpg"))
+    classes = sorted({f.parent.name for f in files})
+    items = [(str(f), classes.index(f.parent.name)) for f in files]
+    backbone = create_backbone()
+    x = np.random.default_rng(0).normal(1.0, 0.5, (len(items), backbone.num_features)).astype(np.float32)
+    y = np.array([label for _, label in items])
+    head = make_head("logistic", cs=(1.0,), refit=False)
+    head.fit(x, y, x, y, len(classes))
+    return backbone, head, items, classes
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Path -> sha256 of every file (and link target) below root: proves nothing was written."""
     out = {}

@@ -8,10 +8,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders
+from conftest import make_class_folders, tiny_probe
 
-from headstart.models.backbones import create_backbone
-from headstart.models.heads import make_head
 from headstart.training.callbacks import (
     HISTORY_COLUMNS,
     Callback,
@@ -29,15 +27,7 @@ from headstart.training.state import TrainState
 def tiny(tmp_path_factory):
     """24 train / 6 val generated images, the default backbone and a probe head fitted on random features."""
     root = make_class_folders(tmp_path_factory.mktemp("cb") / "colors", per_class=10)
-    files = sorted(root.rglob("*.jpg"))
-    classes = sorted({f.parent.name for f in files})
-    items = [(str(f), classes.index(f.parent.name)) for f in files]
-    backbone = create_backbone()
-    rng = np.random.default_rng(0)
-    x = rng.normal(1.0, 0.5, (30, backbone.num_features)).astype(np.float32)
-    y = np.array([label for _, label in items])
-    head = make_head("logistic", cs=(1.0,), refit=False)
-    head.fit(x, y, x, y, len(classes))
+    backbone, head, items, classes = tiny_probe(root)
     return {
         "args": (
             backbone.model,

@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders
+from conftest import make_class_folders, tiny_probe
 
 import headstart
 from headstart.core.errors import HeadstartError
-from headstart.models.backbones import create_backbone
-from headstart.models.heads import make_head
 from headstart.training.checkpoints import load_checkpoint, save_checkpoint
 from headstart.training.loop import FineTuner
 from headstart.training.network import block_groups, trainable_groups
@@ -27,15 +25,7 @@ CLI = [sys.executable, "-m", "headstart"]
 def tiny(tmp_path_factory):
     """24 train / 6 val generated images, the default backbone and a probe head fitted on random features."""
     root = make_class_folders(tmp_path_factory.mktemp("ft") / "colors", per_class=10)
-    files = sorted(root.rglob("*.jpg"))
-    classes = sorted({f.parent.name for f in files})
-    items = [(str(f), classes.index(f.parent.name)) for f in files]
-    backbone = create_backbone()
-    rng = np.random.default_rng(0)
-    x = rng.normal(1.0, 0.5, (30, backbone.num_features)).astype(np.float32)
-    y = np.array([label for _, label in items])
-    head = make_head("logistic", cs=(1.0,), refit=False)
-    head.fit(x, y, x, y, len(classes))
+    backbone, head, items, classes = tiny_probe(root)
     train = [it for i, it in enumerate(items) if i % 5]
     val = [it for i, it in enumerate(items) if not i % 5]
     small = {**backbone.data_config, "input_size": (3, 96, 96)}  # any size works; small is fast

@@ -123,7 +123,7 @@ def test_expand_paths_lists_folder_images_and_reports_missing(tmp_path):
 
 def test_old_module_paths_are_gone_and_new_ones_import():
     assert importlib.util.find_spec("headstart.doctor.checks") is None
-    from headstart.doctor import CheckReport, check_summary, diagnose, quick_check, write_run_checks  # noqa: F401
+    from headstart.doctor import CheckReport, check_summary, diagnose, quick_check  # noqa: F401
     from headstart.features import FeatureCache, FeatureExtractor, build_extractor  # noqa: F401
     from headstart.features.engines import build_engine, export_onnx, resolve_engine  # noqa: F401
 

@@ -42,12 +42,14 @@ from headstart.cli.options import (
     HeadChoice,
     HeadName,
     InferencePrecision,
+    LabelledData,
     LabelsFrom,
     LearningRate,
     MapMethod,
     MapPoints,
     MaxBatch,
     MaxUploadMb,
+    ModelFile,
     Patience,
     Quiet,
     ResumeRun,
@@ -220,23 +222,23 @@ def train(
 
 @app.command()
 def doctor(
-    data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
+    data: LabelledData,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")
     ] = Path("runs/doctor"),
     backbone: Annotated[
         str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")
     ] = "tf_efficientnet_lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --backbone.")] = None,
-    labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
+    weights: WeightsFile = None,
+    labels_from: LabelsFrom = "auto",
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the out-of-fold label check.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
     near: Annotated[
         float, typer.Option(help="Feature cosine similarity from which two images are near duplicates.")
     ] = 0.95,
-    engine: Annotated[Engine, typer.Option(help="Runtime for feature extraction.")] = Engine.auto,
-    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    engine: EngineChoice = Engine.auto,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
 ) -> None:
     """Check DATA for broken files, duplicates, leaks, likely wrong labels and imbalance."""
     from headstart.runs.doctor import run_doctor
@@ -260,8 +262,8 @@ def doctor(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="model.safetensors (or its run folder).")],
-    data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
+    model: ModelFile,
+    data: LabelledData,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")
     ] = Path("runs/evaluate"),
@@ -271,8 +273,8 @@ def evaluate(
             help="auto: the saved test split if DATA is the training data, else all images; or all/test/val/train."
         ),
     ] = "auto",
-    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
 ) -> None:
     """Evaluate a saved model on labelled images."""
     from headstart.estimator.classifier import load
@@ -283,11 +285,11 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="model.safetensors (or its run folder).")],
+    model: ModelFile,
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
-    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+    cache_dir: CacheDir = None,
     annotate: Annotated[
         Optional[Path],
         typer.Option(
@@ -390,8 +392,8 @@ def report(
         typer.Option(help="Map the test images or all images of the run (all: train, val and test)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the map.")] = 0,
-    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
 ) -> None:
     """Rebuild RUN_DIR/report.html from the saved run files (no retraining)."""
     import time
@@ -427,19 +429,19 @@ def report(
 
 @app.command()
 def embed(
-    data: Annotated[Path, typer.Argument(help="Labelled images, as for train.")],
+    data: LabelledData,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for map.png, map.html and map.csv.")
     ] = Path("runs/embed"),
     backbone: Annotated[
         str, typer.Option(help="Any timm model name; the default works offline.")
     ] = "tf_efficientnet_lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --backbone.")] = None,
+    weights: WeightsFile = None,
     method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = MapMethod.tsne,
-    labels_from: Annotated[str, typer.Option(help="auto, folder, filename or csv.")] = "auto",
+    labels_from: LabelsFrom = "auto",
     seed: Annotated[int, typer.Option()] = 0,
-    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
 ) -> None:
     """A 2-D map of every image's backbone features, coloured by class (features from the cache)."""
     from headstart.runs.embed import embed_map

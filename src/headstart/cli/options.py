@@ -51,6 +51,8 @@ TrainData = Annotated[
         "Omitted: the TensorFlow flowers photos are downloaded."
     ),
 ]
+LabelledData = Annotated[Path, typer.Argument(help="Labelled images, as for train.")]
+ModelFile = Annotated[Path, typer.Argument(help="model.safetensors (or its run folder).")]
 RunOut = Annotated[
     Path, typer.Option("--out", "-o", help="Run folder for the model, metrics and report files.")
 ]

@@ -15,7 +15,7 @@ from headstart.doctor.duplicates import (
 )
 from headstart.doctor.files import FileCheck, check_file, check_files, dhash
 from headstart.doctor.labels import label_records, out_of_fold_proba, rank_label_issues
-from headstart.doctor.quick import check_summary, quick_check, write_run_checks
+from headstart.doctor.quick import check_summary, quick_check
 from headstart.doctor.report import CheckReport, exclude_copies, report_dict
 
 __all__ = [
@@ -37,5 +37,4 @@ __all__ = [
     "rank_label_issues",
     "report_dict",
     "similar_pairs",
-    "write_run_checks",
 ]

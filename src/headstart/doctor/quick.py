@@ -6,13 +6,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart.core.io import write_rows
-from headstart.data.discovery import Dataset, Sample
+from headstart.data.discovery import Sample
 from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
 from headstart.doctor.report import CheckReport
 
@@ -62,46 +60,3 @@ def check_summary(
         "excluded": len(excluded),
         "seconds": report.seconds,
     }
-
-
-def write_run_checks(
-    run_dir: Path,
-    dataset: Dataset,
-    report: CheckReport | None,
-    splits: Sequence[str],
-    summary: dict[str, Any] | None,
-    excluded: Sequence[Sample] = (),
-) -> None:
-    """``duplicate_groups.csv`` (every group member with its final split and whether the group
-    was merged) and ``excluded.csv`` (what ``--exclude`` left out) in train's run folder."""
-    if report is not None:
-        merged = set((summary or {}).get("groups_merged_into_one_split", []))
-        rows = []
-        for n, g in enumerate(report.groups, start=1):
-            conflict = len({report.samples[i].label for i in g.members}) > 1
-            leak = len({splits[i] for i in g.members}) > 1
-            for i in g.members:
-                s = report.samples[i]
-                rows.append(
-                    [
-                        n,
-                        g.kind,
-                        dataset.relative(s.path),
-                        s.label,
-                        splits[i],
-                        "yes" if n in merged else "no",
-                        "yes" if conflict else "no",
-                        "yes" if leak else "no",
-                    ]
-                )
-        write_rows(
-            run_dir / "duplicate_groups.csv",
-            ["group", "kind", "path", "label", "split", "merged", "conflicting_labels", "across_splits"],
-            rows,
-        )
-    if excluded:
-        write_rows(
-            run_dir / "excluded.csv",
-            ["path", "label"],
-            [[dataset.relative(s.path), s.label] for s in excluded],
-        )
