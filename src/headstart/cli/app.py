@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -36,8 +37,10 @@ from headstart.cli.options import (
     ExportPrecision,
     ExportPrecisionChoice,
     ExportSource,
+    FeatureLayers,
     FeaturePrecision,
     FeaturePrecisionChoice,
+    FeaturesChoice,
     Format,
     HeadChoice,
     HeadName,
@@ -50,8 +53,11 @@ from headstart.cli.options import (
     MaxBatch,
     MaxUploadMb,
     ModelFile,
+    MultiLabel,
     Patience,
+    ProcessCount,
     Quiet,
+    RejectOption,
     ResumeRun,
     RunOut,
     Seed,
@@ -61,9 +67,12 @@ from headstart.cli.options import (
     SplitFractions,
     Strategy,
     StrategyChoice,
+    TargetAccuracy,
+    TestTimeAugmentation,
     TimeBudgetMinutes,
     TopK,
     TrainData,
+    TTAChoice,
     Unfreeze,
     WeightsFile,
 )
@@ -170,6 +179,8 @@ def train(
     top_k: TopK = 3,
     engine: EngineChoice = Engine.auto,
     feature_precision: FeaturePrecisionChoice = FeaturePrecision.auto,
+    features: FeaturesChoice = FeatureLayers.last,
+    tta: TTAChoice = TestTimeAugmentation.none,
     batch_size: BatchSize = None,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
@@ -183,41 +194,54 @@ def train(
     class_weight: ClassWeight = "none",
     patience: Patience = 3,
     time_budget: TimeBudgetMinutes = None,
+    multi_label: MultiLabel = None,
+    reject: RejectOption = "off",
+    target_accuracy: TargetAccuracy = 0.95,
+    nproc: ProcessCount = 1,
     resume: ResumeRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
-    from headstart.data.splits import parse_split
     from headstart.estimator.classifier import ImageClassifier
 
     if resume is not None:
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    ImageClassifier(
-        strategy=strategy.value,
-        backbone=backbone,
-        weights=weights,
-        head=head.value,
-        seed=seed,
-        split=parse_split(split),
-        labels_from=labels_from,
-        top_k=top_k,
-        engine=engine.value,
-        feature_precision=feature_precision.value,
-        batch_size=8 if strategy is Strategy.finetune else (batch_size or 8),
-        cache_dir=cache_dir,
-        verbose=not quiet,
-        exclude=exclude,
-        check_data=check_data,
-        unfreeze=unfreeze,
-        epochs=epochs,
-        lr=lr,
+    params = _train_params(locals())
+    ImageClassifier(**params).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+
+
+def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
+    """``train``'s flags as the estimator's parameters: enums to their values, minutes to seconds,
+    and the one ``--batch-size`` flag to the extraction or the fine-tuning batch."""
+    from headstart.data.splits import parse_split
+
+    cli_only = {"data", "out", "quiet", "resume", "nproc"}
+    params = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if k not in cli_only}
+    batch_size = flags["batch_size"]
+    params.update(
+        split=parse_split(flags["split"]),
+        verbose=not flags["quiet"],
+        batch_size=8 if flags["strategy"] is Strategy.finetune else (batch_size or 8),
         train_batch_size=batch_size or 32,
-        augment=augment,
-        class_weight=None if class_weight == "none" else class_weight,
-        patience=patience,
-        time_budget=time_budget * 60 if time_budget else None,  # the flag is in minutes, the API seconds
-    ).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+        class_weight=None if flags["class_weight"] == "none" else flags["class_weight"],
+        # the flag is in minutes, the API in seconds
+        time_budget=flags["time_budget"] * 60 if flags["time_budget"] else None,
+        reject=_reject_value(flags["reject"]),
+    )
+    return params
+
+
+def _reject_value(text: str) -> str | float:
+    """``--reject``: ``off``, ``auto`` or a number (the estimator checks its range)."""
+    if text in ("off", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ParameterError(
+            "reject", f"must be off, auto or a threshold between 0 and 1 (got {text!r})"
+        ) from None
 
 
 @app.command()

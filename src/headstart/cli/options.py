@@ -23,8 +23,19 @@ class HeadName(str, Enum):
 
 
 class Strategy(str, Enum):
+    auto = "auto"
     feature_extraction = "feature-extraction"
     finetune = "finetune"
+
+
+class FeatureLayers(str, Enum):
+    last = "last"
+    multi = "multi"
+
+
+class TestTimeAugmentation(str, Enum):
+    none = "none"
+    flip = "flip"
 
 
 class MapMethod(str, Enum):
@@ -109,6 +120,41 @@ StrategyChoice = Annotated[
     Strategy,
     typer.Option(
         help="feature-extraction (a head on cached features) or finetune (then train the backbone too)."
+    ),
+]
+FeaturesChoice = Annotated[
+    FeatureLayers,
+    typer.Option(
+        "--features",
+        help="last (the backbone's pooled output) or multi (pooled activations of several block groups, "
+        "concatenated; the head chooses among them).",
+    ),
+]
+TTAChoice = Annotated[
+    TestTimeAugmentation,
+    typer.Option("--tta", help="Test-time augmentation: none or flip (image and mirror, features averaged)."),
+]
+MultiLabel = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--multi-label/--single-label",
+        help="Several labels per image (CSV path,labels with labels separated by ';'). Default: detected.",
+    ),
+]
+RejectOption = Annotated[
+    str,
+    typer.Option(
+        help="Answer 'unknown' for images unlike the classes: off, auto (threshold chosen on validation "
+        "for --target-accuracy) or a score threshold between 0 and 1.",
+    ),
+]
+TargetAccuracy = Annotated[
+    float, typer.Option(help="--reject auto: the accuracy wanted on the images the model accepts.")
+]
+ProcessCount = Annotated[
+    int,
+    typer.Option(
+        help="Processes for distributed training on this machine (starts torchrun; 1: no launcher)."
     ),
 ]
 Unfreeze = Annotated[str, typer.Option(help="finetune: head, last:N (block groups), half or all.")]

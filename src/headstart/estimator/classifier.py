@@ -69,6 +69,7 @@ from headstart.runs.writer import (
 from headstart.training.loop import CHECKPOINT_DIR, FineTuneSettings
 
 EVALUATION_SPLITS = ("auto", "all", "test", "val", "train")
+AUTO = "auto"
 FEATURE_EXTRACTION = "feature-extraction"
 FINETUNE = "finetune"
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -87,7 +88,7 @@ PATH = InstanceOf((str, Path), "a path")
 
 # What each parameter may be; checked once, at the start of ``fit``.
 CONSTRAINTS: dict[str, Constraint] = {
-    "strategy": Options(FEATURE_EXTRACTION, FINETUNE),
+    "strategy": Options(AUTO, FEATURE_EXTRACTION, FINETUNE),
     "backbone": InstanceOf((str,), "a timm model name"),
     "weights": Optional(PATH),
     "head": Options(*sorted(Head.registry)),
@@ -98,6 +99,8 @@ CONSTRAINTS: dict[str, Constraint] = {
     "top_k": Interval(int, 1),
     "engine": Options("auto", "openvino", "onnxruntime", "torch"),
     "feature_precision": Options(*FEATURE_PRECISIONS),
+    "features": Options("last", "multi"),
+    "tta": Options("none", "flip"),
     "batch_size": Interval(int, 1),
     "workers": Optional(Interval(int, 1)),
     "cache_dir": Optional(PATH),
@@ -115,6 +118,9 @@ CONSTRAINTS: dict[str, Constraint] = {
     "time_budget": Optional(Interval(float, 0, low_open=True)),
     "precision": Options("auto", "bf16", "fp32"),
     "loader_workers": Optional(Interval(int, 0)),
+    "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
+    "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
+    "target_accuracy": Interval(float, 0, 1, low_open=True),
 }
 
 
@@ -141,6 +147,10 @@ class ImageClassifier(BaseEstimator):
             bf16) or ``int8`` (the backbone quantised once, calibrated on up to 300 of the first
             images it extracts, features cached apart; openvino or onnxruntime). Saved with the
             model, so a loaded model extracts the same way.
+        features: ``last`` (the backbone's pooled output) or ``multi`` (pooled activations of
+            several block groups, concatenated and standardised; the head chooses among them).
+        tta: test-time augmentation: ``none`` or ``flip`` (features of the image and its mirror,
+            averaged); saved with the model, so predict does the same.
         batch_size: images per feature-extraction batch.
         workers: image-decoding threads (default: the usable cores).
         cache_dir: feature cache (default ``~/.cache/headstart`` or ``$HEADSTART_CACHE``).
@@ -160,6 +170,11 @@ class ImageClassifier(BaseEstimator):
             with the best model so far.
         precision: fine-tuning: ``auto`` (bf16 where the CPU has it), ``bf16`` or ``fp32``.
         loader_workers: fine-tuning: image-loading processes (default: up to 4).
+        multi_label: several labels per image (a CSV ``path,labels`` with ``;`` between labels);
+            None detects it (any row with more than one label).
+        reject: ``off``, ``auto`` (a score threshold chosen on validation so that accepted images
+            reach ``target_accuracy``) or a threshold in [0, 1]; below it predict answers unknown.
+        target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
     """
 
     # Fitted state (set by ``fit`` or ``load``).
@@ -184,6 +199,8 @@ class ImageClassifier(BaseEstimator):
         top_k: int = 3,
         engine: str = "auto",
         feature_precision: str = "auto",
+        features: str = "last",
+        tta: str = "none",
         batch_size: int = 8,
         workers: int | None = None,
         cache_dir: str | Path | None = None,
@@ -201,6 +218,9 @@ class ImageClassifier(BaseEstimator):
         time_budget: float | None = None,
         precision: str = "auto",
         loader_workers: int | None = None,
+        multi_label: bool | None = None,
+        reject: str | float = "off",
+        target_accuracy: float = 0.95,
     ) -> None:
         self.strategy = strategy
         self.backbone = backbone
@@ -213,6 +233,8 @@ class ImageClassifier(BaseEstimator):
         self.top_k = top_k
         self.engine = engine
         self.feature_precision = feature_precision
+        self.features = features
+        self.tta = tta
         self.batch_size = batch_size
         self.workers = workers
         self.cache_dir = cache_dir
@@ -230,6 +252,9 @@ class ImageClassifier(BaseEstimator):
         self.time_budget = time_budget
         self.precision = precision
         self.loader_workers = loader_workers
+        self.multi_label = multi_label
+        self.reject = reject
+        self.target_accuracy = target_accuracy
 
     # ------------------------------------------------------------------ parameters
 
