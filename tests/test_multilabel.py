@@ -16,7 +16,7 @@ from PIL import Image
 
 import headstart
 from headstart.data.discovery import discover
-from headstart.data.multilabel import make_multilabel_split, multi_hot
+from headstart.data.multilabel import make_multilabel_split
 from headstart.evaluation.multilabel import (
     choose_thresholds,
     co_occurrence,
@@ -59,7 +59,9 @@ def colour_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def probe_run(colour_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, headstart.ImageClassifier]:
+def probe_run(
+    colour_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, headstart.ImageClassifier]:
     out = tmp_path_factory.mktemp("run") / "run"
     clf = headstart.ImageClassifier(strategy="feature-extraction", engine="onnxruntime", verbose=False)
     clf.fit(colour_csv, out_dir=out)
@@ -218,3 +220,45 @@ def test_single_label_metrics_keys_are_unchanged(colors_dir, tmp_path):
     assert "confusion_matrix" in metrics
     item = clf.predict_top_k([str(next(colors_dir.rglob("*.jpg")))])[0]
     assert "labels" not in item or item["labels"]  # single-label items: as before (or the shared shape)
+
+
+# ---------------------------------------------------------------------------- export and serve
+
+
+def test_export_carries_thresholds_and_sigmoid_outputs(probe_run, colour_csv, tmp_path):
+    import onnxruntime as ort
+
+    from headstart.export.exporter import export_model
+    from headstart.export.runtime import load_exported
+
+    out, clf = probe_run
+    export_model(out / "model.safetensors", tmp_path / "exp", "onnx", "fp32")
+    info = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert info["multi_label"] is True and info["output_activation"] == "sigmoid"
+    np.testing.assert_allclose(info["thresholds"], clf.thresholds_)
+    meta = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx")).get_modelmeta().custom_metadata_map
+    np.testing.assert_allclose(json.loads(meta["thresholds"]), clf.thresholds_)
+    exported = load_exported(tmp_path / "exp")
+    np.testing.assert_allclose(exported.thresholds, clf.thresholds_)
+    paths = [str(p) for p in sorted((colour_csv.parent / "img").glob("*.png"))[:5]]
+    proba = exported.predict_proba(np.stack([exported.load_image(p) for p in paths]))
+    np.testing.assert_allclose(proba, clf.predict_proba(paths), atol=2e-3)
+
+
+def test_serve_answers_labels_above_thresholds(probe_run, colour_csv, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from headstart.export.exporter import export_model
+    from headstart.export.runtime import load_exported
+    from headstart.serve.app import create_app
+
+    out, _ = probe_run
+    export_model(out / "model.safetensors", tmp_path / "exp", "onnx", "fp32")
+    model = load_exported(tmp_path / "exp")
+    image = sorted((colour_csv.parent / "img").glob("*.png"))[1]
+    with TestClient(create_app(model, tune_batch=False)) as client:
+        answer = client.post("/v1/predict?top_k=2", files=[("files", (image.name, image.read_bytes()))]).json()
+    (item,) = answer
+    proba = model.predict_proba(model.load_image(image))[0]
+    assert item["labels"] == [model.classes[j] for j in np.argsort(-proba) if proba[j] >= model.thresholds[j]]
+    assert item["unknown"] is False and len(item["predictions"]) == 2
