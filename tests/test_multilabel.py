@@ -257,8 +257,31 @@ def test_serve_answers_labels_above_thresholds(probe_run, colour_csv, tmp_path):
     model = load_exported(tmp_path / "exp")
     image = sorted((colour_csv.parent / "img").glob("*.png"))[1]
     with TestClient(create_app(model, tune_batch=False)) as client:
-        answer = client.post("/v1/predict?top_k=2", files=[("files", (image.name, image.read_bytes()))]).json()
+        answer = client.post(
+            "/v1/predict?top_k=2", files=[("files", (image.name, image.read_bytes()))]
+        ).json()
     (item,) = answer
     proba = model.predict_proba(model.load_image(image))[0]
     assert item["labels"] == [model.classes[j] for j in np.argsort(-proba) if proba[j] >= model.thresholds[j]]
     assert item["unknown"] is False and len(item["predictions"]) == 2
+
+
+@pytest.mark.cli
+def test_cli_train_multi_label_and_predict_json(colour_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
+    out = tmp_path / "cli"
+    args = ["train", str(colour_csv), "--multi-label", "--strategy", "feature-extraction", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--engine", "onnxruntime", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["multi_label"] is True
+    image = str(sorted((colour_csv.parent / "img").glob("*.png"))[0])
+    result = CliRunner().invoke(app, ["predict", str(out), image, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (item,) = json.loads(result.stdout)
+    assert set(item) >= {"path", "predictions", "labels", "unknown"}
+    from headstart.reporting.run_report import build_report
+
+    assert "Per-class average precision" in build_report(out).read_text()  # headstart report rebuilds it

@@ -385,15 +385,9 @@ class ImageClassifier(BaseEstimator):
         if self.strategy == FINETUNE:
             self._start_finetune_run(data, writer, resume)
         dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
-        self.multi_label_ = dataset.multi_label
         if dataset.multi_label:
-            job = (
-                self._finetune_job(writer, resume, started, on_epoch_end)
-                if self.strategy == FINETUNE
-                else None
-            )
-            fit_multilabel(self, (dataset, excluded, usable, result), writer, clock, job)
-            return self
+            prepared = (dataset, excluded, usable, result)
+            return self._fit_multilabel(prepared, writer, clock, resume, started, on_epoch_end)
         checks = None
         if self.check_data:
             with clock("data_check"):
@@ -464,6 +458,20 @@ class ImageClassifier(BaseEstimator):
         self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
         return outcome
 
+    def _fit_multilabel(
+        self,
+        prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+        writer: RunWriter,
+        clock: Stopwatch,
+        resume: bool,
+        started: float,
+        on_epoch_end: EpochCallback | None,
+    ) -> ImageClassifier:
+        """The rest of ``fit`` for multi-label data (see ``estimator.multilabel``)."""
+        job = self._finetune_job(writer, resume, started, on_epoch_end) if self.strategy == FINETUNE else None
+        fit_multilabel(self, prepared, writer, clock, job)
+        return self
+
     def _finetune_job(
         self, writer: RunWriter, resume: bool, started: float, on_epoch_end: EpochCallback | None
     ) -> FineTuneJob:
@@ -512,6 +520,7 @@ class ImageClassifier(BaseEstimator):
         clock: Stopwatch,
     ) -> None:
         """The fitted state: split, extraction, checks and the metrics."""
+        self.multi_label_ = False
         self.split_ = split_record(dataset, usable, split, self.split, self.seed)
         self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
         data = {

@@ -336,5 +336,5 @@ def restore_bundle_entry(clf: ImageClassifier, meta: dict[str, Any]) -> None:
     """``multi_label_`` and ``thresholds_`` of a loaded bundle."""
     entry = meta.get("multi_label")
     clf.multi_label_ = isinstance(entry, dict)
-    if clf.multi_label_:
+    if isinstance(entry, dict):
         clf.thresholds_ = np.asarray(entry["thresholds"], dtype=np.float64)

@@ -67,13 +67,13 @@ def choose_thresholds(y: np.ndarray, proba: np.ndarray, metric: str = "f1") -> n
     return thresholds
 
 
-def predict_labels(proba: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+def predict_labels(proba: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
     """0/1 predictions: each class where its probability reaches its threshold."""
     return (np.asarray(proba) >= np.asarray(thresholds)[None, :]).astype(np.int64)
 
 
 def multilabel_metrics(
-    y: np.ndarray, proba: np.ndarray, thresholds: Sequence[float], classes: list[str]
+    y: np.ndarray, proba: np.ndarray, thresholds: Sequence[float] | np.ndarray, classes: list[str]
 ) -> dict[str, Any]:
     """mAP, per-class AP (and precision/recall/F1/support at the thresholds), micro and macro F1,
     subset accuracy, mean binary log-loss; ``n`` images."""
@@ -112,7 +112,7 @@ def co_occurrence(y: np.ndarray) -> np.ndarray:
 
 
 def labels_above(
-    row: np.ndarray, classes: Sequence[str], thresholds: Sequence[float]
+    row: np.ndarray, classes: Sequence[str], thresholds: Sequence[float] | np.ndarray
 ) -> list[dict[str, Any]]:
     """Every class whose probability reaches its threshold, most probable first, as
     ``{"label", "probability", "threshold"}``."""
@@ -123,7 +123,7 @@ def labels_above(
 
 
 def multilabel_answer(
-    path: str, row: np.ndarray, classes: Sequence[str], thresholds: Sequence[float], k: int
+    path: str, row: np.ndarray, classes: Sequence[str], thresholds: Sequence[float] | np.ndarray, k: int
 ) -> dict[str, Any]:
     """One image's answer from a multi-label model, shaped like every model's predict item:
 
