@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +50,8 @@ from headstart.runs.writer import Predictions, RunWriter, TrainingRun
 from headstart.training.loop import settings_fingerprint
 from headstart.training.multilabel import MultiLabelFineTuner
 
-if TYPE_CHECKING:
-    from headstart.estimator.classifier import ImageClassifier
+# The estimator these functions work on: an ImageClassifier (not imported: it imports this module).
+ImageClassifier = Any
 
 THRESHOLD_METRIC = "f1"
 
