@@ -63,7 +63,7 @@ def build_set(data: Path, work: Path, pairs: int, singles: int, seed: int) -> Pa
         rows.append(f"{name},{';'.join(sorted({classes[a], classes[b]}))}")
     for i in range(singles):
         c = classes[i % len(classes)]
-        rows.append(f"{by_class[c].pop()},{c}")
+        rows.append(f"{Path(by_class[c].pop()).resolve()},{c}")  # absolute: the CSV lies elsewhere
     return write_text(work / "labels.csv", "\n".join(rows) + "\n")
 
 
