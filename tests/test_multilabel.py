@@ -16,7 +16,7 @@ from PIL import Image
 
 import headstart
 from headstart.data.discovery import discover
-from headstart.data.multilabel import make_multilabel_split
+from headstart.data.multilabel import make_multilabel_split, multi_hot
 from headstart.evaluation.multilabel import (
     choose_thresholds,
     co_occurrence,
@@ -285,3 +285,33 @@ def test_cli_train_multi_label_and_predict_json(colour_csv, tmp_path):
     from headstart.reporting.run_report import build_report
 
     assert "Per-class average precision" in build_report(out).read_text()  # headstart report rebuilds it
+
+
+def test_saved_thresholds_are_chosen_on_the_validation_split(probe_run, colour_csv):
+    from headstart.models.multilabel import MultiLabelLogisticHead
+
+    out, clf = probe_run
+    data = discover(colour_csv)
+    split = {path: g for path, _, g in clf.split_["files"]}
+    samples = {g: [s for s in data.samples if split[data.relative(s.path)] == g] for g in ("train", "val")}
+    x = {g: clf.transform([s.path for s in samples[g]]) for g in samples}
+    y = {g: multi_hot(samples[g], clf.classes_) for g in samples}
+    head = MultiLabelLogisticHead(cs=(clf.head_.C,), refit=False)
+    head.fit(x["train"], y["train"], x["val"], y["val"], len(clf.classes_))
+    np.testing.assert_allclose(clf.thresholds_, choose_thresholds(y["val"], head.val_proba), atol=1e-4)
+
+
+def test_predefined_splits_are_kept_and_a_missing_val_is_carved_from_train():
+    from headstart.data.discovery import Sample
+    from headstart.data.multilabel import assign_multilabel_splits
+
+    names = ["a", "b", "c"]
+    samples = [
+        Sample(f"{i}.png", "", "test" if i >= 24 else "train", (names[i % 3], names[(i + 1) % 3]))
+        for i in range(30)
+    ]
+    splits, method = assign_multilabel_splits(samples, names, (0.8, 0.1, 0.1), seed=0)
+    assert splits[24:] == ["test"] * 6
+    assert "val" in splits[:24] and "carved" in method
+    train = [s for s, g in zip(samples, splits) if g == "train"]
+    assert {n for s in train for n in s.label_set} == set(names)
