@@ -26,6 +26,7 @@ from headstart.data.multilabel import assign_multilabel_splits, label_names, mak
 from headstart.doctor import check_summary
 from headstart.estimator.finetune import FineTuneJob, _tuned_backbone
 from headstart.estimator.fitting import (
+    Log,
     Split,
     Stopwatch,
     Usable,
@@ -44,7 +45,7 @@ from headstart.evaluation.multilabel import (
 from headstart.features.extractor import ExtractionResult
 from headstart.models.backbones import Backbone
 from headstart.models.bundle import library_versions
-from headstart.models.multilabel import MultiLabelLogisticHead
+from headstart.models.multilabel import MULTILABEL_HEAD, MultiLabelLogisticHead
 from headstart.runs.multilabel import write_multilabel_evaluation, write_multilabel_run
 from headstart.runs.writer import Predictions, RunWriter, TrainingRun
 from headstart.training.loop import settings_fingerprint
@@ -151,6 +152,10 @@ def fit_multilabel(
 ) -> None:
     """Everything of ``fit`` after feature extraction, for multi-label data (``job``: fine-tuning)."""
     dataset, excluded, usable, result = prepared
+    if clf.head not in ("logistic", MULTILABEL_HEAD):
+        raise ParameterError(
+            "head", "multi-label data takes the one-vs-rest logistic head: use head='logistic'"
+        )
     usable = as_multilabel(usable)
     checks = None
     if clf.check_data:
@@ -163,32 +168,9 @@ def fit_multilabel(
     writer(f"multi-label: {len(usable.classes)} labels, one-vs-rest logistic head (C={model.head.C})")
     if job is not None:
         model = finetune_multilabel(clf, job, model, usable, split, clock)
+    _record(clf, prepared, usable, split, checks, model, clock, writer)
     evaluated = split.mask(split.evaluated_on)
-    y_eval = usable.y[evaluated]
-    scores = multilabel_metrics(y_eval, model.proba, model.thresholds, usable.classes)
-    clf.probe_backbone_ = clf.backbone_
-    clf.backbone_, clf.head_, clf.classes_, clf.strategy_ = (
-        model.backbone,
-        model.head,
-        usable.classes,
-        clf.strategy,
-    )
-    clf.multi_label_, clf.thresholds_ = True, model.thresholds
-    clf.split_ = split_record(dataset, usable, split, clf.split, clf.seed)
-    clf.extraction_, clf.dataset_, clf.checks_ = result, dataset, checks
-    clf.metrics_ = _metrics(clf, scores, split, usable, dataset, model, result, clock)
-    if model.finetune is not None:
-        clf.finetune_, clf.history_ = model.finetune, model.finetune["history"]
-    paths = [s.path for s, m in zip(usable.samples, evaluated) if m]
-    clf.test_ = {"paths": paths, "y": y_eval, "proba": model.proba}
-    writer(
-        f"{split.evaluated_on} mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f}, micro F1 "
-        f"{scores['micro_f1']:.4f}, subset accuracy {scores['subset_accuracy']:.4f} on {scores['n']} images"
-    )
-    if checks is not None:
-        plain = make_multilabel_split(usable.y, clf.split, clf.seed)
-        clf.metrics_["data_checks"] = check_summary(checks, plain, split.names, excluded)
-    test = Predictions(paths, y_eval, model.proba, usable.features[evaluated])
+    test = Predictions(clf.test_["paths"], clf.test_["y"], model.proba, usable.features[evaluated])
     run = TrainingRun(
         clf.metrics_,
         dataset,
@@ -201,6 +183,40 @@ def fit_multilabel(
         excluded,
     )
     write_multilabel_run(writer, run, clf.save)
+
+
+def _record(
+    clf: ImageClassifier,
+    prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+    usable: Usable,
+    split: Split,
+    checks: Any,
+    model: MultiLabelModel,
+    clock: Stopwatch,
+    log: Log,
+) -> None:
+    """The fitted state of a multi-label estimator, its metrics and the log line of its scores."""
+    dataset, excluded, _, result = prepared
+    evaluated = split.mask(split.evaluated_on)
+    y_eval = usable.y[evaluated]
+    scores = multilabel_metrics(y_eval, model.proba, model.thresholds, usable.classes)
+    clf.probe_backbone_, clf.backbone_, clf.head_ = clf.backbone_, model.backbone, model.head
+    clf.classes_, clf.strategy_ = usable.classes, clf.strategy
+    clf.multi_label_, clf.thresholds_ = True, model.thresholds
+    clf.split_ = split_record(dataset, usable, split, clf.split, clf.seed)
+    clf.extraction_, clf.dataset_, clf.checks_ = result, dataset, checks
+    clf.metrics_ = _metrics(clf, scores, split, usable, dataset, model, result, clock)
+    if checks is not None:
+        plain = make_multilabel_split(usable.y, clf.split, clf.seed)
+        clf.metrics_["data_checks"] = check_summary(checks, plain, split.names, excluded)
+    if model.finetune is not None:
+        clf.finetune_, clf.history_ = model.finetune, model.finetune["history"]
+    paths = [s.path for s, m in zip(usable.samples, evaluated) if m]
+    clf.test_ = {"paths": paths, "y": y_eval, "proba": model.proba}
+    log(
+        f"{split.evaluated_on} mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f}, micro F1 "
+        f"{scores['micro_f1']:.4f}, subset accuracy {scores['subset_accuracy']:.4f} on {scores['n']} images"
+    )
 
 
 def summary(scores: dict[str, Any]) -> dict[str, Any]:

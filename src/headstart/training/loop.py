@@ -129,7 +129,8 @@ def autocast(precision: str) -> Any:
 def evaluate(
     network: Any, loader: Any, loss_fn: Any, precision: str = "fp32"
 ) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and the softmax of every image (in order) of ``loader``, in eval mode;
+    """Mean loss, accuracy and the probabilities (softmax, or the loss's own ``proba``) of every
+    image (in order) of ``loader``, in eval mode;
     images labelled -100 (unreadable) count in neither mean. NaN means when none is labelled."""
     import torch
 
