@@ -23,14 +23,13 @@ from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import summarize_skips
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover
 from headstart.data.multilabel import assign_multilabel_splits, label_names, make_multilabel_split, multi_hot
-from headstart.doctor import check_summary
+from headstart.doctor import CheckReport, check_summary, quick_check
 from headstart.estimator.finetune import FineTuneJob, _tuned_backbone
 from headstart.estimator.fitting import (
     Log,
     Split,
     Stopwatch,
     Usable,
-    check_data,
     extraction_info,
     now_utc,
     split_record,
@@ -63,6 +62,17 @@ def as_multilabel(usable: Usable) -> Usable:
     if len(classes) < 2:
         raise HeadstartError(f"multi-label data needs at least two labels (found: {', '.join(classes)})")
     return replace(usable, classes=classes, y=multi_hot(usable.samples, classes))
+
+
+def check_multilabel_data(usable: Usable, log: Log) -> CheckReport:
+    """The quick data check (duplicates, conflicting label sets, leaks), with images counted per
+    LABEL (an image counts once for each of its labels), so imbalance is judged between labels."""
+    bad = [(p, r) for p, r, _ in usable.skipped]
+    checks = quick_check(usable.samples, usable.features, usable.hashes, bad)
+    checks.class_counts = {name: int(n) for name, n in zip(usable.classes, usable.y.sum(axis=0))}
+    for line in checks.summary_lines():
+        log(line)
+    return checks
 
 
 def multilabel_split(clf: ImageClassifier, usable: Usable, checks: Any) -> Split:
@@ -160,7 +170,7 @@ def fit_multilabel(
     checks = None
     if clf.check_data:
         with clock("data_check"):
-            checks = check_data(usable, writer)
+            checks = check_multilabel_data(usable, writer)
     with clock("split"):
         split = multilabel_split(clf, usable, checks)
     with clock("fit_head"):
