@@ -106,3 +106,23 @@ def test_tta_model_round_trips_through_bundle_and_export(tmp_path):
     exported = load_exported(tmp_path / "out")
     pixels = np.stack([exported.load_image(f) for f in files])
     np.testing.assert_allclose(exported.predict_proba(pixels), reference, atol=2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.cli
+def test_train_flags_features_and_tta_reach_the_model(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
+    root = make_gratings(tmp_path / "gratings", per_class=8)
+    out = tmp_path / "run"
+    flags = ["--strategy", "feature-extraction", "--features", "multi", "--tta", "flip", "--quiet"]
+    result = CliRunner().invoke(app, ["train", str(root), "--out", str(out), *flags])
+    assert result.exit_code == 0, result.output
+    features = json.loads((out / "metrics.json").read_text())["features"]
+    assert features["layers"] == "multi" and features["tta"] == "flip"
+    loaded = headstart.load(out, verbose=False)
+    assert (loaded.features, loaded.tta) == ("multi", "flip")
