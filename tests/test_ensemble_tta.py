@@ -126,3 +126,22 @@ def test_train_flags_features_and_tta_reach_the_model(tmp_path):
     assert features["layers"] == "multi" and features["tta"] == "flip"
     loaded = headstart.load(out, verbose=False)
     assert (loaded.features, loaded.tta) == ("multi", "flip")
+
+
+def test_ensemble_of_same_sized_members_exports_with_tta(tmp_path, tiny_weights):
+    import timm
+    import torch
+
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(timm.create_model(TINY).state_dict(), other)
+    root = make_gratings(tmp_path / "gratings", per_class=6)
+    clf = _fit(
+        root, backbone=f"{TINY}+{TINY}", weights=[tiny_weights, other], tta="flip", engine="onnxruntime"
+    )
+    path = clf.save(tmp_path / "model.safetensors")
+    export_model(path, tmp_path / "out", "onnx", "fp32")
+    exported = load_exported(tmp_path / "out")
+    files = clf.test_["paths"]
+    pixels = np.stack([exported.load_image(f) for f in files])
+    np.testing.assert_allclose(exported.predict_proba(pixels), clf.predict_proba(files), atol=2e-3)
