@@ -208,6 +208,7 @@ def build_metrics(
         "backbone": model["backbone"],
         "strategy": model["strategy"],
         "head": model["head"],
+        **({"features": model["features"]} if "features" in model else {}),
         "data": data,
         "timings": timings,
         "versions": library_versions(),
