@@ -53,6 +53,14 @@ from headstart.estimator.fitting import (
     split_samples,
     usable_samples,
 )
+from headstart.estimator.multilabel import (
+    bundle_entry,
+    evaluate_multilabel,
+    fit_multilabel,
+    multilabel_items,
+    predicted_label_sets,
+    restore_bundle_entry,
+)
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor, build_extractor
@@ -346,6 +354,9 @@ class ImageClassifier(BaseEstimator):
         if self.strategy == FINETUNE:
             self._start_finetune_run(data, writer, resume)
         dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
+        if dataset.multi_label:
+            prepared = (dataset, excluded, usable, result)
+            return self._fit_multilabel(prepared, writer, clock, resume, started, on_epoch_end)
         checks = None
         if self.check_data:
             with clock("data_check"):
@@ -411,8 +422,30 @@ class ImageClassifier(BaseEstimator):
         tuned backbone and head, or the probe refitted on train + val when no epoch beat it."""
         if self.strategy != FINETUNE:
             return None
+        job = self._finetune_job(writer, resume, started, on_epoch_end)
+        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
+        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
+        return outcome
+
+    def _fit_multilabel(
+        self,
+        prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+        writer: RunWriter,
+        clock: Stopwatch,
+        resume: bool,
+        started: float,
+        on_epoch_end: EpochCallback | None,
+    ) -> ImageClassifier:
+        """The rest of ``fit`` for multi-label data (see ``estimator.multilabel``)."""
+        job = self._finetune_job(writer, resume, started, on_epoch_end) if self.strategy == FINETUNE else None
+        fit_multilabel(self, prepared, writer, clock, job)
+        return self
+
+    def _finetune_job(
+        self, writer: RunWriter, resume: bool, started: float, on_epoch_end: EpochCallback | None
+    ) -> FineTuneJob:
         deadline = started + self.time_budget if self.time_budget else None
-        job = FineTuneJob(
+        return FineTuneJob(
             self._finetune_settings(),
             self.unfreeze,
             writer.run_dir,
@@ -422,16 +455,13 @@ class ImageClassifier(BaseEstimator):
             deadline,
             on_epoch_end,
         )
-        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
-        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
-        return outcome
 
     def _prepare_data(
         self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch
     ) -> tuple[Dataset, list[Sample], Usable, ExtractionResult]:
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
-            dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer)
+            dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
         with clock("backbone"):
             self.backbone_ = create_backbone(self.backbone, self.weights, FeatureCache(self.cache_dir).root)
         with clock("extract"):
@@ -459,6 +489,7 @@ class ImageClassifier(BaseEstimator):
         clock: Stopwatch,
     ) -> None:
         """The fitted state: split, extraction, checks and the metrics."""
+        self.multi_label_ = False
         self.split_ = split_record(dataset, usable, split, self.split, self.seed)
         self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
         data = {
@@ -513,9 +544,12 @@ class ImageClassifier(BaseEstimator):
         """Class probabilities, one row per path (NaN rows for files that cannot be read)."""
         return self._proba_and_errors(paths)[0]
 
-    def predict(self, paths: Sequence[str | Path]) -> list[str | None]:
-        """The most probable class of each image (None for files that cannot be read)."""
+    def predict(self, paths: Sequence[str | Path]) -> list[Any]:
+        """The most probable class of each image (None for files that cannot be read); for a
+        multi-label model, the list of labels above their thresholds."""
         proba = self.predict_proba(paths)
+        if getattr(self, "multi_label_", False):
+            return predicted_label_sets(self, proba)
         return [None if np.isnan(row).any() else self.classes_[int(row.argmax())] for row in proba]
 
     def predict_top_k(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
@@ -526,6 +560,10 @@ class ImageClassifier(BaseEstimator):
         proba, errors = self._proba_and_errors(files) if files else (np.zeros((0, len(self.classes_))), {})
         out: list[dict[str, Any]] = []
         k = min(k, len(self.classes_))
+        if getattr(self, "multi_label_", False):
+            return multilabel_items(self, files, proba, errors, k) + [
+                {"path": p, "predictions": [], "labels": [], "unknown": False, "error": r} for p, r in missing
+            ]
         for i, (path, row) in enumerate(zip(files, proba)):
             if i in errors:
                 out.append({"path": path, "predictions": [], "error": errors[i]})
@@ -553,6 +591,8 @@ class ImageClassifier(BaseEstimator):
         self._check_fitted()
         if split not in EVALUATION_SPLITS:
             raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
+        if getattr(self, "multi_label_", False):
+            return evaluate_multilabel(self, data, out_dir, split)
         t0 = time.perf_counter()
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
         check_out_dir(out_dir, dataset)
@@ -615,8 +655,9 @@ class ImageClassifier(BaseEstimator):
         return known, skipped
 
     def score(self, data: str | Path | Dataset) -> float:
-        """Accuracy on ``data`` (scikit-learn's ``score``)."""
-        return float(self.evaluate(data)["test"]["accuracy"])
+        """Accuracy on ``data`` (scikit-learn's ``score``); mAP for a multi-label model."""
+        summary = self.evaluate(data)["test"]
+        return float(summary["mAP"] if "mAP" in summary else summary["accuracy"])
 
     # ------------------------------------------------------------------ persistence
 
@@ -637,6 +678,7 @@ class ImageClassifier(BaseEstimator):
             },
             "versions": library_versions(),
             "created": now_utc(),
+            **bundle_entry(self),
         }
         state = self.backbone_.state_arrays()
         head_arrays = {k: np.asarray(v) for k, v in self.head_.arrays().items()}
@@ -682,6 +724,7 @@ class ImageClassifier(BaseEstimator):
         clf.split_ = meta.get("split") or {}
         clf.metrics_ = meta.get("metrics", {})
         clf.meta_ = meta
+        restore_bundle_entry(clf, meta)
         return clf
 
 

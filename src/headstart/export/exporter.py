@@ -19,6 +19,7 @@ from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.export.graph import KNN_REFUSAL, classifier_module
+from headstart.export.multilabel import check_precision, export_entries, file_entries
 from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
 from headstart.features.engines import export_pixels_module
 from headstart.models.backbones import backbone_from_state
@@ -109,6 +110,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "accuracy": {"fp32_headstart": test.get("accuracy")},
         "headstart_version": library_versions().get("headstart", "unknown"),
         "versions": library_versions(),
+        **export_entries(meta),
     }
 
 
@@ -123,6 +125,7 @@ def file_metadata(info: dict[str, Any]) -> dict[str, str]:
         "backbone": info["backbone"],
         "precision": info["precision"],
         "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
+        **file_entries(info),
     }
 
 
@@ -205,6 +208,7 @@ def export_model(
     bundle = read_bundle(source)
     if bundle.head.name == "knn":
         raise HeadstartError(KNN_REFUSAL)
+    check_precision(bundle.meta, precision)
     spec = preprocessing_spec(bundle.backbone.data_config)
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()

@@ -14,6 +14,7 @@ from headstart.core.errors import HeadstartError
 from headstart.features.engines import pixels_to_features
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head
+from headstart.models.multilabel import MULTILABEL_HEAD
 
 KNN_REFUSAL = (
     "a kNN head cannot be exported: it would carry every training feature inside the file and its "
@@ -22,7 +23,7 @@ KNN_REFUSAL = (
 
 
 def head_module(head: Head) -> Any:
-    """The head as torch layers on features, softmax included.
+    """The head as torch layers on features, softmax included (a sigmoid for the multi-label head).
 
     The logistic and MLP heads both standardise features with their saved ``mean`` and ``scale``
     before their first linear layer; that affine step is folded into the layer's weights
@@ -33,6 +34,9 @@ def head_module(head: Head) -> Any:
 
     arrays = head.arrays()
     mean, scale = arrays["mean"], arrays["scale"]
+    if head.name == MULTILABEL_HEAD:  # independent probabilities: a sigmoid per class
+        linear = _standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)
+        return torch.nn.Sequential(linear, torch.nn.Sigmoid())
     if head.name == "logistic":
         layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
     elif head.name == "mlp":

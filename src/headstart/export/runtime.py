@@ -140,6 +140,13 @@ class ExportedModel:
         data = source if isinstance(source, bytes) else read_bytes(source)
         return self.prepare(self.decode(data))
 
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's per-class thresholds (its outputs are independent sigmoids); None
+        for a single-label model."""
+        values = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
+        return [float(t) for t in values] if values is not None else None
+
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB -> (N, C) float32 probabilities."""
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)

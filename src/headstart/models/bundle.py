@@ -180,6 +180,11 @@ def meta_problem(meta: dict[str, Any]) -> str:
     for key in ("split", "metrics"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"'{key}' must be an object"
+    entry = meta.get("multi_label")
+    if entry is not None and not (
+        isinstance(entry, dict) and _numbers(entry.get("thresholds"), len(classes))
+    ):
+        return "'multi_label' must be an object with one threshold per class"
     files = (meta.get("split") or {}).get("files", [])
     if not (isinstance(files, list) and all(_is_row(f) for f in files)):
         return "split files must be rows of [path, label, split]"

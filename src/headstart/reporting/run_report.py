@@ -42,6 +42,7 @@ from headstart.evaluation.confusion import confused_pairs
 from headstart.reporting import plots
 from headstart.reporting.html import esc, thumbnail_uri, write_page
 from headstart.reporting.maps import embed_features
+from headstart.reporting.multilabel import build_multilabel_report
 
 REPORT_NAME = "report.html"
 PREDICTIONS_CSV = "test_predictions.csv"
@@ -628,6 +629,10 @@ def _details_section(run: dict[str, Any]) -> str:
 
 def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:
     """Assemble ``RUN_DIR/report.html`` from the run folder's files (``metrics`` may be passed in)."""
+    if metrics is None and (Path(run_dir) / "metrics.json").is_file():
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    if metrics is not None and metrics.get("multi_label"):
+        return build_multilabel_report(run_dir, metrics)
     run = load_run(Path(run_dir), metrics)
     sections = [
         _header(run),

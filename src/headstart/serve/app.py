@@ -21,6 +21,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from headstart.core.errors import BadImageError, HeadstartError
+from headstart.evaluation.multilabel import multilabel_answer
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 from headstart.serve.page import docs_page, index_page
 from headstart.serve.uploads import UploadError, prepare_all, read_uploads
@@ -235,9 +236,14 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
     except QueueFull as e:
         return _error(503, str(e), **{"Retry-After": str(RETRY_AFTER_S)})
     results: list[dict[str, Any]] = []
+    thresholds = getattr(state.model, "thresholds", None)  # a multi-label model's
     for upload, item in zip(uploads, prepared):
         if isinstance(item, BadImageError):
             results.append({"path": upload.name, "predictions": [], "error": str(item)})
+        elif thresholds is not None:
+            results.append(
+                multilabel_answer(upload.name, next(probabilities), state.model.classes, thresholds, top_k)
+            )
         else:
             results.append(
                 {

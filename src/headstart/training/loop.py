@@ -94,6 +94,21 @@ class Objective:
         return loss
 
 
+def correct_count(loss_fn: Any, logits: Any, labels: Any) -> float:
+    """Images ``logits`` get right: the top-1 class, unless the loss defines its own ``correct``
+    (a multi-label loss: see ``training.multilabel``)."""
+    own = getattr(loss_fn, "correct", None)
+    return float(own(logits, labels)) if own is not None else int((logits.argmax(1) == labels).sum())
+
+
+def output_proba(loss_fn: Any, logits: Any) -> np.ndarray:
+    """Probabilities of ``logits``: softmax, unless the loss defines its own ``proba`` (sigmoid)."""
+    import torch
+
+    own = getattr(loss_fn, "proba", None)
+    return (own(logits) if own is not None else torch.softmax(logits, 1)).numpy()
+
+
 @dataclass
 class EpochData:
     """The loaders of a fit: training (and its sampler, set to each epoch) and validation."""
@@ -115,20 +130,21 @@ def autocast(precision: str) -> Any:
 def evaluate(
     network: Any, loader: Any, loss_fn: Any, precision: str = "fp32"
 ) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and the softmax of every image (in order) of ``loader``, in eval mode;
+    """Mean loss, accuracy and the probabilities (softmax, or the loss's own ``proba``) of every
+    image (in order) of ``loader``, in eval mode;
     images labelled -100 (unreadable) count in neither mean. NaN means when none is labelled."""
     import torch
 
     network.eval()
-    losses, correct, n, outputs = 0.0, 0, 0, []
+    losses, correct, n, outputs = 0.0, 0.0, 0, []
     with torch.inference_mode(), autocast(precision):
         for pixels, labels in loader:
             logits = network(pixels).float()
-            outputs.append(torch.softmax(logits, 1).numpy())
+            outputs.append(output_proba(loss_fn, logits))
             ok = labels >= 0
             if ok.any():
                 losses += float(loss_fn(logits[ok], labels[ok])) * int(ok.sum())
-                correct += int((logits[ok].argmax(1) == labels[ok]).sum())
+                correct += correct_count(loss_fn, logits[ok], labels[ok])
                 n += int(ok.sum())
     proba = np.concatenate(outputs) if outputs else np.zeros((0, 0))
     return (losses / n if n else float("nan")), (correct / n if n else float("nan")), proba
@@ -154,7 +170,7 @@ def train_one_epoch(
     progress = progress or NullProgress()
     network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
     set_train_mode(network, state.settings.freeze_bn_stats)
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen = 0.0, 0.0, 0
     for pixels, labels in loader:
         ok = labels >= 0
         with autocast(state.precision):
@@ -169,7 +185,7 @@ def train_one_epoch(
             optimizer.step()
             k = int(ok.sum())
             loss_sum += float(loss.detach()) * k
-            correct += int((logits.detach()[ok].argmax(1) == labels[ok]).sum())
+            correct += correct_count(objective.loss_fn, logits.detach()[ok], labels[ok])
             seen += k
         state.scheduler.step()
         progress.advance(len(labels))
@@ -392,11 +408,16 @@ class FineTuner:
 
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
         """Probabilities of the fine-tuned network (eval transform), one row per item."""
-        import torch
 
         s = self.settings
         loader = eval_loader(items, data_config, s.batch_size, loader_workers(s.workers))
-        return evaluate(self.network_, loader, torch.nn.CrossEntropyLoss(), self.precision)[2]
+        return evaluate(self.network_, loader, self.output_loss(), self.precision)[2]
+
+    def output_loss(self) -> Any:
+        """The loss ``predict_proba`` evaluates with (it decides softmax or sigmoid outputs)."""
+        import torch
+
+        return torch.nn.CrossEntropyLoss()
 
     def _losses(self, head: Any, train: Sequence[tuple[str, int]], n_classes: int) -> tuple[Objective, Any]:
         """The training objective and the validation loss.
