@@ -48,10 +48,13 @@ from headstart.cli.options import (
     LabelledData,
     LabelsFrom,
     LearningRate,
+    ListFormat,
+    ListFormatChoice,
     MapMethod,
     MapPoints,
     MaxBatch,
     MaxUploadMb,
+    MeasureSpeed,
     ModelFile,
     MultiLabel,
     Patience,
@@ -70,10 +73,12 @@ from headstart.cli.options import (
     TargetAccuracy,
     TestTimeAugmentation,
     TimeBudgetMinutes,
+    TimedBatches,
     TopK,
     TrainData,
     TTAChoice,
     Unfreeze,
+    WarmupBatches,
     WeightsFile,
 )
 from headstart.core.errors import HeadstartError, ParameterError
@@ -533,6 +538,28 @@ def serve(
         precision=precision.value,
     )
     uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+@app.command()
+def backbones(
+    measure: MeasureSpeed = True,
+    batches: TimedBatches = 8,
+    warmup: WarmupBatches = 2,
+    batch_size: BatchSize = None,
+    engine: EngineChoice = Engine.auto,
+    format: ListFormatChoice = ListFormat.table,  # noqa: A002 - the flag's name
+    cache_dir: CacheDir = None,
+) -> None:
+    """The backbones headstart knows: offline or hub, input size, parameters, ImageNet top-1, and
+    images/s of the feature engine on this machine (synthetic pixels, after a warm-up)."""
+    from headstart.features.zoo import SpeedTrial, backbone_table, list_backbones
+
+    trial = SpeedTrial(batches=batches, warmup=warmup, batch_size=batch_size or 8, engine=engine.value)
+    listing = list_backbones(measure, trial, cache_dir)
+    if format == ListFormat.json:
+        _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
+    else:
+        _write_stdout(backbone_table(listing) + "\n", "replace")
 
 
 def main() -> None:

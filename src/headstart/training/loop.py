@@ -46,6 +46,7 @@ from headstart.training.network import (
     param_groups,
     set_train_mode,
 )
+from headstart.training.prefix import build_prefix, network_stages
 from headstart.training.settings import FineTuneSettings, resolve_precision
 from headstart.training.state import MIN_DELTA, TrainState
 
@@ -377,6 +378,7 @@ class FineTuner:
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
         network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
+        self.frozen_prefix = self._use_prefix(network, model, data_config)
         self.network_ = network
         self.workers = loader_workers(s.workers)
         loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
@@ -387,6 +389,22 @@ class FineTuner:
         self._start(state, freeze_info, resume, data, val_loss_fn)
         stopped = run_epochs(state, data, objective, val_loss_fn, self._callback_list(deadline), self.verbose)
         return self._result(state, probe_state, freeze_info, stopped, resume)
+
+    def _use_prefix(self, network: Any, model: Any, data_config: dict[str, Any]) -> dict[str, Any]:
+        """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
+
+        Rule: frozen weights are the pretrained ones in every checkpoint of the run, so a prefix
+        compiled before a resume's weights are restored computes what they would.
+        """
+        s = self.settings
+        _, height, width = data_config["input_size"]
+        runner, rest, how = build_prefix(
+            model, s.frozen_prefix, self.precision, s.batch_size, (height, width), self.threads
+        )
+        network.use_prefix(runner, rest)
+        stages = network_stages(model)
+        n_frozen = len(stages) - len(rest) if runner is not None and stages else 0
+        return {"mode": how, "frozen_stages": n_frozen, "stages": len(stages) if stages else None}
 
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
         """Probabilities of the fine-tuned network (eval transform), one row per item."""
@@ -458,7 +476,7 @@ class FineTuner:
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
             f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {self.precision}, "
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
-            f"lr {s.lr:g}, augment {s.augment}"
+            f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
         if state.start_epoch == 1:
             # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
@@ -467,6 +485,12 @@ class FineTuner:
             val_loss, val_acc, _ = evaluate(state.network, data.val, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
             self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
+
+    def _prefix_line(self) -> str:
+        p = self.frozen_prefix
+        if p["frozen_stages"]:
+            return f"{p['frozen_stages']} of {p['stages']} stages run as inference ({p['mode']})"
+        return p["mode"]
 
     def _callback_list(self, deadline: float | None) -> CallbackList:
         """The built-in callbacks (files only with a run folder), the user's function, then ``callbacks``.
@@ -530,6 +554,7 @@ class FineTuner:
             "precision": self.precision,
             "loader_workers": self.workers,
             "torch_threads": self.threads,
+            "frozen_prefix": self.frozen_prefix,
             "trainable_groups": freeze_info["n_trainable_groups"],
             "block_groups": freeze_info["n_groups"],
             "trainable_backbone_params": freeze_info["trainable_params"],
