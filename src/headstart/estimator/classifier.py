@@ -53,6 +53,7 @@ from headstart.estimator.fitting import (
     split_samples,
     usable_samples,
 )
+from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
 from headstart.estimator.multilabel import (
     bundle_entry,
     evaluate_multilabel,
@@ -61,7 +62,6 @@ from headstart.estimator.multilabel import (
     predicted_label_sets,
     restore_bundle_entry,
 )
-from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.composite import (
     CompositeExtractor,
