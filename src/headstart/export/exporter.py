@@ -19,10 +19,16 @@ from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.export.graph import KNN_REFUSAL, classifier_module
-from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
+from headstart.export.runtime import (
+    EXPORT_JSON,
+    LABELS_TXT,
+    MODEL_FILES,
+    reliability_info,
+    reliability_props,
+)
 from headstart.features.engines import export_pixels_module
 from headstart.models.backbones import backbone_from_state
-from headstart.models.bundle import library_versions, load_bundle
+from headstart.models.bundle import bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
 FORMATS = ("onnx", "openvino")
@@ -82,7 +88,7 @@ def _check_choices(fmt: str, precision: str) -> None:
 def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
     """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet)."""
     _, h, w = bundle.backbone.data_config["input_size"]
-    module = classifier_module(bundle.backbone, bundle.head)
+    module = classifier_module(bundle.backbone, bundle.head, bundle_temperature(bundle.meta))
     return export_pixels_module(module, (h, w), path, None, "probabilities")
 
 
@@ -109,6 +115,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "accuracy": {"fp32_headstart": test.get("accuracy")},
         "headstart_version": library_versions().get("headstart", "unknown"),
         "versions": library_versions(),
+        **reliability_info(meta),
     }
 
 
@@ -123,6 +130,7 @@ def file_metadata(info: dict[str, Any]) -> dict[str, str]:
         "backbone": info["backbone"],
         "precision": info["precision"],
         "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
+        **reliability_props(info),
     }
 
 

@@ -21,8 +21,11 @@ KNN_REFUSAL = (
 )
 
 
-def head_module(head: Head) -> Any:
+def head_module(head: Head, temperature: float = 1.0) -> Any:
     """The head as torch layers on features, softmax included.
+
+    The model's calibration temperature divides the last layer's weights and bias, so the
+    graph's probabilities are the calibrated ones ``predict_proba`` gives (no extra op).
 
     The logistic and MLP heads both standardise features with their saved ``mean`` and ``scale``
     before their first linear layer; that affine step is folded into the layer's weights
@@ -45,6 +48,10 @@ def head_module(head: Head) -> Any:
         raise HeadstartError(KNN_REFUSAL)
     else:
         raise HeadstartError(f"cannot export a '{head.name}' head: only logistic and mlp heads export")
+    if temperature != 1.0:
+        with torch.no_grad():
+            layers[-1].weight.div_(temperature)
+            layers[-1].bias.div_(temperature)
     return torch.nn.Sequential(*layers, torch.nn.Softmax(dim=1))
 
 
@@ -69,12 +76,12 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
 HEAD_SCOPE = "/head/"  # the head's nodes in the exported ONNX graph are named /head/...
 
 
-def classifier_module(backbone: Backbone, head: Head) -> Any:
-    """uint8 (N, H, W, 3) pixels -> (N, C) probabilities, in eval mode; its parts are named
-    ``features`` and ``head`` (so are the exported graph's nodes)."""
+def classifier_module(backbone: Backbone, head: Head, temperature: float = 1.0) -> Any:
+    """uint8 (N, H, W, 3) pixels -> (N, C) calibrated probabilities, in eval mode; its parts are
+    named ``features`` and ``head`` (so are the exported graph's nodes)."""
     from collections import OrderedDict
 
     import torch
 
-    parts = OrderedDict(features=pixels_to_features(backbone), head=head_module(head))
+    parts = OrderedDict(features=pixels_to_features(backbone), head=head_module(head, temperature))
     return torch.nn.Sequential(parts).eval()
