@@ -562,7 +562,7 @@ class ImageClassifier(BaseEstimator):
         """The most probable class of each image (None for files that cannot be read).
 
         With the reject option on (``reject`` not ``"off"``), an image whose score (its top
-        calibrated probability) is below the threshold gets the string ``"unknown"`` instead;
+        calibrated probability) is not above the threshold gets the string ``"unknown"`` instead;
         ``predict_top_k`` tells the two apart where a class is itself named ``unknown``.
         """
         proba = self.predict_proba(paths)
@@ -572,7 +572,7 @@ class ImageClassifier(BaseEstimator):
             None
             if np.isnan(row).any()
             else UNKNOWN
-            if threshold is not None and s < threshold
+            if threshold is not None and s <= threshold
             else self.classes_[int(row.argmax())]
             for row, s in zip(proba, scores)
         ]

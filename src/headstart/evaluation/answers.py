@@ -37,7 +37,7 @@ def answer(
             independent probability per class for a multi-label one).
         k: how many of the most probable labels ``predictions`` lists (at most C).
         reject_threshold: the reject option's threshold (None: the option is off). The image is
-            ``unknown`` when its score is below it; ``score`` is then part of the answer.
+            ``unknown`` when its score is not above it; ``score`` is then part of the answer.
         score: the image's reject score (default: the top probability of ``proba_row``, the
             score of ``evaluation.reject.reject_scores``).
         label_thresholds: multi-label models: (C,) one threshold per class; ``labels`` is then
@@ -60,7 +60,7 @@ def answer(
     out: dict[str, Any] = {"predictions": predictions, "labels": labels, "unknown": False}
     if reject_threshold is not None:
         value = float(row.max()) if score is None else float(score)
-        if value < reject_threshold:
+        if value <= reject_threshold:
             out.update(labels=[], unknown=True)
         out["score"] = number(value)
     return out

@@ -1,4 +1,7 @@
-"""The reject option: a score per image and the threshold below which the model answers unknown.
+"""The reject option: a score per image and the threshold at or below which the model answers unknown.
+
+An image is accepted when its score is above the threshold: 0 accepts every image (a top
+probability is never 0), 1 none (a probability rounded to 1.0 included).
 
 The score is the calibrated top probability (the probabilities after temperature scaling): a
 model shown something unlike its classes tends to spread its probability, and a confusing image
@@ -23,8 +26,9 @@ def reject_scores(proba: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ThresholdChoice:
-    """``threshold``: the lowest score whose accepted images reach the target; ``reached``:
-    whether any did (when none did, the threshold of the best accuracy achievable)."""
+    """``threshold``: the lowest threshold whose accepted images (score above it) reach the
+    target; ``reached``: whether any did (when none did, the threshold of the best accuracy
+    achievable)."""
 
     threshold: float
     reached: bool
@@ -33,12 +37,13 @@ class ThresholdChoice:
 
 
 def choose_threshold(scores: np.ndarray, correct: np.ndarray, target_accuracy: float) -> ThresholdChoice:
-    """The lowest threshold at which the accepted images (score >= threshold) are right at least
+    """The lowest threshold at which the accepted images (score > threshold) are right at least
     ``target_accuracy`` of the time.
 
-    Candidates are the scores themselves, tied scores taken together (a threshold accepts all of
-    them or none). When no threshold reaches the target, the one with the best accuracy (the
-    lowest such) is returned with ``reached=False``.
+    Accepting the images down to a given score (tied scores taken together: a threshold accepts
+    all of them or none) is the threshold at the next lower score, or 0 when every image is
+    accepted. When no threshold reaches the target, the one with the best accuracy (the lowest
+    such) is returned with ``reached=False``.
 
     Args:
         scores: (N,) scores of validation images.
@@ -54,7 +59,7 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, target_accuracy: f
     last_of_tie = np.append(s[1:] != s[:-1], True)  # accepting down to s[i] takes its ties too
     accepted = np.arange(1, len(s) + 1)[last_of_tie]
     accuracy = np.cumsum(c)[last_of_tie] / accepted
-    candidates = s[last_of_tie]
+    candidates = np.append(s[last_of_tie][1:], 0.0)  # the threshold that accepts down to each
     good = np.nonzero(accuracy >= target_accuracy - 1e-12)[0]
     reached = len(good) > 0
     i = int(good.max()) if reached else int(np.flatnonzero(accuracy == accuracy.max()).max())
@@ -65,7 +70,7 @@ def selective_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float)
     """Coverage (fraction accepted), accuracy on the accepted images and accuracy overall."""
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
-    accepted = scores >= threshold
+    accepted = scores > threshold
     n = len(scores)
     return {
         "coverage": float(accepted.mean()) if n else float("nan"),
