@@ -72,7 +72,7 @@ def test_nothing_to_fit_on_gives_one():
 def fitted(tmp_path_factory):
     from conftest import make_class_folders
 
-    root = make_class_folders(tmp_path_factory.mktemp("calib") / "colors", per_class=10)
+    root = make_class_folders(tmp_path_factory.mktemp("calib") / "colors", per_class=70)
     run = tmp_path_factory.mktemp("calib_run")
     clf = ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none")
     return root, run, clf.fit(root, out_dir=run)

@@ -50,7 +50,10 @@ def fitted(tmp_path_factory):
 
 def test_auto_threshold_in_metrics_and_bundle(fitted):
     _, run, clf = fitted
-    section = json.loads((run / "metrics.json").read_text())["reject"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature"] == 1.0  # 3 val images: too few to fit T
+    assert "too few" in metrics["calibration"]["reason"]
+    section = metrics["reject"]
     assert section["threshold"] == clf.reject_threshold_ and 0 <= section["threshold"] <= 1
     assert section["score"] == "max_probability" and section["mode"] == "auto"
     assert section["target_accuracy"] == 0.9 and isinstance(section["target_reached"], bool)

@@ -35,6 +35,9 @@ from headstart.models.bundle import bundle_reject
 from headstart.models.heads import Head, KNNHead, LogisticHead
 
 Log = Callable[[str], None]
+# Below this many validation images a fitted T follows the few images' luck (all right: T runs
+# to its lower bound), so the model keeps T = 1.
+MIN_CALIBRATION_IMAGES = 20
 
 
 @dataclass
@@ -88,6 +91,10 @@ def fit_reliability(
     calibration: dict[str, Any]
     if isinstance(head, KNNHead):
         temperature, calibration = 1.0, {"method": "none", "reason": "kNN votes are not calibrated"}
+    elif len(y_val) < MIN_CALIBRATION_IMAGES:
+        reason = f"{len(y_val)} val images, fewer than {MIN_CALIBRATION_IMAGES}: too few to fit T"
+        temperature, calibration = 1.0, {"method": "none", "reason": reason}
+        log(f"calibration: none ({reason})")
     else:
         temperature = fit_temperature(val_proba, y_val)
         calibration = {
