@@ -336,7 +336,7 @@ def reliability_diagram(
         width=1 / bins,
         edgecolor="white",
         color="#4C78A8",
-        label="accuracy",
+        label="accuracy" if before is None else "accuracy (calibrated)",
     )
     if before is not None:
         rb = reliability_bins(before, correct, bins)
