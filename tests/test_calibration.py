@@ -134,3 +134,24 @@ def test_export_carries_the_temperature(fitted, tmp_path):
     uncalibrated = headstart.load(tmp_path, engine="onnxruntime", verbose=False)
     uncalibrated.temperature_ = 1.0
     assert np.abs(uncalibrated.predict_proba(files) - reference).max() > 0.01
+
+
+def test_t_is_fitted_on_a_head_that_never_saw_the_validation_images():
+    from headstart.estimator.fitting import Split, Usable
+    from headstart.estimator.reliability import held_out_val_proba
+    from headstart.models.heads import LogisticHead
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    x = rng.normal(0, 1, (60, 5)) + y[:, None] * 0.8
+    names = (["train"] * 20 + ["val"] * 10) * 2
+    usable = Usable(samples=[], features=x, hashes=[], classes=["a", "b"], y=y, skipped=[])
+    split = Split(names, "test")
+    refitted = LogisticHead(cs=(0.1,))
+    tr, va = split.mask("train"), split.mask("val")
+    refitted.fit(x[tr], y[tr], x[va], y[va], 2)
+    train_only = LogisticHead(cs=(0.1,), refit=False)
+    train_only.fit(x[tr], y[tr], x[va], y[va], 2)
+    held_out = held_out_val_proba(refitted, usable, split)
+    np.testing.assert_allclose(held_out, train_only.predict_proba(x[va]), atol=1e-6)
+    assert np.abs(held_out - refitted.predict_proba(x[va])).max() > 1e-3
