@@ -375,13 +375,25 @@ def _predictions_csv(results: list[dict[str, Any]]) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["path", "rank", "label", "probability", "error"])
+    writer.writerow(["path", "rank", "label", "probability", "error", "labels", "unknown", "score"])
     for r in results:
         if r.get("error"):
-            writer.writerow([protect_cell(r["path"]), "", "", "", protect_cell(r["error"])])
+            writer.writerow([protect_cell(r["path"]), "", "", "", protect_cell(r["error"]), "", "", ""])
+        answer = [
+            protect_cell(";".join(r.get("labels", []))),
+            str(r.get("unknown", False)).lower(),
+            "" if r.get("score") is None else f"{r['score']:.6f}",
+        ]
         for rank, p in enumerate(r["predictions"], start=1):
             writer.writerow(
-                [protect_cell(r["path"]), rank, protect_cell(p["label"]), f"{p['probability']:.6f}", ""]
+                [
+                    protect_cell(r["path"]),
+                    rank,
+                    protect_cell(p["label"]),
+                    f"{p['probability']:.6f}",
+                    "",
+                    *answer,
+                ]
             )
     return out.getvalue()
 
@@ -400,13 +412,23 @@ def _print_table(results: list[dict[str, Any]], columns: int) -> None:
     table.add_column("image", overflow="fold")
     for rank in range(1, columns + 1):
         table.add_column(f"#{rank}")
+    table.add_column("answer")
     for r in results:
         cells = [f"{shown(p['label'])} {p['probability']:.1%}" for p in r["predictions"]]
+        cells += [""] * (columns - len(cells)) + [_answer_cell(r, shown)]
         if r.get("error"):
             cells = [f"[red]skipped: {shown(r['error'])}[/red]"]
         path = os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"]
         table.add_row(shown(path), *cells)
     Console(width=max(100, Console().width), emoji=False, highlight=False).print(table)
+
+
+def _answer_cell(result: dict[str, Any], shown: Any) -> str:
+    """The table's answer: the accepted labels, or unknown (with the score that turned it down)."""
+    score = f" (score {result['score']:.2f})" if result.get("score") is not None else ""
+    if result.get("unknown"):
+        return f"[yellow]unknown{score}[/yellow]"
+    return ", ".join(shown(label) for label in result.get("labels", [])) + score
 
 
 @app.command()

@@ -20,10 +20,16 @@ from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.export.graph import KNN_REFUSAL, classifier_module
 from headstart.export.multilabel import check_precision, export_entries, file_entries
-from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
+from headstart.export.runtime import (
+    EXPORT_JSON,
+    LABELS_TXT,
+    MODEL_FILES,
+    reliability_info,
+    reliability_props,
+)
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
-from headstart.models.bundle import library_versions, load_bundle
+from headstart.models.bundle import bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
 FORMATS = ("onnx", "openvino")
@@ -84,7 +90,9 @@ def _check_choices(fmt: str, precision: str) -> None:
 def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
     """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet)."""
     _, h, w = bundle.backbone.data_config["input_size"]
-    module = classifier_module(bundle.features or bundle.backbone, bundle.head)
+    module = classifier_module(
+        bundle.features or bundle.backbone, bundle.head, bundle_temperature(bundle.meta)
+    )
     return export_pixels_module(module, (h, w), path, None, "probabilities")
 
 
@@ -113,6 +121,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "headstart_version": library_versions().get("headstart", "unknown"),
         "versions": library_versions(),
         **export_entries(meta),
+        **reliability_info(meta),
     }
 
 
@@ -128,6 +137,7 @@ def file_metadata(info: dict[str, Any]) -> dict[str, str]:
         "precision": info["precision"],
         "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
         **file_entries(info),
+        **reliability_props(info),
     }
 
 
