@@ -153,5 +153,6 @@ def test_t_is_fitted_on_a_head_that_never_saw_the_validation_images():
     train_only = LogisticHead(cs=(0.1,), refit=False)
     train_only.fit(x[tr], y[tr], x[va], y[va], 2)
     held_out = held_out_val_proba(refitted, usable, split)
-    np.testing.assert_allclose(held_out, train_only.predict_proba(x[va]), atol=1e-6)
+    # the same C fitted cold or warm-started along the sweep: equal to the solver's tolerance
+    np.testing.assert_allclose(held_out, train_only.predict_proba(x[va]), atol=5e-4)
     assert np.abs(held_out - refitted.predict_proba(x[va])).max() > 1e-3
