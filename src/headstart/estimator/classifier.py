@@ -35,6 +35,7 @@ from headstart.core.params import (
 )
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
+from headstart.estimator.auto import AutoResult, run_auto
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune
 from headstart.estimator.fitting import (
     Split,
@@ -383,15 +384,26 @@ class ImageClassifier(BaseEstimator):
                 checks = check_data(usable, writer)
         with clock("split"):
             split = split_samples(usable.samples, self.split, self.seed, checks)
-        with clock("fit_head"):
-            head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
-        self.head_, self.classes_, self.strategy_ = head, usable.classes, self.strategy
+        head, fit_info, usable, auto = self._first_stage(
+            usable, split, writer, started, result, on_epoch_end, clock
+        )
+        self.head_, self.classes_, self.strategy_ = (
+            head,
+            usable.classes,
+            auto.strategy if auto else self.strategy,
+        )
         evaluated = split.mask(split.evaluated_on)
         with clock("evaluate"):
-            outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
+            outcome = (
+                auto.outcome
+                if auto
+                else self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
+            )
             proba = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
             scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)
         self._record(dataset, excluded, usable, result, split, checks, fit_info, scores, outcome, clock)
+        if auto is not None:
+            self.auto_ = self.metrics_["auto"] = auto.record
         self.test_ = {
             "paths": [s.path for s, m in zip(usable.samples, evaluated) if m],
             "y": usable.y[evaluated],
@@ -415,6 +427,27 @@ class ImageClassifier(BaseEstimator):
         )
         writer.write_training_run(run, self.save, self._report_settings())
         return self
+
+    def _first_stage(
+        self,
+        usable: Usable,
+        split: Split,
+        writer: RunWriter,
+        started: float,
+        result: ExtractionResult,
+        on_epoch_end: EpochCallback | None,
+        clock: Stopwatch,
+    ) -> tuple[Head, dict[str, Any], Usable, AutoResult | None]:
+        """The head on the cached features; with ``strategy="auto"``, the search (see
+        ``auto.py``), whose winner brings its own head, features and fine-tuning outcome."""
+        if self.strategy != AUTO:
+            with clock("fit_head"):
+                head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
+            return head, fit_info, usable, None
+        rate = result.new_images_per_s if result.n_extracted >= 50 else None
+        with clock("auto"):
+            auto = run_auto(self, usable, split, writer, started, rate, on_epoch_end)
+        return auto.head, auto.fit_info, auto.usable, auto
 
     def _start_finetune_run(self, data: str | Path | Dataset, writer: RunWriter, resume: bool) -> None:
         """A resume needs a checkpoint; a new run records its data and parameters first."""
