@@ -20,9 +20,11 @@ The search:
    whose estimate fits the time left (a fine-tuning candidate may take fewer epochs to fit, at
    least one) runs, until none fits.
 
-Expected gain (validation accuracy points) = ``prior * (1 - best validation accuracy so far)``:
-the prior is the fraction of the remaining error a candidate kind is expected to remove
-(``PRIORS``; fine-tuning deeper removes more and costs more). Signals scale the priors:
+Expected gain (validation accuracy points) = ``prior * error left``, the error left being
+``1 - best validation accuracy so far`` (at least half an image of the validation split: a
+perfect score on few images is no proof): the prior is the fraction of the remaining error a
+candidate kind is expected to remove (``PRIORS``; fine-tuning deeper removes more and costs
+more). Signals scale the priors:
 
 - multi-layer features beating the last layer's by ``UNLIKE_IMAGENET_MARGIN`` or more hints that
   the data is unlike ImageNet: fine-tuning priors x1.5, other backbones and TTA x0.7;
@@ -80,7 +82,7 @@ PRIORS = {
 # Extraction cost of a probe candidate relative to the first extraction (per image).
 EXTRACTION_COST = {"probe-multi": 1.0, "probe-tta": 2.0, "probe-backbone": 2.5, "probe-ensemble": 2.5}
 DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction came from the cache
-MEASURE_BATCHES = 3  # training batches timed per depth (the first, with loader start-up, dropped)
+MEASURE_BATCHES = 4  # training batches run per depth; the fastest after the first counts
 MEASURE_BATCH_SIZE = 16
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
 
@@ -148,6 +150,7 @@ class Search:
     throughput: dict[str, dict[str, float]] = field(default_factory=dict)
     extraction_rate: float = DEFAULT_EXTRACTION_RATE
     stopped: str | None = None  # "interrupted" when Ctrl-C ended the search
+    measure_seconds: float = 0.0
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -286,17 +289,18 @@ def _budget_reason(search: Search, c: Candidate) -> str:
 
 def _estimate(search: Search, c: Candidate) -> None:
     """``c.estimate_s`` and ``c.expected_gain`` from the measured rates and the error left."""
-    best = search.best().val_accuracy or 0.0
+    n_val = int(search.split.mask("val").sum())
+    error_left = max(1.0 - (search.best().val_accuracy or 0.0), 0.5 / max(n_val, 1))
     n_images = len(search.usable.samples)
     if c.kind == "probe":
         c.estimate_s = n_images * EXTRACTION_COST.get(c.name, 2.0) / search.extraction_rate + 5.0
-        c.expected_gain = c.prior * (1.0 - best)
+        c.expected_gain = c.prior * error_left
         return
     rates = search.throughput.get(c.params["unfreeze"])
     if rates is None:
         c.estimate_s = None
         return
-    n_train, n_val = int(search.split.mask("train").sum()), int(search.split.mask("val").sum())
+    n_train = int(search.split.mask("train").sum())
     per_epoch = n_train * rates["train_s"] + n_val * rates["eval_s"]
     fixed = 2 * n_val * rates["eval_s"] + SETUP_S
     wanted = int(search.clf.epochs)
@@ -304,7 +308,7 @@ def _estimate(search: Search, c: Candidate) -> None:
     epochs = max(epochs, 1)
     c.params["epochs"] = epochs
     c.estimate_s = fixed + epochs * per_epoch
-    c.expected_gain = c.prior * (1.0 - best) * epochs / wanted
+    c.expected_gain = c.prior * error_left * epochs / wanted
 
 
 def _measure_throughput(search: Search) -> None:
@@ -315,6 +319,7 @@ def _measure_throughput(search: Search) -> None:
     clf, base = search.clf, search.candidates[0]
     assert base.fitted is not None
     t0 = time.time()
+    search.log("auto: measuring fine-tuning throughput on a few batches")
     items = search.items("train")[: MEASURE_BATCHES * MEASURE_BATCH_SIZE]
     for depth in FINETUNE_DEPTHS:
         try:
@@ -327,14 +332,16 @@ def _measure_throughput(search: Search) -> None:
         f"{d} {1 / r['train_s']:.1f} img/s train, {1 / r['eval_s']:.0f} img/s eval"
         for d, r in search.throughput.items()
     )
-    search.log(f"auto: fine-tuning throughput measured in {time.time() - t0:.0f} s: {rates}")
+    search.measure_seconds = time.time() - t0
+    search.log(f"auto: fine-tuning throughput measured in {search.measure_seconds:.0f} s: {rates}")
 
 
 def measure_training(
     backbone: Backbone, probe: Head, items: list[tuple[str, int]], unfreeze: str, clf: Any
 ) -> dict[str, float]:
-    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` (the
-    first batch, with the loader's start-up, not counted) and of evaluation."""
+    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` and of
+    evaluation, each its fastest batch: the first ones pay for the loader's start and the
+    kernels' warm-up, and other programs on a shared machine only ever slow a batch down."""
     import torch
 
     torch.set_num_threads(compute_threads(None))
@@ -347,23 +354,25 @@ def measure_training(
     loss_fn = torch.nn.CrossEntropyLoss()
     workers = loader_workers(clf.loader_workers)
     loader, _ = train_loader(items, clf.augment, backbone.data_config, MEASURE_BATCH_SIZE, workers, clf.seed)
-    seconds, images, last = 0.0, 0, time.perf_counter()
-    for i, (pixels, labels) in enumerate(loader):
+    timed, last = [], time.perf_counter()
+    for pixels, labels in loader:
         with autocast(precision):
             loss = loss_fn(network(pixels).float(), labels.clamp(min=0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         now = time.perf_counter()
-        if i:
-            seconds, images = seconds + now - last, images + len(labels)
+        timed.append((now - last) / len(labels))
         last = now
     network.eval()
-    t0 = time.perf_counter()
+    evaluated = []
     with torch.inference_mode(), autocast(precision):
-        network(pixels)
-    eval_s = (time.perf_counter() - t0) / len(pixels)
-    train_s = seconds / images if images else 4 * eval_s
+        for _ in range(2):
+            t0 = time.perf_counter()
+            network(pixels)
+            evaluated.append((time.perf_counter() - t0) / len(pixels))
+    eval_s = min(evaluated)
+    train_s = min(timed[1:]) if len(timed) > 1 else 4 * eval_s
     return {"train_s": train_s, "eval_s": eval_s}
 
 
@@ -498,6 +507,8 @@ def finish(search: Search) -> AutoResult:
     if winner.kind == "finetune" and winner.detail.get("probe_kept"):
         winner = search.candidates[0]
     reason = _why(search, winner)
+    for c in search.candidates:
+        search.log(f"auto: {_summary_line(c)}")
     search.log(f"auto: the winner is {winner.name} {winner.params}: {reason}")
     record = {
         "time_budget_s": float(clf.time_budget or DEFAULT_TIME_BUDGET_S),
@@ -506,6 +517,7 @@ def finish(search: Search) -> AutoResult:
         "judged_on": "val",
         "n_val": int(split.mask("val").sum()),
         "throughput": search.throughput,
+        "throughput_measure_seconds": round(search.measure_seconds, 2),
         "extraction_images_per_s": search.extraction_rate,
         "candidates": [c.record() for c in search.candidates],
         "winner": winner.name,
@@ -521,6 +533,16 @@ def finish(search: Search) -> AutoResult:
     if winner.kind == "probe":
         return _probe_winner(search, fitted, record)
     return _finetune_winner(search, winner, fitted, record)
+
+
+def _summary_line(c: Candidate) -> str:
+    """One candidate of the log's closing table: name, parameters, score, time, status, estimate."""
+    scored = (
+        f"val {c.val_accuracy:.4f} (log-loss {c.val_log_loss:.4f})" if c.val_accuracy is not None else "-"
+    )
+    took = f"{c.seconds:.0f} s" if c.seconds is not None else "-"
+    estimate = f", estimate {c.estimate_s:.0f} s" if c.estimate_s is not None else ""
+    return f"{c.name:<16} {scored:<32} {took:>6}  {c.status}{estimate}  {c.params}"
 
 
 def _why(search: Search, winner: Candidate) -> str:
