@@ -116,8 +116,7 @@ def fastai_part(spec_path: Path) -> None:
         valid_col="is_valid",
         item_tfms=Resize(size),
         batch_tfms=[*aug_transforms(size=size), Normalize.from_stats(mean, std)],
-        bs=32,
-    )
+    )  # fastai's defaults otherwise (batch 64, its loader workers)
     learn = vision_learner(dls, DEFAULT_BACKBONE, pretrained=False, metrics=accuracy)
     missing = learn.model[0].model.load_state_dict(backbone.model.state_dict(), strict=False)
     assert not missing.missing_keys, missing.missing_keys
