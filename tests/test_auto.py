@@ -120,3 +120,31 @@ def test_a_finetuning_candidate_runs_within_the_budget_and_is_measured(tmp_path,
     ft = next(c for c in record["candidates"] if c["name"] == "finetune:last:1")
     assert ft["status"] in ("done", "stopped by budget") and ft["estimate_s"] > 0 and ft["epochs_run"] == 1
     assert clf.strategy_ in ("finetune", "feature-extraction")
+
+
+def test_auto_is_the_default_of_the_library_and_the_cli():
+    import inspect
+
+    from headstart.cli.app import train
+
+    assert ImageClassifier().strategy == "auto"
+    assert inspect.signature(train).parameters["strategy"].default.value == "auto"
+
+
+@pytest.mark.cli
+def test_the_cli_batch_size_is_the_finetuning_batch_under_auto(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
+    seen = {}
+
+    def fit(self, data, out_dir=None):
+        seen.update(self.get_params())
+        return self
+
+    monkeypatch.setattr(ImageClassifier, "fit", fit)
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--batch-size", "16", "--time-budget", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen["strategy"] == "auto" and seen["train_batch_size"] == 16 and seen["batch_size"] == 8
+    assert seen["time_budget"] == 120
