@@ -57,9 +57,11 @@ from headstart.core.system import compute_threads
 from headstart.data.loaders import loader_workers, train_loader
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
 from headstart.estimator.fitting import Log, Split, Usable, fit_head
+from headstart.estimator.layers import choose_layers
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.cache import FeatureCache
-from headstart.models.backbones import Backbone, create_backbone
+from headstart.features.composite import FeatureSpec, create_feature_spec
+from headstart.models.backbones import Backbone
 from headstart.models.heads import Head
 from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
 from headstart.training.network import freeze, make_network, set_train_mode
@@ -97,7 +99,9 @@ class Fitted:
 
     backbone: Backbone
     head: Head
-    features: np.ndarray | None = None  # probe candidates: features of every usable sample
+    features: np.ndarray | None = None  # probe candidates: the head's columns of every usable sample
+    spec: FeatureSpec | None = None  # probe candidates: backbones, layers (and those chosen), TTA
+    layer_info: dict[str, Any] = field(default_factory=dict)
     tuner: FineTuner | None = None
     result: FineTuneResult | None = None
 
@@ -201,7 +205,7 @@ def run_auto(
     log(
         f"auto: searching for {budget / 60:.1f} min; candidates judged on {int(split.mask('val').sum())} val images"
     )
-    base = Candidate("probe", "probe", {"features": "last", "tta": "none", "backbone": clf.backbone})
+    base = Candidate("probe", "probe", {"features": clf.features, "tta": clf.tta, "backbone": clf.backbone})
     search.candidates.append(base)
     run_candidate(search, base, required=True)
     try:
@@ -433,36 +437,48 @@ def _trial(search: Search, c: Candidate) -> Any:
     return trial
 
 
-def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
-    """A head on the candidate's features (fitted on train only; validation judges it)."""
+def _candidate_features(search: Search, c: Candidate) -> tuple[FeatureSpec, np.ndarray]:
+    """The candidate's feature spec and the features of every usable sample: the base
+    candidate's are those ``fit`` extracted; the others are extracted (cached) now."""
     clf, usable = search.clf, search.usable
-    features, backbone = usable.features, clf.backbone_
-    if c is not search.candidates[0]:
-        trial = _trial(search, c)
-        backbone = create_backbone(trial.backbone, trial.weights, FeatureCache(trial.cache_dir).root)
-        trial.backbone_ = backbone
-        result = trial._extract([s.path for s in usable.samples])
-        if not result.ok.all():
-            raise Unavailable(f"{int((~result.ok).sum())} image(s) unreadable with these parameters")
-        features = result.features
-        if features.shape == usable.features.shape and np.allclose(features, usable.features):
-            raise Unavailable(f"{c.params} gave the same features as the last-layer probe in this build")
+    if c is search.candidates[0]:
+        return clf._feature_spec(), usable.features
+    trial = _trial(search, c)
+    root = FeatureCache(trial.cache_dir).root
+    spec = create_feature_spec(trial.backbone, trial.weights, trial.features, trial.tta, root)
+    trial.features_, trial.backbone_ = spec, spec.members[0]
+    result = trial._extract([s.path for s in usable.samples])
+    if not result.ok.all():
+        raise Unavailable(f"{int((~result.ok).sum())} image(s) unreadable with these parameters")
+    if result.features.shape == usable.features.shape and np.allclose(result.features, usable.features):
+        raise Unavailable(f"{c.params} gave the same features as the base probe's")
+    return spec, result.features
+
+
+def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
+    """A head on the candidate's features (fitted on train only; validation judges it);
+    multi-layer features first keep the layer groups that predict validation best."""
+    clf, split = search.clf, search.split
+    spec, features = _candidate_features(search, c)
+    usable, layer_info = choose_layers(spec, replace(search.usable, features=features), split, search.log)
     head_params = {**(clf.head_params or {}), "refit": False} if clf.head == "logistic" else clf.head_params
-    head, info = fit_head(
-        clf.head, head_params or {}, clf.seed, replace(usable, features=features), search.split
-    )
+    head, info = fit_head(clf.head, head_params or {}, clf.seed, usable, split)
     c.detail["head"] = {k: v for k, v in info.items() if k in ("C", "k", "best_epoch")}
-    va = search.split.mask("val")
-    return Fitted(backbone, head, features), head.predict_proba(features[va])
+    if spec.selected is not None:
+        c.detail["layer_groups"] = list(spec.selected)
+    fitted = Fitted(spec.members[0], head, usable.features, spec, layer_info)
+    return fitted, head.predict_proba(usable.features[split.mask("val")])
 
 
 def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     """Fine-tune from the last-layer probe (fitted on train only); the tuned network's
     probabilities on validation (the tuner keeps its best epoch, or the probe)."""
     clf, base = search.clf, search.candidates[0]
-    assert base.fitted is not None
+    assert base.fitted is not None and base.fitted.spec is not None
     if clf.head != "logistic":
         raise Unavailable("fine-tuning starts from the linear probe: head='logistic'")
+    if not base.fitted.spec.is_plain:
+        raise Unavailable("fine-tuning starts from one backbone's last features: features='last', tta='none'")
     settings = FineTuneSettings(
         unfreeze=c.params["unfreeze"],
         epochs=int(c.params["epochs"]),
@@ -562,10 +578,11 @@ def _probe_winner(search: Search, fitted: Fitted, record: dict[str, Any]) -> Aut
     """The winning features' head refitted as ``feature-extraction`` fits it (C chosen on
     validation, then train + validation)."""
     clf = search.clf
-    assert fitted.features is not None
+    assert fitted.features is not None and fitted.spec is not None
     usable = replace(search.usable, features=fitted.features)
-    clf.backbone_ = fitted.backbone
+    clf.features_, clf.backbone_ = fitted.spec, fitted.backbone
     head, info = fit_head(clf.head, dict(clf.head_params or {}), clf.seed, usable, search.split)
+    info.update(fitted.layer_info)
     return AutoResult(head, info, usable, None, "feature-extraction", record)
 
 

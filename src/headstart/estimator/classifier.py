@@ -55,10 +55,18 @@ from headstart.estimator.fitting import (
     split_samples,
     usable_samples,
 )
+from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
 from headstart.features.cache import FeatureCache, default_cache_dir
+from headstart.features.composite import (
+    CompositeExtractor,
+    FeatureSpec,
+    build_extractor,
+    create_feature_spec,
+    spec_from_bundle,
+)
 from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
-from headstart.features.extractor import ExtractionResult, FeatureExtractor, build_extractor
-from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
+from headstart.features.extractor import ExtractionResult, FeatureExtractor
+from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
 from headstart.models.bundle import library_versions, load_bundle, save_bundle
 from headstart.models.heads import Head, restore_head
 from headstart.runs.writer import (
@@ -86,13 +94,19 @@ def _is_exclude_list(value: Any) -> bool:
     return not isinstance(value, (str, bytes)) and all(isinstance(v, (str, Path)) for v in value)
 
 
+def _is_weights_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (str, Path)) for v in value)
+
+
 PATH = InstanceOf((str, Path), "a path")
 
 # What each parameter may be; checked once, at the start of ``fit``.
 CONSTRAINTS: dict[str, Constraint] = {
     "strategy": Options(AUTO, FEATURE_EXTRACTION, FINETUNE),
     "backbone": InstanceOf((str,), "a timm model name"),
-    "weights": Optional(PATH),
+    "weights": Optional(
+        AnyOf(PATH, Check(_is_weights_list, "a list of paths (None: default), one per member"))
+    ),
     "head": Options(*sorted(Head.registry)),
     "head_params": Optional(InstanceOf((dict,), "a dict of the head's parameters")),
     "seed": Interval(int, 0),
@@ -237,6 +251,7 @@ class ImageClassifier(BaseEstimator):
         if self.strategy == FINETUNE and self.head != "logistic":
             raise ParameterError("head", "fine-tuning starts from the linear probe: use head='logistic'")
         check_feature_precision(self.feature_precision, resolve_engine(self.engine))
+        check_feature_options(self.strategy == FINETUNE, self.backbone, self.features, self.tta)
 
     def _head_params(self) -> dict[str, Any]:
         if self.head_params is not None:
@@ -275,7 +290,14 @@ class ImageClassifier(BaseEstimator):
 
     # ------------------------------------------------------------------ plumbing
 
-    def _extractor(self, backbone: Backbone) -> FeatureExtractor:
+    def _feature_spec(self) -> FeatureSpec:
+        """The fitted features; a fine-tuned backbone's own last features."""
+        spec: FeatureSpec | None = getattr(self, "features_", None)
+        if spec is None or spec.members[0] is not self.backbone_:
+            spec = self.features_ = FeatureSpec([self.backbone_])
+        return spec
+
+    def _extractor(self, backbone: Backbone | FeatureSpec) -> FeatureExtractor | CompositeExtractor:
         return build_extractor(
             backbone,
             cache_dir=self.cache_dir,
@@ -287,7 +309,7 @@ class ImageClassifier(BaseEstimator):
         )
 
     def _extract(self, paths: Sequence[str | Path]) -> ExtractionResult:
-        return self._extractor(self.backbone_).extract([str(p) for p in paths])
+        return self._extractor(self._feature_spec()).extract([str(p) for p in paths])
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
@@ -404,7 +426,9 @@ class ImageClassifier(BaseEstimator):
         ``auto.py``), whose winner brings its own head, features and fine-tuning outcome."""
         if self.strategy != AUTO:
             with clock("fit_head"):
+                usable, layer_info = choose_layers(self._feature_spec(), usable, split, writer)
                 head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
+                fit_info.update(layer_info)
             self.strategy_ = self.strategy
             return head, fit_info, usable, None
         rate = result.new_images_per_s if result.n_extracted >= 50 else None
@@ -461,7 +485,10 @@ class ImageClassifier(BaseEstimator):
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer)
         with clock("backbone"):
-            self.backbone_ = create_backbone(self.backbone, self.weights, FeatureCache(self.cache_dir).root)
+            self.features_ = create_feature_spec(
+                self.backbone, self.weights, self.features, self.tta, FeatureCache(self.cache_dir).root
+            )
+            self.backbone_ = self.features_.members[0]
         with clock("extract"):
             result = self._extract(dataset.paths)
         clock.timings["extract_images_per_s"] = result.images_per_s
@@ -520,6 +547,7 @@ class ImageClassifier(BaseEstimator):
             "backbone": self.backbone_.describe(),
             "strategy": self.strategy_,
             "head": {"name": self.head_.name, "params": self.head_.params(), **(head_extra or {})},
+            **model_features_info(self._feature_spec()),
         }
 
     # ------------------------------------------------------------------ inference
@@ -667,8 +695,9 @@ class ImageClassifier(BaseEstimator):
             },
             "versions": library_versions(),
             "created": now_utc(),
+            **model_features_info(self._feature_spec()),
         }
-        state = self.backbone_.state_arrays()
+        state = self._feature_spec().state_arrays()
         head_arrays = {k: np.asarray(v) for k, v in self.head_.arrays().items()}
         return save_bundle(path, meta, state, head_arrays)
 
@@ -696,17 +725,19 @@ class ImageClassifier(BaseEstimator):
             "top_k": settings.get("top_k", 3),
             "feature_precision": settings.get("feature_precision", "auto"),
         }
-        clf = cls(**{**params, **overrides})
         try:
-            clf.backbone_ = backbone_from_state(b["name"], state, b)
-            clf.head_ = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
-            _check_head_shape(clf.head_, clf.backbone_.num_features, len(meta["classes"]))
+            spec = spec_from_bundle(meta, state)
+            head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
+            _check_head_shape(head, spec.width, len(meta["classes"]))
         except HeadstartError:
             raise
         except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
             raise HeadstartError(
                 f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
             ) from e
+        params.update(backbone=spec.name, features=spec.layers, tta=spec.tta)
+        clf = cls(**{**params, **overrides})
+        clf.features_, clf.backbone_, clf.head_ = spec, spec.members[0], head
         clf.classes_ = list(meta["classes"])
         clf.strategy_ = params["strategy"]
         clf.split_ = meta.get("split") or {}

@@ -20,8 +20,8 @@ from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.export.graph import KNN_REFUSAL, classifier_module
 from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
+from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
-from headstart.models.backbones import backbone_from_state
 from headstart.models.bundle import library_versions, load_bundle
 from headstart.models.heads import restore_head
 
@@ -38,17 +38,18 @@ class Bundle:
     backbone: Any
     head: Any
     source: Path
+    features: Any = None  # the FeatureSpec: multi-layer features, TTA, ensemble members
 
 
 def read_bundle(source: str | Path) -> Bundle:
     """A bundle (``model.safetensors`` or its run folder) ready to export."""
     meta, state, head_arrays = load_bundle(source)
     try:
-        backbone = backbone_from_state(meta["backbone"]["name"], state, meta["backbone"])
+        spec = spec_from_bundle(meta, state)
         head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise HeadstartError(f"model file {source} is damaged or incomplete ({type(e).__name__})") from e
-    return Bundle(meta, backbone, head, Path(source))
+    return Bundle(meta, spec.members[0], head, Path(source), spec)
 
 
 def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def _check_choices(fmt: str, precision: str) -> None:
 def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
     """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet)."""
     _, h, w = bundle.backbone.data_config["input_size"]
-    module = classifier_module(bundle.backbone, bundle.head)
+    module = classifier_module(bundle.features or bundle.backbone, bundle.head)
     return export_pixels_module(module, (h, w), path, None, "probabilities")
 
 
@@ -104,6 +105,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "backbone": meta["backbone"]["name"],
         "strategy": meta.get("strategy", "feature-extraction"),
         "head": meta["head"]["name"],
+        **({"features": meta["features"]} if "features" in meta else {}),
         "source_model": str(bundle.source),
         "test_metrics": {k: test[k] for k in ("accuracy", "top_k_accuracy", "n") if k in test},
         "accuracy": {"fp32_headstart": test.get("accuracy")},

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from headstart.core.errors import HeadstartError
+from headstart.features.composite import FeatureSpec, feature_module
 from headstart.features.engines import pixels_to_features
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head
@@ -69,12 +70,16 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
 HEAD_SCOPE = "/head/"  # the head's nodes in the exported ONNX graph are named /head/...
 
 
-def classifier_module(backbone: Backbone, head: Head) -> Any:
+def classifier_module(backbone: Backbone | FeatureSpec, head: Head) -> Any:
     """uint8 (N, H, W, 3) pixels -> (N, C) probabilities, in eval mode; its parts are named
-    ``features`` and ``head`` (so are the exported graph's nodes)."""
+    ``features`` and ``head`` (so are the exported graph's nodes). A ``FeatureSpec`` brings its
+    multi-layer features, mirror (TTA) and ensemble members into the graph."""
     from collections import OrderedDict
 
     import torch
 
-    parts = OrderedDict(features=pixels_to_features(backbone), head=head_module(head))
+    if isinstance(backbone, FeatureSpec) and backbone.is_plain and backbone.selected is None:
+        backbone = backbone.members[0]
+    features = pixels_to_features(backbone) if isinstance(backbone, Backbone) else feature_module(backbone)
+    parts = OrderedDict(features=features, head=head_module(head))
     return torch.nn.Sequential(parts).eval()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.core.errors import BadImageError
+from headstart.core.errors import BadImageError, ParameterError
 from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink
 from headstart.core.system import usable_core_count
 from headstart.data.images import Preprocessor, decode_image, read_bytes
@@ -31,6 +31,7 @@ from headstart.features.engines import (
     resolve_engine,
 )
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from headstart.models.taps import LAYER_CHOICES, layer_group_widths
 
 CALIBRATION_IMAGES = 300
 
@@ -77,7 +78,19 @@ class FeatureExtractor:
         workers: int | None = None,
         progress: ProgressSink | None = None,
         precision: str = "auto",
+        layers: str = "last",
+        flip: bool = False,
+        group_widths: Sequence[int] | None = None,
+        share_engine_of: FeatureExtractor | None = None,
     ) -> None:
+        """Args:
+        layers: ``last`` or ``multi`` (pooled block groups too, see ``models.taps``).
+        flip: extract the left-right mirror of every image (test-time augmentation).
+        group_widths: a multi-layer vector's group widths, where known without building the
+            network (a loaded bundle); else read from the network.
+        share_engine_of: an extractor of the same backbone and layers whose engine to reuse
+            (the mirror is flipped before the engine, so it runs the same graph).
+        """
         self.backbone = backbone
         self.cache = cache if cache is not None else FeatureCache()
         self.engine_name = resolve_engine(engine)
@@ -89,6 +102,26 @@ class FeatureExtractor:
         self._preprocess: Preprocessor | None = None
         self._engine: Engine | None = None
         self._calibration_paths: list[str] = []
+        if layers not in LAYER_CHOICES:
+            raise ParameterError("features", f"unknown value '{layers}': choose last or multi")
+        self.layers = layers
+        self.flip = flip
+        self._group_widths = list(group_widths) if group_widths else None
+        self._engine_owner = share_engine_of
+
+    @property
+    def group_widths(self) -> list[int]:
+        """Width of each feature group: one group for ``last``; each block group, then the last
+        features, for ``multi``."""
+        if self.layers == "last":
+            return [self.backbone.num_features]
+        if self._group_widths is None:
+            self._group_widths = layer_group_widths(self.backbone.model)
+        return self._group_widths
+
+    @property
+    def width(self) -> int:
+        return sum(self.group_widths)
 
     @property
     def preprocess(self) -> Preprocessor:
@@ -99,8 +132,9 @@ class FeatureExtractor:
     @property
     def namespace(self) -> str:
         """Cache namespace: backbone identity plus the engine's numerics (int8 features never mix
-        with fp32 or bf16 ones)."""
-        return f"{self.backbone.key}-{self.numerics}-v{FEATURE_FORMAT}"
+        with fp32 or bf16 ones; multi-layer and mirrored features each have their own)."""
+        tags = ("-multi" if self.layers == "multi" else "") + ("-flip" if self.flip else "")
+        return f"{self.backbone.key}-{self.numerics}-v{FEATURE_FORMAT}{tags}"
 
     @property
     def numerics(self) -> str:
@@ -109,6 +143,8 @@ class FeatureExtractor:
 
     @property
     def engine(self) -> Engine:
+        if self._engine_owner is not None:
+            return self._engine_owner.engine
         if self._engine is None:
             self._engine = build_engine(
                 self.backbone,
@@ -118,8 +154,14 @@ class FeatureExtractor:
                 self.cache.root,
                 self.precision,
                 self._calibration_pixels,
+                self.layers,
             )
         return self._engine
+
+    @property
+    def _engine_ready(self) -> bool:
+        owner = self._engine_owner or self
+        return owner._engine is not None
 
     def _calibration_pixels(self) -> np.ndarray:
         """int8 calibration: up to ``CALIBRATION_IMAGES`` of the images being extracted, taken at
@@ -143,7 +185,8 @@ class FeatureExtractor:
             data = read_bytes(path)
             if expected_hash is not None and content_hash(data) != expected_hash:
                 return "changed while being read (re-run to use its new content)"
-            return self.preprocess(decode_image(data, self.preprocess.min_side))
+            pixels = self.preprocess(decode_image(data, self.preprocess.min_side))
+            return np.ascontiguousarray(pixels[:, ::-1]) if self.flip else pixels
         except BadImageError as e:
             return e.reason
 
@@ -186,7 +229,7 @@ class FeatureExtractor:
             # Files never hashed before are most likely not cached either: start exporting and
             # compiling the network now, on its own thread, while they are hashed and decoded.
             engine_future = None
-            if self._engine is None and len(known) < len(files):
+            if not self._engine_ready and len(known) < len(files):
                 engine_future = builder.submit(lambda: self.engine)
             hashes = self._content_hashes(pool, files, known, errors)
             clock["hash"] = time.perf_counter()
@@ -258,7 +301,7 @@ class FeatureExtractor:
         """The feature matrix filled from the cache (NaN elsewhere), and the rows still missing,
         grouped by content hash (identical files are extracted once)."""
         cached = self.cache.get_many(self.namespace, [h for h in hashes if h is not None])
-        dim = self.backbone.num_features
+        dim = self.width
         features = np.full((len(hashes), dim), np.nan, dtype=np.float32)
         todo: dict[str, list[int]] = {}
         for i, h in enumerate(hashes):
