@@ -6,8 +6,8 @@ for one backbone, ``composite`` combines several views (ensembles, multi-layer f
 """
 
 from headstart.features.cache import FeatureCache, default_cache_dir
-from headstart.features.engines import available_engines, resolve_engine
 from headstart.features.composite import CompositeExtractor, FeatureSpec, build_extractor, create_feature_spec
+from headstart.features.engines import available_engines, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 
 __all__ = [
