@@ -13,9 +13,10 @@ The search:
    which ``fit`` has extracted already) and on multi-layer features (``probe-multi``).
 2. The training throughput of each fine-tuning depth is measured on a few batches (seconds per
    training image, and per evaluated image), so a fine-tuning candidate's cost is estimated as
-   ``epochs * (n_train * train_s + n_val * eval_s) + 2 * n_val * eval_s + setup``; a probe
-   candidate's as its new feature extraction (the first extraction's images/s times the
-   candidate's cost factor) plus the head's fit.
+   ``epochs * (n_train * train_s + n_val * eval_s) + 2 * n_val * eval_s + setup``; each real
+   fine-tuning epoch then rescales every depth's rates by its own time over its estimate. A
+   probe candidate's cost is its new feature extraction (the first extraction's images/s times
+   the candidate's cost factor) plus the head's fit.
 3. Then, again and again, the candidate with the highest expected gain per minute among those
    whose estimate fits the time left (a fine-tuning candidate may take fewer epochs to fit, at
    least one) runs, until none fits.
@@ -84,7 +85,7 @@ PRIORS = {
 # Extraction cost of a probe candidate relative to the first extraction (per image).
 EXTRACTION_COST = {"probe-multi": 1.0, "probe-tta": 2.0, "probe-backbone": 2.5, "probe-ensemble": 2.5}
 DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction came from the cache
-MEASURE_BATCHES = 4  # training batches run per depth; the fastest after the first counts
+MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
 MEASURE_BATCH_SIZE = 16
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
 
@@ -155,6 +156,7 @@ class Search:
     extraction_rate: float = DEFAULT_EXTRACTION_RATE
     stopped: str | None = None  # "interrupted" when Ctrl-C ended the search
     measure_seconds: float = 0.0
+    calibration: float = 1.0  # real fine-tuning epochs / their estimates, so far
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -343,9 +345,10 @@ def _measure_throughput(search: Search) -> None:
 def measure_training(
     backbone: Backbone, probe: Head, items: list[tuple[str, int]], unfreeze: str, clf: Any
 ) -> dict[str, float]:
-    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` and of
-    evaluation, each its fastest batch: the first ones pay for the loader's start and the
-    kernels' warm-up, and other programs on a shared machine only ever slow a batch down."""
+    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` (the
+    median batch after the first, which pays for the loader's start and the kernels' warm-up)
+    and of evaluation (the faster of two batches). The first fine-tuning epochs then correct
+    these estimates (see ``_calibrate``)."""
     import torch
 
     torch.set_num_threads(compute_threads(None))
@@ -376,7 +379,7 @@ def measure_training(
             network(pixels)
             evaluated.append((time.perf_counter() - t0) / len(pixels))
     eval_s = min(evaluated)
-    train_s = min(timed[1:]) if len(timed) > 1 else 4 * eval_s
+    train_s = float(np.median(timed[1:])) if len(timed) > 1 else 4 * eval_s
     return {"train_s": train_s, "eval_s": eval_s}
 
 
@@ -508,8 +511,27 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     )
     if info["stopped_because"] == "time_budget":
         c.status = "stopped by budget"
+    if result.history:
+        _calibrate(search, c.params["unfreeze"], float(np.mean([r["seconds"] for r in result.history])))
     proba = tuner.predict_proba(search.items("val"), backbone.data_config)
     return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
+
+
+def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
+    """Scale every depth's measured rates by how far a real epoch was from its estimate: a
+    few batches miss what a whole epoch meets (the loader falling behind, other programs)."""
+    rates = search.throughput.get(depth)
+    if not rates:
+        return
+    n_train, n_val = int(search.split.mask("train").sum()), int(search.split.mask("val").sum())
+    predicted = n_train * rates["train_s"] + n_val * rates["eval_s"]
+    factor = epoch_s / predicted if predicted > 0 else 1.0
+    for r in search.throughput.values():
+        r["train_s"], r["eval_s"] = r["train_s"] * factor, r["eval_s"] * factor
+    search.calibration *= factor
+    search.log(
+        f"auto: a {depth} epoch took {epoch_s:.0f} s, estimated {predicted:.0f} s: estimates x{factor:.2f}"
+    )
 
 
 # ---------------------------------------------------------------------- the winner
@@ -534,6 +556,7 @@ def finish(search: Search) -> AutoResult:
         "n_val": int(split.mask("val").sum()),
         "throughput": search.throughput,
         "throughput_measure_seconds": round(search.measure_seconds, 2),
+        "throughput_calibration": round(search.calibration, 3),
         "extraction_images_per_s": search.extraction_rate,
         "candidates": [c.record() for c in search.candidates],
         "winner": winner.name,
