@@ -13,7 +13,8 @@ The search:
    which ``fit`` has extracted already) and on multi-layer features (``probe-multi``).
 2. The training throughput of each fine-tuning depth is measured on a few batches (seconds per
    training image, and per evaluated image), so a fine-tuning candidate's cost is estimated as
-   ``epochs * (n_train * train_s + n_val * eval_s) + 2 * n_val * eval_s + setup``; each real
+   ``epochs * (n_train * train_s + n_val * eval_s) + 2 * n_val * eval_s + setup``, the measured
+   rates taken ``MEASURED_TO_EPOCH`` times slower (whole epochs have been); each real
    fine-tuning epoch then rescales every depth's rates by its own time over its estimate. A
    probe candidate's cost is its new feature extraction (the first extraction's images/s times
    the candidate's cost factor) plus the head's fit.
@@ -88,6 +89,9 @@ DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction cam
 MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
 MEASURE_BATCH_SIZE = 16
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
+# Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
+# fewer free cores by then): the first estimates assume 1.5x, until a real epoch calibrates them.
+MEASURED_TO_EPOCH = 1.5
 
 
 class Unavailable(Exception):
@@ -156,7 +160,7 @@ class Search:
     extraction_rate: float = DEFAULT_EXTRACTION_RATE
     stopped: str | None = None  # "interrupted" when Ctrl-C ended the search
     measure_seconds: float = 0.0
-    calibration: float = 1.0  # real fine-tuning epochs / their estimates, so far
+    calibration: float = MEASURED_TO_EPOCH  # real fine-tuning epochs / measured batches, so far
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -329,17 +333,18 @@ def _measure_throughput(search: Search) -> None:
     items = search.items("train")[: MEASURE_BATCHES * MEASURE_BATCH_SIZE]
     for depth in FINETUNE_DEPTHS:
         try:
-            search.throughput[depth] = measure_training(
-                base.fitted.backbone, base.fitted.head, items, depth, clf
-            )
+            rates = measure_training(base.fitted.backbone, base.fitted.head, items, depth, clf)
+            search.throughput[depth] = {k: v * MEASURED_TO_EPOCH for k, v in rates.items()}
         except HeadstartError as e:  # a backbone without block groups cannot unfreeze by depth
             search.log(f"auto: fine-tuning {depth} unavailable: {e}")
-    rates = ", ".join(
+    line = ", ".join(
         f"{d} {1 / r['train_s']:.1f} img/s train, {1 / r['eval_s']:.0f} img/s eval"
         for d, r in search.throughput.items()
     )
     search.measure_seconds = time.time() - t0
-    search.log(f"auto: fine-tuning throughput measured in {search.measure_seconds:.0f} s: {rates}")
+    search.log(
+        f"auto: fine-tuning throughput measured in {search.measure_seconds:.0f} s: {line} (per epoch, with the x{MEASURED_TO_EPOCH} allowance)"
+    )
 
 
 def measure_training(
