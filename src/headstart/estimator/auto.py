@@ -165,8 +165,12 @@ class Search:
     def left(self) -> float:
         return self.deadline - time.time()
 
+    def eligible(self) -> list[Candidate]:
+        """Scored candidates with a model of their own (a fine-tuning that kept the probe has none)."""
+        return [c for c in self.candidates if c.val_accuracy is not None and not c.detail.get("probe_kept")]
+
     def best(self) -> Candidate:
-        done = [c for c in self.candidates if c.val_accuracy is not None]
+        done = self.eligible()
         return min(done, key=lambda c: (-c.val_accuracy, c.val_log_loss, self.candidates.index(c)))  # type: ignore[operator]
 
     def items(self, name: str) -> list[tuple[str, int]]:
@@ -417,6 +421,8 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
     scores = candidate_scores(search.usable.y[va], proba, search.usable.classes)
     c.val_accuracy, c.val_log_loss = scores["accuracy"], scores["log_loss"]
     c.status = c.status if c.status.startswith("stopped") else "done"
+    if c.detail.get("probe_kept"):
+        c.status += " (no epoch beat the probe: no model of its own, not eligible)"
     search.log(
         f"auto: {c.name}: val accuracy {c.val_accuracy:.4f}, log-loss {c.val_log_loss:.4f} in {c.seconds:.0f} s"
     )
@@ -516,6 +522,7 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     )
     if info["stopped_because"] == "time_budget":
         c.status = "stopped by budget"
+
     if result.history:
         _calibrate(search, c.params["unfreeze"], float(np.mean([r["seconds"] for r in result.history])))
     proba = tuner.predict_proba(search.items("val"), backbone.data_config)
@@ -547,8 +554,6 @@ def finish(search: Search) -> AutoResult:
     (probe) or its tuned network kept (fine-tuning); the test split is evaluated afterwards."""
     clf, split = search.clf, search.split
     winner = search.best()
-    if winner.kind == "finetune" and winner.detail.get("probe_kept"):
-        winner = search.candidates[0]
     reason = _why(search, winner)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")
@@ -590,7 +595,7 @@ def _summary_line(c: Candidate) -> str:
 
 
 def _why(search: Search, winner: Candidate) -> str:
-    others = [c for c in search.candidates if c is not winner and c.val_accuracy is not None]
+    others = [c for c in search.eligible() if c is not winner]
     if not others:
         return "the only candidate that finished"
     runner = max(others, key=lambda c: (c.val_accuracy, -(c.val_log_loss or 0.0)))
