@@ -109,7 +109,9 @@ def main() -> None:
     for name, excluded in variants.items():
         exclude_file = out / f"exclude_{len(results)}.txt"
         exclude_file.write_text("".join(f"{p}\n" for p in excluded), encoding="utf-8")
-        clf = ImageClassifier(seed=args.seed, verbose=False, exclude=exclude_file)
+        clf = ImageClassifier(
+            strategy="feature-extraction", seed=args.seed, verbose=False, exclude=exclude_file
+        )
         clf.fit(clean_csv if name.startswith("clean") else csv_path, out_dir=out / f"run_{len(results)}")
         results[name] = {
             "excluded": len(excluded),

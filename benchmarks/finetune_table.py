@@ -60,7 +60,9 @@ def main() -> None:
         out = args.out / config.replace(":", "")
         t0 = time.perf_counter()
         if config == "probe":
-            clf = ImageClassifier(seed=args.seed, verbose=False).fit(dataset, out_dir=out)
+            clf = ImageClassifier(strategy="feature-extraction", seed=args.seed, verbose=False).fit(
+                dataset, out_dir=out
+            )
         else:
             print(f"--- {config}, {epochs_of[config]} epoch(s)", file=sys.stderr, flush=True)
             clf = FineTuneClassifier(

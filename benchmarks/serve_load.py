@@ -48,7 +48,7 @@ def train_probe(out: Path) -> Path:
         for f in sorted(c.glob("*.jpg"))[:30]
     ]
     (out / "subset.csv").write_text("\n".join(rows) + "\n")
-    headstart.ImageClassifier(head="logistic", seed=1, verbose=False).fit(
+    headstart.ImageClassifier(strategy="feature-extraction", head="logistic", seed=1, verbose=False).fit(
         out / "subset.csv", out_dir=out / "run"
     )
     return out / "run"

@@ -22,6 +22,7 @@ from headstart.data.splits import assign_splits, make_split
 from headstart.doctor import find_duplicates, rank_label_issues
 
 CLI = [sys.executable, "-m", "headstart"]
+TRAIN = ("train", "--strategy=feature-extraction")  # a quick probe, not the search that is the default
 
 
 def run(*args, check=True):
@@ -161,7 +162,7 @@ def test_bad_input_battery_doctor_and_train(tmp_path):
     assert any(n.startswith("caf") and n.endswith("_latin1.jpg") for n in names)
 
     run_dir = tmp_path / "run"
-    proc = run("train", data, "--out", run_dir)
+    proc = run(*TRAIN, data, "--out", run_dir)
     assert "Traceback" not in proc.stderr and "1 with conflicting labels" in proc.stderr
     skipped = {
         os.path.basename(r["path"]): r["reason"]
@@ -287,7 +288,9 @@ def test_doctor_finds_flipped_labels_and_train_excludes_them(flowers_csv, tmp_pa
     assert issues[rows[40].rsplit(",", 1)[0]]["suggested_label"] == "dandelion"
     assert "nearest images" in issues[rows[40].rsplit(",", 1)[0]]["evidence"]
 
-    clf = headstart.ImageClassifier(verbose=False, exclude=tmp_path / "doc" / "exclude.txt")
+    clf = headstart.ImageClassifier(
+        strategy="feature-extraction", verbose=False, exclude=tmp_path / "doc" / "exclude.txt"
+    )
     clf.fit(noisy, out_dir=tmp_path / "run")
     used = {f for f, _, _ in clf.split_["files"]}
     assert not any(os.path.basename(p) in " ".join(used) for p in flipped)
@@ -301,7 +304,7 @@ def test_exclude_errors_are_one_line(tmp_path, bad):
     data = make_class_folders(tmp_path / "d", per_class=4)
     if bad == "bad.json":
         (tmp_path / bad).write_text("{}")
-    proc = run("train", data, "--exclude", tmp_path / bad, "--out", tmp_path / "r", check=False)
+    proc = run(*TRAIN, data, "--exclude", tmp_path / bad, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "--exclude" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 import headstart
 
 CLI = [sys.executable, "-m", "headstart"]
+TRAIN = ("train", "--strategy=feature-extraction")  # a quick probe, not the search that is the default
 
 
 def run(*args, check=True):
@@ -53,7 +54,7 @@ def test_train_predict_evaluate_with_bad_files(tmp_path):
     expected = add_bad_files(data)
     before = tree_digest(data)
     run_dir = tmp_path / "run"
-    proc = run("train", data, "--out", run_dir)
+    proc = run(*TRAIN, data, "--out", run_dir)
     assert "skipped" in proc.stderr and "Traceback" not in proc.stderr
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -125,7 +126,7 @@ def test_training_errors_are_one_line(tmp_path, setup, message):
     elif setup == "tiny_class":
         make_class_folders(data, per_class=6, classes=("red",))
         make_class_folders(data, per_class=2, classes=("blue",))
-    proc = run("train", data, "--out", tmp_path / "run", check=False)
+    proc = run(*TRAIN, data, "--out", tmp_path / "run", check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()[-1]) < 300
@@ -143,7 +144,7 @@ def test_missing_or_corrupt_model_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_python_api_on_flower_photos(flowers_csv, tmp_path):
-    clf = headstart.ImageClassifier(head="logistic", seed=1, verbose=False)
+    clf = headstart.ImageClassifier(strategy="feature-extraction", head="logistic", seed=1, verbose=False)
     clf.fit(flowers_csv, out_dir=tmp_path / "run")
     assert clf.classes_ == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert clf.metrics_["test"]["n"] == 15
@@ -160,7 +161,9 @@ def test_python_api_on_flower_photos(flowers_csv, tmp_path):
 
 @pytest.mark.parametrize("head", ["mlp", "knn"])
 def test_other_heads_train_and_bundle(colors_dir, tmp_path, head):
-    clf = headstart.ImageClassifier(head=head, verbose=False).fit(colors_dir, out_dir=tmp_path / "r")
+    clf = headstart.ImageClassifier(strategy="feature-extraction", head=head, verbose=False).fit(
+        colors_dir, out_dir=tmp_path / "r"
+    )
     loaded = headstart.load(tmp_path / "r")
     files = clf.test_["paths"]
     assert loaded.predict(files) == clf.predict(files)

@@ -97,7 +97,7 @@ def fitted(tmp_path_factory):
     from conftest import make_class_folders
 
     root = make_class_folders(tmp_path_factory.mktemp("est") / "colors", per_class=8)
-    return root, ImageClassifier(verbose=False, report_map="none").fit(root)
+    return root, ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(root)
 
 
 def test_prediction_writes_no_state(fitted):

@@ -56,9 +56,9 @@ def assert_parity(exported: np.ndarray, reference: np.ndarray) -> None:
 def probe_run(flowers_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A linear probe on the flowers subset, trained with an fp32 engine."""
     run = tmp_path_factory.mktemp("export") / "probe"
-    headstart.ImageClassifier(engine="onnxruntime", check_data=False, verbose=False).fit(
-        flowers_csv, out_dir=run
-    )
+    headstart.ImageClassifier(
+        strategy="feature-extraction", engine="onnxruntime", check_data=False, verbose=False
+    ).fit(flowers_csv, out_dir=run)
     return run
 
 
@@ -95,7 +95,9 @@ def test_cli_refuses_a_missing_model_and_a_bad_precision(tmp_path):
 
 
 def test_knn_head_is_refused_in_one_line(colors_dir, tmp_path):
-    model = headstart.ImageClassifier(head="knn", engine="onnxruntime", check_data=False, verbose=False)
+    model = headstart.ImageClassifier(
+        strategy="feature-extraction", head="knn", engine="onnxruntime", check_data=False, verbose=False
+    )
     path = model.fit(colors_dir).save(tmp_path / "knn.safetensors")
     result = CliRunner().invoke(app, ["export", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
@@ -104,7 +106,9 @@ def test_knn_head_is_refused_in_one_line(colors_dir, tmp_path):
 
 def test_int8_without_its_training_images_names_what_is_missing(colors_dir, tmp_path):
     data = shutil.copytree(colors_dir, tmp_path / "moved")
-    model = headstart.ImageClassifier(engine="onnxruntime", check_data=False, verbose=False).fit(data)
+    model = headstart.ImageClassifier(
+        strategy="feature-extraction", engine="onnxruntime", check_data=False, verbose=False
+    ).fit(data)
     path = model.save(tmp_path / "model.safetensors")
     shutil.rmtree(data)
     with pytest.raises(HeadstartError, match="int8 needs the model's train images"):
@@ -151,7 +155,9 @@ def file_metadata(model_file: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_mlp_head_and_fp16_export(flowers_csv, tmp_path):
-    clf = headstart.ImageClassifier(head="mlp", engine="onnxruntime", check_data=False, verbose=False)
+    clf = headstart.ImageClassifier(
+        strategy="feature-extraction", head="mlp", engine="onnxruntime", check_data=False, verbose=False
+    )
     path = clf.fit(flowers_csv).save(tmp_path / "mlp.safetensors")
     paths = flowers_paths(flowers_csv)
     reference = clf.predict_proba(paths)

@@ -259,7 +259,9 @@ def test_a_kept_probe_is_the_feature_extraction_model(tmp_path):
     tuned = headstart.FineTuneClassifier(
         epochs=1, time_budget=1e-6, train_batch_size=8, loader_workers=1, precision="fp32", verbose=False
     ).fit(data, out_dir=tmp_path / "ft")
-    plain = headstart.ImageClassifier(verbose=False).fit(data, out_dir=tmp_path / "fe")
+    plain = headstart.ImageClassifier(strategy="feature-extraction", verbose=False).fit(
+        data, out_dir=tmp_path / "fe"
+    )
     ft = tuned.metrics_["finetune"]
     assert ft["probe_kept"] and ft["probe_refit_on_train_val"] and ft["epochs_run"] == 0
     assert tuned.metrics_["head"]["fit"]["refit_on_train_val"] is True

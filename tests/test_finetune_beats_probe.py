@@ -77,5 +77,7 @@ def test_tuned_network_is_kept_and_its_bundle_predicts_the_same(tmp_path):
     proba = loaded.predict_proba(paths)
     np.testing.assert_array_equal(proba.argmax(1), fitted.argmax(1))
     np.testing.assert_allclose(proba, fitted, atol=1e-4)
-    pretrained = headstart.ImageClassifier(engine="torch", check_data=False, verbose=False).fit(data)
+    pretrained = headstart.ImageClassifier(
+        strategy="feature-extraction", engine="torch", check_data=False, verbose=False
+    ).fit(data)
     assert not np.allclose(pretrained.predict_proba(paths), proba, atol=1e-2), "the probe was kept after all"

@@ -32,6 +32,7 @@ from conftest import COLORS, make_image, tree_digest
 from PIL import Image
 
 CLI = [sys.executable, "-m", "headstart"]
+TRAIN = ("train", "--strategy=feature-extraction")  # a quick probe, not the search that is the default
 RUN_TIMEOUT = 240  # seconds for one command; a hang fails the test instead of stalling the suite
 
 # Class folder names that are data, never markup, formulas or terminal commands.
@@ -175,7 +176,7 @@ def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     (out / "finetune.json").write_text("{}")
     (out / ".model.safetensors.999999999.tmp").write_bytes(b"half a model")  # a killed write
     before = tree_digest(data)
-    proc = run("train", data, "--out", out, "--engine", "torch", "--seed", "1", env=ENV)
+    proc = run(*TRAIN, data, "--out", out, "--engine", "torch", "--seed", "1", env=ENV)
     yield {"data": data, "out": out, "proc": proc, "expected": expected, "before": before}
     for s in sockets:
         s.close()
@@ -292,7 +293,7 @@ def test_out_inside_data_is_refused_before_anything_is_written(battery):
     data = battery["data"]
     proc = run("evaluate", battery["out"], data, "--out", data / "runs", timeout=120)
     assert_one_line_error(proc, "--out", "inside the data folder")
-    proc = run("train", data, "--out", data / HOSTILE_CLASSES["dollars"] / "run", timeout=120)
+    proc = run(*TRAIN, data, "--out", data / HOSTILE_CLASSES["dollars"] / "run", timeout=120)
     assert_one_line_error(proc, "--out", "inside the data folder")
     for command in ("doctor", "embed"):
         assert_one_line_error(
@@ -352,7 +353,7 @@ def test_unknown_split_in_csv_is_one_line_error(tmp_path):
     make_image(tmp_path / "a.jpg", (200, 40, 40), 1)
     make_image(tmp_path / "b.jpg", (40, 40, 200), 2)
     (tmp_path / "data.csv").write_text("path,label,split\na.jpg,red,train\nb.jpg,blue,tset\n")
-    proc = run("train", tmp_path / "data.csv", "--out", tmp_path / "run", timeout=120)
+    proc = run(*TRAIN, tmp_path / "data.csv", "--out", tmp_path / "run", timeout=120)
     assert_one_line_error(proc, "line 3", "unknown split 'tset'")
 
 
@@ -635,7 +636,7 @@ def test_train_goes_on_when_the_cache_folder_cannot_be_made(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     before = tree_digest(data)
     cache = tmp_path / "file" / "cache"
-    proc = run("train", data, "--out", tmp_path / "run", "--cache-dir", cache, "--engine", "onnxruntime")
+    proc = run(*TRAIN, data, "--out", tmp_path / "run", "--cache-dir", cache, "--engine", "onnxruntime")
     assert proc.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), proc.stderr
     assert proc.stderr.count("going on without caching") == 1 and "could not be written" not in proc.stderr
     assert tree_digest(data) == before
@@ -733,8 +734,7 @@ def test_two_trains_share_one_cache_at_once(tmp_path):
     before = tree_digest(data)
     env = {"HEADSTART_CACHE": str(tmp_path / "cache")}
     procs = [
-        spawn("train", data, "--out", tmp_path / f"run{i}", "--engine", "torch", "-q", env=env)
-        for i in (1, 2)
+        spawn(*TRAIN, data, "--out", tmp_path / f"run{i}", "--engine", "torch", "-q", env=env) for i in (1, 2)
     ]
     for p in procs:
         _, err = p.communicate(timeout=RUN_TIMEOUT)
@@ -752,7 +752,7 @@ def test_kill_during_extraction_then_rerun_completes(tmp_path):
     before = tree_digest(data)
     cache = tmp_path / "cache"
     env = {"HEADSTART_CACHE": str(cache)}
-    proc = spawn("train", data, "--out", tmp_path / "run", "--engine", "torch", "--batch-size", "4", env=env)
+    proc = spawn(*TRAIN, data, "--out", tmp_path / "run", "--engine", "torch", "--batch-size", "4", env=env)
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None:
         if (cache / "features.sqlite").is_file() and cache_rows(cache)[1] >= 8:
@@ -762,7 +762,7 @@ def test_kill_during_extraction_then_rerun_completes(tmp_path):
     proc.communicate(timeout=30)
     status, rows = cache_rows(cache)
     assert status == "ok" and rows < 180, "the kill came after extraction: nothing was tested"
-    rerun = run("train", data, "--out", tmp_path / "run", "--engine", "torch", env=env)
+    rerun = run(*TRAIN, data, "--out", tmp_path / "run", "--engine", "torch", env=env)
     assert rerun.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), rerun.stderr
     assert f"{rows} from cache" in rerun.stderr or "from cache" in rerun.stderr
     assert cache_rows(cache) == ("ok", 180)

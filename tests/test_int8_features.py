@@ -37,7 +37,11 @@ def test_int8_features_land_under_their_own_cache_key(tmp_path, backbone):
 def test_a_loaded_int8_model_predicts_with_int8_extraction(tmp_path):
     root = make_class_folders(tmp_path / "colors", per_class=8)
     clf = ImageClassifier(
-        verbose=False, report_map="none", feature_precision="int8", cache_dir=tmp_path / "cache"
+        strategy="feature-extraction",
+        verbose=False,
+        report_map="none",
+        feature_precision="int8",
+        cache_dir=tmp_path / "cache",
     ).fit(root)
     path = clf.save(tmp_path / "model.safetensors")
     loaded = headstart.load(path, verbose=False, cache_dir=tmp_path / "cache")

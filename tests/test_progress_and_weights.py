@@ -48,7 +48,11 @@ def test_bundle_from_local_weights_predicts_without_the_weights_file(tmp_path):
     data = make_class_folders(tmp_path / "photos", per_class=8)
     run = tmp_path / "run"
     clf = headstart.ImageClassifier(
-        backbone="resnet10t", weights=weights, verbose=False, cache_dir=tmp_path / "cache-a"
+        strategy="feature-extraction",
+        backbone="resnet10t",
+        weights=weights,
+        verbose=False,
+        cache_dir=tmp_path / "cache-a",
     ).fit(data, out_dir=run)
     files = sorted(str(p) for p in data.rglob("*.jpg"))[::3]
     expected = clf.predict_proba(files)

@@ -268,7 +268,9 @@ def test_feature_map_cache_and_tiny_inputs(tmp_path):
 @pytest.mark.cli
 def test_train_and_evaluate_write_a_report_that_a_browser_shows(flowers_csv, tmp_path):
     run_dir = tmp_path / "run"
-    clf = headstart.ImageClassifier(seed=1, verbose=False).fit(flowers_csv, out_dir=run_dir)
+    clf = headstart.ImageClassifier(strategy="feature-extraction", seed=1, verbose=False).fit(
+        flowers_csv, out_dir=run_dir
+    )
     accuracy = f"{clf.metrics_['test']['accuracy']:.1%}"
     info = json.loads((run_dir / "map.json").read_text())
     assert info["method"] == "tsne" and info["n"] == clf.metrics_["test"]["n"]
@@ -312,7 +314,9 @@ def test_embed_and_annotated_predictions(tmp_path):
     assert json.loads((out / "map.json").read_text())["from_cache"] is True
 
     run_dir = tmp_path / "run"
-    headstart.ImageClassifier(verbose=False, report_map="none").fit(data, out_dir=run_dir)
+    headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
+        data, out_dir=run_dir
+    )
     report = (run_dir / "report.html").read_text(encoding="utf-8")
     assert not (run_dir / "map.csv").exists() and "No map was saved" in report
     assert "grün зелёный 緑 &lt;i&gt;-very-long" in report and "<i>" not in report

@@ -48,9 +48,9 @@ def test_each_run_file_is_written_once(colors_dir, tmp_path, monkeypatch):
     writes = count_writes(monkeypatch)
     exclude = [str(colors_dir / "red" / "red_0.jpg")]
     run_dir = tmp_path / "run"
-    headstart.ImageClassifier(verbose=False, report_map="pca", exclude=exclude).fit(
-        colors_dir, out_dir=run_dir
-    )
+    headstart.ImageClassifier(
+        strategy="feature-extraction", verbose=False, report_map="pca", exclude=exclude
+    ).fit(colors_dir, out_dir=run_dir)
     in_run = {p.relative_to(run_dir).as_posix(): n for p, n in writes.items() if run_dir in p.parents}
     expected = {
         "model.safetensors",
@@ -88,7 +88,9 @@ def test_the_model_is_saved_before_any_figure(colors_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(writer_module, "write_confusion_matrix", failing_plot)
     monkeypatch.setattr(writer_module, "build_report", failing_plot)
     run_dir = tmp_path / "run"
-    clf = headstart.ImageClassifier(verbose=False, report_map="none").fit(colors_dir, out_dir=run_dir)
+    clf = headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
+        colors_dir, out_dir=run_dir
+    )
     assert order == ["model", "plot", "plot"]
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "metrics.json").is_file()
     assert not (run_dir / "confusion_matrix.png").exists()
@@ -99,7 +101,9 @@ def test_the_model_is_saved_before_any_figure(colors_dir, tmp_path, monkeypatch)
 
 
 def test_evaluate_writes_its_files_once(colors_dir, tmp_path, monkeypatch):
-    clf = headstart.ImageClassifier(verbose=False, report_map="none").fit(colors_dir)
+    clf = headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
+        colors_dir
+    )
     writes = count_writes(monkeypatch)
     out = tmp_path / "eval"
     metrics = clf.evaluate(colors_dir, out_dir=out)
@@ -119,7 +123,9 @@ def test_evaluate_writes_its_files_once(colors_dir, tmp_path, monkeypatch):
 @pytest.mark.cli
 def test_report_rebuilds_from_the_run_files_alone(colors_dir, tmp_path):
     run_dir = tmp_path / "run"
-    headstart.ImageClassifier(verbose=False, report_map="pca").fit(colors_dir, out_dir=run_dir)
+    headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="pca").fit(
+        colors_dir, out_dir=run_dir
+    )
     (run_dir / "model.safetensors").unlink()
     (run_dir / "report.html").unlink()
     proc = subprocess.run([*CLI, "report", str(run_dir)], capture_output=True, text=True)
@@ -136,7 +142,9 @@ def test_report_remaps_all_points_through_the_model(colors_dir, tmp_path):
     import csv
 
     run_dir = tmp_path / "run"
-    headstart.ImageClassifier(verbose=False, report_map="none").fit(colors_dir, out_dir=run_dir)
+    headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
+        colors_dir, out_dir=run_dir
+    )
     proc = subprocess.run(
         [*CLI, "report", str(run_dir), "--points", "all", "--method", "pca", "-q"],
         capture_output=True,

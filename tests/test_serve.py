@@ -348,9 +348,9 @@ def flowers_export(flowers_csv, tmp_path_factory):
     from headstart.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("served")
-    clf = headstart.ImageClassifier(head="logistic", seed=1, verbose=False).fit(
-        flowers_csv, out_dir=root / "run"
-    )
+    clf = headstart.ImageClassifier(
+        strategy="feature-extraction", head="logistic", seed=1, verbose=False
+    ).fit(flowers_csv, out_dir=root / "run")
     export_model(root / "run", root / "export", format="onnx")
     return root / "export", root / "run", clf
 

@@ -191,7 +191,7 @@ def train(
     quiet: Quiet = False,
     exclude: ExcludeFile = None,
     check_data: CheckData = True,
-    strategy: StrategyChoice = Strategy.feature_extraction,
+    strategy: StrategyChoice = Strategy.auto,
     unfreeze: Unfreeze = "last:2",
     epochs: Epochs = 4,
     lr: LearningRate = 1e-3,
@@ -227,7 +227,8 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
     params.update(
         split=parse_split(flags["split"]),
         verbose=not flags["quiet"],
-        batch_size=8 if flags["strategy"] is Strategy.finetune else (batch_size or 8),
+        # fine-tuning (and auto, whose expensive candidates fine-tune) keep the extraction batch
+        batch_size=8 if flags["strategy"] in (Strategy.finetune, Strategy.auto) else (batch_size or 8),
         train_batch_size=batch_size or 32,
         class_weight=None if flags["class_weight"] == "none" else flags["class_weight"],
         # the flag is in minutes, the API in seconds

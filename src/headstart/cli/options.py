@@ -101,7 +101,10 @@ FeaturePrecisionChoice = Annotated[
     ),
 ]
 BatchSize = Annotated[
-    Optional[int], typer.Option(help="Images per batch: extraction (default 8), or fine-tuning (default 32).")
+    Optional[int],
+    typer.Option(
+        help="Images per batch: extraction (default 8), or fine-tuning and auto's fine-tuning (default 32)."
+    ),
 ]
 CacheDir = Annotated[
     Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")
@@ -134,7 +137,8 @@ CheckData = Annotated[
 StrategyChoice = Annotated[
     Strategy,
     typer.Option(
-        help="feature-extraction (a head on cached features) or finetune (then train the backbone too)."
+        help="auto (search probes, fine-tuning depths, backbones, TTA within --time-budget, judged on validation), "
+        "feature-extraction (a head on cached features) or finetune (then train the backbone too)."
     ),
 ]
 FeaturesChoice = Annotated[
@@ -184,7 +188,9 @@ ClassWeight = Annotated[str, typer.Option(help="finetune: none or balanced (for 
 Patience = Annotated[int, typer.Option(help="finetune: epochs without a better val_loss before stopping.")]
 TimeBudgetMinutes = Annotated[
     Optional[float],
-    typer.Option(help="finetune: wall-clock budget in minutes; stops cleanly with the best model."),
+    typer.Option(
+        help="finetune and auto: wall-clock budget in minutes; stops cleanly with the best model (auto: 4)."
+    ),
 ]
 ResumeRun = Annotated[
     Optional[Path],

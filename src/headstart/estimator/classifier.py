@@ -1,6 +1,7 @@
 """``ImageClassifier``: the scikit-learn-style front door to transfer learning on images.
 
-    clf = ImageClassifier().fit("photos/", out_dir="runs/photos")
+    clf = ImageClassifier().fit("photos/", out_dir="runs/photos")   # the best model 4 minutes allow
+    ImageClassifier(strategy="feature-extraction").fit("photos/")   # a linear probe only: seconds
     clf.predict(["new.jpg"])
     headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
     ImageClassifier(strategy="finetune", unfreeze="half", epochs=2).fit("photos/", out_dir="runs/ft")
@@ -35,6 +36,7 @@ from headstart.core.params import (
 )
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
+from headstart.estimator.auto import AutoResult, run_auto
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune
 from headstart.estimator.fitting import (
     Split,
@@ -168,7 +170,9 @@ class ImageClassifier(BaseEstimator):
     ``sklearn.base.clone`` work) and checked in ``fit``; fitted state ends in an underscore.
 
     Args:
-        strategy: ``feature-extraction`` (a head on cached features) or ``finetune`` (then the
+        strategy: ``auto`` (the default: a search over probes, fine-tuning depths, backbones
+            and TTA within ``time_budget``, judged on validation; see ``auto.py``),
+            ``feature-extraction`` (a head on cached features) or ``finetune`` (then the
             backbone and head train end to end on augmented images).
         backbone: any timm model name; the default works offline.
         weights: local weights file (safetensors or torch state dict) for ``backbone``.
@@ -203,8 +207,8 @@ class ImageClassifier(BaseEstimator):
             ``trivialaugment``, ``none``).
         class_weight: fine-tuning: None (or ``none``) or ``balanced``.
         patience: fine-tuning: epochs without a better val_loss before stopping.
-        time_budget: fine-tuning: SECONDS of wall time for the whole ``fit``; stops cleanly
-            with the best model so far.
+        time_budget: fine-tuning and auto: SECONDS of wall time for the whole ``fit``; stops
+            cleanly with the best model so far (auto without one: 240 s).
         precision: fine-tuning: ``auto`` (bf16 where the CPU has it), ``bf16`` or ``fp32``.
         loader_workers: fine-tuning: image-loading processes (default: up to 4).
         multi_label: several labels per image (a CSV ``path,labels`` with ``;`` between labels);
@@ -225,7 +229,7 @@ class ImageClassifier(BaseEstimator):
     def __init__(
         self,
         *,
-        strategy: str = FEATURE_EXTRACTION,
+        strategy: str = AUTO,
         backbone: str = DEFAULT_BACKBONE,
         weights: str | Path | None = None,
         head: str = "logistic",
@@ -400,14 +404,13 @@ class ImageClassifier(BaseEstimator):
                 checks = check_data(usable, writer)
         with clock("split"):
             split = split_samples(usable.samples, self.split, self.seed, checks)
-        with clock("fit_head"):
-            usable, layer_info = choose_layers(self._feature_spec(), usable, split, writer)
-            head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
-            fit_info.update(layer_info)
-        self.head_, self.classes_, self.strategy_ = head, usable.classes, self.strategy
+        stage = self._first_stage(usable, split, writer, started, result, on_epoch_end, clock)
+        head, fit_info, usable, auto = stage
+        self.head_, self.classes_ = head, usable.classes
         evaluated = split.mask(split.evaluated_on)
         with clock("evaluate"):
             outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
+            outcome = auto.outcome if auto else outcome
             raw = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
         with clock("calibrate"):
             proba, reliability = self._fit_reliability(usable, split, outcome, raw, writer)
@@ -464,6 +467,31 @@ class ImageClassifier(BaseEstimator):
         evaluated = split.mask(split.evaluated_on)
         sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on)
         return apply_temperature(raw, rel.temperature), sections
+
+    def _first_stage(
+        self,
+        usable: Usable,
+        split: Split,
+        writer: RunWriter,
+        started: float,
+        result: ExtractionResult,
+        on_epoch_end: EpochCallback | None,
+        clock: Stopwatch,
+    ) -> tuple[Head, dict[str, Any], Usable, AutoResult | None]:
+        """The head on the cached features; with ``strategy="auto"``, the search (see
+        ``auto.py``), whose winner brings its own head, features and fine-tuning outcome."""
+        if self.strategy != AUTO:
+            with clock("fit_head"):
+                usable, layer_info = choose_layers(self._feature_spec(), usable, split, writer)
+                head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
+                fit_info.update(layer_info)
+            self.strategy_ = self.strategy
+            return head, fit_info, usable, None
+        rate = result.new_images_per_s if result.n_extracted >= 50 else None
+        with clock("auto"):
+            auto = run_auto(self, usable, split, writer, started, rate, on_epoch_end)
+        self.strategy_, self.auto_ = auto.strategy, auto.record
+        return auto.head, auto.fit_info, auto.usable, auto
 
     def _start_finetune_run(self, data: str | Path | Dataset, writer: RunWriter, resume: bool) -> None:
         """A resume needs a checkpoint; a new run records its data and parameters first."""
@@ -574,6 +602,8 @@ class ImageClassifier(BaseEstimator):
         }
         model = self._model_info({"fit": fit_info})
         extra: dict[str, Any] = {"extraction": extraction_info(result), "created": now_utc()}
+        if self.strategy == AUTO:
+            extra["auto"] = self.auto_
         if outcome is not None:
             self.finetune_, self.history_ = outcome.info, outcome.info["history"]
             extra["finetune"] = outcome.info

@@ -1,0 +1,645 @@
+"""``strategy="auto"``: the best model a time budget allows, judged on the validation split only.
+
+    ImageClassifier(strategy="auto", time_budget=15 * 60).fit("photos/", out_dir="runs/auto")
+
+Discovery, the data check and the split are done once, by ``ImageClassifier.fit``; every
+candidate is a set of ``ImageClassifier`` parameters trained on the same train images and scored
+on the same validation images. The test split is scored once, by ``fit``, after the winner is
+chosen.
+
+The search:
+
+1. The cheap candidates first, always: the linear probe on the last layer's features (``probe``,
+   which ``fit`` has extracted already) and on multi-layer features (``probe-multi``).
+2. The training throughput of each fine-tuning depth is measured on a few batches (seconds per
+   training image, and per evaluated image), so a fine-tuning candidate's cost is estimated as
+   ``epochs * (n_train * train_s + n_val * eval_s) + 2 * n_val * eval_s + setup``, the measured
+   rates taken ``MEASURED_TO_EPOCH`` times slower (whole epochs have been); each real
+   fine-tuning epoch then rescales every depth's rates by its own time over its estimate. A
+   probe candidate's cost is its new feature extraction (the first extraction's images/s times
+   the candidate's cost factor) plus the head's fit.
+3. Then, again and again, the candidate with the highest expected gain per minute among those
+   whose estimate fits the time left (a fine-tuning candidate may take fewer epochs to fit, at
+   least one) runs, until none fits.
+
+Expected gain (validation accuracy points) = ``prior * error left``, the error left being
+``1 - best validation accuracy so far`` (at least half an image of the validation split: a
+perfect score on few images is no proof): the prior is the fraction of the remaining error a
+candidate kind is expected to remove (``PRIORS``; fine-tuning deeper removes more and costs
+more). Signals scale the priors:
+
+- multi-layer features beating the last layer's by ``UNLIKE_IMAGENET_MARGIN`` or more hints that
+  the data is unlike ImageNet: fine-tuning priors x1.5, other backbones and TTA x0.7;
+- a fine-tuning candidate that does not beat the best so far halves the other fine-tuning priors;
+- a fine-tuning candidate cut to fewer epochs than ``epochs`` keeps ``epochs_run / epochs`` of
+  its prior.
+
+The winner has the highest validation accuracy, ties going to the lower validation log-loss, then
+to the candidate tried first (the cheaper). Probe winners are refitted on train + validation as
+``feature-extraction`` does; fine-tuning winners are the tuned network.
+
+A candidate whose parameters cannot run in this build (an unknown backbone, features that do
+not differ from the last layer's) is ``skipped: unavailable: ...``. Interrupted (Ctrl-C, or the
+budget during a fine-tuning candidate), the search keeps the best candidate so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from headstart.core.errors import HeadstartError
+from headstart.core.system import compute_threads
+from headstart.data.loaders import loader_workers, train_loader
+from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
+from headstart.estimator.fitting import Log, Split, Usable, fit_head
+from headstart.estimator.layers import choose_layers
+from headstart.evaluation.metrics import classification_metrics
+from headstart.features.cache import FeatureCache
+from headstart.features.composite import FeatureSpec, create_feature_spec
+from headstart.models.backbones import Backbone
+from headstart.models.heads import Head
+from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
+from headstart.training.network import freeze, make_network, set_train_mode
+from headstart.training.settings import resolve_precision
+
+DEFAULT_TIME_BUDGET_S = 240.0  # strategy="auto" without a time_budget: the quick start's few minutes
+FINAL_RESERVE_S = 15.0  # kept back for the winner's refit, the test evaluation and the run folder
+UNLIKE_IMAGENET_MARGIN = 0.01
+SECOND_BACKBONE = "tf_efficientnet_lite2"
+FINETUNE_DEPTHS = ("last:2", "last:3", "half")
+PRIORS = {
+    "probe-multi": 0.10,
+    "probe-tta": 0.05,
+    "probe-backbone": 0.15,
+    "probe-ensemble": 0.20,
+    "finetune:last:2": 0.25,
+    "finetune:last:3": 0.30,
+    "finetune:half": 0.35,
+}
+# Extraction cost of a probe candidate relative to the first extraction (per image).
+EXTRACTION_COST = {"probe-multi": 1.0, "probe-tta": 2.0, "probe-backbone": 2.5, "probe-ensemble": 2.5}
+DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction came from the cache
+MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
+MEASURE_BATCH_SIZE = 16
+SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
+# Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
+# fewer free cores by then): the first estimates assume 1.5x, until a real epoch calibrates them.
+MEASURED_TO_EPOCH = 1.5
+
+
+class Unavailable(Exception):
+    """A candidate whose parameters this build cannot run."""
+
+
+@dataclass
+class Fitted:
+    """What a candidate trained (kept for the winner only)."""
+
+    backbone: Backbone
+    head: Head
+    features: np.ndarray | None = None  # probe candidates: the head's columns of every usable sample
+    spec: FeatureSpec | None = None  # probe candidates: backbones, layers (and those chosen), TTA
+    layer_info: dict[str, Any] = field(default_factory=dict)
+    tuner: FineTuner | None = None
+    result: FineTuneResult | None = None
+
+
+@dataclass
+class Candidate:
+    """One set of ``ImageClassifier`` parameters tried on the shared split."""
+
+    name: str
+    kind: str  # "probe" or "finetune"
+    params: dict[str, Any]
+    prior: float = 0.0
+    status: str = "pending"
+    estimate_s: float | None = None
+    expected_gain: float | None = None
+    val_accuracy: float | None = None
+    val_log_loss: float | None = None
+    seconds: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    fitted: Fitted | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The candidate as ``metrics.json``'s ``auto.candidates`` lists it."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "params": self.params,
+            "status": self.status,
+            "val_accuracy": self.val_accuracy,
+            "val_log_loss": self.val_log_loss,
+            "seconds": None if self.seconds is None else round(self.seconds, 2),
+            "estimate_s": None if self.estimate_s is None else round(self.estimate_s, 1),
+            "expected_gain": None if self.expected_gain is None else round(self.expected_gain, 5),
+            "prior": self.prior,
+            **self.detail,
+        }
+
+
+@dataclass
+class Search:
+    """The shared inputs of every candidate, the clock and what has been tried."""
+
+    clf: Any  # the ImageClassifier being fitted (its parameters are the base of every candidate)
+    usable: Usable
+    split: Split
+    log: Log
+    deadline: float  # time.time() by which the search must end
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    throughput: dict[str, dict[str, float]] = field(default_factory=dict)
+    extraction_rate: float = DEFAULT_EXTRACTION_RATE
+    stopped: str | None = None  # "interrupted" when Ctrl-C ended the search
+    measure_seconds: float = 0.0
+    calibration: float = MEASURED_TO_EPOCH  # real fine-tuning epochs / measured batches, so far
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def eligible(self) -> list[Candidate]:
+        """Scored candidates with a model of their own (a fine-tuning that kept the probe has none)."""
+        return [c for c in self.candidates if c.val_accuracy is not None and not c.detail.get("probe_kept")]
+
+    def best(self) -> Candidate:
+        done = self.eligible()
+        return min(done, key=lambda c: (-c.val_accuracy, c.val_log_loss, self.candidates.index(c)))  # type: ignore[operator]
+
+    def items(self, name: str) -> list[tuple[str, int]]:
+        return _items(self.usable, self.split, name)
+
+
+@dataclass
+class AutoResult:
+    """The winner as ``fit`` uses it: head (+ its fit info), the usable samples with the
+    winner's features, the fine-tuning outcome (None for a probe winner), the strategy it
+    amounts to, and ``metrics.json``'s ``auto`` section."""
+
+    head: Head
+    fit_info: dict[str, Any]
+    usable: Usable
+    outcome: FineTuneOutcome | None
+    strategy: str
+    record: dict[str, Any]
+
+
+def run_auto(
+    clf: Any,
+    usable: Usable,
+    split: Split,
+    log: Log,
+    started: float,
+    extraction_rate: float | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> AutoResult:
+    """The search (see the module docstring) from ``clf``'s fitted backbone and the shared split.
+
+    Args:
+        clf: the ImageClassifier being fitted; ``backbone_`` is set and ``usable.features`` are
+            its last-layer features. Its parameters become the winner's.
+        started: ``time.time()`` at the start of ``fit`` (the budget counts from there).
+        extraction_rate: images/s of the first extraction where it extracted enough images to
+            tell (None: ``DEFAULT_EXTRACTION_RATE``).
+    """
+    budget = float(clf.time_budget or DEFAULT_TIME_BUDGET_S)
+    search = Search(clf, usable, split, log, started + budget - FINAL_RESERVE_S, on_epoch_end)
+    search.extraction_rate = extraction_rate or DEFAULT_EXTRACTION_RATE
+    log(
+        f"auto: searching for {budget / 60:.1f} min; candidates judged on {int(split.mask('val').sum())} val images"
+    )
+    base = Candidate("probe", "probe", {"features": clf.features, "tta": clf.tta, "backbone": clf.backbone})
+    search.candidates.append(base)
+    run_candidate(search, base, required=True)
+    try:
+        _explore(search)
+    except KeyboardInterrupt:
+        search.stopped = "interrupted"
+        log("auto: interrupted; the best candidate so far is the model")
+    for c in search.candidates:
+        if c.status == "pending":
+            c.status = "skipped: interrupted" if search.stopped else _budget_reason(search, c)
+    return finish(search)
+
+
+def _explore(search: Search) -> None:
+    """The other cheap candidate, the throughput measure, then the rest by gain per minute."""
+    multi = Candidate("probe-multi", "probe", {"features": "multi"}, PRIORS["probe-multi"])
+    search.candidates.append(multi)
+    _estimate(search, multi)
+    run_candidate(search, multi)
+    search.candidates += _planned(search)
+    _measure_throughput(search)
+    _apply_signals(search, multi)
+    while True:
+        pending = [c for c in search.candidates if c.status == "pending"]
+        for c in pending:
+            _estimate(search, c)
+        fitting = [c for c in pending if c.estimate_s is not None and c.estimate_s <= search.left()]
+        if not fitting:
+            return
+        chosen = max(fitting, key=lambda c: (c.expected_gain or 0.0) / max(c.estimate_s or 1.0, 1.0))
+        before = search.best()
+        run_candidate(search, chosen)
+        if chosen.kind == "finetune" and search.best() is before:
+            for c in search.candidates:
+                if c.kind == "finetune" and c.status == "pending":
+                    c.prior /= 2
+        if search.stopped:
+            return
+
+
+def _planned(search: Search) -> list[Candidate]:
+    """Fine-tuning depths, a second backbone, the ensemble and TTA, as parameter sets."""
+    clf = search.clf
+    out = [
+        Candidate(f"finetune:{d}", "finetune", {"unfreeze": d, "epochs": clf.epochs}, PRIORS[f"finetune:{d}"])
+        for d in FINETUNE_DEPTHS
+    ]
+    if clf.backbone != SECOND_BACKBONE:
+        out.append(
+            Candidate("probe-backbone", "probe", {"backbone": SECOND_BACKBONE}, PRIORS["probe-backbone"])
+        )
+        out.append(
+            Candidate(
+                "probe-ensemble",
+                "probe",
+                {"backbone": f"{clf.backbone}+{SECOND_BACKBONE}"},
+                PRIORS["probe-ensemble"],
+            )
+        )
+    out.append(Candidate("probe-tta", "probe", {"tta": "flip"}, PRIORS["probe-tta"]))
+    return out
+
+
+def _apply_signals(search: Search, multi: Candidate) -> None:
+    """Multi-layer features beating the last layer's hint at data unlike ImageNet (see docstring)."""
+    base = search.candidates[0]
+    if multi.val_accuracy is None or base.val_accuracy is None:
+        return
+    if multi.val_accuracy - base.val_accuracy < UNLIKE_IMAGENET_MARGIN:
+        return
+    search.log("auto: multi-layer features beat the last layer's: the data looks unlike ImageNet")
+    for c in search.candidates:
+        if c.status == "pending":
+            c.prior *= 1.5 if c.kind == "finetune" else 0.7
+
+
+def _budget_reason(search: Search, c: Candidate) -> str:
+    if c.estimate_s is None:
+        return "skipped: budget (no estimate)"
+    return f"skipped: budget (needs ~{c.estimate_s:.0f} s, {max(search.left(), 0):.0f} s left)"
+
+
+# ---------------------------------------------------------------------- estimates
+
+
+def _estimate(search: Search, c: Candidate) -> None:
+    """``c.estimate_s`` and ``c.expected_gain`` from the measured rates and the error left."""
+    n_val = int(search.split.mask("val").sum())
+    error_left = max(1.0 - (search.best().val_accuracy or 0.0), 0.5 / max(n_val, 1))
+    n_images = len(search.usable.samples)
+    if c.kind == "probe":
+        c.estimate_s = n_images * EXTRACTION_COST.get(c.name, 2.0) / search.extraction_rate + 5.0
+        c.expected_gain = c.prior * error_left
+        return
+    rates = search.throughput.get(c.params["unfreeze"])
+    if rates is None:
+        c.estimate_s = None
+        return
+    n_train = int(search.split.mask("train").sum())
+    per_epoch = n_train * rates["train_s"] + n_val * rates["eval_s"]
+    fixed = 2 * n_val * rates["eval_s"] + SETUP_S
+    wanted = int(search.clf.epochs)
+    epochs = min(wanted, int((search.left() - fixed) // per_epoch)) if per_epoch > 0 else wanted
+    epochs = max(epochs, 1)
+    c.params["epochs"] = epochs
+    c.estimate_s = fixed + epochs * per_epoch
+    c.expected_gain = c.prior * error_left * epochs / wanted
+
+
+def _measure_throughput(search: Search) -> None:
+    """Seconds per training image of each fine-tuning depth (a few real batches: augmentation,
+    forward, backward, step) and per evaluated image; stored in ``search.throughput``."""
+    if search.left() <= 0:
+        return
+    clf, base = search.clf, search.candidates[0]
+    assert base.fitted is not None
+    t0 = time.time()
+    search.log("auto: measuring fine-tuning throughput on a few batches")
+    items = search.items("train")[: MEASURE_BATCHES * MEASURE_BATCH_SIZE]
+    for depth in FINETUNE_DEPTHS:
+        try:
+            rates = measure_training(base.fitted.backbone, base.fitted.head, items, depth, clf)
+            search.throughput[depth] = {k: v * MEASURED_TO_EPOCH for k, v in rates.items()}
+        except HeadstartError as e:  # a backbone without block groups cannot unfreeze by depth
+            search.log(f"auto: fine-tuning {depth} unavailable: {e}")
+    line = ", ".join(
+        f"{d} {1 / r['train_s']:.1f} img/s train, {1 / r['eval_s']:.0f} img/s eval"
+        for d, r in search.throughput.items()
+    )
+    search.measure_seconds = time.time() - t0
+    search.log(
+        f"auto: fine-tuning throughput measured in {search.measure_seconds:.0f} s: {line} (per epoch, with the x{MEASURED_TO_EPOCH} allowance)"
+    )
+
+
+def measure_training(
+    backbone: Backbone, probe: Head, items: list[tuple[str, int]], unfreeze: str, clf: Any
+) -> dict[str, float]:
+    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` (the
+    median batch after the first, which pays for the loader's start and the kernels' warm-up)
+    and of evaluation (the faster of two batches). The first fine-tuning epochs then correct
+    these estimates (see ``_calibrate``)."""
+    import torch
+
+    torch.set_num_threads(compute_threads(None))
+    precision = resolve_precision(clf.precision)
+    model = copy.deepcopy(backbone.model)
+    freeze(model, unfreeze)
+    network = make_network(model, backbone.data_config, probe).to(memory_format=torch.channels_last)
+    set_train_mode(network, True)
+    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-6)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    workers = loader_workers(clf.loader_workers)
+    loader, _ = train_loader(items, clf.augment, backbone.data_config, MEASURE_BATCH_SIZE, workers, clf.seed)
+    timed, last = [], time.perf_counter()
+    for pixels, labels in loader:
+        with autocast(precision):
+            loss = loss_fn(network(pixels).float(), labels.clamp(min=0))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        now = time.perf_counter()
+        timed.append((now - last) / len(labels))
+        last = now
+    network.eval()
+    evaluated = []
+    with torch.inference_mode(), autocast(precision):
+        for _ in range(2):
+            t0 = time.perf_counter()
+            network(pixels)
+            evaluated.append((time.perf_counter() - t0) / len(pixels))
+    eval_s = min(evaluated)
+    train_s = float(np.median(timed[1:])) if len(timed) > 1 else 4 * eval_s
+    return {"train_s": train_s, "eval_s": eval_s}
+
+
+# ---------------------------------------------------------------------- running candidates
+
+
+def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
+    """Train ``c``, score it on validation, keep its model only while it is the best."""
+    t0 = time.perf_counter()
+    search.log(
+        f"auto: trying {c.name} {c.params}" + (f" (estimate {c.estimate_s:.0f} s)" if c.estimate_s else "")
+    )
+    try:
+        c.fitted, proba = (_run_probe if c.kind == "probe" else _run_finetune)(search, c)
+    except KeyboardInterrupt:
+        c.status, c.seconds = "stopped: interrupted", time.perf_counter() - t0
+        if required:
+            raise
+        search.stopped = "interrupted"
+        search.log(f"auto: {c.name} interrupted after {c.seconds:.0f} s")
+        return
+    except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, never the search
+        if required:
+            raise
+        c.status, c.seconds = f"skipped: unavailable: {str(e)[:200]}", time.perf_counter() - t0
+        search.log(f"auto: {c.name} {c.status}")
+        return
+    c.seconds = time.perf_counter() - t0
+    va = search.split.mask("val")
+    scores = candidate_scores(search.usable.y[va], proba, search.usable.classes)
+    c.val_accuracy, c.val_log_loss = scores["accuracy"], scores["log_loss"]
+    c.status = c.status if c.status.startswith("stopped") else "done"
+    if c.detail.get("probe_kept"):
+        c.status += " (no epoch beat the probe: no model of its own, not eligible)"
+    search.log(
+        f"auto: {c.name}: val accuracy {c.val_accuracy:.4f}, log-loss {c.val_log_loss:.4f} in {c.seconds:.0f} s"
+    )
+    best = search.best()
+    for other in search.candidates:
+        if other is not best and other is not search.candidates[0]:
+            other.fitted = None  # only the best (and the probe fine-tuning starts from) stay in memory
+
+
+def candidate_scores(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Validation accuracy and log-loss of a candidate (the only scores the search compares)."""
+    metrics = classification_metrics(y, proba, classes, 1)
+    eps = 1e-12
+    log_loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))
+    return {"accuracy": float(metrics["accuracy"]), "log_loss": log_loss}
+
+
+def _trial(search: Search, c: Candidate) -> Any:
+    """A copy of the classifier with the candidate's parameters (the user's weights file only
+    for the user's backbone)."""
+    clf = search.clf
+    params = {k: v for k, v in c.params.items() if k in clf.get_params()}
+    trial = clone(clf).set_params(**params, strategy="feature-extraction")
+    if trial.backbone != clf.backbone:
+        trial.set_params(weights=None)
+    return trial
+
+
+def _candidate_features(search: Search, c: Candidate) -> tuple[FeatureSpec, np.ndarray]:
+    """The candidate's feature spec and the features of every usable sample: the base
+    candidate's are those ``fit`` extracted; the others are extracted (cached) now."""
+    clf, usable = search.clf, search.usable
+    if c is search.candidates[0]:
+        return clf._feature_spec(), usable.features
+    trial = _trial(search, c)
+    root = FeatureCache(trial.cache_dir).root
+    spec = create_feature_spec(trial.backbone, trial.weights, trial.features, trial.tta, root)
+    trial.features_, trial.backbone_ = spec, spec.members[0]
+    result = trial._extract([s.path for s in usable.samples])
+    if not result.ok.all():
+        raise Unavailable(f"{int((~result.ok).sum())} image(s) unreadable with these parameters")
+    if result.features.shape == usable.features.shape and np.allclose(result.features, usable.features):
+        raise Unavailable(f"{c.params} gave the same features as the base probe's")
+    return spec, result.features
+
+
+def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
+    """A head on the candidate's features (fitted on train only; validation judges it);
+    multi-layer features first keep the layer groups that predict validation best."""
+    clf, split = search.clf, search.split
+    spec, features = _candidate_features(search, c)
+    usable, layer_info = choose_layers(spec, replace(search.usable, features=features), split, search.log)
+    head_params = {**(clf.head_params or {}), "refit": False} if clf.head == "logistic" else clf.head_params
+    head, info = fit_head(clf.head, head_params or {}, clf.seed, usable, split)
+    c.detail["head"] = {k: v for k, v in info.items() if k in ("C", "k", "best_epoch")}
+    if spec.selected is not None:
+        c.detail["layer_groups"] = list(spec.selected)
+    fitted = Fitted(spec.members[0], head, usable.features, spec, layer_info)
+    return fitted, head.predict_proba(usable.features[split.mask("val")])
+
+
+def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
+    """Fine-tune from the last-layer probe (fitted on train only); the tuned network's
+    probabilities on validation (the tuner keeps its best epoch, or the probe)."""
+    clf, base = search.clf, search.candidates[0]
+    assert base.fitted is not None and base.fitted.spec is not None
+    if clf.head != "logistic":
+        raise Unavailable("fine-tuning starts from the linear probe: head='logistic'")
+    if not base.fitted.spec.is_plain:
+        raise Unavailable("fine-tuning starts from one backbone's last features: features='last', tta='none'")
+    settings = FineTuneSettings(
+        unfreeze=c.params["unfreeze"],
+        epochs=int(c.params["epochs"]),
+        lr=clf.lr,
+        batch_size=clf.train_batch_size,
+        augment=clf.augment,
+        class_weight=None if clf.class_weight == "none" else clf.class_weight,
+        patience=clf.patience,
+        workers=clf.loader_workers,
+        precision=clf.precision,
+        seed=clf.seed,
+    )
+    backbone = base.fitted.backbone
+    tuner = FineTuner(settings, None, search.log, clf.verbose, search.on_epoch_end)
+    result = tuner.fit(
+        backbone.model,
+        backbone.data_config,
+        base.fitted.head,
+        search.items("train"),
+        search.items("val"),
+        len(search.usable.classes),
+        deadline=search.deadline,
+    )
+    info = result.info
+    c.detail.update(
+        epochs_run=info["epochs_run"], best_epoch=info["best_epoch"], probe_kept=info["probe_kept"]
+    )
+    if info["stopped_because"] == "time_budget":
+        c.status = "stopped by budget"
+
+    if result.history:
+        _calibrate(search, c.params["unfreeze"], float(np.mean([r["seconds"] for r in result.history])))
+    proba = tuner.predict_proba(search.items("val"), backbone.data_config)
+    return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
+
+
+def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
+    """Scale every depth's measured rates by how far a real epoch was from its estimate: a
+    few batches miss what a whole epoch meets (the loader falling behind, other programs)."""
+    rates = search.throughput.get(depth)
+    if not rates:
+        return
+    n_train, n_val = int(search.split.mask("train").sum()), int(search.split.mask("val").sum())
+    predicted = n_train * rates["train_s"] + n_val * rates["eval_s"]
+    factor = epoch_s / predicted if predicted > 0 else 1.0
+    for r in search.throughput.values():
+        r["train_s"], r["eval_s"] = r["train_s"] * factor, r["eval_s"] * factor
+    search.calibration *= factor
+    search.log(
+        f"auto: a {depth} epoch took {epoch_s:.0f} s, estimated {predicted:.0f} s: estimates x{factor:.2f}"
+    )
+
+
+# ---------------------------------------------------------------------- the winner
+
+
+def finish(search: Search) -> AutoResult:
+    """The winner becomes the model: ``clf``'s parameters set to its own, its head refitted
+    (probe) or its tuned network kept (fine-tuning); the test split is evaluated afterwards."""
+    clf, split = search.clf, search.split
+    winner = search.best()
+    reason = _why(search, winner)
+    for c in search.candidates:
+        search.log(f"auto: {_summary_line(c)}")
+    search.log(f"auto: the winner is {winner.name} {winner.params}: {reason}")
+    record = {
+        "time_budget_s": float(clf.time_budget or DEFAULT_TIME_BUDGET_S),
+        "search_seconds": round(sum(c.seconds or 0.0 for c in search.candidates), 2),
+        "stopped": search.stopped,
+        "judged_on": "val",
+        "n_val": int(split.mask("val").sum()),
+        "throughput": search.throughput,
+        "throughput_measure_seconds": round(search.measure_seconds, 2),
+        "throughput_calibration": round(search.calibration, 3),
+        "extraction_images_per_s": search.extraction_rate,
+        "candidates": [c.record() for c in search.candidates],
+        "winner": winner.name,
+        "winner_params": winner.params,
+        "why": reason,
+    }
+    params = {k: v for k, v in winner.params.items() if k in clf.get_params() and k != "epochs"}
+    if winner.kind == "finetune":
+        params["epochs"] = winner.params["epochs"]
+    clf.set_params(**params)
+    fitted = winner.fitted
+    assert fitted is not None
+    if winner.kind == "probe":
+        return _probe_winner(search, fitted, record)
+    return _finetune_winner(search, winner, fitted, record)
+
+
+def _summary_line(c: Candidate) -> str:
+    """One candidate of the log's closing table: name, parameters, score, time, status, estimate."""
+    scored = (
+        f"val {c.val_accuracy:.4f} (log-loss {c.val_log_loss:.4f})" if c.val_accuracy is not None else "-"
+    )
+    took = f"{c.seconds:.0f} s" if c.seconds is not None else "-"
+    estimate = f", estimate {c.estimate_s:.0f} s" if c.estimate_s is not None else ""
+    return f"{c.name:<16} {scored:<32} {took:>6}  {c.status}{estimate}  {c.params}"
+
+
+def _why(search: Search, winner: Candidate) -> str:
+    others = [c for c in search.eligible() if c is not winner]
+    if not others:
+        return "the only candidate that finished"
+    runner = max(others, key=lambda c: (c.val_accuracy, -(c.val_log_loss or 0.0)))
+    tie = runner.val_accuracy == winner.val_accuracy
+    return (
+        f"highest validation accuracy {winner.val_accuracy:.4f} (next: {runner.name} {runner.val_accuracy:.4f}"
+        + (f"; tie broken by log-loss {winner.val_log_loss:.4f} vs {runner.val_log_loss:.4f}" if tie else "")
+        + ")"
+    )
+
+
+def _probe_winner(search: Search, fitted: Fitted, record: dict[str, Any]) -> AutoResult:
+    """The winning features' head refitted as ``feature-extraction`` fits it (C chosen on
+    validation, then train + validation)."""
+    clf = search.clf
+    assert fitted.features is not None and fitted.spec is not None
+    usable = replace(search.usable, features=fitted.features)
+    clf.features_, clf.backbone_ = fitted.spec, fitted.backbone
+    head, info = fit_head(clf.head, dict(clf.head_params or {}), clf.seed, usable, search.split)
+    info.update(fitted.layer_info)
+    return AutoResult(head, info, usable, None, "feature-extraction", record)
+
+
+def _finetune_winner(search: Search, winner: Candidate, fitted: Fitted, record: dict[str, Any]) -> AutoResult:
+    """The tuned network; its probabilities on the evaluated split computed now, once."""
+    clf, split, base = search.clf, search.split, search.candidates[0]
+    assert fitted.tuner is not None and fitted.result is not None and base.fitted is not None
+    proba = fitted.tuner.predict_proba(search.items(split.evaluated_on), fitted.backbone.data_config)
+    info = {
+        **fitted.result.info,
+        "probe_accuracy": None,
+        "evaluated_on": split.evaluated_on,
+        "history": fitted.result.history,
+    }
+    unfreeze = winner.params["unfreeze"]
+    outcome = FineTuneOutcome(
+        _tuned_backbone(fitted.backbone, fitted.result, unfreeze),
+        _tuned_head(fitted.head, fitted.result),
+        proba,
+        info,
+    )
+    clf.probe_backbone_, clf.backbone_ = fitted.backbone, outcome.backbone
+    fit_info = dict(base.detail.get("head", {}))
+    return AutoResult(outcome.head, fit_info, search.usable, outcome, "finetune", record)
+
+
+__all__ = ["AutoResult", "Candidate", "DEFAULT_TIME_BUDGET_S", "PRIORS", "run_auto", "candidate_scores"]
