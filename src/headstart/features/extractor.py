@@ -216,6 +216,15 @@ class FeatureExtractor:
             engine=f"{self.engine_name}-{self.numerics}",
         )
 
+    def content_hashes(self, paths: Sequence[str]) -> tuple[list[str | None], dict[int, str]]:
+        """Every file's cache key, as ``extract`` computes it (None, with the reason in the errors,
+        for a file that cannot be read), remembered in the cache."""
+        files: list[str] = list(paths)
+        errors: dict[int, str] = {}
+        with ThreadPoolExecutor(self.workers) as pool:
+            hashes = self._content_hashes(pool, files, self.cache.known_hashes(files), errors)
+        return hashes, errors
+
     def _content_hashes(
         self,
         pool: ThreadPoolExecutor,

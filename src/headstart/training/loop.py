@@ -37,7 +37,20 @@ from headstart.training.callbacks import (
     TensorBoard,
     TimeBudget,
 )
-from headstart.training.checkpoints import CHECKPOINT_DIR, remove_leftovers, restore, settings_fingerprint
+from headstart.training.checkpoints import (
+    CHECKPOINT_DIR,
+    apply_checkpoint,
+    read_checkpoints,
+    remove_leftovers,
+    settings_fingerprint,
+)
+from headstart.training.distributed import (
+    Distributed,
+    SyncStop,
+    broadcast_checkpoint,
+    current,
+    shard_train_loader,
+)
 from headstart.training.network import (
     contiguous_state,
     freeze,
@@ -95,11 +108,20 @@ class Objective:
 
 @dataclass
 class EpochData:
-    """The loaders of a fit: training (and its sampler, set to each epoch) and validation."""
+    """The loaders of a fit: training (and its sampler, set to each epoch) and validation, and
+    the job they are this process's share of (``dist``)."""
 
     train: Any
     sampler: Any
     val: Any
+    dist: Distributed = field(default_factory=Distributed)
+
+
+def evaluate_shared(network: Any, data: EpochData, loss_fn: Any, precision: str) -> tuple[float, float]:
+    """Validation loss and accuracy over every rank's share of the validation images."""
+    loss, accuracy, proba = evaluate(network, data.val, loss_fn, precision)
+    loss, accuracy = data.dist.average([loss, accuracy], len(proba))
+    return loss, accuracy
 
 
 def autocast(precision: str) -> Any:
@@ -157,7 +179,7 @@ def train_one_epoch(
     for pixels, labels in loader:
         ok = labels >= 0
         with autocast(state.precision):
-            logits = network(pixels).float()
+            logits = (state.forward or network)(pixels).float()
         if ok.any():
             loss = objective(network, logits[ok], labels[ok])
             optimizer.zero_grad(set_to_none=True)
@@ -201,12 +223,13 @@ def run_epoch(
     if trained is None:
         return None
     train_s = time.perf_counter() - t0
-    val_loss, val_acc, _ = evaluate(state.network, data.val, val_loss_fn, state.precision)
+    loss, accuracy = data.dist.average(trained, 1.0)  # every rank trains on as many images
+    val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, state.precision)
     seconds = time.perf_counter() - t0
     return {
         "epoch": state.epoch,
-        "loss": trained[0],
-        "accuracy": trained[1],
+        "loss": loss,
+        "accuracy": accuracy,
         "val_loss": val_loss,
         "val_accuracy": val_acc,
         "lr": state.optimizer.param_groups[0]["lr"],
@@ -356,19 +379,25 @@ class FineTuner:
         s = self.settings
         torch.manual_seed(s.seed)
         self.precision = resolve_precision(s.precision)
-        self.threads = compute_threads(s.threads)
+        self.dist = dist = current()
+        self.threads = compute_threads(s.threads) if s.threads else dist.share(compute_threads())
         torch.set_num_threads(self.threads)
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
         network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
         self.network_ = network
-        self.workers = loader_workers(s.workers)
+        self.workers = (
+            loader_workers(s.workers) if s.workers is not None else dist.share(loader_workers(None))
+        )
         loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
-        data = EpochData(loader, sampler, eval_loader(val, data_config, s.batch_size, self.workers))
+        loader, sampler = shard_train_loader(loader, sampler, dist, s.batch_size)
+        val_loader = eval_loader(dist.shard(val), data_config, s.batch_size, self.workers)
+        data = EpochData(loader, sampler, val_loader, dist)
         objective, val_loss_fn = self._losses(head, train, n_classes)
         state = self._state(network, freeze_info, len(train), fingerprint)
         probe_state = state.best["state"]
         self._start(state, freeze_info, resume, data, val_loss_fn)
+        state.forward = dist.wrap(network)
         stopped = run_epochs(state, data, objective, val_loss_fn, self._callback_list(deadline), self.verbose)
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
@@ -376,9 +405,11 @@ class FineTuner:
         """Probabilities of the fine-tuned network (eval transform), one row per item."""
         import torch
 
-        s = self.settings
-        loader = eval_loader(items, data_config, s.batch_size, loader_workers(s.workers))
-        return evaluate(self.network_, loader, torch.nn.CrossEntropyLoss(), self.precision)[2]
+        s, dist = self.settings, getattr(self, "dist", Distributed())
+        loader = eval_loader(dist.shard(items), data_config, s.batch_size, loader_workers(s.workers))
+        return dist.unshard(
+            evaluate(self.network_, loader, torch.nn.CrossEntropyLoss(), self.precision)[2], len(items)
+        )
 
     def _losses(self, head: Any, train: Sequence[tuple[str, int]], n_classes: int) -> tuple[Objective, Any]:
         """The training objective and the validation loss.
@@ -429,9 +460,15 @@ class FineTuner:
         s = self.settings
         ckpt_dir = self.run_dir / CHECKPOINT_DIR if self.run_dir is not None else None
         if resume:
-            last = restore(state, ckpt_dir)
-            self.log(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {last})")
+            saved = broadcast_checkpoint(data.dist, lambda: read_checkpoints(state, ckpt_dir))
+            apply_checkpoint(state, saved)
+            self.log(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {saved['path']})")
         remove_leftovers(ckpt_dir)
+        if data.dist.active:
+            self.log(
+                f"distributed: world size {data.dist.world_size}, backend {data.dist.backend}, batch "
+                f"{data.train.batch_size} per process ({s.batch_size} in all); only rank 0 writes files"
+            )
         self.log(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
@@ -443,7 +480,7 @@ class FineTuner:
             # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
             # was fitted without label smoothing), so epochs compete on val_loss among themselves
             # and the best one must then match the probe's val accuracy (see _result).
-            val_loss, val_acc, _ = evaluate(state.network, data.val, val_loss_fn, self.precision)
+            val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
             self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
@@ -459,7 +496,9 @@ class FineTuner:
             callbacks += [Checkpointing(self.run_dir / CHECKPOINT_DIR), History(self.run_dir / HISTORY_FILE)]
         if self.on_epoch_end is not None:
             callbacks.append(EpochEndFunction(self.on_epoch_end))
-        return CallbackList([*callbacks, *self.callbacks])
+        return CallbackList(
+            [*callbacks, *self.callbacks, *([SyncStop(self.dist)] if self.dist.active else [])]
+        )
 
     def _result(
         self,
@@ -509,6 +548,7 @@ class FineTuner:
             "precision": self.precision,
             "loader_workers": self.workers,
             "torch_threads": self.threads,
+            "distributed": self.dist.describe(),
             "trainable_groups": freeze_info["n_trainable_groups"],
             "block_groups": freeze_info["n_groups"],
             "trainable_backbone_params": freeze_info["trainable_params"],

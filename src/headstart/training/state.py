@@ -29,6 +29,7 @@ class TrainState:
 
     settings: FineTuneSettings
     network: Any = None
+    forward: Any = None  # what runs the training forward when not the network: its DDP wrapper
     optimizer: Any = None
     scheduler: Any = None
     precision: str = "fp32"
