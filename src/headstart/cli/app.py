@@ -201,6 +201,7 @@ def train(
     resume: ResumeRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
+    flags = dict(locals())  # first: the flags only
     from headstart.estimator.classifier import ImageClassifier
     from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
@@ -212,8 +213,7 @@ def train(
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    params = _train_params(locals())
-    ImageClassifier(**params).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    ImageClassifier(**_train_params(flags)).fit(_data_or_flowers(data, cache_dir), out_dir=out)
 
 
 def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
