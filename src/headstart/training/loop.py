@@ -217,7 +217,7 @@ def run_epoch(
     torch.manual_seed(state.settings.seed * 1_000_003 + state.epoch)  # dropout / drop-path of this epoch
     progress = ConsoleProgress() if verbose else NullProgress()
     n_images = len(data.train.dataset)
-    progress.start(f"epoch {state.epoch}/{state.epochs}", n_images)
+    progress.start(f"epoch {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
     progress.finish()
     if trained is None:
@@ -398,7 +398,8 @@ class FineTuner:
         probe_state = state.best["state"]
         self._start(state, freeze_info, resume, data, val_loss_fn)
         state.forward = dist.wrap(network)
-        stopped = run_epochs(state, data, objective, val_loss_fn, self._callback_list(deadline), self.verbose)
+        callbacks, verbose = self._callback_list(deadline), self.verbose and dist.is_main
+        stopped = run_epochs(state, data, objective, val_loss_fn, callbacks, verbose)
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
