@@ -124,12 +124,12 @@ def evaluate_shared(network: Any, data: EpochData, loss_fn: Any, precision: str)
     return loss, accuracy
 
 
-def autocast(precision: str) -> Any:
-    """bf16 autocast on the CPU for ``bf16``; nothing for ``fp32``."""
+def autocast(precision: str, device_type: str = "cpu") -> Any:
+    """bf16 autocast (on the CPU, or ``device_type``) for ``bf16``; nothing for ``fp32``."""
     import torch
 
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -142,10 +142,12 @@ def evaluate(
 
     network.eval()
     losses, correct, n, outputs = 0.0, 0, 0, []
-    with torch.inference_mode(), autocast(precision):
+    device = next(network.parameters()).device  # the CPU, or a rank's GPU
+    with torch.inference_mode(), autocast(precision, device.type):
         for pixels, labels in loader:
+            pixels, labels = pixels.to(device), labels.to(device)
             logits = network(pixels).float()
-            outputs.append(torch.softmax(logits, 1).numpy())
+            outputs.append(torch.softmax(logits, 1).cpu().numpy())
             ok = labels >= 0
             if ok.any():
                 losses += float(loss_fn(logits[ok], labels[ok])) * int(ok.sum())
@@ -176,9 +178,11 @@ def train_one_epoch(
     network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
     set_train_mode(network, state.settings.freeze_bn_stats)
     loss_sum, correct, seen = 0.0, 0, 0
+    device = next(network.parameters()).device  # the CPU, or a rank's GPU
     for pixels, labels in loader:
+        pixels, labels = pixels.to(device), labels.to(device)
         ok = labels >= 0
-        with autocast(state.precision):
+        with autocast(state.precision, device.type):
             logits = (state.forward or network)(pixels).float()
         if ok.any():
             loss = objective(network, logits[ok], labels[ok])
@@ -378,13 +382,13 @@ class FineTuner:
 
         s = self.settings
         torch.manual_seed(s.seed)
-        self.precision = resolve_precision(s.precision)
         self.dist = dist = current()
+        self.precision = resolve_precision(s.precision, dist.device)
         self.threads = compute_threads(s.threads) if s.threads else dist.share(compute_threads())
         torch.set_num_threads(self.threads)
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
-        network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
+        network = make_network(model, data_config, head).to(dist.device, memory_format=torch.channels_last)
         self.network_ = network
         self.workers = (
             loader_workers(s.workers) if s.workers is not None else dist.share(loader_workers(None))
@@ -520,9 +524,10 @@ class FineTuner:
                 f"probe's val_accuracy {start['val_accuracy']:.4f}: the model is the probe on the pretrained backbone"
             )
             best = {**best, "epoch": 0, "state": probe_state}
-        network = state.network
+        network = state.network.cpu()  # the bundle, and the test predictions, are the CPU's
         network.load_state_dict(best["state"])
         network.eval()
+        self.precision = resolve_precision(self.settings.precision)
         self.network_ = network
         self.precision_ = self.precision
         model = network.net.to(memory_format=torch.contiguous_format)

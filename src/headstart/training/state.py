@@ -29,7 +29,6 @@ class TrainState:
 
     settings: FineTuneSettings
     network: Any = None
-    forward: Any = None  # what runs the training forward when not the network: its DDP wrapper
     optimizer: Any = None
     scheduler: Any = None
     precision: str = "fp32"
@@ -46,6 +45,7 @@ class TrainState:
     start_val: dict[str, float] | None = None  # the probe's val_loss and val_accuracy
     stop: str | None = None
     stop_message: str = ""
+    forward: Any = None  # what runs the training forward when not the network: its DDP wrapper
 
     @property
     def epochs(self) -> int:
