@@ -10,6 +10,9 @@ a busy timeout and retries make that safe), but SQLite's locks are not to be tru
 network file system, so several machines must not share one cache file. Each node keeps its own
 cache (``$HEADSTART_CACHE`` on a local disk), holding its ranks' shards; the gathered features
 need no file at all. Outside a process group, ``extract_sharded`` is ``extractor.extract``.
+
+int8 features are the exception: the quantised graph is calibrated on the images being
+extracted, so rank 0 extracts them all (one calibration, as one process makes it) and sends them.
 """
 
 from __future__ import annotations
@@ -62,9 +65,11 @@ def extract_sharded(
     files = [str(p) for p in paths]
     if world == 1:
         return extractor.extract(files, stage)
-    start = time.perf_counter()
     if rank:
         extractor.progress = NullProgress()  # one progress line: rank 0's
+    if extractor.numerics == "int8":  # one calibration, from every image, as one process makes it
+        return all_gather(extractor.extract(files, stage) if rank == 0 else None, world)[0]
+    start = time.perf_counter()
     hashes, errors = _gathered_hashes(extractor, files, rank, world)
     mine: dict[str, str] = {}
     for path, h in zip(files, hashes):
