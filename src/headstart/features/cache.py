@@ -199,10 +199,9 @@ class FeatureCache:
             for i in range(0, len(unique), 500):
                 chunk = unique[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, dim, crc, data FROM features WHERE ns=? AND key IN ({marks})",
-                    [ns, *chunk],
-                ).fetchall()
+                rows = self._read(
+                    f"SELECT key, dim, crc, data FROM features WHERE ns=? AND key IN ({marks})", [ns, *chunk]
+                )
                 for key, dim, crc, data in rows:
                     if data is None or len(data) != 4 * dim or self._crc(data) != crc:
                         self.damaged += 1
@@ -219,6 +218,10 @@ class FeatureCache:
         with self._lock, self._guard():
             with_retries(lambda: self._write("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows))
 
+    def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """The rows of one query, retried while the database is busy."""
+        return with_retries(lambda: self._db.execute(sql, params).fetchall())
+
     def _write(self, sql: str, rows: Sequence[tuple]) -> None:
         """``rows`` written by ``sql`` in one transaction (rolled back whole on an error)."""
         with self._db:
@@ -232,7 +235,7 @@ class FeatureCache:
             for i in range(0, len(paths), 500):
                 chunk = [_db_text(p) for p in paths[i : i + 500]]
                 marks = ",".join("?" * len(chunk))
-                for path, size, mtime, inode, h in self._db.execute(
+                for path, size, mtime, inode, h in self._read(
                     f"SELECT path, size, mtime_ns, inode, hash FROM file_hashes WHERE path IN ({marks})",
                     chunk,
                 ):
