@@ -8,6 +8,9 @@ callbacks (see ``callbacks.py``).
 Each epoch's shuffling, augmentation and dropout are seeded from (seed, epoch), and a checkpoint
 (model, optimiser, schedule, history) is written atomically after every epoch, so a resumed run
 continues a killed one exactly where its last complete epoch ended.
+
+Under ``torchrun`` each process trains its share of every global batch and DDP averages the
+gradients (see ``distributed.py``); one process is the same loop with a world size of 1.
 """
 
 from __future__ import annotations
