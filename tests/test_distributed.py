@@ -298,3 +298,41 @@ def test_cache_takes_concurrent_writers(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM features").fetchone()[0] == 4 * 300 * 5
         assert db.execute("SELECT count(*) FROM file_hashes").fetchone()[0] == 4 * 300
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_ranks_batches_together_are_one_process_batches() -> None:
+    from headstart.data.loaders import EpochSampler
+    from headstart.training.distributed import DistributedEpochSampler
+
+    single = EpochSampler(20, seed=5, shuffle=True)
+    ranks = [DistributedEpochSampler(EpochSampler(20, seed=5, shuffle=True), 2, r) for r in (0, 1)]
+    for epoch in (0, 3):
+        single.epoch = epoch
+        for sampler in ranks:
+            sampler.epoch = epoch
+        order, parts = list(single), [list(s) for s in ranks]
+        for k in range(0, 20, 8):  # global batch 8 = 4 per rank
+            together = parts[0][k // 2 : k // 2 + 4] + parts[1][k // 2 : k // 2 + 4]
+            assert sorted(together) == sorted(order[k : k + 8])
+
+
+def test_global_batch_must_divide_among_the_ranks() -> None:
+    from headstart.core.errors import ParameterError
+    from headstart.training.distributed import Distributed, without_flag
+
+    assert Distributed(world_size=4).per_rank_batch(32) == 8
+    with pytest.raises(ParameterError, match="train_batch_size"):
+        Distributed(world_size=3).per_rank_batch(32)
+    assert without_flag(["train", "d", "--nproc", "2", "--nproc=3", "--out", "o"], "--nproc") == [
+        "train", "d", "--out", "o",
+    ]  # fmt: skip
+
+
+@pytest.mark.cli
+def test_nproc_below_one_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--nproc", "0"])
+    assert result.exit_code == 2 and "--nproc" in result.output
