@@ -112,6 +112,8 @@ def summary(name: str, out: Path, wall_s: float) -> dict:
         "epoch1_loss": float(history[0]["loss"]),
         "epoch1_val_loss": float(history[0]["val_loss"]),
         "best_epoch": ft["best_epoch"],
+        "probe_kept": ft["probe_kept"],
+        "epoch_s": [round(float(r["seconds"])) for r in history],
         "distributed": ft["distributed"],
         "torch_threads": ft["torch_threads"],
         "finetune_s": metrics["timings"].get("finetune", float("nan")),
@@ -123,12 +125,16 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     print(
         f"\n{args.data}: --strategy finetune --unfreeze {args.unfreeze} --epochs {args.epochs} --seed {args.seed}"
     )
-    print("| run | test accuracy | epoch-1 loss | epoch-1 val_loss | fine-tune s | wall s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| run | test accuracy | epoch-1 loss | epoch-1 val_loss | model | seconds per epoch | fine-tune s | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        model = "probe kept" if r["probe_kept"] else f"epoch {r['best_epoch']}"
         print(
             f"| {r['run']} | {r['test_accuracy']:.4f} ({r['test_n']}) | {r['epoch1_loss']:.4f} | "
-            f"{r['epoch1_val_loss']:.4f} | {r['finetune_s']:.0f} | {r['wall_s']:.0f} |"
+            f"{r['epoch1_val_loss']:.4f} | {model} | {', '.join(map(str, r['epoch_s']))} | "
+            f"{r['finetune_s']:.0f} | {r['wall_s']:.0f} |"
         )
     one, two = rows
     print(
