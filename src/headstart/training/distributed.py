@@ -97,9 +97,11 @@ class Distributed:
 
         parts: list[Any] = [None] * self.world_size
         dist.all_gather_object(parts, part)
-        full = np.zeros((n, *part.shape[1:]), dtype=part.dtype)
+        widest = max(parts, key=len)  # a rank with no rows has no columns either
+        full = np.zeros((n, *widest.shape[1:]), dtype=widest.dtype)
         for rank, rows in enumerate(parts):
-            full[rank :: self.world_size] = rows
+            if len(rows):
+                full[rank :: self.world_size] = rows
         return full
 
     def average(self, values: Sequence[float], weight: float) -> list[float]:
