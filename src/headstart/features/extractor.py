@@ -181,6 +181,7 @@ class FeatureExtractor:
         errors: dict[int, str] = {}
         damaged_before = self.cache.damaged
         self._calibration_paths = files
+        self.preprocess  # noqa: B018 - built here: timm's lazy imports are not safe from several threads at once
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as builder:
             known = self.cache.known_hashes(files)
             # Files never hashed before are most likely not cached either: start exporting and
