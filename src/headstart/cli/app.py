@@ -208,7 +208,12 @@ def train(
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     flags = dict(locals())  # first: the flags only
     from headstart.estimator.classifier import ImageClassifier
+    from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
+    if nproc < 1:
+        raise ParameterError("nproc", f"must be at least 1 (got {nproc})")
+    if nproc > 1 and not launched_by_torchrun():  # each worker runs this command, less --nproc
+        raise typer.Exit(launch(nproc, without_flag(sys.argv[1:], "--nproc")))
     if resume is not None:
         ImageClassifier.resume(resume, verbose=not quiet)
         return

@@ -83,6 +83,7 @@ from headstart.features.composite import (
 )
 from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
+from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
 from headstart.models.bundle import (
     bundle_reject,
@@ -99,6 +100,7 @@ from headstart.runs.writer import (
     TrainingRun,
     read_run_config,
 )
+from headstart.training.distributed import in_process_group, writer_args
 from headstart.training.loop import CHECKPOINT_DIR, FineTuneSettings
 
 EVALUATION_SPLITS = ("auto", "all", "test", "val", "train")
@@ -332,7 +334,14 @@ class ImageClassifier(BaseEstimator):
         )
 
     def _extract(self, paths: Sequence[str | Path]) -> ExtractionResult:
-        return self._extractor(self._feature_spec()).extract([str(p) for p in paths])
+        extractor = self._extractor(self._feature_spec())
+        files = [str(p) for p in paths]
+        # one backbone's plain features are shared among torchrun's ranks; composites run whole
+        return (
+            extract_sharded(extractor, files)
+            if isinstance(extractor, FeatureExtractor)
+            else extractor.extract(files)
+        )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
@@ -379,6 +388,7 @@ class ImageClassifier(BaseEstimator):
             params["split"] = tuple(params["split"])
         return cls(**params)._fit(config["data"], run_dir, resume=True, on_epoch_end=on_epoch_end)
 
+    @in_process_group  # under torchrun: every rank fits, rank 0 writes (see training.distributed)
     def _fit(
         self,
         data: str | Path | Dataset,
@@ -389,7 +399,7 @@ class ImageClassifier(BaseEstimator):
         self._check_params()
         clock, started = Stopwatch(), time.time()
         check_out_dir(out_dir, data)
-        writer = RunWriter(out_dir, self.verbose)
+        writer = RunWriter(*writer_args(out_dir, self.verbose))
         if not resume:
             writer.remove_stale_files()
         if self.strategy == FINETUNE:
@@ -495,7 +505,11 @@ class ImageClassifier(BaseEstimator):
 
     def _start_finetune_run(self, data: str | Path | Dataset, writer: RunWriter, resume: bool) -> None:
         """A resume needs a checkpoint; a new run records its data and parameters first."""
-        if resume and (writer.run_dir is None or not (writer.run_dir / CHECKPOINT_DIR / "last.pt").is_file()):
+        if (
+            resume
+            and writer.run_dir is not None
+            and not (writer.run_dir / CHECKPOINT_DIR / "last.pt").is_file()
+        ):
             raise ParameterError(
                 "run_dir",
                 f"no checkpoint to resume in {writer.run_dir} ({CHECKPOINT_DIR}/last.pt is missing: the run ended "

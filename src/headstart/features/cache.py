@@ -3,6 +3,12 @@
 Each image's features are stored under (backbone key, hash of the file's bytes), so renaming,
 moving or re-splitting files never re-extracts, and a changed file does. A file's content hash
 is remembered with its size, mtime and inode, so an unchanged file is not read again.
+
+Several processes on one machine may share a cache (the ranks of a ``torchrun`` job, two runs at
+once): SQLite's write-ahead log lets readers go on while one writer writes, a busy timeout makes
+a writer wait for another's transaction, and a write still refused as busy after that is retried
+(``with_retries``) before the run gives up caching. Machines must not share one cache file over
+a network file system (SQLite's locks are not reliable there): see ``features.sharding``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import atexit
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import sqlite3
 import sys
@@ -18,15 +25,18 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from headstart.core.io import clean_stale_temporaries
 from headstart.data.images import read_bytes
 
+T = TypeVar("T")
+BUSY_RETRIES = 6  # attempts of an operation refused as busy, after the busy timeout each time
 FEATURE_FORMAT = 1
 STALE_AFTER_S = 600  # a temporary file in the (maybe shared) cache untouched this long is a killed write  # bump when what a cached vector means changes
 
@@ -61,6 +71,32 @@ def _scratch_folder() -> Path:
 
 
 CORRUPTION_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+BUSY_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    """True when another connection holds the lock (a fault of the moment: try again)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name:
+        return name.startswith(BUSY_CODES)
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def with_retries(operation: Callable[[], T], attempts: int = BUSY_RETRIES) -> T:
+    """``operation()``, tried again (after a growing, jittered pause) while the database is busy.
+
+    Rule: the busy timeout already waits for another process's transaction; a retry covers what
+    it cannot (a lock taken while changing the journal mode, a write refused to avoid a deadlock).
+    """
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except sqlite3.Error as e:
+            if attempt == attempts - 1 or not is_busy(e):
+                raise
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def is_corruption(error: sqlite3.Error) -> bool:
@@ -100,6 +136,7 @@ class FeatureCache:
 
     def _connect(self, path: Path | str) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=self.timeout, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         if path != ":memory:":
             db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL never corrupts the file; a power cut may only lose the newest
@@ -119,7 +156,7 @@ class FeatureCache:
     def _open(self) -> sqlite3.Connection:
         for attempt in range(2):
             try:
-                return self._connect(self.path)
+                return with_retries(lambda: self._connect(self.path))
             except sqlite3.Error as e:
                 if attempt or not is_corruption(e):
                     raise
@@ -162,10 +199,9 @@ class FeatureCache:
             for i in range(0, len(unique), 500):
                 chunk = unique[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, dim, crc, data FROM features WHERE ns=? AND key IN ({marks})",
-                    [ns, *chunk],
-                ).fetchall()
+                rows = self._read(
+                    f"SELECT key, dim, crc, data FROM features WHERE ns=? AND key IN ({marks})", [ns, *chunk]
+                )
                 for key, dim, crc, data in rows:
                     if data is None or len(data) != 4 * dim or self._crc(data) != crc:
                         self.damaged += 1
@@ -179,8 +215,17 @@ class FeatureCache:
         for key, vec in items:
             blob = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
             rows.append((ns, key, len(blob) // 4, self._crc(blob), blob))
-        with self._lock, self._guard(), self._db:
-            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
+        with self._lock, self._guard():
+            with_retries(lambda: self._write("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows))
+
+    def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """The rows of one query, retried while the database is busy."""
+        return with_retries(lambda: self._db.execute(sql, params).fetchall())
+
+    def _write(self, sql: str, rows: Sequence[tuple]) -> None:
+        """``rows`` written by ``sql`` in one transaction (rolled back whole on an error)."""
+        with self._db:
+            self._db.executemany(sql, rows)
 
     def known_hashes(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str]]:
         """Content hashes seen before, with the file stat they were computed for."""
@@ -190,7 +235,7 @@ class FeatureCache:
             for i in range(0, len(paths), 500):
                 chunk = [_db_text(p) for p in paths[i : i + 500]]
                 marks = ",".join("?" * len(chunk))
-                for path, size, mtime, inode, h in self._db.execute(
+                for path, size, mtime, inode, h in self._read(
                     f"SELECT path, size, mtime_ns, inode, hash FROM file_hashes WHERE path IN ({marks})",
                     chunk,
                 ):
@@ -200,8 +245,10 @@ class FeatureCache:
     def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
         """Store ``(path, size, mtime_ns, inode, hash)`` rows for ``known_hashes``."""
         stored = [(_db_text(p), size, mtime, inode, h) for p, size, mtime, inode, h in rows]
-        with self._lock, self._guard(), self._db:
-            self._db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", stored)
+        with self._lock, self._guard():
+            with_retries(
+                lambda: self._write("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", stored)
+            )
 
     def close(self) -> None:
         self._db.close()

@@ -224,6 +224,7 @@ class FeatureExtractor:
         errors: dict[int, str] = {}
         damaged_before = self.cache.damaged
         self._calibration_paths = files
+        self.preprocess  # noqa: B018 - built here: timm's lazy imports are not safe from several threads at once
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as builder:
             known = self.cache.known_hashes(files)
             # Files never hashed before are most likely not cached either: start exporting and
@@ -258,6 +259,15 @@ class FeatureExtractor:
             seconds=_stage_seconds(clock),
             engine=f"{self.engine_name}-{self.numerics}",
         )
+
+    def content_hashes(self, paths: Sequence[str]) -> tuple[list[str | None], dict[int, str]]:
+        """Every file's cache key, as ``extract`` computes it (None, with the reason in the errors,
+        for a file that cannot be read), remembered in the cache."""
+        files: list[str] = list(paths)
+        errors: dict[int, str] = {}
+        with ThreadPoolExecutor(self.workers) as pool:
+            hashes = self._content_hashes(pool, files, self.cache.known_hashes(files), errors)
+        return hashes, errors
 
     def _content_hashes(
         self,

@@ -74,6 +74,18 @@ def restore(state: TrainState, directory: Path | None) -> Path:
     Raises:
         HeadstartError: no checkpoint, a damaged one, or one from other data or settings.
     """
+    saved = read_checkpoints(state, directory)
+    apply_checkpoint(state, saved)
+    return Path(saved["path"])
+
+
+def read_checkpoints(state: TrainState, directory: Path | None) -> dict[str, Any]:
+    """``directory``'s last checkpoint, checked against ``state``'s fingerprint, with its path
+    (``path``) and the best model's weights (``best_state``, None when no epoch was best).
+
+    Raises:
+        HeadstartError: no checkpoint, a damaged one, or one from other data or settings.
+    """
     if directory is None or not (directory / LAST).is_file():
         raise HeadstartError(
             f"no checkpoint to resume in {state.run_dir} ({CHECKPOINT_DIR}/{LAST} is missing: the run "
@@ -86,6 +98,17 @@ def restore(state: TrainState, directory: Path | None) -> Path:
             f"the checkpoint in {state.run_dir} is from different data or settings: resume with the "
             "same ones, or start a new run in another folder"
         )
+    best_path = directory / BEST
+    found = best_path.is_file() and saved["best_epoch"]
+    return {
+        **saved,
+        "path": str(last),
+        "best_state": load_checkpoint(best_path)["network"] if found else None,
+    }
+
+
+def apply_checkpoint(state: TrainState, saved: dict[str, Any]) -> None:
+    """Put a checkpoint read by :func:`read_checkpoints` into ``state``."""
     state.network.load_state_dict(saved["network"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -96,11 +119,9 @@ def restore(state: TrainState, directory: Path | None) -> Path:
     state.start_val = saved.get("start_val")
     state.best["val_loss"] = float(saved["best_val_loss"])
     state.best["val_accuracy"] = float(saved.get("best_val_accuracy", 0.0))
-    best_path = directory / BEST
-    if best_path.is_file() and saved["best_epoch"]:
+    if saved.get("best_state") is not None:
         state.best["epoch"] = int(saved["best_epoch"])
-        state.best["state"] = load_checkpoint(best_path)["network"]
-    return last
+        state.best["state"] = saved["best_state"]
 
 
 def remove_leftovers(directory: Path | None) -> None:

@@ -8,6 +8,9 @@ callbacks (see ``callbacks.py``).
 Each epoch's shuffling, augmentation and dropout are seeded from (seed, epoch), and a checkpoint
 (model, optimiser, schedule, history) is written atomically after every epoch, so a resumed run
 continues a killed one exactly where its last complete epoch ended.
+
+Under ``torchrun`` each process trains its share of every global batch and DDP averages the
+gradients (see ``distributed.py``); one process is the same loop with a world size of 1.
 """
 
 from __future__ import annotations
@@ -37,7 +40,20 @@ from headstart.training.callbacks import (
     TensorBoard,
     TimeBudget,
 )
-from headstart.training.checkpoints import CHECKPOINT_DIR, remove_leftovers, restore, settings_fingerprint
+from headstart.training.checkpoints import (
+    CHECKPOINT_DIR,
+    apply_checkpoint,
+    read_checkpoints,
+    remove_leftovers,
+    settings_fingerprint,
+)
+from headstart.training.distributed import (
+    Distributed,
+    SyncStop,
+    broadcast_checkpoint,
+    current,
+    shard_train_loader,
+)
 from headstart.training.network import (
     contiguous_state,
     freeze,
@@ -111,19 +127,28 @@ def output_proba(loss_fn: Any, logits: Any) -> np.ndarray:
 
 @dataclass
 class EpochData:
-    """The loaders of a fit: training (and its sampler, set to each epoch) and validation."""
+    """The loaders of a fit: training (and its sampler, set to each epoch) and validation, and
+    the job they are this process's share of (``dist``)."""
 
     train: Any
     sampler: Any
     val: Any
+    dist: Distributed = field(default_factory=Distributed)
 
 
-def autocast(precision: str) -> Any:
-    """bf16 autocast on the CPU for ``bf16``; nothing for ``fp32``."""
+def evaluate_shared(network: Any, data: EpochData, loss_fn: Any, precision: str) -> tuple[float, float]:
+    """Validation loss and accuracy over every rank's share of the validation images."""
+    loss, accuracy, proba = evaluate(network, data.val, loss_fn, precision)
+    loss, accuracy = data.dist.average([loss, accuracy], len(proba))
+    return loss, accuracy
+
+
+def autocast(precision: str, device_type: str = "cpu") -> Any:
+    """bf16 autocast (on the CPU, or ``device_type``) for ``bf16``; nothing for ``fp32``."""
     import torch
 
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -137,10 +162,12 @@ def evaluate(
 
     network.eval()
     losses, correct, n, outputs = 0.0, 0.0, 0, []
-    with torch.inference_mode(), autocast(precision):
+    device = next(network.parameters()).device  # the CPU, or a rank's GPU
+    with torch.inference_mode(), autocast(precision, device.type):
         for pixels, labels in loader:
+            pixels, labels = pixels.to(device), labels.to(device)
             logits = network(pixels).float()
-            outputs.append(output_proba(loss_fn, logits))
+            outputs.append(output_proba(loss_fn, logits.cpu()))
             ok = labels >= 0
             if ok.any():
                 losses += float(loss_fn(logits[ok], labels[ok])) * int(ok.sum())
@@ -171,10 +198,12 @@ def train_one_epoch(
     network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
     set_train_mode(network, state.settings.freeze_bn_stats)
     loss_sum, correct, seen = 0.0, 0.0, 0
+    device = next(network.parameters()).device  # the CPU, or a rank's GPU
     for pixels, labels in loader:
+        pixels, labels = pixels.to(device), labels.to(device)
         ok = labels >= 0
-        with autocast(state.precision):
-            logits = network(pixels).float()
+        with autocast(state.precision, device.type):
+            logits = (state.forward or network)(pixels).float()
         if ok.any():
             loss = objective(network, logits[ok], labels[ok])
             optimizer.zero_grad(set_to_none=True)
@@ -212,18 +241,19 @@ def run_epoch(
     torch.manual_seed(state.settings.seed * 1_000_003 + state.epoch)  # dropout / drop-path of this epoch
     progress = ConsoleProgress() if verbose else NullProgress()
     n_images = len(data.train.dataset)
-    progress.start(f"epoch {state.epoch}/{state.epochs}", n_images)
+    progress.start(f"epoch {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
     progress.finish()
     if trained is None:
         return None
     train_s = time.perf_counter() - t0
-    val_loss, val_acc, _ = evaluate(state.network, data.val, val_loss_fn, state.precision)
+    loss, accuracy = data.dist.average(trained, 1.0)  # every rank trains on as many images
+    val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, state.precision)
     seconds = time.perf_counter() - t0
     return {
         "epoch": state.epoch,
-        "loss": trained[0],
-        "accuracy": trained[1],
+        "loss": loss,
+        "accuracy": accuracy,
         "val_loss": val_loss,
         "val_accuracy": val_acc,
         "lr": state.optimizer.param_groups[0]["lr"],
@@ -372,35 +402,46 @@ class FineTuner:
 
         s = self.settings
         torch.manual_seed(s.seed)
-        self.precision = resolve_precision(s.precision)
-        self.threads = compute_threads(s.threads)
+        self.dist = dist = current()
+        self.precision = resolve_precision(s.precision, dist.device)
+        self.threads = compute_threads(s.threads) if s.threads else dist.share(compute_threads())
         torch.set_num_threads(self.threads)
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
-        network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
-        self.frozen_prefix = self._use_prefix(network, model, data_config)
+        network = make_network(model, data_config, head).to(dist.device, memory_format=torch.channels_last)
+        self.frozen_prefix = self._use_prefix(network, model, data_config, dist)
         self.network_ = network
-        self.workers = loader_workers(s.workers)
+        self.workers = (
+            loader_workers(s.workers) if s.workers is not None else dist.share(loader_workers(None))
+        )
         loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
-        data = EpochData(loader, sampler, eval_loader(val, data_config, s.batch_size, self.workers))
+        loader, sampler = shard_train_loader(loader, sampler, dist, s.batch_size)
+        val_loader = eval_loader(dist.shard(val), data_config, s.batch_size, self.workers)
+        data = EpochData(loader, sampler, val_loader, dist)
         objective, val_loss_fn = self._losses(head, train, n_classes)
         state = self._state(network, freeze_info, len(train), fingerprint)
         probe_state = state.best["state"]
         self._start(state, freeze_info, resume, data, val_loss_fn)
-        stopped = run_epochs(state, data, objective, val_loss_fn, self._callback_list(deadline), self.verbose)
+        state.forward = dist.wrap(network)
+        callbacks, verbose = self._callback_list(deadline), self.verbose and dist.is_main
+        stopped = run_epochs(state, data, objective, val_loss_fn, callbacks, verbose)
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
-    def _use_prefix(self, network: Any, model: Any, data_config: dict[str, Any]) -> dict[str, Any]:
+    def _use_prefix(
+        self, network: Any, model: Any, data_config: dict[str, Any], dist: Distributed
+    ) -> dict[str, Any]:
         """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
 
-        Rule: frozen weights are the pretrained ones in every checkpoint of the run, so a prefix
-        compiled before a resume's weights are restored computes what they would.
+        Rules: frozen weights are the pretrained ones in every checkpoint of the run, so a prefix
+        compiled before a resume's weights are restored computes what they would; the compiled
+        prefix is a CPU engine, so a GPU rank runs the whole network in torch; a rank's batch is
+        its share of the global batch.
         """
         s = self.settings
         _, height, width = data_config["input_size"]
-        runner, rest, how = build_prefix(
-            model, s.frozen_prefix, self.precision, s.batch_size, (height, width), self.threads
-        )
+        mode = s.frozen_prefix if str(dist.device).startswith("cpu") else "off"
+        batch = dist.per_rank_batch(s.batch_size)
+        runner, rest, how = build_prefix(model, mode, self.precision, batch, (height, width), self.threads)
         network.use_prefix(runner, rest)
         stages = network_stages(model)
         n_frozen = len(stages) - len(rest) if runner is not None and stages else 0
@@ -409,9 +450,11 @@ class FineTuner:
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
         """Probabilities of the fine-tuned network (eval transform), one row per item."""
 
-        s = self.settings
-        loader = eval_loader(items, data_config, s.batch_size, loader_workers(s.workers))
-        return evaluate(self.network_, loader, self.output_loss(), self.precision)[2]
+        s, dist = self.settings, getattr(self, "dist", Distributed())
+        loader = eval_loader(dist.shard(items), data_config, s.batch_size, loader_workers(s.workers))
+        return dist.unshard(
+            evaluate(self.network_, loader, self.output_loss(), self.precision)[2], len(items)
+        )
 
     def output_loss(self) -> Any:
         """The loss ``predict_proba`` evaluates with (it decides softmax or sigmoid outputs)."""
@@ -468,9 +511,15 @@ class FineTuner:
         s = self.settings
         ckpt_dir = self.run_dir / CHECKPOINT_DIR if self.run_dir is not None else None
         if resume:
-            last = restore(state, ckpt_dir)
-            self.log(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {last})")
+            saved = broadcast_checkpoint(data.dist, lambda: read_checkpoints(state, ckpt_dir))
+            apply_checkpoint(state, saved)
+            self.log(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {saved['path']})")
         remove_leftovers(ckpt_dir)
+        if data.dist.active:
+            self.log(
+                f"distributed: world size {data.dist.world_size}, backend {data.dist.backend}, batch "
+                f"{data.train.batch_size} per process ({s.batch_size} in all); only rank 0 writes files"
+            )
         self.log(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
@@ -482,7 +531,7 @@ class FineTuner:
             # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
             # was fitted without label smoothing), so epochs compete on val_loss among themselves
             # and the best one must then match the probe's val accuracy (see _result).
-            val_loss, val_acc, _ = evaluate(state.network, data.val, val_loss_fn, self.precision)
+            val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
             self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
@@ -504,7 +553,9 @@ class FineTuner:
             callbacks += [Checkpointing(self.run_dir / CHECKPOINT_DIR), History(self.run_dir / HISTORY_FILE)]
         if self.on_epoch_end is not None:
             callbacks.append(EpochEndFunction(self.on_epoch_end))
-        return CallbackList([*callbacks, *self.callbacks])
+        return CallbackList(
+            [*callbacks, *self.callbacks, *([SyncStop(self.dist)] if self.dist.active else [])]
+        )
 
     def _result(
         self,
@@ -525,9 +576,10 @@ class FineTuner:
                 f"probe's val_accuracy {start['val_accuracy']:.4f}: the model is the probe on the pretrained backbone"
             )
             best = {**best, "epoch": 0, "state": probe_state}
-        network = state.network
+        network = state.network.cpu()  # the bundle, and the test predictions, are the CPU's
         network.load_state_dict(best["state"])
         network.eval()
+        self.precision = resolve_precision(self.settings.precision)
         self.network_ = network
         self.precision_ = self.precision
         model = network.net.to(memory_format=torch.contiguous_format)
@@ -555,6 +607,7 @@ class FineTuner:
             "loader_workers": self.workers,
             "torch_threads": self.threads,
             "frozen_prefix": self.frozen_prefix,
+            "distributed": self.dist.describe(),
             "trainable_groups": freeze_info["n_trainable_groups"],
             "block_groups": freeze_info["n_groups"],
             "trainable_backbone_params": freeze_info["trainable_params"],

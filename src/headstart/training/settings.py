@@ -42,15 +42,21 @@ class FineTuneSettings:
     seed: int = 0
 
 
-def resolve_precision(precision: str) -> str:
-    """bf16 autocast where the CPU has native bf16 (decided at run time), else fp32."""
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """bf16 autocast where the CPU (or the GPU ``device``, e.g. ``cuda:0``) has native bf16
+    (decided at run time), else fp32."""
     import torch
 
     if precision not in PRECISIONS:
         raise ParameterError("precision", f"unknown value '{precision}': use {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return "fp32"
-    native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.startswith("cuda"):
+        native = bool(torch.cuda.is_bf16_supported())
+    else:
+        native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if precision == "bf16" and not native:
-        raise ParameterError("precision", "bf16: this CPU has no native bf16; use auto or fp32")
+        raise ParameterError(
+            "precision", f"bf16: this {device.split(':')[0].upper()} has no native bf16; use auto or fp32"
+        )
     return "bf16" if native else "fp32"

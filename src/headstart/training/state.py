@@ -45,6 +45,7 @@ class TrainState:
     start_val: dict[str, float] | None = None  # the probe's val_loss and val_accuracy
     stop: str | None = None
     stop_message: str = ""
+    forward: Any = None  # what runs the training forward when not the network: its DDP wrapper
 
     @property
     def epochs(self) -> int:
