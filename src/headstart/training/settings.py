@@ -38,7 +38,8 @@ class FineTuneSettings:
     threads: int | None = None  # torch threads; None: the cores not already busy (see compute_threads)
     # How the frozen leading stages run: auto/openvino (compiled inference graph), torch
     # (inference mode) or off (the whole network in torch's training path); see training/prefix.py.
-    frozen_prefix: str = "auto"
+    # Off by default: the compiled graph crashed a process after torch.distributed work (README).
+    frozen_prefix: str = "off"
     seed: int = 0
 
 
