@@ -33,7 +33,7 @@ def head_module(head: Head) -> Any:
 
     arrays = head.arrays()
     mean, scale = arrays["mean"], arrays["scale"]
-    if head.name == "logistic":
+    if head.name in ("logistic", "logistic-sgd"):  # logistic-sgd: the same model, fitted in mini-batches
         layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
     elif head.name == "mlp":
         layers = [
