@@ -126,12 +126,14 @@ def find_duplicates(
     near_cosine: float = NEAR_COSINE,
     hash_distance: int = HASH_DISTANCE,
     hash_cosine: float = HASH_COSINE,
+    neighbours: int = NEIGHBOURS,
 ) -> tuple[list[DuplicateGroup], np.ndarray, np.ndarray, list[str]]:
     """Group duplicates: same content hash; or feature cosine >= ``near_cosine``; or a dHash
     within ``hash_distance`` bits confirmed by cosine >= ``hash_cosine``.
 
-    Returns the groups (two or more members each, sorted), every row's nearest neighbours, and
-    notes (e.g. why near duplicates were not looked for).
+    Returns the groups (two or more members each, sorted), every row's ``neighbours`` nearest
+    neighbours (none with 0: the quick check does not quote them), and notes (e.g. why near
+    duplicates were not looked for).
     """
     n = len(content_hashes)
     uf = _UnionFind(n)
@@ -148,7 +150,7 @@ def find_duplicates(
     nn_sim = np.zeros((n, 0), dtype=np.float32)
     if features is not None and n > 1:
         evidence, nn_idx, nn_sim, notes = _near_pairs(
-            content_hashes, features, image_hashes, near_cosine, hash_distance, hash_cosine
+            content_hashes, features, image_hashes, near_cosine, hash_distance, hash_cosine, neighbours
         )
         for i, j, _ in evidence:
             uf.union(i, j)
@@ -162,13 +164,14 @@ def _near_pairs(
     near_cosine: float,
     hash_distance: int,
     hash_cosine: float,
+    neighbours: int = NEIGHBOURS,
 ) -> tuple[list[tuple[int, int, dict[str, Any]]], np.ndarray, np.ndarray, list[str]]:
     """Pairs of different files that are near duplicates, each with its evidence (cosine, and
     dHash distance where the hashes are close), plus every row's nearest neighbours and notes."""
     n = len(content_hashes)
     notes = []
     low = min(near_cosine, hash_cosine) if image_hashes is not None else near_cosine
-    found, nn_idx, nn_sim = similar_pairs(features, low, max_pairs=MAX_PAIRS_PER_IMAGE * n)
+    found, nn_idx, nn_sim = similar_pairs(features, low, neighbours, max_pairs=MAX_PAIRS_PER_IMAGE * n)
     if found is None:
         notes.append(
             f"near duplicates not checked: over {MAX_PAIRS_PER_IMAGE} image pairs per image have feature "

@@ -23,9 +23,9 @@ from headstart.features.store import iter_chunks
 
 PROJECTED_DIM = 64  # PCA axes the index works in
 NPROBE = 24  # inverted lists searched per query
-TRAIN_ROWS = 20_000  # rows the PCA and the k-means are fitted on (an even sample)
+TRAIN_ROWS = 10_000  # rows the PCA and the k-means are fitted on (an even sample)
 QUERY_ROWS = 4096  # queries per range search
-VERIFY_PAIRS = 200_000  # candidate pairs scored on full rows at a time
+VERIFY_PAIRS = 8192  # candidate pairs scored on full rows at a time (their rows read at once)
 
 
 def _unit(chunk: np.ndarray) -> np.ndarray:
@@ -38,9 +38,9 @@ def _projection(features: Any, dim: int) -> np.ndarray:
     n = len(features)
     step = max(1, n // TRAIN_ROWS)
     sample = _unit(features[np.arange(0, n, step)[:TRAIN_ROWS]])
-    sample = sample - sample.mean(axis=0)
-    _, _, vt = np.linalg.svd(sample, full_matrices=False)
-    return np.ascontiguousarray(vt[: min(dim, vt.shape[0])].T, dtype=np.float32)
+    sample = (sample - sample.mean(axis=0)).astype(np.float64)
+    _, vectors = np.linalg.eigh(sample.T @ sample)  # ascending eigenvalues: the last axes vary most
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
 
 
 def _projected(features: Any, axes: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ def quick_check(
 ) -> CheckReport:
     """The cheap checks train runs: duplicates from hashes and features it already has."""
     t = time.perf_counter()
-    groups, _, _, notes = find_duplicates(content_hashes, features, None, near_cosine)
+    groups, _, _, notes = find_duplicates(content_hashes, features, None, near_cosine, neighbours=0)
     report = CheckReport(
         list(samples),
         groups,
