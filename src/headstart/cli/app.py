@@ -201,14 +201,14 @@ def train(
     resume: ResumeRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
+    flags = dict(locals())  # first: the flags only
     from headstart.estimator.classifier import ImageClassifier
 
     if resume is not None:
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    params = _train_params(locals())
-    ImageClassifier(**params).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    ImageClassifier(**_train_params(flags)).fit(_data_or_flowers(data, cache_dir), out_dir=out)
 
 
 def _train_params(flags: dict[str, Any]) -> dict[str, Any]:

@@ -222,39 +222,8 @@ class ImageClassifier(BaseEstimator):
         reject: str | float = "off",
         target_accuracy: float = 0.95,
     ) -> None:
-        self.strategy = strategy
-        self.backbone = backbone
-        self.weights = weights
-        self.head = head
-        self.head_params = head_params
-        self.seed = seed
-        self.split = split
-        self.labels_from = labels_from
-        self.top_k = top_k
-        self.engine = engine
-        self.feature_precision = feature_precision
-        self.features = features
-        self.tta = tta
-        self.batch_size = batch_size
-        self.workers = workers
-        self.cache_dir = cache_dir
-        self.verbose = verbose
-        self.exclude = exclude
-        self.check_data = check_data
-        self.report_map = report_map
-        self.unfreeze = unfreeze
-        self.epochs = epochs
-        self.lr = lr
-        self.train_batch_size = train_batch_size
-        self.augment = augment
-        self.class_weight = class_weight
-        self.patience = patience
-        self.time_budget = time_budget
-        self.precision = precision
-        self.loader_workers = loader_workers
-        self.multi_label = multi_label
-        self.reject = reject
-        self.target_accuracy = target_accuracy
+        # scikit-learn's contract: store every parameter as given, under its own name; check in fit
+        _store_parameters(self, locals())
 
     # ------------------------------------------------------------------ parameters
 
@@ -714,6 +683,13 @@ class ImageClassifier(BaseEstimator):
         clf.metrics_ = meta.get("metrics", {})
         clf.meta_ = meta
         return clf
+
+
+def _store_parameters(estimator: BaseEstimator, values: dict[str, Any]) -> None:
+    """Set each ``__init__`` parameter of ``estimator`` from ``values`` (its ``locals()``),
+    unchanged, so ``get_params`` reads back exactly what was passed."""
+    for name in type(estimator)._get_param_names():
+        setattr(estimator, name, values[name])
 
 
 def _check_head_shape(head: Head, num_features: int, n_classes: int) -> None:
