@@ -135,7 +135,7 @@ def child(data: Path, out: Path, cache: Path, input_size: int) -> dict:
     }
 
 
-def run_size(n: int, scratch: Path, input_size: int, workers: int) -> dict:
+def run_size(n: int, scratch: Path, input_size: int, workers: int) -> dict | None:
     root = scratch / f"data-{n}"
     made = make_dataset(root, n, workers)
     print(f"  {n:,} images made in {made:.1f} s", flush=True)
@@ -145,7 +145,8 @@ def run_size(n: int, scratch: Path, input_size: int, workers: int) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(scratch / f"run-{n}", ignore_errors=True)
     if done.returncode:
-        raise SystemExit(f"run of {n} images failed:\n{done.stderr[-3000:]}")
+        print(f"run of {n:,} images failed:\n{done.stderr[-3000:]}", flush=True)
+        return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -203,9 +204,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="headstart-scale-") as tmp:
         for n in args.sizes:
             print(f"size {n:,}:", flush=True)
-            results.append(run_size(n, Path(tmp), args.input_size, args.workers))
-            print(json.dumps(results[-1]), flush=True)
-    print_table(results)
+            result = run_size(n, Path(tmp), args.input_size, args.workers)
+            if result is not None:
+                results.append(result)
+                print(json.dumps(result), flush=True)
+    if results:
+        print_table(results)
 
 
 if __name__ == "__main__":
