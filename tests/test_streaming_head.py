@@ -69,6 +69,28 @@ def test_streaming_head_saves_as_a_logistic_head_and_exports():
     np.testing.assert_allclose(out, head.predict_proba(x), atol=1e-4)
 
 
+def _peak_bytes_of_fit(n: int, monkeypatch) -> int:
+    import tracemalloc
+
+    from headstart.models import streaming
+
+    monkeypatch.setattr(streaming, "CHUNK_ROWS", 500)
+    x, y = _blobs(n, d=256)
+    store = _store_of(x)
+    head = StreamingLogisticHead(cs=(0.1, 1.0), epochs=1, min_steps=1)
+    train, val = np.arange(n) < n * 3 // 4, np.arange(n) >= n * 3 // 4
+    tracemalloc.start()
+    head.fit(store.select(train), y[train], store.select(val), y[val], 3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_fit_memory_does_not_grow_with_rows(monkeypatch):
+    small, large = _peak_bytes_of_fit(2000, monkeypatch), _peak_bytes_of_fit(8000, monkeypatch)
+    assert large < 2 * small  # 4x the rows: the labels grow, the chunks do not
+
+
 @pytest.mark.slow
 def test_training_beyond_the_budget_uses_the_streaming_head(tmp_path, monkeypatch):
     from conftest import make_class_folders

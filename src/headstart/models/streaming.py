@@ -23,8 +23,9 @@ from headstart.models.heads import LogisticHead, log_loss, softmax
 CHUNK_ROWS = 8192
 
 
-def _chunks(x: Any, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+def _chunks(x: Any, rows: int | None = None) -> Iterator[np.ndarray]:
     """float32 rows of an array, or of anything with ``chunks(rows)`` (a feature store)."""
+    rows = rows or CHUNK_ROWS
     if hasattr(x, "chunks"):
         yield from x.chunks(rows)
         return
