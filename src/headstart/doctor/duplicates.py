@@ -12,11 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from headstart.doctor.neighbours import ann_similar_pairs, bucketed_hash_pairs
+from headstart.features.store import FeatureStore, is_store
+
 NEAR_COSINE = 0.95  # feature cosine similarity at or above which two images are near duplicates
 HASH_DISTANCE = 6  # dHash bits (of 64) within which two images look alike...
 HASH_COSINE = 0.85  # ...and are near duplicates when their features also agree this much
 NEIGHBOURS = 5  # nearest neighbours quoted as evidence for a label issue
 MAX_PAIRS_PER_IMAGE = 5  # more similar pairs than this per image: features are not discriminative
+ANN_FROM = 20_000  # beyond this many images, an index and hash buckets instead of all pairs
 
 
 class _UnionFind:
@@ -46,7 +50,7 @@ def _block_rows(n: int, budget: int = 8_000_000) -> int:
 
 
 def similar_pairs(
-    features: np.ndarray,
+    features: np.ndarray | FeatureStore,
     threshold: float,
     k: int = NEIGHBOURS,
     block: int | None = None,
@@ -54,11 +58,14 @@ def similar_pairs(
 ) -> tuple[list[tuple[int, int, float]] | None, np.ndarray, np.ndarray]:
     """Pairs (i < j) with cosine >= threshold, plus each row's k nearest neighbours.
 
-    Computed in row blocks of at most 8M similarities (32 MB), however large the set.
+    Computed in row blocks of at most 8M similarities (32 MB); beyond ``ANN_FROM`` rows (or rows
+    in a feature store) through an approximate nearest-neighbour index instead of all pairs.
     More than ``max_pairs`` pairs (features that do not tell images apart, e.g. an untrained
     backbone) gives None instead of a list that would swallow the data set.
     """
-    unit = _unit_rows(features)
+    if is_store(features) or len(features) > ANN_FROM:
+        return ann_similar_pairs(features, threshold, k, max_pairs)
+    unit = _unit_rows(np.asarray(features))
     n = len(unit)
     block = block or _block_rows(n)
     k = min(k, max(n - 1, 0))
@@ -86,6 +93,8 @@ def similar_pairs(
 
 def hash_pairs(hashes: Sequence[int | None], max_distance: int = HASH_DISTANCE) -> list[tuple[int, int, int]]:
     """Pairs (i < j) of 64-bit dHashes within ``max_distance`` differing bits."""
+    if len(hashes) > ANN_FROM:
+        return bucketed_hash_pairs(hashes, max_distance)
     idx = [i for i, h in enumerate(hashes) if h is not None]
     if len(idx) < 2:
         return []
@@ -112,17 +121,19 @@ class DuplicateGroup:
 
 def find_duplicates(
     content_hashes: Sequence[str | None],
-    features: np.ndarray | None = None,
+    features: np.ndarray | FeatureStore | None = None,
     image_hashes: Sequence[int | None] | None = None,
     near_cosine: float = NEAR_COSINE,
     hash_distance: int = HASH_DISTANCE,
     hash_cosine: float = HASH_COSINE,
+    neighbours: int = NEIGHBOURS,
 ) -> tuple[list[DuplicateGroup], np.ndarray, np.ndarray, list[str]]:
     """Group duplicates: same content hash; or feature cosine >= ``near_cosine``; or a dHash
     within ``hash_distance`` bits confirmed by cosine >= ``hash_cosine``.
 
-    Returns the groups (two or more members each, sorted), every row's nearest neighbours, and
-    notes (e.g. why near duplicates were not looked for).
+    Returns the groups (two or more members each, sorted), every row's ``neighbours`` nearest
+    neighbours (none with 0: the quick check does not quote them), and notes (e.g. why near
+    duplicates were not looked for).
     """
     n = len(content_hashes)
     uf = _UnionFind(n)
@@ -139,7 +150,7 @@ def find_duplicates(
     nn_sim = np.zeros((n, 0), dtype=np.float32)
     if features is not None and n > 1:
         evidence, nn_idx, nn_sim, notes = _near_pairs(
-            content_hashes, features, image_hashes, near_cosine, hash_distance, hash_cosine
+            content_hashes, features, image_hashes, near_cosine, hash_distance, hash_cosine, neighbours
         )
         for i, j, _ in evidence:
             uf.union(i, j)
@@ -148,18 +159,19 @@ def find_duplicates(
 
 def _near_pairs(
     content_hashes: Sequence[str | None],
-    features: np.ndarray,
+    features: np.ndarray | FeatureStore,
     image_hashes: Sequence[int | None] | None,
     near_cosine: float,
     hash_distance: int,
     hash_cosine: float,
+    neighbours: int = NEIGHBOURS,
 ) -> tuple[list[tuple[int, int, dict[str, Any]]], np.ndarray, np.ndarray, list[str]]:
     """Pairs of different files that are near duplicates, each with its evidence (cosine, and
     dHash distance where the hashes are close), plus every row's nearest neighbours and notes."""
     n = len(content_hashes)
     notes = []
     low = min(near_cosine, hash_cosine) if image_hashes is not None else near_cosine
-    found, nn_idx, nn_sim = similar_pairs(features, low, max_pairs=MAX_PAIRS_PER_IMAGE * n)
+    found, nn_idx, nn_sim = similar_pairs(features, low, neighbours, max_pairs=MAX_PAIRS_PER_IMAGE * n)
     if found is None:
         notes.append(
             f"near duplicates not checked: over {MAX_PAIRS_PER_IMAGE} image pairs per image have feature "

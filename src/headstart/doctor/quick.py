@@ -13,18 +13,19 @@ import numpy as np
 from headstart.data.discovery import Sample
 from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
 from headstart.doctor.report import CheckReport
+from headstart.features.store import FeatureStore
 
 
 def quick_check(
     samples: Sequence[Sample],
-    features: np.ndarray,
+    features: np.ndarray | FeatureStore,
     content_hashes: Sequence[str | None],
     bad_files: Sequence[tuple[str, str]] = (),
     near_cosine: float = NEAR_COSINE,
 ) -> CheckReport:
     """The cheap checks train runs: duplicates from hashes and features it already has."""
     t = time.perf_counter()
-    groups, _, _, notes = find_duplicates(content_hashes, features, None, near_cosine)
+    groups, _, _, notes = find_duplicates(content_hashes, features, None, near_cosine, neighbours=0)
     report = CheckReport(
         list(samples),
         groups,

@@ -63,6 +63,7 @@ from headstart.estimator.layers import choose_layers
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.cache import FeatureCache
 from headstart.features.composite import FeatureSpec, create_feature_spec
+from headstart.features.store import FeatureStore
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head
 from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
@@ -104,7 +105,9 @@ class Fitted:
 
     backbone: Backbone
     head: Head
-    features: np.ndarray | None = None  # probe candidates: the head's columns of every usable sample
+    features: np.ndarray | FeatureStore | None = (
+        None  # probe candidates: the head's columns of every usable sample
+    )
     spec: FeatureSpec | None = None  # probe candidates: backbones, layers (and those chosen), TTA
     layer_info: dict[str, Any] = field(default_factory=dict)
     tuner: FineTuner | None = None
@@ -451,7 +454,7 @@ def _trial(search: Search, c: Candidate) -> Any:
     return trial
 
 
-def _candidate_features(search: Search, c: Candidate) -> tuple[FeatureSpec, np.ndarray]:
+def _candidate_features(search: Search, c: Candidate) -> tuple[FeatureSpec, np.ndarray | FeatureStore]:
     """The candidate's feature spec and the features of every usable sample: the base
     candidate's are those ``fit`` extracted; the others are extracted (cached) now."""
     clf, usable = search.clf, search.usable

@@ -646,7 +646,7 @@ class ImageClassifier(BaseEstimator):
         """The backbone's features of each image (cached), one row per path; NaN rows for files
         that cannot be read."""
         self._check_fitted()
-        return self._extract(paths).features
+        return np.asarray(self._extract(paths).features)
 
     def _proba_and_errors(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, dict[int, str]]:
         self._check_fitted()

@@ -25,8 +25,10 @@ from headstart.data.splits import assign_splits
 from headstart.doctor import CheckReport, check_summary, quick_check
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.extractor import ExtractionResult
+from headstart.features.store import FeatureStore, is_store, select_rows
 from headstart.models.bundle import library_versions
 from headstart.models.heads import Head, make_head
+from headstart.models.streaming import StreamingLogisticHead
 
 Log = Callable[[str], None]
 SUMMARY_KEYS = ("accuracy", "n", "top_k", "top_k_accuracy", "macro_f1")
@@ -37,7 +39,7 @@ class Usable:
     """The samples whose features could be extracted, with what was passed over."""
 
     samples: list[Sample]
-    features: np.ndarray
+    features: np.ndarray | FeatureStore  # a store (rows on disk) beyond the memory budget
     hashes: list[Any]
     classes: list[str]
     y: np.ndarray  # class index of each sample
@@ -100,7 +102,7 @@ def usable_samples(dataset: Dataset, result: ExtractionResult, log: Log, skipped
         )
     return Usable(
         samples=samples,
-        features=result.features[ok],
+        features=select_rows(result.features, ok),
         hashes=[h for h, good in zip(result.hashes, ok) if good],
         classes=classes,
         y=np.array([classes.index(s.label) for s in samples]),
@@ -148,12 +150,16 @@ def fit_head(
     name: str, params: dict[str, Any], seed: int, usable: Usable, split: Split
 ) -> tuple[Head, dict[str, Any]]:
     """The head on train features, its settings chosen on val."""
+    x, y = usable.features, usable.y
+    if name == "logistic" and is_store(x):  # beyond the memory budget: the same model, in mini-batches
+        name, params = StreamingLogisticHead.name, {"seed": seed, **params}
     head = make_head(name, **params)
     if name == "mlp" and "seed" not in params:
         head.seed = seed  # type: ignore[attr-defined]
     tr, va = split.mask("train"), split.mask("val")
-    x, y = usable.features, usable.y
-    info = head.fit(x[tr], y[tr], x[va], y[va], len(usable.classes))
+    x_train: Any = select_rows(x, tr)  # a store view (no copy) beyond the memory budget
+    x_val: Any = select_rows(x, va)
+    info = head.fit(x_train, y[tr], x_val, y[va], len(usable.classes))
     return head, info
 
 

@@ -41,7 +41,7 @@ def head_module(head: Head, temperature: float = 1.0) -> Any:
     if head.name == MULTILABEL_HEAD:  # independent probabilities: a sigmoid per class
         linear = _standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)
         return torch.nn.Sequential(linear, torch.nn.Sigmoid())
-    if head.name == "logistic":
+    if head.name in ("logistic", "logistic-sgd"):  # logistic-sgd: the same model, fitted in mini-batches
         layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
     elif head.name == "mlp":
         layers = [

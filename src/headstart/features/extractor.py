@@ -30,17 +30,20 @@ from headstart.features.engines import (
     engine_precision,
     resolve_engine,
 )
+from headstart.features.store import FeatureStore, feature_matrix
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from headstart.models.taps import LAYER_CHOICES, layer_group_widths
 
 CALIBRATION_IMAGES = 300
+LOOKUP_ROWS = 4096  # cache rows looked up at a time
 
 
 @dataclass
 class ExtractionResult:
-    """Features row-aligned with the input paths; rows of failed images are NaN."""
+    """Features row-aligned with the input paths; rows of failed images are NaN. Beyond the
+    memory budget ``features`` is a ``FeatureStore`` (rows on disk, read in chunks)."""
 
-    features: np.ndarray
+    features: np.ndarray | FeatureStore
     errors: dict[int, str]
     hashes: list[str | None]
     n_cached: int = 0
@@ -307,20 +310,24 @@ class FeatureExtractor:
         )
         return hashes
 
-    def _cached_features(self, hashes: list[str | None]) -> tuple[np.ndarray, dict[str, list[int]]]:
+    def _cached_features(
+        self, hashes: list[str | None]
+    ) -> tuple[np.ndarray | FeatureStore, dict[str, list[int]]]:
         """The feature matrix filled from the cache (NaN elsewhere), and the rows still missing,
         grouped by content hash (identical files are extracted once)."""
-        cached = self.cache.get_many(self.namespace, [h for h in hashes if h is not None])
         dim = self.width
-        features = np.full((len(hashes), dim), np.nan, dtype=np.float32)
+        features = feature_matrix(len(hashes), dim)
         todo: dict[str, list[int]] = {}
-        for i, h in enumerate(hashes):
-            if h is None:
-                continue
-            if h in cached and cached[h].shape[0] == dim:
-                features[i] = cached[h]
-            else:
-                todo.setdefault(h, []).append(i)
+        for start in range(0, len(hashes), LOOKUP_ROWS):  # bounded: a warm run never holds every vector twice
+            part = hashes[start : start + LOOKUP_ROWS]
+            cached = self.cache.get_many(self.namespace, [h for h in part if h is not None])
+            for i, h in enumerate(part, start):
+                if h is None:
+                    continue
+                if h in cached and cached[h].shape[0] == dim:
+                    features[i] = cached[h]
+                else:
+                    todo.setdefault(h, []).append(i)
         return features, todo
 
     def _extract_missing(
@@ -329,7 +336,7 @@ class FeatureExtractor:
         engine_future: Future,
         paths: list[str],
         todo: dict[str, list[int]],
-        features: np.ndarray,
+        features: np.ndarray | FeatureStore,
         errors: dict[int, str],
         stage: str,
         clock: dict[str, float],
