@@ -33,7 +33,8 @@ def test_logistic_sweep_picks_c_on_validation():
     x, y = blobs()
     head = make_head("logistic")
     info = head.fit(x[:90], y[:90], x[90:], y[90:], 3)
-    assert len(info["sweep"]) == len(head.cs) and head.C in head.cs
+    tried = [row["C"] for row in info["sweep"]]
+    assert tried[: len(head.cs)] == sorted(head.cs) and head.C in tried  # widened past an edge best
 
 
 def test_binary_logistic_matches_two_way_softmax():

@@ -48,10 +48,13 @@ from headstart.cli.options import (
     LabelledData,
     LabelsFrom,
     LearningRate,
+    ListFormat,
+    ListFormatChoice,
     MapMethod,
     MapPoints,
     MaxBatch,
     MaxUploadMb,
+    MeasureSpeed,
     ModelFile,
     MultiLabel,
     Patience,
@@ -70,10 +73,12 @@ from headstart.cli.options import (
     TargetAccuracy,
     TestTimeAugmentation,
     TimeBudgetMinutes,
+    TimedBatches,
     TopK,
     TrainData,
     TTAChoice,
     Unfreeze,
+    WarmupBatches,
     WeightsFile,
 )
 from headstart.core.errors import HeadstartError, ParameterError
@@ -371,13 +376,25 @@ def _predictions_csv(results: list[dict[str, Any]]) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["path", "rank", "label", "probability", "error"])
+    writer.writerow(["path", "rank", "label", "probability", "error", "labels", "unknown", "score"])
     for r in results:
         if r.get("error"):
-            writer.writerow([protect_cell(r["path"]), "", "", "", protect_cell(r["error"])])
+            writer.writerow([protect_cell(r["path"]), "", "", "", protect_cell(r["error"]), "", "", ""])
+        answer = [
+            protect_cell(";".join(r.get("labels", []))),
+            str(r.get("unknown", False)).lower(),
+            "" if r.get("score") is None else f"{r['score']:.6f}",
+        ]
         for rank, p in enumerate(r["predictions"], start=1):
             writer.writerow(
-                [protect_cell(r["path"]), rank, protect_cell(p["label"]), f"{p['probability']:.6f}", ""]
+                [
+                    protect_cell(r["path"]),
+                    rank,
+                    protect_cell(p["label"]),
+                    f"{p['probability']:.6f}",
+                    "",
+                    *answer,
+                ]
             )
     return out.getvalue()
 
@@ -396,13 +413,23 @@ def _print_table(results: list[dict[str, Any]], columns: int) -> None:
     table.add_column("image", overflow="fold")
     for rank in range(1, columns + 1):
         table.add_column(f"#{rank}")
+    table.add_column("answer")
     for r in results:
         cells = [f"{shown(p['label'])} {p['probability']:.1%}" for p in r["predictions"]]
+        cells += [""] * (columns - len(cells)) + [_answer_cell(r, shown)]
         if r.get("error"):
             cells = [f"[red]skipped: {shown(r['error'])}[/red]"]
         path = os.path.relpath(r["path"]) if not r["path"].startswith("..") else r["path"]
         table.add_row(shown(path), *cells)
     Console(width=max(100, Console().width), emoji=False, highlight=False).print(table)
+
+
+def _answer_cell(result: dict[str, Any], shown: Any) -> str:
+    """The table's answer: the accepted labels, or unknown (with the score that turned it down)."""
+    score = f" (score {result['score']:.2f})" if result.get("score") is not None else ""
+    if result.get("unknown"):
+        return f"[yellow]unknown{score}[/yellow]"
+    return ", ".join(shown(label) for label in result.get("labels", [])) + score
 
 
 @app.command()
@@ -534,6 +561,28 @@ def serve(
         precision=precision.value,
     )
     uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+@app.command()
+def backbones(
+    measure: MeasureSpeed = True,
+    batches: TimedBatches = 8,
+    warmup: WarmupBatches = 2,
+    batch_size: BatchSize = None,
+    engine: EngineChoice = Engine.auto,
+    format: ListFormatChoice = ListFormat.table,  # noqa: A002 - the flag's name
+    cache_dir: CacheDir = None,
+) -> None:
+    """The backbones headstart knows: offline or hub, input size, parameters, ImageNet top-1, and
+    images/s of the feature engine on this machine (synthetic pixels, after a warm-up)."""
+    from headstart.features.zoo import SpeedTrial, backbone_table, list_backbones
+
+    trial = SpeedTrial(batches=batches, warmup=warmup, batch_size=batch_size or 8, engine=engine.value)
+    listing = list_backbones(measure, trial, cache_dir)
+    if format == ListFormat.json:
+        _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
+    else:
+        _write_stdout(backbone_table(listing) + "\n", "replace")
 
 
 def main() -> None:

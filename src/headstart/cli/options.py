@@ -16,6 +16,11 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
 class HeadName(str, Enum):
     logistic = "logistic"
     mlp = "mlp"
@@ -105,6 +110,16 @@ CacheDir = Annotated[
     Optional[Path], typer.Option(help="Feature cache (default ~/.cache/headstart or $HEADSTART_CACHE).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q")]
+MeasureSpeed = Annotated[
+    bool,
+    typer.Option(
+        "--measure/--no-measure",
+        help="Time each backbone available here (export, compile, then the timed run).",
+    ),
+]
+TimedBatches = Annotated[int, typer.Option(help="Batches timed per backbone (synthetic pixels).")]
+WarmupBatches = Annotated[int, typer.Option(help="Batches run per backbone before the clock starts.")]
+ListFormatChoice = Annotated[ListFormat, typer.Option("--format", help="table or json.")]
 ExcludeFile = Annotated[
     Optional[Path],
     typer.Option(

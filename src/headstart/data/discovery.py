@@ -24,7 +24,8 @@ SPLIT_NAMES = {
 }
 FILENAME_LABEL = re.compile(r"^([^_]+)_.+")
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "image", "image_path", "fname")
-LABEL_COLUMNS = ("label", "class", "category", "target", "y", "class_name")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y", "class_name", "tags")
+LABEL_SEPARATOR = ";"  # between the labels of one image in a multi-label CSV
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class Sample:
     path: str
     label: str
     split: str | None = None  # set when the data came with predefined splits
+    # Multi-label data only (None otherwise): every label of the image, sorted; ``label`` is then
+    # these joined by ``;`` (one name per label set, what single-label code and split.csv show).
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """The image's labels: ``labels`` for multi-label data, else ``(label,)``."""
+        return self.labels if self.labels is not None else (self.label,)
 
 
 @dataclass
@@ -44,9 +53,13 @@ class Dataset:
     samples: list[Sample]
     kind: str
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    multi_label: bool = False  # samples carry ``labels`` (several labels per image)
 
     @property
     def classes(self) -> list[str]:
+        """Class names; for multi-label data every label any image carries."""
+        if self.multi_label:
+            return sorted({name for s in self.samples for name in s.label_set})
         return sorted({s.label for s in self.samples})
 
     @property
@@ -211,12 +224,15 @@ def _normal_split(name: str) -> str | None:
     return None
 
 
-def discover(source: str | Path, labels_from: str = "auto") -> Dataset:
+def discover(source: str | Path, labels_from: str = "auto", multi_label: bool | None = None) -> Dataset:
     """Find labelled images under ``source``.
 
     ``labels_from``: ``auto`` (default), ``folder`` (class sub-folders), ``filename``
     (``9_1339.jpg`` is class 9) or ``csv`` (``source`` is a CSV of path,label).
     Predefined ``train``/``val``/``test`` folders (or their long names) are kept as given.
+    ``multi_label``: a CSV's label cell holds labels separated by ``;`` (True), is one label as
+    written (False), or None: multi-label when any row has more than one. True on folders gives
+    each image its one label as a label set.
     """
     root = Path(source).expanduser()
     if not root.exists():
@@ -225,7 +241,7 @@ def discover(source: str | Path, labels_from: str = "auto") -> Dataset:
         if root.suffix.lower() != ".csv" and labels_from != "csv":
             raise HeadstartError(f"{root} is a file: give a folder of images or a CSV of path,label")
         samples, ignored = _read_csv(root)
-        dataset = Dataset(root.parent.resolve(), samples, "csv", ignored)
+        dataset = _as_multi_label(Dataset(root.parent.resolve(), samples, "csv", ignored), multi_label)
     else:
         ignored = []
         split_dirs = _split_dirs(root)
@@ -238,12 +254,33 @@ def discover(source: str | Path, labels_from: str = "auto") -> Dataset:
             samples = _from_folder(root, ignored, None, labels_from)
             kind = "file-names" if samples and Path(samples[0].path).parent == root else "class-folders"
         dataset = Dataset(root.resolve(), samples, kind, ignored)
+        if multi_label:
+            dataset = _as_multi_label(dataset, True)
     if not dataset.samples:
         raise HeadstartError(
             f"no labelled images found in {root}: expected class sub-folders of images "
             "(jpg, png, bmp, gif, webp, tif), a CSV of path,label, or files named LABEL_*.jpg"
         )
     return dataset
+
+
+def split_label_cell(cell: str) -> tuple[str, ...]:
+    """The labels of a multi-label cell: split on ``;``, stripped, empty ones dropped, sorted, distinct."""
+    return tuple(sorted({part.strip() for part in cell.split(LABEL_SEPARATOR) if part.strip()}))
+
+
+def _as_multi_label(dataset: Dataset, multi_label: bool | None) -> Dataset:
+    """``dataset`` with label sets (see ``discover``'s ``multi_label``); unchanged when single-label."""
+    if multi_label is False:
+        return dataset
+    label_sets = [split_label_cell(s.label) for s in dataset.samples]
+    if multi_label is None and not any(len(labels) > 1 for labels in label_sets):
+        return dataset
+    samples = [
+        Sample(s.path, LABEL_SEPARATOR.join(labels), s.split, labels)
+        for s, labels in zip(dataset.samples, label_sets)
+    ]
+    return Dataset(dataset.root, samples, dataset.kind, dataset.ignored, multi_label=True)
 
 
 def expand_paths(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -64,4 +64,8 @@ def exclude_samples(dataset: Dataset, entries: Sequence[str]) -> tuple[Dataset, 
             drop.add(hit)
     kept = [s for i, s in enumerate(dataset.samples) if i not in drop]
     left_out = [s for i, s in enumerate(dataset.samples) if i in drop]
-    return Dataset(dataset.root, kept, dataset.kind, list(dataset.ignored)), left_out, unmatched
+    return (
+        Dataset(dataset.root, kept, dataset.kind, list(dataset.ignored), dataset.multi_label),
+        left_out,
+        unmatched,
+    )

@@ -56,6 +56,23 @@ from headstart.estimator.fitting import (
     usable_samples,
 )
 from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
+from headstart.estimator.multilabel import (
+    bundle_entry,
+    evaluate_multilabel,
+    fit_multilabel,
+    multilabel_items,
+    predicted_label_sets,
+    restore_bundle_entry,
+)
+from headstart.estimator.reliability import (
+    Reliability,
+    fit_reliability,
+    reliability_sections,
+    saved_reject_params,
+)
+from headstart.evaluation.answers import UNKNOWN, answer
+from headstart.evaluation.calibration import apply_temperature
+from headstart.evaluation.reject import SCORE_KIND, reject_scores
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.composite import (
     CompositeExtractor,
@@ -67,7 +84,13 @@ from headstart.features.composite import (
 from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
-from headstart.models.bundle import library_versions, load_bundle, save_bundle
+from headstart.models.bundle import (
+    bundle_reject,
+    bundle_temperature,
+    library_versions,
+    load_bundle,
+    save_bundle,
+)
 from headstart.models.heads import Head, restore_head
 from headstart.runs.writer import (
     Predictions,
@@ -372,6 +395,9 @@ class ImageClassifier(BaseEstimator):
         if self.strategy == FINETUNE:
             self._start_finetune_run(data, writer, resume)
         dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
+        if dataset.multi_label:
+            prepared = (dataset, excluded, usable, result)
+            return self._fit_multilabel(prepared, writer, clock, resume, started, on_epoch_end)
         checks = None
         if self.check_data:
             with clock("data_check"):
@@ -385,9 +411,12 @@ class ImageClassifier(BaseEstimator):
         with clock("evaluate"):
             outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
             outcome = auto.outcome if auto else outcome
-            proba = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
-            scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)
+            raw = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
+        with clock("calibrate"):
+            proba, reliability = self._fit_reliability(usable, split, outcome, raw, writer)
+        scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)
         self._record(dataset, excluded, usable, result, split, checks, fit_info, scores, outcome, clock)
+        self.metrics_.update(reliability)
         self.test_ = {
             "paths": [s.path for s, m in zip(usable.samples, evaluated) if m],
             "y": usable.y[evaluated],
@@ -398,6 +427,21 @@ class ImageClassifier(BaseEstimator):
             f"{scores['top_k_accuracy']:.4f}); head {self.head} {head_summary(fit_info)}"
         )
         test = Predictions(self.test_["paths"], self.test_["y"], proba, usable.features[evaluated])
+        self._write_run(writer, dataset, excluded, usable, split, checks, test, clock)
+        return self
+
+    def _write_run(
+        self,
+        writer: RunWriter,
+        dataset: Dataset,
+        excluded: list[Sample],
+        usable: Usable,
+        split: Split,
+        checks: Any,
+        test: Predictions,
+        clock: Stopwatch,
+    ) -> None:
+        """The run folder of a finished fit: model first, then metrics, tables and the report."""
         run = TrainingRun(
             metrics=self.metrics_,
             dataset=dataset,
@@ -410,7 +454,19 @@ class ImageClassifier(BaseEstimator):
             excluded=excluded,
         )
         writer.write_training_run(run, self.save, self._report_settings())
-        return self
+
+    def _fit_reliability(
+        self, usable: Usable, split: Split, outcome: FineTuneOutcome | None, raw: np.ndarray, log: Any
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
+        the evaluated split's calibrated probabilities and metrics.json's sections about them."""
+        tuned_val = outcome.val_proba if outcome is not None else None
+        rel = fit_reliability(self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val)
+        self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
+        self.reliability_ = rel
+        evaluated = split.mask(split.evaluated_on)
+        sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on)
+        return apply_temperature(raw, rel.temperature), sections
 
     def _first_stage(
         self,
@@ -463,8 +519,30 @@ class ImageClassifier(BaseEstimator):
         tuned backbone and head, or the probe refitted on train + val when no epoch beat it."""
         if self.strategy != FINETUNE:
             return None
+        job = self._finetune_job(writer, resume, started, on_epoch_end)
+        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
+        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
+        return outcome
+
+    def _fit_multilabel(
+        self,
+        prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+        writer: RunWriter,
+        clock: Stopwatch,
+        resume: bool,
+        started: float,
+        on_epoch_end: EpochCallback | None,
+    ) -> ImageClassifier:
+        """The rest of ``fit`` for multi-label data (see ``estimator.multilabel``)."""
+        job = self._finetune_job(writer, resume, started, on_epoch_end) if self.strategy == FINETUNE else None
+        fit_multilabel(self, prepared, writer, clock, job)
+        return self
+
+    def _finetune_job(
+        self, writer: RunWriter, resume: bool, started: float, on_epoch_end: EpochCallback | None
+    ) -> FineTuneJob:
         deadline = started + self.time_budget if self.time_budget else None
-        job = FineTuneJob(
+        return FineTuneJob(
             self._finetune_settings(),
             self.unfreeze,
             writer.run_dir,
@@ -474,16 +552,13 @@ class ImageClassifier(BaseEstimator):
             deadline,
             on_epoch_end,
         )
-        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
-        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
-        return outcome
 
     def _prepare_data(
         self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch
     ) -> tuple[Dataset, list[Sample], Usable, ExtractionResult]:
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
-            dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer)
+            dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
         with clock("backbone"):
             self.features_ = create_feature_spec(
                 self.backbone, self.weights, self.features, self.tta, FeatureCache(self.cache_dir).root
@@ -514,6 +589,7 @@ class ImageClassifier(BaseEstimator):
         clock: Stopwatch,
     ) -> None:
         """The fitted state: split, extraction, checks and the metrics."""
+        self.multi_label_ = False
         self.split_ = split_record(dataset, usable, split, self.split, self.seed)
         self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
         data = {
@@ -564,37 +640,69 @@ class ImageClassifier(BaseEstimator):
         proba = np.full((len(paths), len(self.classes_)), np.nan)
         ok = result.ok
         if ok.any():
-            proba[ok] = self.head_.predict_proba(result.features[ok])
+            proba[ok] = self._calibrated_proba(result.features[ok])
         return proba, result.errors
 
+    def _calibrated_proba(self, features: np.ndarray) -> np.ndarray:
+        """The head's probabilities after temperature scaling (T = 1 for a model saved without)."""
+        return apply_temperature(self.head_.predict_proba(features), getattr(self, "temperature_", 1.0))
+
+    def _active_reject_threshold(self) -> float | None:
+        """The threshold in force: None with ``reject="off"``, a number as given, else the one
+        chosen on validation (``reject="auto"``)."""
+        if self.reject == "off":
+            return None
+        if isinstance(self.reject, (int, float)) and not isinstance(self.reject, bool):
+            return float(self.reject)
+        return getattr(self, "reject_threshold_", None)
+
     def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
-        """Class probabilities, one row per path (NaN rows for files that cannot be read)."""
+        """Calibrated class probabilities (temperature scaling fitted on validation), one row per
+        path (NaN rows for files that cannot be read)."""
         return self._proba_and_errors(paths)[0]
 
-    def predict(self, paths: Sequence[str | Path]) -> list[str | None]:
-        """The most probable class of each image (None for files that cannot be read)."""
+    def predict(self, paths: Sequence[str | Path]) -> list[Any]:
+        """The most probable class of each image (None for files that cannot be read); for a
+        multi-label model, the list of labels above their thresholds.
+
+        With the reject option on (``reject`` not ``"off"``), an image whose score (its top
+        calibrated probability) is not above the threshold gets the string ``"unknown"`` instead;
+        ``predict_top_k`` tells the two apart where a class is itself named ``unknown``.
+        """
         proba = self.predict_proba(paths)
-        return [None if np.isnan(row).any() else self.classes_[int(row.argmax())] for row in proba]
+        if getattr(self, "multi_label_", False):
+            return predicted_label_sets(self, proba)
+        threshold = self._active_reject_threshold()
+        scores = reject_scores(proba)
+        return [
+            None
+            if np.isnan(row).any()
+            else UNKNOWN
+            if threshold is not None and s <= threshold
+            else self.classes_[int(row.argmax())]
+            for row, s in zip(proba, scores)
+        ]
 
     def predict_top_k(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
-        """``[{"path", "predictions": [{"label", "probability"}...]}]``; folders are expanded."""
+        """``[{"path", "predictions": [{"label", "probability"}...], "labels", "unknown"}]``, plus
+        ``"score"`` with the reject option on (``evaluation.answers.answer``); folders are expanded.
+        A file that cannot be read is ``{"path", "predictions": [], "error"}``."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ParameterError("k", f"must be a whole number of at least 1 (got {k!r})")
         files, missing = expand_paths(paths)
         proba, errors = self._proba_and_errors(files) if files else (np.zeros((0, len(self.classes_))), {})
         out: list[dict[str, Any]] = []
         k = min(k, len(self.classes_))
+        if getattr(self, "multi_label_", False):
+            return multilabel_items(self, files, proba, errors, k) + [
+                {"path": p, "predictions": [], "labels": [], "unknown": False, "error": r} for p, r in missing
+            ]
+        threshold = self._active_reject_threshold()
         for i, (path, row) in enumerate(zip(files, proba)):
             if i in errors:
                 out.append({"path": path, "predictions": [], "error": errors[i]})
                 continue
-            top = np.argsort(-row)[:k]
-            out.append(
-                {
-                    "path": path,
-                    "predictions": [{"label": self.classes_[j], "probability": float(row[j])} for j in top],
-                }
-            )
+            out.append({"path": path, **answer(self.classes_, row, k, threshold)})
         out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
         return out
 
@@ -611,6 +719,8 @@ class ImageClassifier(BaseEstimator):
         self._check_fitted()
         if split not in EVALUATION_SPLITS:
             raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
+        if getattr(self, "multi_label_", False):
+            return evaluate_multilabel(self, data, out_dir, split)
         t0 = time.perf_counter()
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
         check_out_dir(out_dir, dataset)
@@ -621,7 +731,8 @@ class ImageClassifier(BaseEstimator):
         skipped += [(known[i].path, r, "decode") for i, r in result.errors.items()]
         ok = result.ok
         y = np.array([self.classes_.index(s.label) for s, good in zip(known, ok) if good])
-        proba = self.head_.predict_proba(result.features[ok])
+        raw = self.head_.predict_proba(result.features[ok])
+        proba = apply_temperature(raw, getattr(self, "temperature_", 1.0))
         scores = score(y, proba, self.classes_, self.top_k)
         timings = {
             "extract": result.seconds.get("total", 0.0),
@@ -630,6 +741,7 @@ class ImageClassifier(BaseEstimator):
         }
         data_info = {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)}
         metrics = build_metrics(scores, "test", used, self._model_info(), data_info, timings)
+        metrics.update(reliability_sections(self._reliability(), y, raw, used))
         if skipped:
             writer(summarize_skips(skipped))
         writer(
@@ -673,8 +785,9 @@ class ImageClassifier(BaseEstimator):
         return known, skipped
 
     def score(self, data: str | Path | Dataset) -> float:
-        """Accuracy on ``data`` (scikit-learn's ``score``)."""
-        return float(self.evaluate(data)["test"]["accuracy"])
+        """Accuracy on ``data`` (scikit-learn's ``score``); mAP for a multi-label model."""
+        summary = self.evaluate(data)["test"]
+        return float(summary["mAP"] if "mAP" in summary else summary["accuracy"])
 
     # ------------------------------------------------------------------ persistence
 
@@ -685,7 +798,7 @@ class ImageClassifier(BaseEstimator):
             "classes": self.classes_,
             "strategy": self.strategy_,
             "backbone": self.backbone_.describe(),
-            "head": {"name": self.head_.name, "params": self.head_.params()},
+            "head": {"name": self.head_.name, "params": self.head_.params(), **self._reliability_meta()},
             "settings": self._bundle_settings(),
             "split": getattr(self, "split_", None),
             "metrics": {
@@ -695,11 +808,34 @@ class ImageClassifier(BaseEstimator):
             },
             "versions": library_versions(),
             "created": now_utc(),
+            **bundle_entry(self),
             **model_features_info(self._feature_spec()),
         }
         state = self._feature_spec().state_arrays()
         head_arrays = {k: np.asarray(v) for k, v in self.head_.arrays().items()}
         return save_bundle(path, meta, state, head_arrays)
+
+    def _reliability(self) -> Reliability:
+        """The fitted temperature and the reject threshold in force."""
+        fitted = getattr(self, "reliability_", None) or Reliability(getattr(self, "temperature_", 1.0))
+        threshold = self._active_reject_threshold()
+        mode = "auto" if self.reject == "auto" else "fixed"
+        reject = fitted.reject if threshold == fitted.reject_threshold else {"mode": mode}
+        return Reliability(fitted.temperature, threshold, fitted.calibration, reject)
+
+    def _reliability_meta(self) -> dict[str, Any]:
+        """The head's ``calibration`` (temperature) and ``reject`` (mode, threshold, score kind)
+        in the bundle: they say how the head's probabilities become answers."""
+        meta: dict[str, Any] = {"calibration": {"temperature": getattr(self, "temperature_", 1.0)}}
+        threshold = self._active_reject_threshold()
+        if threshold is not None:
+            meta["reject"] = {
+                "mode": self.reject,
+                "threshold": threshold,
+                "score": SCORE_KIND,
+                "target_accuracy": self.target_accuracy,
+            }
+        return meta
 
     def _bundle_settings(self) -> dict[str, Any]:
         """What a loaded model must reuse; ``feature_precision`` only where not the default, so a
@@ -724,6 +860,7 @@ class ImageClassifier(BaseEstimator):
             "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
             "top_k": settings.get("top_k", 3),
             "feature_precision": settings.get("feature_precision", "auto"),
+            **saved_reject_params(meta),
         }
         try:
             spec = spec_from_bundle(meta, state)
@@ -743,6 +880,9 @@ class ImageClassifier(BaseEstimator):
         clf.split_ = meta.get("split") or {}
         clf.metrics_ = meta.get("metrics", {})
         clf.meta_ = meta
+        restore_bundle_entry(clf, meta)
+        clf.temperature_ = bundle_temperature(meta)
+        clf.reject_threshold_ = bundle_reject(meta).get("threshold")
         return clf
 
 

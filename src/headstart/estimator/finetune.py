@@ -44,6 +44,8 @@ class FineTuneOutcome:
     head: Head
     proba: np.ndarray  # of the evaluated split, by the final model
     info: dict[str, Any]  # metrics.json's ``finetune`` section
+    # validation probabilities of a model that did not learn from them (temperature, reject)
+    val_proba: np.ndarray | None = None
 
 
 def finetune(
@@ -82,8 +84,9 @@ def finetune(
         return _keep_probe(probe, usable, split, info, job.log, backbone)
     with clock("finetune_evaluate"):
         proba = tuner.predict_proba(_items(usable, split, split.evaluated_on), backbone.data_config)
+        val_proba = tuner.predict_proba(_items(usable, split, "val"), backbone.data_config)
     return FineTuneOutcome(
-        _tuned_backbone(backbone, result, job.unfreeze), _tuned_head(probe, result), proba, info
+        _tuned_backbone(backbone, result, job.unfreeze), _tuned_head(probe, result), proba, info, val_proba
     )
 
 
@@ -103,7 +106,8 @@ def _keep_probe(
     head.fit(x[tr], y[tr], x[va], y[va], len(usable.classes))
     info["probe_refit_on_train_val"] = True
     log(f"the model is the linear probe on the pretrained backbone, refitted on train + val (C={head.C})")
-    return FineTuneOutcome(backbone, head, head.predict_proba(x[split.mask(split.evaluated_on)]), info)
+    evaluated = head.predict_proba(x[split.mask(split.evaluated_on)])
+    return FineTuneOutcome(backbone, head, evaluated, info, probe.predict_proba(x[va]))
 
 
 def _tuned_backbone(base: Backbone, result: FineTuneResult, unfreeze: str) -> Backbone:

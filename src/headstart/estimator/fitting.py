@@ -63,12 +63,13 @@ class Split:
 
 
 def discover_data(
-    data: str | Path | Dataset, labels_from: str, exclude: Any, log: Log
+    data: str | Path | Dataset, labels_from: str, exclude: Any, log: Log, multi_label: bool | None = None
 ) -> tuple[Dataset, list[Sample]]:
     """The labelled images of ``data`` less those listed in ``exclude``; the excluded samples."""
-    dataset = data if isinstance(data, Dataset) else discover(data, labels_from)
+    dataset = data if isinstance(data, Dataset) else discover(data, labels_from, multi_label)
+    kind = "labels, multi-label" if dataset.multi_label else "classes"
     log(
-        f"found {len(dataset.samples)} images in {len(dataset.classes)} classes ({dataset.kind}) in {dataset.root}"
+        f"found {len(dataset.samples)} images in {len(dataset.classes)} {kind} ({dataset.kind}) in {dataset.root}"
     )
     if exclude is None:
         return dataset, []
@@ -207,6 +208,7 @@ def build_metrics(
         "backbone": model["backbone"],
         "strategy": model["strategy"],
         "head": model["head"],
+        **({"features": model["features"]} if "features" in model else {}),
         "data": data,
         "timings": timings,
         "versions": library_versions(),

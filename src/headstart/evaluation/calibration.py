@@ -61,3 +61,67 @@ def expected_calibration_error(
     filled = r.counts > 0
     weights = r.counts[filled] / r.counts.sum()
     return float(np.sum(weights * np.abs(r.accuracy[filled] - r.confidence[filled])))
+
+
+# --------------------------------------------------------------------------- temperature scaling
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this means the probabilities carry no signal
+
+
+def log_probabilities(proba: np.ndarray) -> np.ndarray:
+    """``log(proba)`` with zeros kept finite: for a softmax head these are its logits less a
+    per-row constant, which temperature scaling ignores, so the head's logits need not be kept."""
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(np.asarray(proba, dtype=np.float64)), -1e4)
+
+
+def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(logits / T)`` computed from ``softmax(logits)``: the calibrated probabilities.
+
+    T > 1 softens an over-confident model, T < 1 sharpens an under-confident one; the ranking of
+    the classes (and so every top-k answer) never changes. T = 1 returns ``proba`` as it is.
+    """
+    proba = np.asarray(proba)
+    if temperature == 1.0 or proba.size == 0:
+        return proba
+    z = log_probabilities(proba) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(proba.dtype, copy=False)
+
+
+def negative_log_likelihood(proba: np.ndarray, y: np.ndarray) -> float:
+    """Mean -log p(true class) (NaN when empty)."""
+    if len(y) == 0:
+        return float("nan")
+    picked = np.asarray(proba, dtype=np.float64)[np.arange(len(y)), np.asarray(y, dtype=int)]
+    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+
+
+def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
+    """The one scalar T minimising the negative log-likelihood of ``softmax(log(proba) / T)``
+    on held-out images (Guo et al. 2017), found by scipy's bounded scalar minimiser over log T.
+
+    Args:
+        proba: (N, C) probabilities of images the model did not learn from (validation).
+        y: (N,) their true class indices.
+
+    Returns:
+        T in ``TEMPERATURE_BOUNDS``; 1.0 when there is nothing to fit on.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    y = np.asarray(y, dtype=int)
+    if len(y) == 0:
+        return 1.0
+    z = log_probabilities(proba)
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / np.exp(log_t), axis=1)[rows, y].mean())
+
+    low, high = np.log(TEMPERATURE_BOUNDS)
+    best = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4})
+    # never worse than leaving the model as it is
+    return float(np.exp(best.x)) if best.fun < nll(0.0) else 1.0

@@ -19,10 +19,17 @@ from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.export.graph import KNN_REFUSAL, classifier_module
-from headstart.export.runtime import EXPORT_JSON, LABELS_TXT, MODEL_FILES
+from headstart.export.multilabel import check_precision, export_entries, file_entries
+from headstart.export.runtime import (
+    EXPORT_JSON,
+    LABELS_TXT,
+    MODEL_FILES,
+    reliability_info,
+    reliability_props,
+)
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
-from headstart.models.bundle import library_versions, load_bundle
+from headstart.models.bundle import bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
 FORMATS = ("onnx", "openvino")
@@ -83,7 +90,9 @@ def _check_choices(fmt: str, precision: str) -> None:
 def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
     """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet)."""
     _, h, w = bundle.backbone.data_config["input_size"]
-    module = classifier_module(bundle.features or bundle.backbone, bundle.head)
+    module = classifier_module(
+        bundle.features or bundle.backbone, bundle.head, bundle_temperature(bundle.meta)
+    )
     return export_pixels_module(module, (h, w), path, None, "probabilities")
 
 
@@ -111,6 +120,8 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "accuracy": {"fp32_headstart": test.get("accuracy")},
         "headstart_version": library_versions().get("headstart", "unknown"),
         "versions": library_versions(),
+        **export_entries(meta),
+        **reliability_info(meta),
     }
 
 
@@ -125,6 +136,8 @@ def file_metadata(info: dict[str, Any]) -> dict[str, str]:
         "backbone": info["backbone"],
         "precision": info["precision"],
         "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
+        **file_entries(info),
+        **reliability_props(info),
     }
 
 
@@ -207,6 +220,7 @@ def export_model(
     bundle = read_bundle(source)
     if bundle.head.name == "knn":
         raise HeadstartError(KNN_REFUSAL)
+    check_precision(bundle.meta, precision)
     spec = preprocessing_spec(bundle.backbone.data_config)
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()

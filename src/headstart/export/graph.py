@@ -15,6 +15,7 @@ from headstart.features.composite import FeatureSpec, feature_module
 from headstart.features.engines import pixels_to_features
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head
+from headstart.models.multilabel import MULTILABEL_HEAD
 
 KNN_REFUSAL = (
     "a kNN head cannot be exported: it would carry every training feature inside the file and its "
@@ -22,8 +23,11 @@ KNN_REFUSAL = (
 )
 
 
-def head_module(head: Head) -> Any:
-    """The head as torch layers on features, softmax included.
+def head_module(head: Head, temperature: float = 1.0) -> Any:
+    """The head as torch layers on features, softmax included (a sigmoid for the multi-label head).
+
+    The model's calibration temperature divides the last layer's weights and bias, so the
+    graph's probabilities are the calibrated ones ``predict_proba`` gives (no extra op).
 
     The logistic and MLP heads both standardise features with their saved ``mean`` and ``scale``
     before their first linear layer; that affine step is folded into the layer's weights
@@ -34,6 +38,9 @@ def head_module(head: Head) -> Any:
 
     arrays = head.arrays()
     mean, scale = arrays["mean"], arrays["scale"]
+    if head.name == MULTILABEL_HEAD:  # independent probabilities: a sigmoid per class
+        linear = _standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)
+        return torch.nn.Sequential(linear, torch.nn.Sigmoid())
     if head.name == "logistic":
         layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
     elif head.name == "mlp":
@@ -46,6 +53,10 @@ def head_module(head: Head) -> Any:
         raise HeadstartError(KNN_REFUSAL)
     else:
         raise HeadstartError(f"cannot export a '{head.name}' head: only logistic and mlp heads export")
+    if temperature != 1.0:
+        with torch.no_grad():
+            layers[-1].weight.div_(temperature)
+            layers[-1].bias.div_(temperature)
     return torch.nn.Sequential(*layers, torch.nn.Softmax(dim=1))
 
 
@@ -70,9 +81,9 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
 HEAD_SCOPE = "/head/"  # the head's nodes in the exported ONNX graph are named /head/...
 
 
-def classifier_module(backbone: Backbone | FeatureSpec, head: Head) -> Any:
-    """uint8 (N, H, W, 3) pixels -> (N, C) probabilities, in eval mode; its parts are named
-    ``features`` and ``head`` (so are the exported graph's nodes). A ``FeatureSpec`` brings its
+def classifier_module(backbone: Backbone | FeatureSpec, head: Head, temperature: float = 1.0) -> Any:
+    """uint8 (N, H, W, 3) pixels -> (N, C) calibrated probabilities, in eval mode; its parts are
+    named ``features`` and ``head`` (so are the exported graph's nodes). A ``FeatureSpec`` brings its
     multi-layer features, mirror (TTA) and ensemble members into the graph."""
     from collections import OrderedDict
 
@@ -81,5 +92,5 @@ def classifier_module(backbone: Backbone | FeatureSpec, head: Head) -> Any:
     if isinstance(backbone, FeatureSpec) and backbone.is_plain and backbone.selected is None:
         backbone = backbone.members[0]
     features = pixels_to_features(backbone) if isinstance(backbone, Backbone) else feature_module(backbone)
-    parts = OrderedDict(features=features, head=head_module(head))
+    parts = OrderedDict(features=features, head=head_module(head, temperature))
     return torch.nn.Sequential(parts).eval()

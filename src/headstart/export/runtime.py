@@ -23,6 +23,8 @@ from PIL import Image
 
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.data.images import decode_image, read_bytes, to_rgb
+from headstart.evaluation.answers import answer
+from headstart.models.bundle import bundle_reject, bundle_temperature
 
 EXPORT_JSON = "export.json"
 LABELS_TXT = "labels.txt"
@@ -60,6 +62,35 @@ def prepare_pixels(image: Image.Image, preprocessing: dict[str, Any]) -> np.ndar
         to_rgb(image), int(preprocessing["resize"]), (height, width), preprocessing["interpolation"]
     )
     return np.asarray(img, dtype=np.uint8)
+
+
+def reliability_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """``export.json``'s ``calibration`` (the temperature, already applied inside the graph) and,
+    when the model has the reject option on, ``reject`` (threshold and score kind)."""
+    out: dict[str, Any] = {"calibration": {"temperature": bundle_temperature(meta), "in_graph": True}}
+    reject = bundle_reject(meta)
+    if reject.get("threshold") is not None:
+        out["reject"] = {
+            k: reject[k] for k in ("mode", "threshold", "score", "target_accuracy") if k in reject
+        }
+    return out
+
+
+def reliability_props(info: dict[str, Any]) -> dict[str, str]:
+    """The same in the model file's own metadata, as strings (``reject_threshold`` empty when off)."""
+    reject = info.get("reject") or {}
+    return {
+        "temperature": repr(float((info.get("calibration") or {}).get("temperature", 1.0))),
+        "temperature_in_graph": "true",
+        "reject_threshold": "" if reject.get("threshold") is None else repr(float(reject["threshold"])),
+        "reject_score": str(reject.get("score", "")),
+    }
+
+
+def reject_threshold_of(metadata: dict[str, Any]) -> float | None:
+    """The reject threshold an export carries (None: the option is off)."""
+    threshold = (metadata.get("reject") or {}).get("threshold")
+    return None if threshold is None else float(threshold)
 
 
 class _Runner:
@@ -126,6 +157,15 @@ class ExportedModel:
     def preprocessing(self) -> dict[str, Any]:
         return dict(self.metadata["preprocessing"])
 
+    @property
+    def reject_threshold(self) -> float | None:
+        """The model's reject threshold (None when its reject option is off)."""
+        return reject_threshold_of(self.metadata)
+
+    def answer(self, proba_row: np.ndarray, k: int) -> dict[str, Any]:
+        """One image's answer (``evaluation.answers.answer``): top-k, labels, unknown, score."""
+        return answer(self.classes, proba_row, min(k, len(self.classes)), self.reject_threshold)
+
     def prepare(self, image: Image.Image) -> np.ndarray:
         """A decoded image -> (H, W, 3) uint8: to RGB, headstart's resize and centre crop."""
         return prepare_pixels(image, self.metadata["preprocessing"])
@@ -139,6 +179,13 @@ class ExportedModel:
         """A file path or its bytes -> (H, W, 3) uint8, the very pixels headstart predict uses."""
         data = source if isinstance(source, bytes) else read_bytes(source)
         return self.prepare(self.decode(data))
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's per-class thresholds (its outputs are independent sigmoids); None
+        for a single-label model."""
+        values = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
+        return [float(t) for t in values] if values is not None else None
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB -> (N, C) float32 probabilities."""

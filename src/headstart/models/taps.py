@@ -9,7 +9,10 @@ vector ends with exactly the ``last`` features.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import numpy as np
 
 LAYER_CHOICES = ("last", "multi")
 
@@ -59,45 +62,58 @@ def candidate_group_sets(n_groups: int) -> list[list[int]]:
     return [list(range(first, n_groups)) for first in range(last, -1, -1)]
 
 
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
+
+
 def choose_layer_groups(
-    x_train: Any, y_train: Any, x_val: Any, y_val: Any, group_widths: list[int], c: float = 0.1
+    x_train: Any, y_train: Any, x_val: Any, y_val: Any, group_widths: list[int]
 ) -> tuple[list[int], dict[str, Any]]:
     """The feature groups that predict the validation split best, and the search's record.
 
-    Each candidate (``candidate_group_sets``) is scored by a logistic regression on its
-    standardised columns, each group scaled by 1/sqrt(its width) so a wide group does not drown
-    a narrow one at a shared ``c``; lowest validation log-loss wins, ties to fewer groups.
+    Each candidate (``candidate_group_sets``) is scored by ridge regressions onto one-hot labels
+    on its standardised columns, at every strength in ``RIDGE_ALPHAS`` (so a wider candidate is
+    not judged at a narrower one's strength): the lowest validation squared error (smoother than
+    accuracy on a small validation split). A candidate within 0.5% of the best with fewer groups
+    wins. Why ridge: one eigendecomposition of the candidate's covariance gives every strength at
+    once, a few seconds in all where a logistic regression per candidate and strength takes minutes.
     """
-    import time
-    import warnings
-
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-
     bounds = np.cumsum([0, *group_widths])
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
-    weight = np.concatenate([np.full(w, 1 / np.sqrt(w)) for w in group_widths])
-    xs, xvs = (x_train - mean) / scale * weight, (x_val - mean) / scale * weight
+    xs = ((x_train - mean) / scale).astype(np.float64)
+    xvs = ((x_val - mean) / scale).astype(np.float64)
     labels = np.unique(y_train)
-    rows: list[dict[str, Any]] = []
-    for groups in candidate_group_sets(len(group_widths)):
-        cols = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])
-        t0 = time.perf_counter()
-        model = LogisticRegression(C=c * len(groups), max_iter=200, tol=1e-3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(xs[:, cols], y_train)
-        proba = model.predict_proba(xvs[:, cols])
-        known = np.isin(y_val, labels)
-        rows.append(
-            {
-                "groups": groups,
-                "width": len(cols),
-                "val_log_loss": float(log_loss(y_val[known], proba[known], labels=labels)),
-                "val_accuracy": float((labels[proba.argmax(1)] == y_val).mean()),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-    best = min(rows, key=lambda r: (round(r["val_log_loss"], 4), len(r["groups"])))
+    onehot = (y_train[:, None] == labels[None, :]).astype(np.float64)
+    target_val = (y_val[:, None] == labels[None, :]) - onehot.mean(axis=0)
+    cov, xty = xs.T @ xs, xs.T @ (onehot - onehot.mean(axis=0))
+    rows = [
+        _ridge_candidate(groups, bounds, cov, xty, xvs, target_val, labels, y_val)
+        for groups in candidate_group_sets(len(group_widths))
+    ]
+    lowest = min(r["val_squared_error"] for r in rows)
+    best = min((r for r in rows if r["val_squared_error"] <= lowest * 1.005), key=lambda r: len(r["groups"]))
     return best["groups"], {"chosen_groups": best["groups"], "group_widths": group_widths, "search": rows}
+
+
+def _ridge_candidate(
+    groups: list[int],
+    bounds: np.ndarray,
+    cov: np.ndarray,
+    xty: np.ndarray,
+    x_val: np.ndarray,
+    target_val: np.ndarray,
+    labels: np.ndarray,
+    y_val: np.ndarray,
+) -> dict[str, Any]:
+    """One candidate's ridge fits at every strength, from one eigendecomposition; its best row."""
+    t0 = time.perf_counter()
+    cols = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])
+    eigenvalues, vectors = np.linalg.eigh(cov[np.ix_(cols, cols)])
+    projected, rotated = vectors.T @ xty[cols], x_val[:, cols] @ vectors
+    best: dict[str, Any] = {}
+    for alpha in RIDGE_ALPHAS:
+        pred = rotated @ (projected / (eigenvalues + alpha)[:, None])
+        error = float(((pred - target_val) ** 2).sum(axis=1).mean())
+        if not best or error < best["val_squared_error"]:
+            accuracy = float((labels[pred.argmax(1)] == y_val).mean())
+            best = {"alpha": alpha, "val_squared_error": error, "val_accuracy": accuracy}
+    return {"groups": groups, "width": len(cols), **best, "seconds": time.perf_counter() - t0}

@@ -315,8 +315,16 @@ def write_confusion_matrix(
 
 
 @styled
-def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> bytes:
-    """Accuracy against confidence per bin (on the diagonal = well calibrated), with the counts."""
+def reliability_diagram(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    bins: int = CALIBRATION_BINS,
+    before: np.ndarray | None = None,
+) -> bytes:
+    """Accuracy against confidence per bin (on the diagonal = well calibrated), with the counts.
+
+    ``before``: the confidences before temperature scaling, drawn as an outline beside the bars.
+    """
     plt = _plt()
     r = reliability_bins(confidence, correct, bins)
     fig, (ax, ax_n) = plt.subplots(
@@ -328,8 +336,17 @@ def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, bins: int =
         width=1 / bins,
         edgecolor="white",
         color="#4C78A8",
-        label="accuracy",
+        label="accuracy" if before is None else "accuracy (calibrated)",
     )
+    if before is not None:
+        rb = reliability_bins(before, correct, bins)
+        ax.step(
+            rb.edges,
+            np.append(np.nan_to_num(rb.accuracy), 0),
+            where="post",
+            color="#E45756",
+            label="before temperature scaling",
+        )
     ax.plot([0, 1], [0, 1], ls="--", color="#888", label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")

@@ -37,11 +37,12 @@ from markupsafe import Markup
 
 from headstart.core.errors import HeadstartError
 from headstart.core.io import atomic_path, read_rows, write_bytes, write_json, write_rows
-from headstart.evaluation.calibration import CALIBRATION_BINS, expected_calibration_error
+from headstart.evaluation.calibration import CALIBRATION_BINS, apply_temperature, expected_calibration_error
 from headstart.evaluation.confusion import confused_pairs
 from headstart.reporting import plots
 from headstart.reporting.html import esc, thumbnail_uri, write_page
 from headstart.reporting.maps import embed_features
+from headstart.reporting.multilabel import build_multilabel_report
 
 REPORT_NAME = "report.html"
 PREDICTIONS_CSV = "test_predictions.csv"
@@ -537,13 +538,35 @@ def _calibration_section(run: dict[str, Any]) -> str:
     verdict = (
         "over-confident" if gap > 0.02 else "under-confident" if gap < -0.02 else "about right on average"
     )
+    before, scaling = _before_scaling(run, ok)
     return (
         '<h2 id="calibration">Calibration</h2>'
         f'<p>Expected calibration error (ECE, {CALIBRATION_BINS} bins): <b id="ece">{ece:.3f}</b>. '
         f"Mean confidence {conf.mean():.1%} against accuracy {correct.mean():.1%}: the model is {verdict}. "
         "Bars below the diagonal mean the probabilities promise more than the model delivers.</p>"
-        + _png_tag(plots.reliability_diagram(conf, correct, CALIBRATION_BINS), "reliability diagram")
+        + scaling
+        + _png_tag(plots.reliability_diagram(conf, correct, CALIBRATION_BINS, before), "reliability diagram")
     )
+
+
+def _before_scaling(run: dict[str, Any], ok: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The confidences before temperature scaling (the saved probabilities are calibrated:
+    T applied backwards recovers them exactly) and a line with the ECE before and after."""
+    calibration = run["metrics"].get("calibration") or {}
+    temperature = calibration.get("temperature")
+    proba = run["proba"]
+    if not isinstance(temperature, (int, float)) or temperature <= 0 or proba is None:
+        return None, ""
+    before = apply_temperature(np.asarray(proba, dtype=np.float64), 1.0 / temperature).max(axis=1)[ok]
+    correct = np.array([r["label"] == r["predicted"] for r in run["predictions"]], dtype=float)[ok]
+    ece_before = expected_calibration_error(before, correct)
+    ece_after = expected_calibration_error(proba.max(axis=1)[ok], correct)
+    line = (
+        f"<p>Temperature scaling (T = {temperature:.3f}, fitted on the validation split): ECE "
+        f'<b id="ece-before">{ece_before:.3f}</b> before, <b id="ece-after">{ece_after:.3f}</b> after; '
+        "the outline shows the accuracy per bin before scaling.</p>"
+    )
+    return before, line
 
 
 def _map_section(run: dict[str, Any]) -> str:
@@ -628,6 +651,10 @@ def _details_section(run: dict[str, Any]) -> str:
 
 def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:
     """Assemble ``RUN_DIR/report.html`` from the run folder's files (``metrics`` may be passed in)."""
+    if metrics is None and (Path(run_dir) / "metrics.json").is_file():
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    if metrics is not None and metrics.get("multi_label"):
+        return build_multilabel_report(run_dir, metrics)
     run = load_run(Path(run_dir), metrics)
     sections = [
         _header(run),

@@ -21,6 +21,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from headstart.core.errors import BadImageError, HeadstartError
+from headstart.evaluation.answers import answer
+from headstart.evaluation.multilabel import multilabel_answer
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 from headstart.serve.page import docs_page, index_page
 from headstart.serve.uploads import UploadError, prepare_all, read_uploads
@@ -53,8 +55,21 @@ def model_info(model: Any) -> dict[str, Any]:
 
 def top_k_predictions(classes: list[str], proba: np.ndarray, k: int) -> list[dict[str, Any]]:
     """The ``k`` most likely labels, most likely first, as ``headstart predict --format json``."""
-    order = np.argsort(-proba, kind="stable")[:k]
-    return [{"label": classes[i], "probability": round(float(proba[i]), 6)} for i in order]
+    return answer(classes, proba, k, decimals=6)["predictions"]
+
+
+def image_answer(model: Any, proba: np.ndarray, k: int) -> dict[str, Any]:
+    """One image's answer, shaped as ``headstart predict --format json``'s items: top-k
+    ``predictions``, ``labels``, ``unknown`` and, with the model's reject option on, ``score``."""
+    reject = (getattr(model, "metadata", None) or {}).get("reject") or {}
+    threshold = reject.get("threshold")
+    return answer(
+        list(model.classes),
+        proba,
+        min(k, len(model.classes)),
+        None if threshold is None else float(threshold),
+        decimals=6,
+    )
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -235,16 +250,16 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
     except QueueFull as e:
         return _error(503, str(e), **{"Retry-After": str(RETRY_AFTER_S)})
     results: list[dict[str, Any]] = []
+    thresholds = getattr(state.model, "thresholds", None)  # a multi-label model's
     for upload, item in zip(uploads, prepared):
         if isinstance(item, BadImageError):
             results.append({"path": upload.name, "predictions": [], "error": str(item)})
-        else:
+        elif thresholds is not None:
             results.append(
-                {
-                    "path": upload.name,
-                    "predictions": top_k_predictions(state.model.classes, next(probabilities), top_k),
-                }
+                multilabel_answer(upload.name, next(probabilities), state.model.classes, thresholds, top_k)
             )
+        else:
+            results.append({"path": upload.name, **image_answer(state.model, next(probabilities), top_k)})
     if not good:
         reasons = "; ".join(f"{r['path']}: {r['error']}" for r in results)
         return JSONResponse({"error": f"no readable image: {reasons}", "results": results}, status_code=422)

@@ -18,7 +18,7 @@ from headstart.training.state import TrainState
 CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 # Settings that may change between a run and its resume: they do not change what is learnt.
-RESUMABLE_CHANGES = ("workers", "threads", "time_budget", "patience")
+RESUMABLE_CHANGES = ("workers", "threads", "time_budget", "patience", "frozen_prefix")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ from headstart.training.network import (
     param_groups,
     set_train_mode,
 )
+from headstart.training.prefix import build_prefix, network_stages
 from headstart.training.settings import FineTuneSettings, resolve_precision
 from headstart.training.state import MIN_DELTA, TrainState
 
@@ -93,6 +94,21 @@ class Objective:
         return loss
 
 
+def correct_count(loss_fn: Any, logits: Any, labels: Any) -> float:
+    """Images ``logits`` get right: the top-1 class, unless the loss defines its own ``correct``
+    (a multi-label loss: see ``training.multilabel``)."""
+    own = getattr(loss_fn, "correct", None)
+    return float(own(logits, labels)) if own is not None else int((logits.argmax(1) == labels).sum())
+
+
+def output_proba(loss_fn: Any, logits: Any) -> np.ndarray:
+    """Probabilities of ``logits``: softmax, unless the loss defines its own ``proba`` (sigmoid)."""
+    import torch
+
+    own = getattr(loss_fn, "proba", None)
+    return (own(logits) if own is not None else torch.softmax(logits, 1)).numpy()
+
+
 @dataclass
 class EpochData:
     """The loaders of a fit: training (and its sampler, set to each epoch) and validation."""
@@ -114,20 +130,21 @@ def autocast(precision: str) -> Any:
 def evaluate(
     network: Any, loader: Any, loss_fn: Any, precision: str = "fp32"
 ) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and the softmax of every image (in order) of ``loader``, in eval mode;
+    """Mean loss, accuracy and the probabilities (softmax, or the loss's own ``proba``) of every
+    image (in order) of ``loader``, in eval mode;
     images labelled -100 (unreadable) count in neither mean. NaN means when none is labelled."""
     import torch
 
     network.eval()
-    losses, correct, n, outputs = 0.0, 0, 0, []
+    losses, correct, n, outputs = 0.0, 0.0, 0, []
     with torch.inference_mode(), autocast(precision):
         for pixels, labels in loader:
             logits = network(pixels).float()
-            outputs.append(torch.softmax(logits, 1).numpy())
+            outputs.append(output_proba(loss_fn, logits))
             ok = labels >= 0
             if ok.any():
                 losses += float(loss_fn(logits[ok], labels[ok])) * int(ok.sum())
-                correct += int((logits[ok].argmax(1) == labels[ok]).sum())
+                correct += correct_count(loss_fn, logits[ok], labels[ok])
                 n += int(ok.sum())
     proba = np.concatenate(outputs) if outputs else np.zeros((0, 0))
     return (losses / n if n else float("nan")), (correct / n if n else float("nan")), proba
@@ -153,7 +170,7 @@ def train_one_epoch(
     progress = progress or NullProgress()
     network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
     set_train_mode(network, state.settings.freeze_bn_stats)
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen = 0.0, 0.0, 0
     for pixels, labels in loader:
         ok = labels >= 0
         with autocast(state.precision):
@@ -168,7 +185,7 @@ def train_one_epoch(
             optimizer.step()
             k = int(ok.sum())
             loss_sum += float(loss.detach()) * k
-            correct += int((logits.detach()[ok].argmax(1) == labels[ok]).sum())
+            correct += correct_count(objective.loss_fn, logits.detach()[ok], labels[ok])
             seen += k
         state.scheduler.step()
         progress.advance(len(labels))
@@ -361,6 +378,7 @@ class FineTuner:
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
         network = make_network(model, data_config, head).to(memory_format=torch.channels_last)
+        self.frozen_prefix = self._use_prefix(network, model, data_config)
         self.network_ = network
         self.workers = loader_workers(s.workers)
         loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
@@ -372,13 +390,34 @@ class FineTuner:
         stopped = run_epochs(state, data, objective, val_loss_fn, self._callback_list(deadline), self.verbose)
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
+    def _use_prefix(self, network: Any, model: Any, data_config: dict[str, Any]) -> dict[str, Any]:
+        """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
+
+        Rule: frozen weights are the pretrained ones in every checkpoint of the run, so a prefix
+        compiled before a resume's weights are restored computes what they would.
+        """
+        s = self.settings
+        _, height, width = data_config["input_size"]
+        runner, rest, how = build_prefix(
+            model, s.frozen_prefix, self.precision, s.batch_size, (height, width), self.threads
+        )
+        network.use_prefix(runner, rest)
+        stages = network_stages(model)
+        n_frozen = len(stages) - len(rest) if runner is not None and stages else 0
+        return {"mode": how, "frozen_stages": n_frozen, "stages": len(stages) if stages else None}
+
     def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
         """Probabilities of the fine-tuned network (eval transform), one row per item."""
-        import torch
 
         s = self.settings
         loader = eval_loader(items, data_config, s.batch_size, loader_workers(s.workers))
-        return evaluate(self.network_, loader, torch.nn.CrossEntropyLoss(), self.precision)[2]
+        return evaluate(self.network_, loader, self.output_loss(), self.precision)[2]
+
+    def output_loss(self) -> Any:
+        """The loss ``predict_proba`` evaluates with (it decides softmax or sigmoid outputs)."""
+        import torch
+
+        return torch.nn.CrossEntropyLoss()
 
     def _losses(self, head: Any, train: Sequence[tuple[str, int]], n_classes: int) -> tuple[Objective, Any]:
         """The training objective and the validation loss.
@@ -437,7 +476,7 @@ class FineTuner:
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
             f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {self.precision}, "
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
-            f"lr {s.lr:g}, augment {s.augment}"
+            f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
         if state.start_epoch == 1:
             # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
@@ -446,6 +485,12 @@ class FineTuner:
             val_loss, val_acc, _ = evaluate(state.network, data.val, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
             self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
+
+    def _prefix_line(self) -> str:
+        p = self.frozen_prefix
+        if p["frozen_stages"]:
+            return f"{p['frozen_stages']} of {p['stages']} stages run as inference ({p['mode']})"
+        return p["mode"]
 
     def _callback_list(self, deadline: float | None) -> CallbackList:
         """The built-in callbacks (files only with a run folder), the user's function, then ``callbacks``.
@@ -509,6 +554,7 @@ class FineTuner:
             "precision": self.precision,
             "loader_workers": self.workers,
             "torch_threads": self.threads,
+            "frozen_prefix": self.frozen_prefix,
             "trainable_groups": freeze_info["n_trainable_groups"],
             "block_groups": freeze_info["n_groups"],
             "trainable_backbone_params": freeze_info["trainable_params"],

@@ -118,11 +118,25 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
             with torch.no_grad():
                 self.fc.weight.copy_(torch.from_numpy(coef))
                 self.fc.bias.copy_(torch.from_numpy(np.asarray(head.intercept, dtype=np.float32)))
+            # Not submodules (a plain object and a list): the state dict stays the network's own.
+            self.prefix: Any = None
+            self.rest: list[Any] = []
+
+        def use_prefix(self, prefix: Any, rest: list[Any]) -> None:
+            """Run the frozen leading stages with ``prefix`` (see ``prefix.py``), then ``rest``
+            and the backbone's pooling; None runs the backbone whole."""
+            self.prefix, self.rest = prefix, rest
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             x = (pixels.float() - self.pixel_mean) / self.pixel_std
             x = x.contiguous(memory_format=torch.channels_last)
-            features = self.net(x).float()
+            if self.prefix is None:
+                features = self.net(x).float()
+            else:
+                x = self.prefix(x).contiguous(memory_format=torch.channels_last)
+                for stage in self.rest:
+                    x = stage(x)
+                features = self.net.forward_head(x).float()
             return self.fc((features - self.feature_mean) / self.feature_scale)
 
     return Network()

@@ -36,6 +36,9 @@ class FineTuneSettings:
     workers: int | None = None
     precision: str = "auto"  # auto (bf16 where the CPU has it), bf16 or fp32
     threads: int | None = None  # torch threads; None: the cores not already busy (see compute_threads)
+    # How the frozen leading stages run: auto/openvino (compiled inference graph), torch
+    # (inference mode) or off (the whole network in torch's training path); see training/prefix.py.
+    frozen_prefix: str = "auto"
     seed: int = 0
 
 

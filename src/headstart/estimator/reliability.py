@@ -1,0 +1,189 @@
+"""Calibration and the reject option of a fitted model, both decided on the validation split.
+
+Temperature scaling needs probabilities of images the model did not learn from. The logistic
+head is refitted on train + validation once its C is chosen, so its final probabilities on
+validation images are optimistic (it has seen them); T fitted on those would be too small. T is
+therefore fitted on the validation probabilities of the head as fitted on train only, at the
+chosen C (the model chosen before the refit), and applied to the refitted head: the refit adds
+an eighth more images at the same regularisation, which leaves the scale of its logits nearly
+where it was. The MLP head is trained on train only (validation only stops it), so its own
+validation probabilities are used; a fine-tuned network's too (validation chose its epoch). A
+kNN head is not calibrated (its probabilities are neighbour votes, many exactly 0 or 1, which
+no temperature mends), but its reject threshold is chosen on the votes of train-only neighbours.
+
+The reject threshold (``reject="auto"``) is chosen on the same held-out validation
+probabilities, after calibration, for ``target_accuracy`` on the accepted images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from headstart.estimator.fitting import Split, Usable
+from headstart.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
+from headstart.evaluation.reject import SCORE_KIND, choose_threshold, reject_scores, selective_metrics
+from headstart.models.bundle import bundle_reject
+from headstart.models.heads import Head, KNNHead, LogisticHead
+
+Log = Callable[[str], None]
+# Below this many validation images a fitted T follows the few images' luck (all right: T runs
+# to its lower bound), so the model keeps T = 1.
+MIN_CALIBRATION_IMAGES = 20
+
+
+@dataclass
+class Reliability:
+    """What a fitted model carries beside its head: its temperature and reject threshold."""
+
+    temperature: float = 1.0
+    reject_threshold: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)  # how T was fitted
+    reject: dict[str, Any] = field(default_factory=dict)  # how the threshold was chosen
+
+
+def held_out_val_proba(head: Head, usable: Usable, split: Split, tuned_val_proba: Any = None) -> np.ndarray:
+    """Validation probabilities of a model that did not learn from the validation images.
+
+    Args:
+        head: the fitted head (the final model's, for a fine-tuned run the tuned head).
+        usable: features and labels of every image.
+        split: the split.
+        tuned_val_proba: a fine-tuned network's validation probabilities (used as they are).
+    """
+    if tuned_val_proba is not None:
+        return np.asarray(tuned_val_proba)
+    tr, va = split.mask("train"), split.mask("val")
+    x, y, n = usable.features, usable.y, len(usable.classes)
+    if isinstance(head, LogisticHead) and head.refit:
+        train_only = LogisticHead(cs=(head.C,), refit=False)
+        train_only.fit(x[tr], y[tr], x[va], y[va], n)
+        return train_only.predict_proba(x[va])
+    if isinstance(head, KNNHead):
+        neighbours = KNNHead(ks=(head.k,))
+        neighbours.n_classes = n
+        return neighbours._proba(neighbours._model(x[tr], y[tr], head.k), x[va])
+    return head.predict_proba(x[va])
+
+
+def fit_reliability(
+    head: Head,
+    usable: Usable,
+    split: Split,
+    reject: str | float,
+    target_accuracy: float,
+    log: Log,
+    tuned_val_proba: Any = None,
+) -> Reliability:
+    """Temperature (fitted on held-out validation probabilities) and the reject threshold."""
+    va = split.mask("val")
+    y_val = usable.y[va]
+    val_proba = held_out_val_proba(head, usable, split, tuned_val_proba)
+    source = "fine-tuned network" if tuned_val_proba is not None else _source(head)
+    calibration: dict[str, Any]
+    if isinstance(head, KNNHead):
+        temperature, calibration = 1.0, {"method": "none", "reason": "kNN votes are not calibrated"}
+    elif len(y_val) < MIN_CALIBRATION_IMAGES:
+        reason = f"{len(y_val)} val images, fewer than {MIN_CALIBRATION_IMAGES}: too few to fit T"
+        temperature, calibration = 1.0, {"method": "none", "reason": reason}
+        log(f"calibration: none ({reason})")
+    else:
+        temperature = fit_temperature(val_proba, y_val)
+        calibration = {
+            "method": "temperature",
+            "fitted_on": "val",
+            "fitted_with": source,
+            "val_nll_before": negative_log_likelihood(val_proba, y_val),
+            "val_nll_after": negative_log_likelihood(apply_temperature(val_proba, temperature), y_val),
+        }
+        log(f"calibration: temperature {temperature:.3f} fitted on {int(va.sum())} val images ({source})")
+    rel = Reliability(temperature, None, {"temperature": temperature, **calibration})
+    if reject == "off":
+        return rel
+    scores = reject_scores(apply_temperature(val_proba, temperature))
+    correct = val_proba.argmax(axis=1) == y_val
+    rel.reject_threshold, rel.reject = _threshold(reject, target_accuracy, scores, correct, log)
+    return rel
+
+
+def _source(head: Head) -> str:
+    if isinstance(head, LogisticHead) and head.refit:
+        return "the head fitted on train only at the chosen C, before its refit on train + val"
+    if isinstance(head, KNNHead):
+        return "neighbours among the train images only"
+    return "the head fitted on train only"
+
+
+def _threshold(
+    reject: str | float, target: float, scores: np.ndarray, correct: np.ndarray, log: Log
+) -> tuple[float, dict[str, Any]]:
+    """``auto``: chosen on validation for ``target`` accuracy on accepted images; a number: as given."""
+    if reject != "auto":
+        threshold = float(reject)
+        return threshold, {"mode": "fixed", "val": selective_metrics(scores, correct, threshold)}
+    choice = choose_threshold(scores, correct, target)
+    info = {
+        "mode": "auto",
+        "target_accuracy": target,
+        "target_reached": choice.reached,
+        "val": selective_metrics(scores, correct, choice.threshold),
+    }
+    if choice.reached:
+        log(
+            f"reject: threshold {choice.threshold:.4f} on val gives accuracy {choice.accuracy:.4f} on "
+            f"{choice.coverage:.1%} of the images (target {target})"
+        )
+    else:
+        log(
+            f"reject: no threshold reaches accuracy {target} on the val images; the best achievable is "
+            f"{choice.accuracy:.4f} on {choice.coverage:.1%} of them, at threshold {choice.threshold:.4f}"
+        )
+    return choice.threshold, info
+
+
+def reliability_sections(
+    rel: Reliability, y: np.ndarray, raw_proba: np.ndarray, evaluated_on: str
+) -> dict[str, Any]:
+    """metrics.json's ``calibration`` (T, ECE and NLL before and after on the evaluated images)
+    and, with the reject option on, ``reject`` (threshold, score kind, coverage, accuracies)."""
+    calibrated = apply_temperature(raw_proba, rel.temperature)
+    correct = raw_proba.argmax(axis=1) == y if len(y) else np.zeros(0, dtype=bool)
+    calibration = {
+        **rel.calibration,
+        "temperature": rel.temperature,
+        "evaluated_on": evaluated_on,
+        "ece_before": expected_calibration_error(raw_proba.max(axis=1) if len(y) else raw_proba, correct),
+        "ece_after": expected_calibration_error(calibrated.max(axis=1) if len(y) else calibrated, correct),
+        "nll_before": negative_log_likelihood(raw_proba, y),
+        "nll_after": negative_log_likelihood(calibrated, y),
+    }
+    out: dict[str, Any] = {"calibration": calibration}
+    if rel.reject_threshold is not None:
+        out["reject"] = {
+            **rel.reject,
+            "threshold": rel.reject_threshold,
+            "score": SCORE_KIND,
+            "evaluated_on": evaluated_on,
+            **selective_metrics(reject_scores(calibrated), correct, rel.reject_threshold),
+        }
+    return out
+
+
+def saved_reject_params(meta: dict[str, Any]) -> dict[str, Any]:
+    """``reject`` and ``target_accuracy`` of a saved model (a bundle without them: off)."""
+    saved = bundle_reject(meta)
+    if saved.get("threshold") is None:
+        return {}
+    mode = saved.get("mode", "auto")
+    return {
+        "reject": mode if mode in ("auto", "off") else float(mode),
+        "target_accuracy": float(saved.get("target_accuracy", 0.95)),
+    }
