@@ -73,6 +73,7 @@ def test_the_test_split_is_not_scored_before_the_winner_is_chosen(tmp_path, monk
     assert clf.auto_["n_val"] == 12 and clf.metrics_["evaluated_on"] == "test"
 
 
+@pytest.mark.slow  # extracts with a second backbone and the ensemble
 def test_every_candidate_is_recorded_with_its_validation_score_and_time(tmp_path, monkeypatch):
     data = make_class_folders(tmp_path / "colors", per_class=8)
     monkeypatch.setattr(auto, "FINETUNE_DEPTHS", ())
