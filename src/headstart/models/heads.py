@@ -73,7 +73,41 @@ def next_c(c: float, upward: bool) -> float:
     return float(f"{(decade if leading == 3.0 else decade * 0.3):.0e}")
 
 
-class LogisticHead(Head):
+class LinearOnStandardised:
+    """What a linear head on standardised features saves and restores (its ``mean``, ``scale``,
+    ``coef``, ``intercept``, and the ``C`` chosen from ``cs``), shared by the softmax and the
+    one-vs-rest logistic heads."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    C: Any  # float once fitted; None in a bundle saved without one
+    cs: tuple[float, ...]
+    refit: bool
+
+    def __init__(
+        self, cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), refit: bool = True
+    ) -> None:
+        self.cs = tuple(cs)
+        self.refit = refit
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept}
+
+    def params(self) -> dict[str, Any]:
+        return {"C": self.C, "cs": list(self.cs), "refit": self.refit}
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Any:
+        head = cls(cs=tuple(params.get("cs", ())), refit=params.get("refit", True))
+        head.C = params.get("C")
+        for key in ("mean", "scale", "coef", "intercept"):
+            setattr(head, key, np.asarray(arrays[key], dtype=np.float32))
+        return head
+
+
+class LogisticHead(LinearOnStandardised, Head):
     """Multinomial logistic regression on standardised features.
 
     ``C`` is chosen on the validation split (lowest log-loss), then the model is refitted on
@@ -94,12 +128,6 @@ class LogisticHead(Head):
     TOL_C = 0.1
     TOL_FLOOR = 1e-6
     MAX_ITER = 1000
-
-    def __init__(
-        self, cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), refit: bool = True
-    ) -> None:
-        self.cs = tuple(cs)
-        self.refit = refit
 
     def _fit_one(self, x: np.ndarray, y: np.ndarray, c: float, warm: Any = None) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -164,20 +192,6 @@ class LogisticHead(Head):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return softmax(((x - self.mean) / self.scale) @ self.coef.T + self.intercept)
-
-    def arrays(self):  # type: ignore[override]
-        return {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept}
-
-    def params(self):  # type: ignore[override]
-        return {"C": self.C, "cs": list(self.cs), "refit": self.refit}
-
-    @classmethod
-    def restore(cls, arrays, params):  # type: ignore[override]
-        head = cls(cs=tuple(params.get("cs", ())), refit=params.get("refit", True))
-        head.C = params.get("C")
-        for key in ("mean", "scale", "coef", "intercept"):
-            setattr(head, key, np.asarray(arrays[key], dtype=np.float32))
-        return head
 
 
 class _Sweep:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.models.heads import Head
+from headstart.models.heads import Head, LinearOnStandardised
 
 MULTILABEL_HEAD = "multilabel-logistic"
 
@@ -45,7 +45,7 @@ def _fit_binary(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, flo
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
 
 
-class MultiLabelLogisticHead(Head):
+class MultiLabelLogisticHead(LinearOnStandardised, Head):
     """One-vs-rest logistic regression; ``C`` (shared by the classes) chosen on validation by the
     mean binary log-loss, then refitted on train + validation (``refit``).
 
@@ -54,12 +54,6 @@ class MultiLabelLogisticHead(Head):
     """
 
     name = MULTILABEL_HEAD
-
-    def __init__(
-        self, cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), refit: bool = True
-    ) -> None:
-        self.cs = tuple(cs)
-        self.refit = refit
 
     def _fit_all(self, xs: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         pairs = [_fit_binary(xs, y[:, k], c) for k in range(y.shape[1])]
@@ -106,20 +100,6 @@ class MultiLabelLogisticHead(Head):
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Each class's probability, independently (rows need not sum to 1)."""
         return sigmoid(self.decision_function(x))
-
-    def arrays(self):  # type: ignore[override]
-        return {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept}
-
-    def params(self):  # type: ignore[override]
-        return {"C": self.C, "cs": list(self.cs), "refit": self.refit}
-
-    @classmethod
-    def restore(cls, arrays, params):  # type: ignore[override]
-        head = cls(cs=tuple(params.get("cs", ())), refit=params.get("refit", True))
-        head.C = params.get("C")
-        for key in ("mean", "scale", "coef", "intercept"):
-            setattr(head, key, np.asarray(arrays[key], dtype=np.float32))
-        return head
 
 
 def _as_multi_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
