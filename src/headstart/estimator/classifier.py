@@ -45,6 +45,7 @@ from headstart.estimator.fitting import (
     build_metrics,
     check_data,
     data_check_summary,
+    data_info,
     discover_data,
     extraction_info,
     fit_head,
@@ -606,14 +607,7 @@ class ImageClassifier(BaseEstimator):
         self.multi_label_ = False
         self.split_ = split_record(dataset, usable, split, self.split, self.seed)
         self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
-        data = {
-            "source": str(dataset.root),
-            "kind": dataset.kind,
-            "n_images": len(dataset.samples),
-            "n_used": int(result.ok.sum()),
-            "n_skipped": len(usable.skipped),
-            "split": {k: v for k, v in self.split_.items() if k != "files"},
-        }
+        data = data_info(dataset, result, usable, self.split_)
         model = self._model_info({"fit": fit_info})
         extra: dict[str, Any] = {"extraction": extraction_info(result), "created": now_utc()}
         if self.strategy == AUTO:

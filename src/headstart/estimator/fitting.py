@@ -222,6 +222,21 @@ def build_metrics(
     }
 
 
+def data_info(
+    dataset: Dataset, result: ExtractionResult, usable: Usable, split: dict[str, Any]
+) -> dict[str, Any]:
+    """metrics.json's ``data`` section: where the images came from, how many were used, and the
+    split (``split_`` without its list of files)."""
+    return {
+        "source": str(dataset.root),
+        "kind": dataset.kind,
+        "n_images": len(dataset.samples),
+        "n_used": int(result.ok.sum()),
+        "n_skipped": len(usable.skipped),
+        "split": {k: v for k, v in split.items() if k != "files"},
+    }
+
+
 def extraction_info(result: ExtractionResult) -> dict[str, Any]:
     return {
         "engine": result.engine,

@@ -30,6 +30,7 @@ from headstart.estimator.fitting import (
     Split,
     Stopwatch,
     Usable,
+    data_info,
     extraction_info,
     now_utc,
     split_record,
@@ -246,12 +247,7 @@ def _metrics(
     clock: Stopwatch,
 ) -> dict[str, Any]:
     data = {
-        "source": str(dataset.root),
-        "kind": dataset.kind,
-        "n_images": len(dataset.samples),
-        "n_used": int(result.ok.sum()),
-        "n_skipped": len(usable.skipped),
-        "split": {k: v for k, v in clf.split_.items() if k != "files"},
+        **data_info(dataset, result, usable, clf.split_),
         "label_counts": {
             name: {g: int(usable.y[split.mask(g), i].sum()) for g in ("train", "val", "test")}
             for i, name in enumerate(usable.classes)
