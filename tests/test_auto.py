@@ -157,3 +157,52 @@ def test_the_cli_batch_size_is_the_finetuning_batch_under_auto(monkeypatch, tmp_
     assert result.exit_code == 0, result.output
     assert seen["strategy"] == "auto" and seen["train_batch_size"] == 16 and seen["batch_size"] == 8
     assert seen["time_budget"] == 120
+
+
+@pytest.mark.slow
+def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tmp_path, monkeypatch):
+    """Two fine-tuning depths; the combined candidates (best + flip TTA, the mean of both, with
+    and without flip) are scored on validation; an ensemble with TTA forced to win is saved as one
+    bundle whose feature path (both tuned backbones, mirrors, one averaged head) gives what the
+    tuned networks gave on the test split."""
+    data = split_folders(tmp_path / "splits")
+    depths = ("last:1", "last:2")
+    monkeypatch.setattr(auto, "FINETUNE_DEPTHS", depths)
+    monkeypatch.setattr(
+        auto,
+        "_planned",
+        lambda search: [
+            auto.Candidate(f"finetune:{d}", "finetune", {"unfreeze": d, "epochs": 1}, 1.0) for d in depths
+        ],
+    )
+    monkeypatch.setattr(
+        auto.Search, "eligible", lambda self: [c for c in self.candidates if c.val_accuracy is not None]
+    )
+    real_best = auto.Search.best
+
+    def best(self):
+        combined = [
+            c
+            for c in self.eligible()
+            if c.params.get("tta") == "flip" and len(c.params.get("members", [])) == 2
+        ]
+        return combined[0] if combined else real_best(self)
+
+    monkeypatch.setattr(auto.Search, "best", best)
+    params = {**FAST, "engine": "onnxruntime"}
+    clf = ImageClassifier(strategy="auto", time_budget=600.0, **params).fit(data, out_dir=tmp_path / "run")
+    found = statuses(clf)
+    names = {"finetune:last:1", "finetune:last:2"}
+    combined = [c for c in clf.auto_["candidates"] if c["kind"] == "finetune-combined"]
+    assert len(combined) == 3 and all(c["status"] == "done" for c in combined), found
+    assert {c["inference_cost"] for c in combined} == {2, 4}
+    winner = next(c for c in combined if c["name"] == clf.auto_["winner"])
+    assert set(winner["params"]["members"]) == names and winner["params"]["tta"] == "flip"
+    spec = clf.features_
+    assert len(spec.members) == 2 and spec.tta == "flip" and clf.tta == "flip"
+    assert spec.members[0].key != spec.members[1].key  # two different tuned networks
+    test_paths = clf.test_["paths"]
+    np.testing.assert_allclose(clf.predict_proba(test_paths), clf.test_["proba"], atol=2e-3)
+    loaded = headstart.load(tmp_path / "run", verbose=False, engine="onnxruntime")
+    assert len(loaded.features_.members) == 2 and loaded.features_.tta == "flip"
+    np.testing.assert_allclose(loaded.predict_proba(test_paths), clf.test_["proba"], atol=2e-3)

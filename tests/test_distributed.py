@@ -243,7 +243,9 @@ def test_a_killed_rank_ends_the_job_and_resume_continues(data: Path, tmp_path: P
     )
     deadline = time.time() + JOB_TIMEOUT
     while not (out / "checkpoints" / "last.pt").exists():
-        assert agent.poll() is None and time.time() < deadline, "no first checkpoint"
+        if agent.poll() is not None or time.time() > deadline:
+            agent.kill()
+            pytest.fail("no first checkpoint:\n" + agent.communicate()[0][-4000:])
         time.sleep(0.05)
     os.kill(worker_pids(agent)[1], signal.SIGKILL)
     output = agent.communicate(timeout=120)[0]  # the agent stops rank 0 and exits

@@ -68,7 +68,7 @@ from headstart.features.cache import FeatureCache
 from headstart.features.composite import FeatureSpec, create_feature_spec
 from headstart.features.store import FeatureStore
 from headstart.models.backbones import Backbone
-from headstart.models.heads import Head
+from headstart.models.heads import Head, averaged_linear_head
 from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
 from headstart.training.network import freeze, make_network, set_train_mode
 from headstart.training.settings import resolve_precision
@@ -93,6 +93,7 @@ DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction cam
 MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
 MEASURE_BATCH_SIZE = 16
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
+ENSEMBLE_MAX = 3  # fine-tuned networks averaged at most (each one more network at prediction)
 # Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
 # fewer free cores by then): the first estimates assume 1.5x, until a real epoch calibrates them.
 MEASURED_TO_EPOCH = 1.5
@@ -133,6 +134,7 @@ class Candidate:
     seconds: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     fitted: Fitted | None = None
+    val_proba: np.ndarray | None = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         """The candidate as ``metrics.json``'s ``auto.candidates`` lists it."""
@@ -167,6 +169,7 @@ class Search:
     stopped: str | None = None  # "interrupted" when Ctrl-C ended the search
     measure_seconds: float = 0.0
     calibration: float = MEASURED_TO_EPOCH  # real fine-tuning epochs / measured batches, so far
+    flip_val: dict[str, np.ndarray] = field(default_factory=dict)  # fine-tuned: mirrored val proba
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -182,6 +185,9 @@ class Search:
 
     def items(self, name: str) -> list[tuple[str, int]]:
         return _items(self.usable, self.split, name)
+
+    def named(self, name: str) -> Candidate:
+        return next(c for c in self.candidates if c.name == name)
 
 
 @dataclass
@@ -227,6 +233,8 @@ def run_auto(
     run_candidate(search, base, required=True)
     try:
         _explore(search)
+        if not search.stopped:
+            _combine_finetuned(search)
     except KeyboardInterrupt:
         search.stopped = "interrupted"
         log("auto: interrupted; the best candidate so far is the model")
@@ -409,7 +417,7 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
         f"auto: trying {c.name} {c.params}" + (f" (estimate {c.estimate_s:.0f} s)" if c.estimate_s else "")
     )
     try:
-        c.fitted, proba = (_run_probe if c.kind == "probe" else _run_finetune)(search, c)
+        c.fitted, proba = RUNNERS[c.kind](search, c)
     except KeyboardInterrupt:
         c.status, c.seconds = "stopped: interrupted", time.perf_counter() - t0
         if required:
@@ -423,7 +431,7 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
         c.status, c.seconds = f"skipped: unavailable: {str(e)[:200]}", time.perf_counter() - t0
         search.log(f"auto: {c.name} {c.status}")
         return
-    c.seconds = time.perf_counter() - t0
+    c.seconds, c.val_proba = time.perf_counter() - t0, proba
     va = search.split.mask("val")
     scores = candidate_scores(search.usable.y[va], proba, search.usable.classes)
     c.val_accuracy, c.val_log_loss = scores["accuracy"], scores["log_loss"]
@@ -435,8 +443,10 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
     )
     best = search.best()
     for other in search.candidates:
-        if other is not best and other is not search.candidates[0]:
-            other.fitted = None  # only the best (and the probe fine-tuning starts from) stay in memory
+        # probe models stay in memory only while best (or the probe fine-tuning starts from);
+        # fine-tuned networks stay: the combined candidates average them
+        if other.kind == "probe" and other is not best and other is not search.candidates[0]:
+            other.fitted = None
 
 
 def candidate_scores(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -536,6 +546,78 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
 
 
+def _combine_finetuned(search: Search) -> None:
+    """Candidates made of the fine-tuned networks the search trained: the best one with flip TTA,
+    and the mean of the best ``ENSEMBLE_MAX`` (logits averaged), without and with flip TTA.
+
+    They train nothing: validation costs one mirrored pass per network (plain passes are kept
+    from the candidates), so they come last, when the budget allows no more training. Their price
+    is at prediction: ``inference_cost`` (networks x views) times one network's.
+    """
+    tuned = [c for c in search.eligible() if c.kind == "finetune"]
+    tuned = sorted(tuned, key=lambda c: -c.val_accuracy)[:ENSEMBLE_MAX]  # type: ignore[operator]
+    plans = [(tuned[:1], "flip")] if tuned else []
+    if len(tuned) > 1:
+        plans += [(tuned, "none"), (tuned, "flip")]
+    for members, tta in plans:
+        names = [m.name for m in members]
+        name = (
+            f"ensemble:{'+'.join(n.removeprefix('finetune:') for n in names)}" if len(names) > 1 else names[0]
+        )
+        c = Candidate(
+            name + (" tta" if tta == "flip" else ""), "finetune-combined", {"members": names, "tta": tta}
+        )
+        c.detail["inference_cost"] = len(members) * (2 if tta == "flip" else 1)
+        c.estimate_s = _combined_seconds(search, members, tta)
+        search.candidates.append(c)
+        if c.estimate_s > search.left():
+            continue  # pending: reported as skipped for the budget
+        run_candidate(search, c)
+
+
+def _combined_seconds(search: Search, members: list[Candidate], tta: str) -> float:
+    """A combined candidate's mirrored validation passes not yet made, and its extra networks
+    and views on the evaluated split at the end."""
+    n_val = int(search.split.mask("val").sum())
+    n_eval = int(search.split.mask(search.split.evaluated_on).sum())
+    seconds = 0.0
+    for i, m in enumerate(members):
+        eval_s = search.throughput.get(m.params["unfreeze"], {}).get("eval_s", 0.05)
+        if tta == "flip" and m.name not in search.flip_val:
+            seconds += 2 * n_val * eval_s
+        views = 2 if tta == "flip" else 1
+        seconds += (views - (1 if i == 0 else 0)) * n_eval * eval_s
+    return seconds
+
+
+def _run_combined(search: Search, c: Candidate) -> tuple[None, np.ndarray]:
+    """A combined candidate's validation probabilities (its members' networks, kept in memory)."""
+    members = [search.named(n) for n in c.params["members"]]
+    probas = []
+    for m in members:
+        if c.params["tta"] == "none":
+            probas.append(m.val_proba)
+            continue
+        if m.name not in search.flip_val:
+            assert m.fitted is not None and m.fitted.tuner is not None
+            config = m.fitted.backbone.data_config
+            search.flip_val[m.name] = m.fitted.tuner.predict_proba(search.items("val"), config, "flip")
+        probas.append(search.flip_val[m.name])
+    return None, mean_logit_proba(probas)
+
+
+def mean_logit_proba(probas: list[Any]) -> np.ndarray:
+    """Softmax of the networks' mean logits, from their probabilities (log-probabilities are the
+    logits less a per-row constant, which the softmax ignores): what ``averaged_linear_head``
+    computes from the members' features."""
+    if len(probas) == 1:
+        return np.asarray(probas[0])
+    logits = np.mean([np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-30, 1.0)) for p in probas], axis=0)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
     """Scale every depth's measured rates by how far a real epoch was from its estimate: a
     few batches miss what a whole epoch meets (the loader falling behind, other programs)."""
@@ -580,15 +662,15 @@ def finish(search: Search) -> AutoResult:
         "winner_params": winner.params,
         "why": reason,
     }
+    members = [search.named(n) for n in winner.params.get("members", [winner.name])]
     params = {k: v for k, v in winner.params.items() if k in clf.get_params() and k != "epochs"}
-    if winner.kind == "finetune":
-        params["epochs"] = winner.params["epochs"]
+    if winner.kind != "probe":
+        params.update(unfreeze=members[0].params["unfreeze"], epochs=members[0].params["epochs"])
     clf.set_params(**params)
-    fitted = winner.fitted
-    assert fitted is not None
     if winner.kind == "probe":
-        return _probe_winner(search, fitted, record)
-    return _finetune_winner(search, winner, fitted, record)
+        assert winner.fitted is not None
+        return _probe_winner(search, winner.fitted, record)
+    return _finetune_winner(search, winner, members, record)
 
 
 def _summary_line(c: Candidate) -> str:
@@ -626,27 +708,46 @@ def _probe_winner(search: Search, fitted: Fitted, record: dict[str, Any]) -> Aut
     return AutoResult(head, info, usable, None, "feature-extraction", record)
 
 
-def _finetune_winner(search: Search, winner: Candidate, fitted: Fitted, record: dict[str, Any]) -> AutoResult:
-    """The tuned network; its probabilities on the evaluated split computed now, once."""
+def _finetune_winner(
+    search: Search, winner: Candidate, members: list[Candidate], record: dict[str, Any]
+) -> AutoResult:
+    """The tuned network, or several averaged (one head on their concatenated features) and/or
+    with flip TTA; its probabilities on the evaluated split computed now, once."""
     clf, split, base = search.clf, search.split, search.candidates[0]
-    assert fitted.tuner is not None and fitted.result is not None and base.fitted is not None
-    proba = fitted.tuner.predict_proba(search.items(split.evaluated_on), fitted.backbone.data_config)
+    tta = winner.params.get("tta", "none")
+    fitted = [m.fitted for m in members]
+    assert all(f is not None and f.tuner is not None and f.result is not None for f in fitted)
+    items = search.items(split.evaluated_on)
+    proba = mean_logit_proba([f.tuner.predict_proba(items, f.backbone.data_config, tta) for f in fitted])  # type: ignore[union-attr]
+    tuned = [
+        _tuned_backbone(f.backbone, f.result, m.params["unfreeze"])  # type: ignore[union-attr, arg-type]
+        for f, m in zip(fitted, members)
+    ]
+    heads = [_tuned_head(f.head, f.result) for f in fitted]  # type: ignore[union-attr, arg-type]
+    first = fitted[0]
+    assert first is not None and first.result is not None
     info = {
-        **fitted.result.info,
+        **first.result.info,
         "probe_accuracy": None,
         "evaluated_on": split.evaluated_on,
-        "history": fitted.result.history,
+        "history": first.result.history,
     }
-    unfreeze = winner.params["unfreeze"]
-    outcome = FineTuneOutcome(
-        _tuned_backbone(fitted.backbone, fitted.result, unfreeze),
-        _tuned_head(fitted.head, fitted.result),
-        proba,
-        info,
-    )
-    clf.probe_backbone_, clf.backbone_ = fitted.backbone, outcome.backbone
+    if winner.kind == "finetune-combined":
+        info.update(combined={"members": winner.params["members"], "tta": tta}, **winner.detail)
+    head = heads[0] if len(heads) == 1 else averaged_linear_head(heads)
+    outcome = FineTuneOutcome(tuned[0], head, proba, info, winner.val_proba)
+    clf.probe_backbone_, clf.backbone_ = first.backbone, tuned[0]
+    if len(tuned) > 1 or tta != "none":
+        clf.features_ = FeatureSpec(tuned, "last", tta)
     fit_info = dict(base.detail.get("head", {}))
-    return AutoResult(outcome.head, fit_info, search.usable, outcome, "finetune", record)
+    return AutoResult(head, fit_info, search.usable, outcome, "finetune", record)
+
+
+RUNNERS: dict[str, Callable[[Search, Candidate], tuple[Any, np.ndarray]]] = {
+    "probe": _run_probe,
+    "finetune": _run_finetune,
+    "finetune-combined": _run_combined,
+}
 
 
 __all__ = ["AutoResult", "Candidate", "DEFAULT_TIME_BUDGET_S", "PRIORS", "run_auto", "candidate_scores"]

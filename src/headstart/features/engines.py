@@ -157,6 +157,21 @@ class OnnxRuntimeEngine(Engine):
         return self.session.run(None, {"pixels": pixels})[0]
 
 
+def _compile_locked(core: Any, onnx_path: Path, config: dict[str, Any], blobs: Path) -> Any:
+    """``core.compile_model`` holding a lock file in OpenVINO's cache folder.
+
+    Rule: one compile at a time per cache folder, across processes. OpenVINO writes a compiled
+    blob straight to its final name, so a second process (torchrun's other rank, a parallel
+    run) compiling the same graph at the same moment could import half a blob; under the lock
+    it waits and then imports the finished one.
+    """
+    from filelock import FileLock
+
+    blobs.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(blobs / ".compile.lock")):
+        return core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+
+
 class OpenVinoEngine(Engine):
     """OpenVINO on the static-batch graph, bf16 where the CPU has it, batches overlapped in
     asynchronous infer requests."""
@@ -178,7 +193,7 @@ class OpenVinoEngine(Engine):
             "PERFORMANCE_HINT": "THROUGHPUT",
             "CACHE_DIR": str(cache_dir / "openvino"),
         }
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.compiled = _compile_locked(core, onnx_path, config, cache_dir / "openvino")
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.request = self.compiled.create_infer_request()
         self.static_batch = batch_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -105,6 +106,21 @@ class LinearOnStandardised:
         for key in ("mean", "scale", "coef", "intercept"):
             setattr(head, key, np.asarray(arrays[key], dtype=np.float32))
         return head
+
+
+def averaged_linear_head(heads: Sequence[Any]) -> Any:
+    """One head, on the members' features concatenated in order, whose logits are the mean of
+    ``heads``' logits (softmax of the mean logits: an ensemble of fine-tuned networks saved,
+    exported and served as one model). Standardising is per column, so each member keeps its
+    own means and scales; each member's weights are divided by the number of members."""
+    first, n = heads[0], len(heads)
+    arrays = {
+        "mean": np.concatenate([h.mean for h in heads]),
+        "scale": np.concatenate([h.scale for h in heads]),
+        "coef": np.concatenate([h.coef for h in heads], axis=1) / n,
+        "intercept": np.mean([h.intercept for h in heads], axis=0),
+    }
+    return type(first).restore(arrays, first.params())
 
 
 class LogisticHead(LinearOnStandardised, Head):

@@ -153,11 +153,15 @@ def autocast(precision: str, device_type: str = "cpu") -> Any:
 
 
 def evaluate(
-    network: Any, loader: Any, loss_fn: Any, precision: str = "fp32"
+    network: Any, loader: Any, loss_fn: Any, precision: str = "fp32", tta: str = "none"
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and the probabilities (softmax, or the loss's own ``proba``) of every
     image (in order) of ``loader``, in eval mode;
-    images labelled -100 (unreadable) count in neither mean. NaN means when none is labelled."""
+    images labelled -100 (unreadable) count in neither mean. NaN means when none is labelled.
+
+    ``tta="flip"`` averages the logits of each image and its mirror: the network ends in a linear
+    head, so this equals the head on the averaged features, as the feature path's TTA computes it.
+    """
     import torch
 
     network.eval()
@@ -167,6 +171,8 @@ def evaluate(
         for pixels, labels in loader:
             pixels, labels = pixels.to(device), labels.to(device)
             logits = network(pixels).float()
+            if tta == "flip":
+                logits = (logits + network(torch.flip(pixels, dims=[-1])).float()) / 2
             outputs.append(output_proba(loss_fn, logits.cpu()))
             ok = labels >= 0
             if ok.any():
@@ -447,13 +453,15 @@ class FineTuner:
         n_frozen = len(stages) - len(rest) if runner is not None and stages else 0
         return {"mode": how, "frozen_stages": n_frozen, "stages": len(stages) if stages else None}
 
-    def predict_proba(self, items: Sequence[tuple[str, int]], data_config: dict[str, Any]) -> np.ndarray:
-        """Probabilities of the fine-tuned network (eval transform), one row per item."""
-
+    def predict_proba(
+        self, items: Sequence[tuple[str, int]], data_config: dict[str, Any], tta: str = "none"
+    ) -> np.ndarray:
+        """Probabilities of the fine-tuned network (eval transform; ``tta="flip"``: the image's
+        and its mirror's logits averaged), one row per item."""
         s, dist = self.settings, getattr(self, "dist", Distributed())
         loader = eval_loader(dist.shard(items), data_config, s.batch_size, loader_workers(s.workers))
         return dist.unshard(
-            evaluate(self.network_, loader, self.output_loss(), self.precision)[2], len(items)
+            evaluate(self.network_, loader, self.output_loss(), self.precision, tta)[2], len(items)
         )
 
     def output_loss(self) -> Any:
