@@ -21,6 +21,9 @@ The search:
 3. Then, again and again, the candidate with the highest expected gain per minute among those
    whose estimate fits the time left (a fine-tuning candidate may take fewer epochs to fit, at
    least one) runs, until none fits.
+4. Last, candidates combining the fine-tuned networks already trained (``_combine_finetuned``:
+   the best with flip TTA, the mean of the best ``ENSEMBLE_MAX``, with and without flip), which
+   cost a mirrored validation pass per network and more at prediction.
 
 Expected gain (validation accuracy points) = ``prior * error left``, the error left being
 ``1 - best validation accuracy so far`` (at least half an image of the validation split: a
