@@ -55,7 +55,7 @@ def test_auto_threshold_in_metrics_and_bundle(fitted):
     assert "too few" in metrics["calibration"]["reason"]
     section = metrics["reject"]
     assert section["threshold"] == clf.reject_threshold_ and 0 <= section["threshold"] <= 1
-    assert section["score"] == "max_probability" and section["mode"] == "auto"
+    assert section["score"] == "max_probability*knn" and section["mode"] == "auto"
     assert section["target_accuracy"] == 0.9 and isinstance(section["target_reached"], bool)
     for key in ("coverage", "accuracy_accepted", "accuracy_overall"):
         assert 0 <= section[key] <= 1
