@@ -65,7 +65,7 @@ from headstart.estimator.multilabel import (
     predicted_label_sets,
     restore_bundle_entry,
 )
-from headstart.estimator.neighbours import BANK_ARRAY, build_neighbours, model_features, restore_bank
+from headstart.estimator.neighbours import build_neighbours, model_features
 from headstart.estimator.reliability import (
     Reliability,
     fit_reliability,
@@ -74,7 +74,7 @@ from headstart.estimator.reliability import (
 )
 from headstart.evaluation.answers import UNKNOWN, answer
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.reject import reject_scores, score_kind
+from headstart.evaluation.reject import BANK_ARRAY, reject_scores, restore_bank, score_kind
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.composite import (
     CompositeExtractor,

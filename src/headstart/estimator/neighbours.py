@@ -20,9 +20,7 @@ import numpy as np
 
 from headstart.estimator.finetune import FineTuneOutcome
 from headstart.estimator.fitting import Log, Split, Usable
-from headstart.evaluation.reject import KNN_SCORE_KIND, SCORE_KIND, SCORE_KINDS, bank_problem, neighbour_bank
-
-BANK_ARRAY = "reject_bank"  # the bank's name among the bundle's head arrays
+from headstart.evaluation.reject import neighbour_bank
 
 
 @dataclass
@@ -63,20 +61,3 @@ def build_neighbours(features: Any, y: np.ndarray, split: Split, seed: int) -> N
         bank=neighbour_bank(features[known], y[known], seed),
         evaluated_features=np.asarray(features[split.mask(split.evaluated_on)]),
     )
-
-
-def restore_bank(reject: dict[str, Any], head_arrays: dict[str, np.ndarray], width: int) -> np.ndarray | None:
-    """A bundle's bank, taken out of its head arrays (the head restores from the rest), checked
-    against its ``reject.score``: a ``max_probability*knn`` model needs one, any other has none.
-    Raises ValueError for a damaged or crafted file."""
-    bank = head_arrays.pop(BANK_ARRAY, None)
-    kind = reject.get("score", SCORE_KIND) if reject.get("threshold") is not None else None
-    if kind is not None and kind not in SCORE_KINDS:
-        raise ValueError(f"unknown reject score {str(kind)[:40]!r}")
-    if (kind == KNN_SCORE_KIND) != (bank is not None):
-        raise ValueError(f"its reject score {kind} and its neighbour bank disagree")
-    if bank is not None:
-        problem = bank_problem(bank, width)
-        if problem:
-            raise ValueError(problem)
-    return bank

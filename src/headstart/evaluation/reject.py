@@ -23,6 +23,7 @@ target accuracy (``choose_threshold``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ SCORE_KINDS = (SCORE_KIND, KNN_SCORE_KIND)
 # one (N, D) @ (D, 4096) product; a subsample this large keeps every class's region covered.
 MAX_BANK_ROWS = 4096
 BANK_DTYPE = np.float16  # cosine similarities move by ~1e-3 at most: far below a threshold's grain
+BANK_ARRAY = "reject_bank"  # the bank's name among a bundle's head arrays
 _CHUNK_ROWS = 1024  # rows scored at once: bounds the (rows, bank) similarity matrix in memory
 
 
@@ -185,3 +187,26 @@ def selective_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float)
         "n": int(n),
         "n_accepted": int(accepted.sum()),
     }
+
+
+def restore_bank(reject: dict[str, Any], head_arrays: dict[str, np.ndarray], width: int) -> np.ndarray | None:
+    """A bundle's bank, taken out of its head arrays (the head restores from the rest), checked
+    against the bundle's ``reject`` entry: a ``max_probability*knn`` model needs one, any other
+    has none. Raises ValueError for a damaged or crafted file.
+
+    Args:
+        reject: the bundle's ``head.reject`` ({} without the reject option).
+        head_arrays: the bundle's head arrays; ``BANK_ARRAY`` is removed from them.
+        width: the number of features the model's head takes.
+    """
+    bank = head_arrays.pop(BANK_ARRAY, None)
+    kind = reject.get("score", SCORE_KIND) if reject.get("threshold") is not None else None
+    if kind is not None and kind not in SCORE_KINDS:
+        raise ValueError(f"unknown reject score {str(kind)[:40]!r}")
+    if (kind == KNN_SCORE_KIND) != (bank is not None):
+        raise ValueError(f"its reject score ({kind or 'off'}) and its neighbour bank disagree")
+    if bank is not None:
+        problem = bank_problem(bank, width)
+        if problem:
+            raise ValueError(problem)
+    return bank
