@@ -105,9 +105,9 @@ def test_export_carries_the_threshold(fitted, tmp_path):
     export_model(run, tmp_path / "export", "onnx")
     exported = load_exported(tmp_path / "export")
     assert exported.reject_threshold == pytest.approx(clf.reject_threshold_)
-    assert exported.metadata["reject"]["score"] == "max_probability"
-    rejected = exported.answer(np.array([0.4, 0.35, 0.25]), k=2)
-    assert rejected["unknown"] is (0.4 < clf.reject_threshold_) and "score" in rejected
+    assert exported.metadata["reject"]["score"] == "max_probability*knn"
+    rejected = exported.answer(np.array([0.4, 0.35, 0.25]), k=2, score=0.3)
+    assert rejected["unknown"] is (0.3 <= clf.reject_threshold_) and rejected["score"] == 0.3
 
 
 @pytest.mark.cli

@@ -176,3 +176,30 @@ def test_a_bank_without_its_score_kind_is_refused(fitted, tmp_path):
     bad = save_bundle(tmp_path / "bad.safetensors", meta, state, head)
     with pytest.raises(headstart.HeadstartError, match="unknown reject score"):
         headstart.load(bad)
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_model_banks_its_tuned_features(tmp_path):
+    from conftest import make_class_folders
+
+    from headstart.evaluation.reject import unit_rows
+
+    root = make_class_folders(tmp_path / "colors", per_class=8)
+    clf = ImageClassifier(
+        strategy="finetune",
+        unfreeze="last:1",
+        epochs=1,
+        train_batch_size=8,
+        reject="auto",
+        verbose=False,
+        report_map="none",
+        check_data=False,
+    ).fit(root)
+    known = [str(root / f) for f, _label, g in clf.split_["files"] if g in ("train", "val")]
+    expected = unit_rows(clf.transform(known))  # the features the final model's head takes
+    np.testing.assert_allclose(clf.reject_bank_.astype(np.float32), expected, atol=2e-3)
+    if clf.backbone_ is not clf.probe_backbone_:  # tuned: not the pretrained features
+        pretrained = unit_rows(
+            ImageClassifier(verbose=False)._extractor(clf.probe_backbone_).extract(known).features
+        )
+        assert not np.allclose(expected, pretrained, atol=2e-3)

@@ -219,6 +219,9 @@ class ImageClassifier(BaseEstimator):
             None detects it (any row with more than one label).
         reject: ``off``, ``auto`` (a score threshold chosen on validation so that accepted images
             reach ``target_accuracy``) or a threshold in [0, 1]; below it predict answers unknown.
+            The score is the calibrated top probability times the cosine similarity to the
+            nearest training image (``evaluation.reject``); the model keeps a bank of its
+            training features for it.
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
     """
 
