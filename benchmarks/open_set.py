@@ -12,13 +12,15 @@ on average, for each score kind:
 - at the threshold chosen on validation for ``--target-accuracy`` on accepted images: coverage and
   accuracy on the known test images, and the share of unknown images turned down.
 
-Score kinds: ``max_probability`` (the library's: the calibrated top probability, its threshold the
-one the fitted model chose), ``energy`` (log-sum-exp of the head's logits) and ``knn`` (cosine
-similarity of the image's backbone features to the nearest training image's), both with
-thresholds chosen the library's way (``evaluation.reject.choose_threshold`` on validation images,
-scored by a model that did not learn from them: the head fitted on train only at the chosen C, the
-train images as neighbours), and ``max_probability*knn``, their product. Features are cached, so
-on a warm cache the five rotations take about a minute.
+Score kinds: ``max_probability*knn`` is the library's own (the score ``predict_top_k`` answers
+with: the calibrated top probability times the cosine similarity to the nearest image of the
+model's neighbour bank; its threshold the one the fitted model chose). The others are computed
+here for comparison, with thresholds chosen the library's way (``evaluation.reject.choose_threshold``
+on validation images, scored by a model that did not learn from them: the head fitted on train
+only at the chosen C, the train images as neighbours): ``max_probability`` (the calibrated top
+probability, the score of models without a bank), ``energy`` (log-sum-exp of the head's logits)
+and ``knn`` (the similarity alone, to every train + val image). Features are cached, so on a warm
+cache the five rotations take about a minute.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def split_features(clf: ImageClassifier, name: str) -> tuple[np.ndarray, np.ndar
     return x, np.array([clf.classes_.index(label) for _, label in rows])
 
 
+def library_scores(clf: ImageClassifier, paths: list[str]) -> np.ndarray:
+    """The scores the fitted model answers with (``predict_top_k``), one per readable path."""
+    return np.array([item["score"] for item in clf.predict_top_k(paths, k=1) if "score" in item])
+
+
 def rotation(data: Path, left_out: str, classes: list[str], target: float, work: Path) -> dict:
     """Train without ``left_out``; every score kind's numbers on known and unknown images."""
     dataset = discover(data)
@@ -67,6 +74,7 @@ def rotation(data: Path, left_out: str, classes: list[str], target: float, work:
     clf = ImageClassifier(
         strategy="feature-extraction", reject="auto", target_accuracy=target, verbose=False, report_map="none"
     ).fit(csv)
+    assert clf.reject_bank_ is not None, "the library's model has no neighbour bank"
     known_x, known_y = clf.transform(clf.test_["paths"]), np.asarray(clf.test_["y"])
     unknown_x = clf.transform(unknown_paths)
     unknown_x = unknown_x[np.isfinite(unknown_x).all(axis=1)]
@@ -85,10 +93,12 @@ def rotation(data: Path, left_out: str, classes: list[str], target: float, work:
     val = scores(val_x, train_only, train_bank)
     val_correct = logits(train_only, val_x).argmax(axis=1) == val_y
     known, unknown = scores(known_x, clf.head_, bank), scores(unknown_x, clf.head_, bank)
+    known[KINDS[3]] = library_scores(clf, clf.test_["paths"])  # the library's own, its bank
+    unknown[KINDS[3]] = library_scores(clf, unknown_paths)
     known_correct = logits(clf.head_, known_x).argmax(axis=1) == known_y
     out = {}
     for kind in KINDS:
-        if kind == "max_probability":
+        if kind == KINDS[3]:
             threshold = float(clf.reject_threshold_)  # the library's own choice
         else:
             threshold = choose_threshold(val[kind], val_correct, target).threshold

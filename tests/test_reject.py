@@ -55,7 +55,7 @@ def test_auto_threshold_in_metrics_and_bundle(fitted):
     assert "too few" in metrics["calibration"]["reason"]
     section = metrics["reject"]
     assert section["threshold"] == clf.reject_threshold_ and 0 <= section["threshold"] <= 1
-    assert section["score"] == "max_probability" and section["mode"] == "auto"
+    assert section["score"] == "max_probability*knn" and section["mode"] == "auto"
     assert section["target_accuracy"] == 0.9 and isinstance(section["target_reached"], bool)
     for key in ("coverage", "accuracy_accepted", "accuracy_overall"):
         assert 0 <= section[key] <= 1
@@ -105,9 +105,9 @@ def test_export_carries_the_threshold(fitted, tmp_path):
     export_model(run, tmp_path / "export", "onnx")
     exported = load_exported(tmp_path / "export")
     assert exported.reject_threshold == pytest.approx(clf.reject_threshold_)
-    assert exported.metadata["reject"]["score"] == "max_probability"
-    rejected = exported.answer(np.array([0.4, 0.35, 0.25]), k=2)
-    assert rejected["unknown"] is (0.4 < clf.reject_threshold_) and "score" in rejected
+    assert exported.metadata["reject"]["score"] == "max_probability*knn"
+    rejected = exported.answer(np.array([0.4, 0.35, 0.25]), k=2, score=0.3)
+    assert rejected["unknown"] is (0.3 <= clf.reject_threshold_) and rejected["score"] == 0.3
 
 
 @pytest.mark.cli

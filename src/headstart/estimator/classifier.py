@@ -65,6 +65,7 @@ from headstart.estimator.multilabel import (
     predicted_label_sets,
     restore_bundle_entry,
 )
+from headstart.estimator.neighbours import build_neighbours, model_features
 from headstart.estimator.reliability import (
     Reliability,
     fit_reliability,
@@ -73,7 +74,7 @@ from headstart.estimator.reliability import (
 )
 from headstart.evaluation.answers import UNKNOWN, answer
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.reject import SCORE_KIND, reject_scores
+from headstart.evaluation.reject import BANK_ARRAY, reject_scores, restore_bank, score_kind
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.composite import (
     CompositeExtractor,
@@ -218,6 +219,9 @@ class ImageClassifier(BaseEstimator):
             None detects it (any row with more than one label).
         reject: ``off``, ``auto`` (a score threshold chosen on validation so that accepted images
             reach ``target_accuracy``) or a threshold in [0, 1]; below it predict answers unknown.
+            The score is the calibrated top probability times the cosine similarity to the
+            nearest training image (``evaluation.reject``); the model keeps a bank of its
+            training features for it.
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
     """
 
@@ -472,11 +476,18 @@ class ImageClassifier(BaseEstimator):
         """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
         the evaluated split's calibrated probabilities and metrics.json's sections about them."""
         tuned_val = outcome.val_proba if outcome is not None else None
-        rel = fit_reliability(self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val)
+        neighbours = None
+        if self.reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
+            features = model_features(self, usable, outcome, log)
+            neighbours = build_neighbours(features, usable.y, split, self.seed)
+        rel = fit_reliability(
+            self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val, neighbours
+        )
         self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
-        self.reliability_ = rel
+        self.reliability_, self.reject_bank_ = rel, rel.bank
         evaluated = split.mask(split.evaluated_on)
-        sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on)
+        features = neighbours.evaluated_features if neighbours is not None else None
+        sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
         return apply_temperature(raw, rel.temperature), sections
 
     def _first_stage(
@@ -643,13 +654,27 @@ class ImageClassifier(BaseEstimator):
         return np.asarray(self._extract(paths).features)
 
     def _proba_and_errors(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, dict[int, str]]:
+        proba, _scores, errors = self._proba_scores_errors(paths)
+        return proba, errors
+
+    def _proba_scores_errors(
+        self, paths: Sequence[str | Path]
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Calibrated probabilities, reject scores (``evaluation.reject.reject_scores``, with the
+        model's neighbour bank when it has one) and the unreadable files, of each path."""
         self._check_fitted()
         result = self._extract(paths)
         proba = np.full((len(paths), len(self.classes_)), np.nan)
+        scores = np.full(len(paths), np.nan)
         ok = result.ok
         if ok.any():
             proba[ok] = self._calibrated_proba(result.features[ok])
-        return proba, result.errors
+            scores[ok] = reject_scores(proba[ok], result.features[ok], self._reject_bank())
+        return proba, scores, result.errors
+
+    def _reject_bank(self) -> np.ndarray | None:
+        """The neighbour bank in force: the model's, while its reject option is on."""
+        return getattr(self, "reject_bank_", None) if self._active_reject_threshold() is not None else None
 
     def _calibrated_proba(self, features: np.ndarray) -> np.ndarray:
         """The head's probabilities after temperature scaling (T = 1 for a model saved without)."""
@@ -674,14 +699,14 @@ class ImageClassifier(BaseEstimator):
         multi-label model, the list of labels above their thresholds.
 
         With the reject option on (``reject`` not ``"off"``), an image whose score (its top
-        calibrated probability) is not above the threshold gets the string ``"unknown"`` instead;
+        calibrated probability, times its similarity to the nearest training image for a model
+        with a neighbour bank) is not above the threshold gets the string ``"unknown"`` instead;
         ``predict_top_k`` tells the two apart where a class is itself named ``unknown``.
         """
-        proba = self.predict_proba(paths)
+        proba, scores, _errors = self._proba_scores_errors(paths)
         if getattr(self, "multi_label_", False):
             return predicted_label_sets(self, proba)
         threshold = self._active_reject_threshold()
-        scores = reject_scores(proba)
         return [
             None
             if np.isnan(row).any()
@@ -698,7 +723,11 @@ class ImageClassifier(BaseEstimator):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ParameterError("k", f"must be a whole number of at least 1 (got {k!r})")
         files, missing = expand_paths(paths)
-        proba, errors = self._proba_and_errors(files) if files else (np.zeros((0, len(self.classes_))), {})
+        proba, scores, errors = (
+            self._proba_scores_errors(files)
+            if files
+            else (np.zeros((0, len(self.classes_))), np.zeros(0), {})
+        )
         out: list[dict[str, Any]] = []
         k = min(k, len(self.classes_))
         if getattr(self, "multi_label_", False):
@@ -710,7 +739,7 @@ class ImageClassifier(BaseEstimator):
             if i in errors:
                 out.append({"path": path, "predictions": [], "error": errors[i]})
                 continue
-            out.append({"path": path, **answer(self.classes_, row, k, threshold)})
+            out.append({"path": path, **answer(self.classes_, row, k, threshold, float(scores[i]))})
         out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
         return out
 
@@ -749,7 +778,7 @@ class ImageClassifier(BaseEstimator):
         }
         data_info = {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)}
         metrics = build_metrics(scores, "test", used, self._model_info(), data_info, timings)
-        metrics.update(reliability_sections(self._reliability(), y, raw, used))
+        metrics.update(reliability_sections(self._reliability(), y, raw, used, result.features[ok]))
         if skipped:
             writer(summarize_skips(skipped))
         writer(
@@ -821,6 +850,9 @@ class ImageClassifier(BaseEstimator):
         }
         state = self._feature_spec().state_arrays()
         head_arrays = {k: np.asarray(v) for k, v in self.head_.arrays().items()}
+        bank = self._reject_bank()
+        if bank is not None:
+            head_arrays[BANK_ARRAY] = bank
         return save_bundle(path, meta, state, head_arrays)
 
     def _reliability(self) -> Reliability:
@@ -829,7 +861,7 @@ class ImageClassifier(BaseEstimator):
         threshold = self._active_reject_threshold()
         mode = "auto" if self.reject == "auto" else "fixed"
         reject = fitted.reject if threshold == fitted.reject_threshold else {"mode": mode}
-        return Reliability(fitted.temperature, threshold, fitted.calibration, reject)
+        return Reliability(fitted.temperature, threshold, fitted.calibration, reject, self._reject_bank())
 
     def _reliability_meta(self) -> dict[str, Any]:
         """The head's ``calibration`` (temperature) and ``reject`` (mode, threshold, score kind)
@@ -840,7 +872,7 @@ class ImageClassifier(BaseEstimator):
             meta["reject"] = {
                 "mode": self.reject,
                 "threshold": threshold,
-                "score": SCORE_KIND,
+                "score": score_kind(self._reject_bank()),
                 "target_accuracy": self.target_accuracy,
             }
         return meta
@@ -872,6 +904,7 @@ class ImageClassifier(BaseEstimator):
         }
         try:
             spec = spec_from_bundle(meta, state)
+            bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
             head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
             _check_head_shape(head, spec.width, len(meta["classes"]))
         except HeadstartError:
@@ -891,6 +924,7 @@ class ImageClassifier(BaseEstimator):
         restore_bundle_entry(clf, meta)
         clf.temperature_ = bundle_temperature(meta)
         clf.reject_threshold_ = bundle_reject(meta).get("threshold")
+        clf.reject_bank_ = bank
         return clf
 
 

@@ -12,7 +12,9 @@ kNN head is not calibrated (its probabilities are neighbour votes, many exactly 
 no temperature mends), but its reject threshold is chosen on the votes of train-only neighbours.
 
 The reject threshold (``reject="auto"``) is chosen on the same held-out validation
-probabilities, after calibration, for ``target_accuracy`` on the accepted images.
+probabilities, after calibration, for ``target_accuracy`` on the accepted images; with a
+neighbour bank (``estimator.neighbours``), times each validation image's similarity to the train
+images only, so the threshold is on the score the model answers with.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from headstart.estimator.fitting import Split, Usable
+from headstart.estimator.neighbours import Neighbours
 from headstart.evaluation.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
 )
-from headstart.evaluation.reject import SCORE_KIND, choose_threshold, reject_scores, selective_metrics
+from headstart.evaluation.reject import choose_threshold, reject_scores, score_kind, selective_metrics
 from headstart.models.bundle import bundle_reject
 from headstart.models.heads import Head, KNNHead, LogisticHead
 
@@ -48,6 +51,7 @@ class Reliability:
     reject_threshold: float | None = None
     calibration: dict[str, Any] = field(default_factory=dict)  # how T was fitted
     reject: dict[str, Any] = field(default_factory=dict)  # how the threshold was chosen
+    bank: np.ndarray | None = None  # the neighbour bank of the max_probability*knn score
 
 
 def held_out_val_proba(head: Head, usable: Usable, split: Split, tuned_val_proba: Any = None) -> np.ndarray:
@@ -82,8 +86,10 @@ def fit_reliability(
     target_accuracy: float,
     log: Log,
     tuned_val_proba: Any = None,
+    neighbours: Neighbours | None = None,
 ) -> Reliability:
-    """Temperature (fitted on held-out validation probabilities) and the reject threshold."""
+    """Temperature (fitted on held-out validation probabilities) and the reject threshold (on
+    the ``max_probability*knn`` score with ``neighbours``, else on ``max_probability``)."""
     va = split.mask("val")
     y_val = usable.y[va]
     val_proba = held_out_val_proba(head, usable, split, tuned_val_proba)
@@ -108,7 +114,13 @@ def fit_reliability(
     rel = Reliability(temperature, None, {"temperature": temperature, **calibration})
     if reject == "off":
         return rel
-    scores = reject_scores(apply_temperature(val_proba, temperature))
+    calibrated = apply_temperature(val_proba, temperature)
+    if neighbours is None:
+        scores = reject_scores(calibrated)
+    else:
+        scores = reject_scores(calibrated, neighbours.val_features, neighbours.train_bank)
+        rel.bank = neighbours.bank
+    scores = np.nan_to_num(scores, nan=0.0)  # an image unreadable by the tuned network: least sure
     correct = val_proba.argmax(axis=1) == y_val
     rel.reject_threshold, rel.reject = _threshold(reject, target_accuracy, scores, correct, log)
     return rel
@@ -150,10 +162,15 @@ def _threshold(
 
 
 def reliability_sections(
-    rel: Reliability, y: np.ndarray, raw_proba: np.ndarray, evaluated_on: str
+    rel: Reliability,
+    y: np.ndarray,
+    raw_proba: np.ndarray,
+    evaluated_on: str,
+    features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """metrics.json's ``calibration`` (T, ECE and NLL before and after on the evaluated images)
-    and, with the reject option on, ``reject`` (threshold, score kind, coverage, accuracies)."""
+    and, with the reject option on, ``reject`` (threshold, score kind, coverage, accuracies);
+    ``features`` (the evaluated images' model features) score them when the model has a bank."""
     calibrated = apply_temperature(raw_proba, rel.temperature)
     correct = raw_proba.argmax(axis=1) == y if len(y) else np.zeros(0, dtype=bool)
     calibration = {
@@ -170,9 +187,9 @@ def reliability_sections(
         out["reject"] = {
             **rel.reject,
             "threshold": rel.reject_threshold,
-            "score": SCORE_KIND,
+            "score": score_kind(rel.bank),
             "evaluated_on": evaluated_on,
-            **selective_metrics(reject_scores(calibrated), correct, rel.reject_threshold),
+            **selective_metrics(reject_scores(calibrated, features, rel.bank), correct, rel.reject_threshold),
         }
     return out
 

@@ -2,7 +2,8 @@
 ``export.json`` beside it.
 
 The graph is the whole classifier (``export.graph``): uint8 (N, H, W, 3) RGB pixels, already
-resized and centre-cropped (``export.runtime.resize_crop``), in; probabilities out; dynamic batch.
+resized and centre-cropped (``export.runtime.resize_crop``), in; probabilities out (and the reject
+score, for a model whose score is ``max_probability*knn``); dynamic batch.
 fp16 and int8 files are derived from the fp32 ONNX graph (see ``export.quantize``).
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
-from headstart.export.graph import KNN_REFUSAL, classifier_module
+from headstart.evaluation.reject import restore_bank
+from headstart.export.graph import KNN_REFUSAL, OUTPUT, SCORE_OUTPUT, classifier_module
 from headstart.export.multilabel import check_precision, export_entries, file_entries
 from headstart.export.runtime import (
     EXPORT_JSON,
@@ -29,7 +31,7 @@ from headstart.export.runtime import (
 )
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
-from headstart.models.bundle import bundle_temperature, library_versions, load_bundle
+from headstart.models.bundle import bundle_reject, bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
 FORMATS = ("onnx", "openvino")
@@ -46,6 +48,7 @@ class Bundle:
     head: Any
     source: Path
     features: Any = None  # the FeatureSpec: multi-layer features, TTA, ensemble members
+    bank: Any = None  # the reject score's neighbour bank (None: the score is max_probability)
 
 
 def read_bundle(source: str | Path) -> Bundle:
@@ -53,10 +56,11 @@ def read_bundle(source: str | Path) -> Bundle:
     meta, state, head_arrays = load_bundle(source)
     try:
         spec = spec_from_bundle(meta, state)
+        bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
         head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise HeadstartError(f"model file {source} is damaged or incomplete ({type(e).__name__})") from e
-    return Bundle(meta, spec.members[0], head, Path(source), spec)
+    return Bundle(meta, spec.members[0], head, Path(source), spec, bank)
 
 
 def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +92,14 @@ def _check_choices(fmt: str, precision: str) -> None:
 
 
 def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
-    """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet)."""
+    """The whole classifier as an fp32 ONNX graph with a dynamic batch axis (no metadata yet);
+    with a neighbour bank, the reject score is its second output."""
     _, h, w = bundle.backbone.data_config["input_size"]
     module = classifier_module(
-        bundle.features or bundle.backbone, bundle.head, bundle_temperature(bundle.meta)
+        bundle.features or bundle.backbone, bundle.head, bundle_temperature(bundle.meta), bundle.bank
     )
-    return export_pixels_module(module, (h, w), path, None, "probabilities")
+    outputs = [OUTPUT] if bundle.bank is None else [OUTPUT, SCORE_OUTPUT]
+    return export_pixels_module(module, (h, w), path, None, outputs)
 
 
 def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +114,12 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "model_file": MODEL_FILES[fmt],
         "classes": list(meta["classes"]),
         "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(meta["classes"])]},
+        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", len(meta["classes"])]},
+        **(
+            {}
+            if bundle.bank is None
+            else {"score_output": {"name": SCORE_OUTPUT, "dtype": "float32", "shape": ["N"]}}
+        ),
         "input_size": [h, w],
         "preprocessing": spec,
         "backbone": meta["backbone"]["name"],

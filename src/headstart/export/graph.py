@@ -1,4 +1,5 @@
-"""The whole classifier as one torch module: uint8 NHWC pixels -> backbone -> head -> softmax.
+"""The whole classifier as one torch module: uint8 NHWC pixels -> backbone -> head -> softmax
+(and, for a model whose reject score is ``max_probability*knn``, that score as a second output).
 
 Built from a bundle with headstart's own pieces (the feature network of ``features.engines``
 and the head's saved arrays), so the exported graph computes what ``headstart predict`` does.
@@ -79,12 +80,44 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
 
 
 HEAD_SCOPE = "/head/"  # the head's nodes in the exported ONNX graph are named /head/...
+OUTPUT = "probabilities"
+SCORE_OUTPUT = "score"  # the reject score, the graph's second output when the model has a bank
+UNIT_EPS = 1e-12  # a feature row's norm is at least this before dividing (an all-zero row stays 0)
 
 
-def classifier_module(backbone: Backbone | FeatureSpec, head: Head, temperature: float = 1.0) -> Any:
+def scored_head(classify: Any, bank: np.ndarray) -> Any:
+    """``classify`` (features -> calibrated probabilities) followed by the ``max_probability*knn``
+    score: the top probability times the largest cosine similarity of the unit features to the
+    neighbour bank, clipped to [0, 1] (``evaluation.reject.reject_scores``).
+
+    The bank is a float16 buffer cast to float in the graph (half the file of a float32 one, the
+    same numbers as ``predict``'s bank). Its nodes are in the head's scope, which int8 export keeps
+    in float (``export.quantize``), so the product never sees int8 rounding.
+    """
+    import torch
+
+    class ScoredHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.classify = classify
+            self.register_buffer("bank", torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float16)))
+
+        def forward(self, features: Any) -> tuple[Any, Any]:
+            proba = self.classify(features)
+            unit = features / features.norm(dim=1, keepdim=True).clamp_min(UNIT_EPS)
+            similarity = (unit @ self.bank.float().T).amax(dim=1).clamp(0.0, 1.0)
+            return proba, proba.amax(dim=1) * similarity
+
+    return ScoredHead()
+
+
+def classifier_module(
+    backbone: Backbone | FeatureSpec, head: Head, temperature: float = 1.0, bank: np.ndarray | None = None
+) -> Any:
     """uint8 (N, H, W, 3) pixels -> (N, C) calibrated probabilities, in eval mode; its parts are
     named ``features`` and ``head`` (so are the exported graph's nodes). A ``FeatureSpec`` brings its
-    multi-layer features, mirror (TTA) and ensemble members into the graph."""
+    multi-layer features, mirror (TTA) and ensemble members into the graph. With a neighbour
+    ``bank`` the module gives (probabilities, (N,) reject scores) (``scored_head``)."""
     from collections import OrderedDict
 
     import torch
@@ -92,5 +125,6 @@ def classifier_module(backbone: Backbone | FeatureSpec, head: Head, temperature:
     if isinstance(backbone, FeatureSpec) and backbone.is_plain and backbone.selected is None:
         backbone = backbone.members[0]
     features = pixels_to_features(backbone) if isinstance(backbone, Backbone) else feature_module(backbone)
-    parts = OrderedDict(features=features, head=head_module(head, temperature))
+    classify = head_module(head, temperature)
+    parts = OrderedDict(features=features, head=classify if bank is None else scored_head(classify, bank))
     return torch.nn.Sequential(parts).eval()

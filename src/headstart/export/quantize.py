@@ -90,18 +90,40 @@ def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
     """QDQ ONNX calibrated on ``pixels`` (see ``features.quantize.quantize_qdq``).
 
     The head stays fp32: it is a few thousand multiply-adds, and its standardised weights can hold
-    outliers that int8 would flatten.
+    outliers that int8 would flatten. So does the reject score of a model with a neighbour bank
+    (its nodes are in the head's scope): its similarities to the bank stay float products, and
+    only the int8 backbone's features move it (``score_drift`` measures by how much).
     """
     return quantize_qdq(fp32, out, pixels, keep_fp32=HEAD_SCOPE)
 
 
-def accuracy(model_file: Path, fmt: str, pixels: np.ndarray, labels: np.ndarray, classes: int) -> float:
-    """Top-1 accuracy of a model file on prepared images, with the export runtime."""
+def run_outputs(model_file: Path, fmt: str, pixels: np.ndarray) -> list[np.ndarray]:
+    """Every output of a model file on prepared images, with the export runtime."""
     from headstart.export.runtime import runner_for
 
     runner = runner_for(model_file, fmt, None)
-    proba = np.concatenate([runner.run(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
+    batches = [runner.run_all(pixels[i : i + 32]) for i in range(0, len(pixels), 32)]
+    return [np.concatenate(parts) for parts in zip(*batches)]
+
+
+def accuracy(model_file: Path, fmt: str, pixels: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """Top-1 accuracy of a model file on prepared images, with the export runtime."""
+    proba = run_outputs(model_file, fmt, pixels)[0]
     return float((proba.argmax(1) == labels).mean())
+
+
+def score_drift(
+    fp32: Path, int8: Path, fmt: str, pixels: np.ndarray, threshold: float | None
+) -> dict[str, float]:
+    """How far the int8 graph's reject scores are from the fp32 graph's on the same images (its
+    features are int8's, its bank products float), and how often both turn an image down alike.
+    Recorded in ``export.json`` so the threshold's meaning under int8 is known, not assumed."""
+    reference, scores = run_outputs(fp32, "onnx", pixels)[1], run_outputs(int8, fmt, pixels)[1]
+    diff = np.abs(scores - reference)
+    out = {"score_max_abs_diff": float(diff.max()), "score_mean_abs_diff": float(diff.mean())}
+    if threshold is not None:
+        out["unknown_agreement"] = float(((scores <= threshold) == (reference <= threshold)).mean())
+    return out
 
 
 def test_pixels(meta: dict[str, Any], preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -136,6 +158,9 @@ def quantize_checked(
     fp32_acc = accuracy(fp32, "onnx", pixels, labels, n_classes)
     int8_acc = accuracy(checked_int8, fmt, pixels, labels, n_classes)
     info["accuracy"].update({"fp32": fp32_acc, "int8": int8_acc, "split": split, "n": int(len(labels))})
+    if getattr(bundle, "bank", None) is not None and len(pixels):
+        threshold = (info.get("reject") or {}).get("threshold")
+        info["accuracy"].update(score_drift(fp32, checked_int8, fmt, pixels, threshold))
     info["calibration"] = {
         "images": int(len(calibration)),
         "split": "train",

@@ -4,6 +4,8 @@
     pixels = model.load_image("rose.jpg")      # (H, W, 3) uint8, exactly as headstart predict sees it
     proba = model.predict_proba(pixels[None])  # (1, C) float32
     model.classes[int(proba.argmax())]
+    proba, scores = model.predict_scored(pixels[None])  # and the reject score of each image
+    model.answer(proba[0], k=3, score=scores[0])  # as headstart predict --format json answers
 
 Nothing here imports torch or timm, so a server that uses it stays small. The resize and centre
 crop are headstart's own (``data.images.Preprocessor``'s fast path), read from ``export.json``:
@@ -24,6 +26,7 @@ from PIL import Image
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.data.images import decode_image, read_bytes, to_rgb
 from headstart.evaluation.answers import answer
+from headstart.evaluation.reject import KNN_SCORE_KIND, SCORE_KIND, reject_scores
 from headstart.models.bundle import bundle_reject, bundle_temperature
 
 EXPORT_JSON = "export.json"
@@ -94,9 +97,12 @@ def reject_threshold_of(metadata: dict[str, Any]) -> float | None:
 
 
 class _Runner:
-    """One runtime's session: ``run(uint8 NHWC) -> float32 (N, C)``."""
+    """One runtime's session: ``run(uint8 NHWC) -> float32 (N, C)``; ``run_all``: every output."""
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.run_all(pixels)[0]
+
+    def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
 
@@ -110,8 +116,8 @@ class _OnnxRunner(_Runner):
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input: pixels})[0], dtype=np.float32)
+    def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(out, dtype=np.float32) for out in self.session.run(None, {self.input: pixels})]
 
 
 class _OpenVinoRunner(_Runner):
@@ -130,8 +136,9 @@ class _OpenVinoRunner(_Runner):
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: pixels})[0], dtype=np.float32, copy=True)
+    def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
+        results = self.request.infer({0: pixels})
+        return [np.array(results[i], dtype=np.float32, copy=True) for i in range(len(self.compiled.outputs))]
 
 
 @dataclass
@@ -162,9 +169,24 @@ class ExportedModel:
         """The model's reject threshold (None when its reject option is off)."""
         return reject_threshold_of(self.metadata)
 
-    def answer(self, proba_row: np.ndarray, k: int) -> dict[str, Any]:
-        """One image's answer (``evaluation.answers.answer``): top-k, labels, unknown, score."""
-        return answer(self.classes, proba_row, min(k, len(self.classes)), self.reject_threshold)
+    @property
+    def score_kind(self) -> str | None:
+        """The reject score's kind (``evaluation.reject``; None when the option is off)."""
+        reject = self.metadata.get("reject") or {}
+        return None if reject.get("threshold") is None else str(reject.get("score", SCORE_KIND))
+
+    def answer(self, proba_row: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
+        """One image's answer (``evaluation.answers.answer``): top-k, labels, unknown, score.
+
+        ``score``: the image's reject score from ``predict_scored``; a ``max_probability`` model
+        may leave it out (it is the top probability), a ``max_probability*knn`` one may not (it
+        needs the image's features, which only the graph sees).
+        """
+        if score is None and self.score_kind == KNN_SCORE_KIND:
+            raise HeadstartError(
+                f"this model's reject score is {KNN_SCORE_KIND}: pass the score predict_scored gives"
+            )
+        return answer(self.classes, proba_row, min(k, len(self.classes)), self.reject_threshold, score)
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """A decoded image -> (H, W, 3) uint8: to RGB, headstart's resize and centre crop."""
@@ -189,6 +211,13 @@ class ExportedModel:
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB -> (N, C) float32 probabilities."""
+        pixels = self._batch(pixels)
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self._runner.run(pixels)
+
+    def _batch(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` as a contiguous uint8 (N, H, W, 3) batch of the model's size, or a clear error."""
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
         if pixels.ndim == 3:
             pixels = pixels[None]
@@ -197,9 +226,22 @@ class ExportedModel:
                 f"expected uint8 images of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), "
                 f"got {pixels.shape}: use prepare() or load_image() first"
             )
-        if len(pixels) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return self._runner.run(pixels)
+        return pixels
+
+    def predict_scored(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W, 3) uint8 RGB -> (N, C) probabilities and (N,) reject scores: the graph's
+        ``score`` output for a ``max_probability*knn`` model, else the top probability."""
+        pixels = self._batch(pixels)
+        if self.score_kind != KNN_SCORE_KIND or len(pixels) == 0:
+            proba = self.predict_proba(pixels)
+            return proba, reject_scores(proba).astype(np.float32)
+        outputs = self._runner.run_all(pixels)
+        if len(outputs) < 2:
+            raise HeadstartError(
+                f"{self.path} has no score output although export.json says its reject score is "
+                f"{KNN_SCORE_KIND}: export the model again with headstart export"
+            )
+        return outputs[0], outputs[1].reshape(-1)
 
 
 def runner_for(model_path: Path, fmt: str, threads: int | None) -> _Runner:

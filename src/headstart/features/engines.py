@@ -12,7 +12,7 @@ import functools
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,15 @@ def export_onnx(backbone: Backbone, path: Path, batch_size: int | None, layers: 
 
 
 def export_pixels_module(
-    module: Any, size: tuple[int, int], path: Path, batch_size: int | None, output: str
+    module: Any, size: tuple[int, int], path: Path, batch_size: int | None, output: str | Sequence[str]
 ) -> Path:
     """Export a torch module that takes uint8 NHWC ``pixels`` of ``size`` (H, W) to ONNX.
 
     Args:
         batch_size: a static batch, or None for a dynamic batch axis.
-        output: the name of the graph's one output.
+        output: the name of the graph's one output, or the names of its outputs in order.
     """
+    outputs = [output] if isinstance(output, str) else list(output)
     import torch
 
     h, w = size
@@ -82,8 +83,8 @@ def export_pixels_module(
             (example,),
             str(tmp),
             input_names=["pixels"],
-            output_names=[output],
-            dynamic_axes=None if batch_size else {"pixels": {0: "batch"}, output: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes=None if batch_size else {name: {0: "batch"} for name in ["pixels", *outputs]},
             opset_version=17,
             dynamo=False,
         )

@@ -58,9 +58,10 @@ def top_k_predictions(classes: list[str], proba: np.ndarray, k: int) -> list[dic
     return answer(classes, proba, k, decimals=6)["predictions"]
 
 
-def image_answer(model: Any, proba: np.ndarray, k: int) -> dict[str, Any]:
+def image_answer(model: Any, proba: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
     """One image's answer, shaped as ``headstart predict --format json``'s items: top-k
-    ``predictions``, ``labels``, ``unknown`` and, with the model's reject option on, ``score``."""
+    ``predictions``, ``labels``, ``unknown`` and, with the model's reject option on, ``score``
+    (the model's own, from ``predict_scored``; the top probability where none is given)."""
     reject = (getattr(model, "metadata", None) or {}).get("reject") or {}
     threshold = reject.get("threshold")
     return answer(
@@ -68,8 +69,16 @@ def image_answer(model: Any, proba: np.ndarray, k: int) -> dict[str, Any]:
         proba,
         min(k, len(model.classes)),
         None if threshold is None else float(threshold),
+        score,
         decimals=6,
     )
+
+
+def model_call(model: Any) -> Callable[[np.ndarray], Any]:
+    """What the batcher runs: ``predict_scored`` ((probabilities, reject scores), so ``unknown``
+    agrees with ``headstart predict`` whatever the score kind) where the model has it, else
+    ``predict_proba``."""
+    return getattr(model, "predict_scored", None) or model.predict_proba
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -169,7 +178,7 @@ def create_app(
         state.model = await asyncio.to_thread(_load, model, precision)
         batch, state.batch_rates = await asyncio.to_thread(_tune, state.model, max_batch, tune_batch)
         state.batcher = MicroBatcher(
-            state.model.predict_proba, batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
+            model_call(state.model), batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
         )
         state.batcher.start()
         app.state.batcher = state.batcher
@@ -254,12 +263,14 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
     for upload, item in zip(uploads, prepared):
         if isinstance(item, BadImageError):
             results.append({"path": upload.name, "predictions": [], "error": str(item)})
-        elif thresholds is not None:
-            results.append(
-                multilabel_answer(upload.name, next(probabilities), state.model.classes, thresholds, top_k)
-            )
+            continue
+        output = next(probabilities)
+        proba, score = output if isinstance(output, tuple) else (output, None)
+        if thresholds is not None:
+            results.append(multilabel_answer(upload.name, proba, state.model.classes, thresholds, top_k))
         else:
-            results.append({"path": upload.name, **image_answer(state.model, next(probabilities), top_k)})
+            score = None if score is None else float(score)
+            results.append({"path": upload.name, **image_answer(state.model, proba, top_k, score)})
     if not good:
         reasons = "; ".join(f"{r['path']}: {r['error']}" for r in results)
         return JSONResponse({"error": f"no readable image: {reasons}", "results": results}, status_code=422)

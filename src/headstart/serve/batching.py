@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -72,15 +73,22 @@ class QueueFull(HeadstartError):
 @dataclass
 class _Item:
     image: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Any]
+
+
+def per_image(outputs: np.ndarray | tuple[np.ndarray, ...]) -> Sequence[Any]:
+    """A model call's result as one entry per image: its row, or (a tuple of outputs) the tuple
+    of its rows in each, such as (probabilities, reject score)."""
+    return list(zip(*outputs)) if isinstance(outputs, tuple) else list(outputs)
 
 
 class MicroBatcher:
     """Gathers images from concurrent requests into batches for ``predict_proba``.
 
     Args:
-        predict_proba: uint8 batch (N, H, W, 3) -> float32 probabilities (N, C); called from
-            one inference thread, never from two at once.
+        predict_proba: uint8 batch (N, H, W, 3) -> float32 probabilities (N, C), or a tuple of
+            per-image outputs such as (probabilities, (N,) reject scores); each image then gets
+            the tuple of its rows. Called from one inference thread, never from two at once.
         max_batch: most images in one model call (1 turns batching off).
         max_wait_s: how long the first image of a batch waits for company.
         queue_size: most images waiting; more are refused with :class:`QueueFull`.
@@ -88,7 +96,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        predict_proba: Callable[[np.ndarray], np.ndarray],
+        predict_proba: Callable[[np.ndarray], Any],
         max_batch: int = 16,
         max_wait_s: float = 0.005,
         queue_size: int = 256,
@@ -125,8 +133,9 @@ class MicroBatcher:
         """Images in the queue now."""
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities for each prepared image, computed in whatever batches form.
+    async def predict(self, images: list[np.ndarray]) -> list[Any]:
+        """Probabilities (or the tuple of outputs) for each prepared image, computed in whatever
+        batches form.
 
         Raises:
             QueueFull: the queue cannot take all of ``images`` now.
@@ -163,10 +172,10 @@ class MicroBatcher:
             batch = await self._gather(self._queue)
             try:
                 stacked = np.stack([item.image for item in batch])
-                proba = await loop.run_in_executor(self._executor, self.predict_proba, stacked)
+                outputs = await loop.run_in_executor(self._executor, self.predict_proba, stacked)
                 self.model_calls += 1
                 self.images_done += len(batch)
-                for item, row in zip(batch, proba):
+                for item, row in zip(batch, per_image(outputs)):
                     if not item.future.done():
                         item.future.set_result(row)
             except Exception as e:  # the requests of this batch fail; the server keeps serving
