@@ -189,7 +189,7 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
         return combined[0] if combined else real_best(self)
 
     monkeypatch.setattr(auto.Search, "best", best)
-    params = {**FAST, "engine": "onnxruntime"}
+    params = {**FAST, "engine": "onnxruntime", "reject": "auto"}
     clf = ImageClassifier(strategy="auto", time_budget=600.0, **params).fit(data, out_dir=tmp_path / "run")
     found = statuses(clf)
     names = {"finetune:last:1", "finetune:last:2"}
@@ -206,3 +206,7 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     loaded = headstart.load(tmp_path / "run", verbose=False, engine="onnxruntime")
     assert len(loaded.features_.members) == 2 and loaded.features_.tta == "flip"
     np.testing.assert_allclose(loaded.predict_proba(test_paths), clf.test_["proba"], atol=2e-3)
+    # the reject score's neighbours live in the ensemble's own feature space (both tuned networks)
+    assert clf.reject_bank_.shape[1] == spec.width == 2 * spec.members[0].num_features
+    scores = [a["score"] for a in loaded.predict_top_k(test_paths[:4])]
+    assert scores == pytest.approx([a["score"] for a in clf.predict_top_k(test_paths[:4])], abs=1e-3)
