@@ -196,6 +196,8 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     combined = [c for c in clf.auto_["candidates"] if c["kind"] == "finetune-combined"]
     assert len(combined) == 3 and all(c["status"] == "done" for c in combined), found
     assert {c["inference_cost"] for c in combined} == {2, 4}
+    # each fine-tuning candidate trains on its own batches (seed + k): different mistakes to average
+    assert sorted(c["seed"] for c in clf.auto_["candidates"] if c["kind"] == "finetune") == [0, 1]
     winner = next(c for c in combined if c["name"] == clf.auto_["winner"])
     assert set(winner["params"]["members"]) == names and winner["params"]["tta"] == "flip"
     spec = clf.features_

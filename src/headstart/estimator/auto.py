@@ -506,8 +506,16 @@ def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
 
 def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     """Fine-tune from the last-layer probe (fitted on train only); the tuned network's
-    probabilities on validation (the tuner keeps its best epoch, or the probe)."""
+    probabilities on validation (the tuner keeps its best epoch, or the probe).
+
+    The k-th fine-tuning candidate trains with seed ``seed + k`` (its own batches and
+    augmentations): networks tuned from one start on the same batches make the same mistakes,
+    and the combined candidates average them.
+    """
     clf, base = search.clf, search.candidates[0]
+    c.detail["seed"] = clf.seed + sum(
+        1 for o in search.candidates if o.kind == "finetune" and "seed" in o.detail and o is not c
+    )
     assert base.fitted is not None and base.fitted.spec is not None
     if clf.head != "logistic":
         raise Unavailable("fine-tuning starts from the linear probe: head='logistic'")
@@ -523,7 +531,7 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         patience=clf.patience,
         workers=clf.loader_workers,
         precision=clf.precision,
-        seed=clf.seed,
+        seed=c.detail["seed"],
     )
     backbone = base.fitted.backbone
     tuner = FineTuner(settings, None, search.log, clf.verbose, search.on_epoch_end)
