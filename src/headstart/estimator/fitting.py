@@ -124,6 +124,11 @@ def split_samples(
 ) -> Split:
     """Predefined splits as given, the rest stratified and seeded (duplicate groups kept together)."""
     names, method = assign_splits(samples, fractions, seed, checks.group_indices if checks else None)
+    return nonempty_split(names, method)
+
+
+def nonempty_split(names: Any, method: str) -> Split:
+    """The split, refused when train or val is empty (one teaches the model, one judges it)."""
     split = Split(names, method)
     for name in ("train", "val"):
         if not split.mask(name).any():

@@ -32,6 +32,7 @@ from headstart.estimator.fitting import (
     Usable,
     data_info,
     extraction_info,
+    nonempty_split,
     now_utc,
     split_record,
 )
@@ -80,13 +81,7 @@ def multilabel_split(clf: ImageClassifier, usable: Usable, checks: Any) -> Split
     """Iterative stratification (predefined splits as given); train and val must not be empty."""
     groups = checks.group_indices if checks is not None else None
     names, method = assign_multilabel_splits(usable.samples, usable.classes, clf.split, clf.seed, groups)
-    split = Split(names, method)
-    for name in ("train", "val"):
-        if not split.mask(name).any():
-            raise ParameterError(
-                "split", f"the {name} split is empty: give more images or change the fractions"
-            )
-    return split
+    return nonempty_split(names, method)
 
 
 @dataclass
