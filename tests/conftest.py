@@ -78,6 +78,25 @@ def tiny_probe(root: Path):
     return backbone, head, items, classes
 
 
+def assert_bundle_and_export_agree(clf, tmp_path: Path):
+    """Save ``clf``, load it and export it to fp32 ONNX: the loaded model's test probabilities
+    equal the fitted one's, the exported graph's within 2e-3; the loaded model, for more checks."""
+    import headstart
+    from headstart.export.exporter import export_model
+    from headstart.export.runtime import load_exported
+
+    path = clf.save(tmp_path / "model.safetensors")
+    loaded = headstart.load(path, verbose=False, engine="onnxruntime")
+    files = clf.test_["paths"]
+    reference = clf.predict_proba(files)
+    np.testing.assert_allclose(loaded.predict_proba(files), reference, atol=1e-6)
+    export_model(path, tmp_path / "out", "onnx", "fp32")
+    exported = load_exported(tmp_path / "out")
+    pixels = np.stack([exported.load_image(f) for f in files])
+    np.testing.assert_allclose(exported.predict_proba(pixels), reference, atol=2e-3)
+    return loaded
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Path -> sha256 of every file (and link target) below root: proves nothing was written."""
     out = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, make_gratings
+from conftest import assert_bundle_and_export_agree, make_class_folders, make_gratings
 from PIL import Image
 
 import headstart
@@ -96,16 +96,8 @@ def test_ensemble_round_trips_and_its_export_is_refused_in_one_line(tmp_path, ti
 def test_tta_model_round_trips_through_bundle_and_export(tmp_path):
     root = make_gratings(tmp_path / "gratings", per_class=10)
     clf = _fit(root, tta="flip", engine="onnxruntime")
-    path = clf.save(tmp_path / "model.safetensors")
-    loaded = headstart.load(path, verbose=False, engine="onnxruntime")
+    loaded = assert_bundle_and_export_agree(clf, tmp_path)
     assert loaded.tta == "flip" and loaded.features_.tta == "flip"
-    files = clf.test_["paths"]
-    reference = clf.predict_proba(files)
-    np.testing.assert_allclose(loaded.predict_proba(files), reference, atol=1e-6)
-    export_model(path, tmp_path / "out", "onnx", "fp32")
-    exported = load_exported(tmp_path / "out")
-    pixels = np.stack([exported.load_image(f) for f in files])
-    np.testing.assert_allclose(exported.predict_proba(pixels), reference, atol=2e-3)
 
 
 @pytest.mark.slow

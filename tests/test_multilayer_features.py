@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, make_gratings
+from conftest import assert_bundle_and_export_agree, make_class_folders, make_gratings
 
-import headstart
 from headstart.estimator.classifier import ImageClassifier
-from headstart.export.exporter import export_model
-from headstart.export.runtime import load_exported
 from headstart.features.composite import build_extractor
 from headstart.models.backbones import create_backbone
 from headstart.models.taps import candidate_group_sets, layer_group_widths
@@ -84,13 +81,5 @@ def test_multi_model_round_trips_through_bundle_and_export(tmp_path):
         info["group_widths"]
     )
     assert clf.metrics_["features"]["layers"] == "multi"
-    path = clf.save(tmp_path / "model.safetensors")
-    loaded = headstart.load(path, verbose=False, engine="onnxruntime")
+    loaded = assert_bundle_and_export_agree(clf, tmp_path)
     assert loaded.features == "multi" and loaded.features_.selected == clf.features_.selected
-    files = clf.test_["paths"]
-    reference = clf.predict_proba(files)
-    np.testing.assert_allclose(loaded.predict_proba(files), reference, atol=1e-6)
-    export_model(path, tmp_path / "out", "onnx", "fp32")
-    exported = load_exported(tmp_path / "out")
-    pixels = np.stack([exported.load_image(f) for f in files])
-    np.testing.assert_allclose(exported.predict_proba(pixels), reference, atol=2e-3)
