@@ -161,10 +161,10 @@ def test_two_ranks_first_epoch_matches_one_process(one_and_two: dict[str, Path])
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert abs(float(one[key]) - float(two[key])) < LOSS_TOLERANCE, (key, one[key], two[key])
     metrics = json.loads((one_and_two["two"] / "metrics.json").read_text())
-    assert metrics["finetune"]["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert metrics["finetune"]["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu"}
     assert metrics["finetune"]["torch_threads"] == 1
     single = json.loads((one_and_two["one"] / "metrics.json").read_text())
-    assert single["finetune"]["distributed"] == {"world_size": 1, "backend": "none"}
+    assert single["finetune"]["distributed"] == {"world_size": 1, "backend": "none", "device": "cpu"}
     assert "world size 2, backend gloo" in (one_and_two["two"] / "log.txt").read_text()
 
 
@@ -208,7 +208,7 @@ def test_two_nodes_meet_and_keep_their_own_caches(data: Path, tmp_path: Path) ->
         output = agent.communicate(timeout=JOB_TIMEOUT)[0]
         assert agent.returncode == 0, output[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["finetune"]["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert metrics["finetune"]["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu"}
     rows = []
     for node in (0, 1):
         with sqlite3.connect(tmp_path / f"cache-node{node}" / "features.sqlite") as db:
@@ -343,3 +343,28 @@ def test_nproc_below_one_is_refused(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["train", str(tmp_path), "--nproc", "0"])
     assert result.exit_code == 2 and "--nproc" in result.output
+
+
+def test_one_process_trains_on_the_first_gpu_torch_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a job a GPU is used when there is one (and the CPU otherwise); metrics say which."""
+    import torch
+
+    from headstart.training import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.current().device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    job = distributed.current()
+    assert (job.device, job.active) == ("cuda:0", False)
+    assert job.describe() == {"world_size": 1, "backend": "none", "device": "cuda:0"}
+
+
+def test_a_gpu_gets_every_core_but_one_to_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from headstart.data import loaders
+
+    monkeypatch.setattr(loaders, "usable_core_count", lambda: 16)
+    assert loaders.loader_workers(None) == 4  # a CPU trains: decoding needs few cores
+    assert loaders.loader_workers(None, accelerator=True) == 15
+    assert loaders.loader_workers(2, accelerator=True) == 2  # the user's number stands
+    monkeypatch.setattr(loaders, "usable_core_count", lambda: 1)
+    assert loaders.loader_workers(None, accelerator=True) == 1

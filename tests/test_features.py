@@ -107,3 +107,22 @@ def test_asynchronous_batches_stay_aligned_with_their_paths(tmp_path, backbone):
     sims = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
     assert (sims.argmax(1) == np.arange(len(a))).all()
     assert sims.diagonal().min() > 0.99
+
+
+def test_auto_engine_falls_back_when_openvino_is_not_installed(monkeypatch):
+    """An install without OpenVINO (no wheel for the platform) extracts with ONNX Runtime."""
+    import importlib.util
+
+    from headstart.core.errors import ParameterError
+    from headstart.features import engines
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+    assert engines.available_engines() == ["onnxruntime", "torch"]
+    assert engines.resolve_engine("auto") == "onnxruntime"
+    with pytest.raises(
+        ParameterError, match="'openvino' is not installed here: choose auto or onnxruntime, torch"
+    ):
+        engines.resolve_engine("openvino")
+    with pytest.raises(ParameterError, match="unknown engine 'tensorrt'"):
+        engines.resolve_engine("tensorrt")

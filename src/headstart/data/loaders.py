@@ -73,11 +73,15 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def loader_workers(workers: int | None) -> int:
+def loader_workers(workers: int | None, accelerator: bool = False) -> int:
     """Loader worker processes: ``workers`` if given, else up to 4 (half the usable cores), since
-    decoding is cheap next to training."""
+    on a CPU decoding is cheap next to training. A GPU trains faster than a few cores decode (an
+    H200 ran Lite0 at 740 images/s with 4 workers, 1,400 with 12), so for it every usable core
+    but the one feeding it decodes."""
     if workers is not None:
         return max(0, int(workers))
+    if accelerator:
+        return max(1, usable_core_count() - 1)
     return max(1, min(4, usable_core_count() // 2))
 
 

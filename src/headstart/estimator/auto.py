@@ -72,6 +72,7 @@ from headstart.features.composite import FeatureSpec, create_feature_spec
 from headstart.features.store import FeatureStore
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head, averaged_linear_head
+from headstart.training.distributed import current as current_job
 from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
 from headstart.training.network import freeze, make_network, set_train_mode
 from headstart.training.settings import resolve_precision
@@ -375,35 +376,41 @@ def measure_training(
     """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` (the
     median batch after the first, which pays for the loader's start and the kernels' warm-up)
     and of evaluation (the faster of two batches). The first fine-tuning epochs then correct
-    these estimates (see ``_calibrate``)."""
+    these estimates (see ``_calibrate``). Measured where the fine-tuning will run (a GPU where
+    torch sees one)."""
     import torch
 
     torch.set_num_threads(compute_threads(None))
-    precision = resolve_precision(clf.precision)
+    device = current_job().device
+    precision = resolve_precision(clf.precision, device)
     model = copy.deepcopy(backbone.model)
     freeze(model, unfreeze)
-    network = make_network(model, backbone.data_config, probe).to(memory_format=torch.channels_last)
+    network = make_network(model, backbone.data_config, probe).to(device, memory_format=torch.channels_last)
     set_train_mode(network, True)
     optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-6)
     loss_fn = torch.nn.CrossEntropyLoss()
-    workers = loader_workers(clf.loader_workers)
+    workers = loader_workers(clf.loader_workers, accelerator=device != "cpu")
     loader, _ = train_loader(items, clf.augment, backbone.data_config, MEASURE_BATCH_SIZE, workers, clf.seed)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     timed, last = [], time.perf_counter()
     for pixels, labels in loader:
-        with autocast(precision):
+        pixels, labels = pixels.to(device), labels.to(device)
+        with autocast(precision, device.split(":")[0]):
             loss = loss_fn(network(pixels).float(), labels.clamp(min=0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        sync()
         now = time.perf_counter()
         timed.append((now - last) / len(labels))
         last = now
     network.eval()
     evaluated = []
-    with torch.inference_mode(), autocast(precision):
+    with torch.inference_mode(), autocast(precision, device.split(":")[0]):
         for _ in range(2):
             t0 = time.perf_counter()
             network(pixels)
+            sync()
             evaluated.append((time.perf_counter() - t0) / len(pixels))
     eval_s = min(evaluated)
     train_s = float(np.median(timed[1:])) if len(timed) > 1 else 4 * eval_s

@@ -9,6 +9,7 @@ OpenVINO overlaps several batches in asynchronous requests.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import threading
 import warnings
 from collections import deque
@@ -237,9 +238,13 @@ class OpenVinoEngine(Engine):
             raise RuntimeError("OpenVINO inference did not return every batch")
 
 
+ENGINE_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch"}
+
+
 def available_engines() -> list[str]:
-    """The engines, fastest first: all three are required dependencies."""
-    return ["openvino", "onnxruntime", "torch"]
+    """The engines installed here, fastest first. All three are required dependencies, but an
+    install without a wheel for this platform (or a broken one) must fall back, not fail."""
+    return [name for name, module in ENGINE_MODULES.items() if importlib.util.find_spec(module) is not None]
 
 
 FEATURE_PRECISIONS = ("auto", "int8")
@@ -273,10 +278,12 @@ def resolve_engine(engine: str) -> str:
     names = available_engines()
     if engine == "auto":
         return names[0]
-    if engine not in names:
+    if engine not in ENGINE_MODULES:
         raise ParameterError(
             "engine", f"unknown engine '{engine}': choose auto, openvino, onnxruntime or torch"
         )
+    if engine not in names:
+        raise ParameterError("engine", f"'{engine}' is not installed here: choose auto or {', '.join(names)}")
     return engine
 
 

@@ -69,7 +69,7 @@ class Distributed:
 
     def describe(self) -> dict[str, Any]:
         """What ``metrics.json`` records (``finetune.distributed``)."""
-        return {"world_size": self.world_size, "backend": self.backend or "none"}
+        return {"world_size": self.world_size, "backend": self.backend or "none", "device": self.device}
 
     def per_rank_batch(self, batch_size: int) -> int:
         """Each rank's share of the global batch; the global batch must divide evenly."""
@@ -146,15 +146,23 @@ def current() -> Distributed:
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
-            return Distributed()
+            return Distributed(device=single_process_device())
         world, rank = dist.get_world_size(), dist.get_rank()
         backend = str(dist.get_backend())
     except ImportError:  # torch without distributed support
-        return Distributed()
+        return Distributed(device=single_process_device())
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, local_world)))
     device = f"cuda:{local_rank}" if backend == "nccl" else "cpu"
     return Distributed(world, rank, local_rank, local_world, backend, device)
+
+
+def single_process_device() -> str:
+    """Where a process outside a job trains: the first GPU torch sees, else the CPU
+    (``CUDA_VISIBLE_DEVICES=`` keeps a GPU machine's run on its CPU)."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def timeout_s() -> float:

@@ -418,7 +418,9 @@ class FineTuner:
         self.frozen_prefix = self._use_prefix(network, model, data_config, dist)
         self.network_ = network
         self.workers = (
-            loader_workers(s.workers) if s.workers is not None else dist.share(loader_workers(None))
+            loader_workers(s.workers)
+            if s.workers is not None
+            else dist.share(loader_workers(None, accelerator=dist.device != "cpu"))
         )
         loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
         loader, sampler = shard_train_loader(loader, sampler, dist, s.batch_size)
@@ -531,7 +533,7 @@ class FineTuner:
         self.log(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
-            f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {self.precision}, "
+            f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {data.dist.device}, {self.precision}, "
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
             f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
