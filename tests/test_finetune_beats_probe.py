@@ -77,6 +77,10 @@ def test_tuned_network_is_kept_and_its_bundle_predicts_the_same(tmp_path):
     proba = loaded.predict_proba(paths)
     np.testing.assert_array_equal(proba.argmax(1), fitted.argmax(1))
     np.testing.assert_allclose(proba, fitted, atol=1e-4)
+    # fit's test figure is what the saved model answers through its feature path, not what the
+    # training loop's own pass (bf16 autocast where the CPU has it) gave: evaluate reads the same
+    np.testing.assert_allclose(loaded.predict_proba(clf.test_["paths"]), clf.test_["proba"], atol=1e-6)
+    assert loaded.evaluate(data)["test"]["accuracy"] == clf.metrics_["test"]["accuracy"]
     pretrained = headstart.ImageClassifier(
         strategy="feature-extraction", engine="torch", check_data=False, verbose=False
     ).fit(data)

@@ -37,7 +37,7 @@ from headstart.core.params import (
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
 from headstart.estimator.auto import AutoResult, run_auto
-from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune
+from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
     Split,
     Stopwatch,
@@ -426,6 +426,8 @@ class ImageClassifier(BaseEstimator):
         with clock("evaluate"):
             outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
             outcome = auto.outcome if auto else outcome
+            if outcome is not None and outcome.backbone is not getattr(self, "probe_backbone_", None):
+                outcome = scored_as_predicted(outcome, self._extract, usable, split)
             raw = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
         with clock("calibrate"):
             proba, reliability = self._fit_reliability(usable, split, outcome, raw, writer)
