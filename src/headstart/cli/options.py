@@ -189,7 +189,7 @@ Patience = Annotated[int, typer.Option(help="finetune: epochs without a better v
 TimeBudgetMinutes = Annotated[
     Optional[float],
     typer.Option(
-        help="finetune and auto: wall-clock budget in minutes; stops cleanly with the best model (auto: 4)."
+        help="finetune and auto: wall-clock budget in minutes; stops cleanly with the best model (auto: 3)."
     ),
 ]
 ResumeRun = Annotated[

@@ -1,6 +1,6 @@
 """``ImageClassifier``: the scikit-learn-style front door to transfer learning on images.
 
-    clf = ImageClassifier().fit("photos/", out_dir="runs/photos")   # the best model 4 minutes allow
+    clf = ImageClassifier().fit("photos/", out_dir="runs/photos")   # the best model 3 minutes allow
     ImageClassifier(strategy="feature-extraction").fit("photos/")   # a linear probe only: seconds
     clf.predict(["new.jpg"])
     headstart.load("runs/photos/model.safetensors").predict_top_k(["new.jpg"], k=3)
@@ -212,7 +212,7 @@ class ImageClassifier(BaseEstimator):
         class_weight: fine-tuning: None (or ``none``) or ``balanced``.
         patience: fine-tuning: epochs without a better val_loss before stopping.
         time_budget: fine-tuning and auto: SECONDS of wall time for the whole ``fit``; stops
-            cleanly with the best model so far (auto without one: 240 s).
+            cleanly with the best model so far (auto without one: 180 s).
         precision: fine-tuning: ``auto`` (bf16 where the CPU has it), ``bf16`` or ``fp32``.
         loader_workers: fine-tuning: image-loading processes (default: up to 4).
         multi_label: several labels per image (a CSV ``path,labels`` with ``;`` between labels);
