@@ -718,11 +718,15 @@ def spawn(*args: Any, env: dict[str, str]) -> subprocess.Popen:
 
 
 def cache_rows(cache: Path) -> tuple[str, int]:
+    """The cache file's integrity and its feature rows (0 while the file exists but the writing
+    process has not created its table yet: polling can see that moment)."""
     db = sqlite3.connect(cache / "features.sqlite")
     try:
-        return db.execute("PRAGMA integrity_check").fetchone()[0], db.execute(
-            "SELECT count(*) FROM features"
-        ).fetchone()[0]
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+        table = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'features'"
+        ).fetchone()
+        return integrity, db.execute("SELECT count(*) FROM features").fetchone()[0] if table else 0
     finally:
         db.close()
 
