@@ -732,13 +732,11 @@ def _finetune_winner(
     search: Search, winner: Candidate, members: list[Candidate], record: dict[str, Any]
 ) -> AutoResult:
     """The tuned network, or several averaged (one head on their concatenated features) and/or
-    with flip TTA; its probabilities on the evaluated split computed now, once."""
+    with flip TTA; ``fit`` scores it on the evaluated split through its saved feature path."""
     clf, split, base = search.clf, search.split, search.candidates[0]
     tta = winner.params.get("tta", "none")
     fitted = [m.fitted for m in members]
-    assert all(f is not None and f.tuner is not None and f.result is not None for f in fitted)
-    items = search.items(split.evaluated_on)
-    proba = mean_logit_proba([f.tuner.predict_proba(items, f.backbone.data_config, tta) for f in fitted])  # type: ignore[union-attr]
+    assert all(f is not None and f.result is not None for f in fitted)
     tuned = [
         _tuned_backbone(f.backbone, f.result, m.params["unfreeze"])  # type: ignore[union-attr, arg-type]
         for f, m in zip(fitted, members)
@@ -755,7 +753,7 @@ def _finetune_winner(
     if winner.kind == "finetune-combined":
         info.update(combined={"members": winner.params["members"], "tta": tta}, **winner.detail)
     head = heads[0] if len(heads) == 1 else averaged_linear_head(heads)
-    outcome = FineTuneOutcome(tuned[0], head, proba, info, winner.val_proba)
+    outcome = FineTuneOutcome(tuned[0], head, None, info, winner.val_proba)
     clf.probe_backbone_, clf.backbone_ = first.backbone, tuned[0]
     if len(tuned) > 1 or tta != "none":
         clf.features_ = FeatureSpec(tuned, "last", tta)

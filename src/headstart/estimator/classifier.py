@@ -426,9 +426,13 @@ class ImageClassifier(BaseEstimator):
         with clock("evaluate"):
             outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
             outcome = auto.outcome if auto else outcome
-            if outcome is not None and outcome.backbone is not getattr(self, "probe_backbone_", None):
+            if outcome is not None and outcome.proba is None:  # a tuned network: scored as predict will
                 outcome = scored_as_predicted(outcome, self._extract, usable, split)
-            raw = outcome.proba if outcome else head.predict_proba(usable.features[evaluated])
+            raw = (
+                outcome.proba
+                if outcome and outcome.proba is not None
+                else head.predict_proba(usable.features[evaluated])
+            )
         with clock("calibrate"):
             proba, reliability = self._fit_reliability(usable, split, outcome, raw, writer)
         scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.core.errors import HeadstartError
 from headstart.estimator.fitting import Log, Split, Stopwatch, Usable
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head, LogisticHead, restore_head
@@ -42,7 +43,9 @@ class FineTuneJob:
 class FineTuneOutcome:
     backbone: Backbone
     head: Head
-    proba: np.ndarray  # of the evaluated split, by the final model
+    # of the evaluated split, by the final model; a tuned network's are computed once, through
+    # its saved feature path, by ``scored_as_predicted``
+    proba: np.ndarray | None
     info: dict[str, Any]  # metrics.json's ``finetune`` section
     # validation probabilities of a model that did not learn from them (temperature, reject)
     val_proba: np.ndarray | None = None
@@ -82,11 +85,8 @@ def finetune(
     }
     if result.info.get("probe_kept"):
         return _keep_probe(probe, usable, split, info, job.log, backbone)
-    with clock("finetune_evaluate"):
-        proba = tuner.predict_proba(_items(usable, split, split.evaluated_on), backbone.data_config)
-        val_proba = tuner.predict_proba(_items(usable, split, "val"), backbone.data_config)
     return FineTuneOutcome(
-        _tuned_backbone(backbone, result, job.unfreeze), _tuned_head(probe, result), proba, info, val_proba
+        _tuned_backbone(backbone, result, job.unfreeze), _tuned_head(probe, result), None, info
     )
 
 
@@ -100,14 +100,17 @@ def scored_as_predicted(
     The training loop's own pass (torch, bf16 autocast) differs from the inference engine in the
     last bits, enough to move a borderline image (on flowers, the quick start's test accuracy
     read 0.9452 in ``train`` and 0.9425 in ``evaluate``); so the test figure, the temperature and
-    the reject threshold are those of what the saved model answers. Unchanged if an image no
-    longer decodes."""
+    the reject threshold are those of what the saved model answers; the loop's pass is not
+    computed at all."""
     evaluated, val = split.mask(split.evaluated_on), split.mask("val")
     wanted = evaluated | val
     paths = [s.path for s, keep in zip(usable.samples, wanted) if keep]
     result = extract(paths)
-    if result.errors or len(result.features) != len(paths):
-        return outcome
+    if result.errors:
+        i, reason = next(iter(result.errors.items()))
+        raise HeadstartError(
+            f"{paths[i]} could not be read again after training ({reason}): run the fit again"
+        )
     proba = np.zeros((len(usable.samples), len(usable.classes)))
     proba[wanted] = outcome.head.predict_proba(np.asarray(result.features))
     return replace(outcome, proba=proba[evaluated], val_proba=proba[val])
