@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from headstart.cli.options import (
+    AllowedHosts,
     ApiKey,
     Augment,
     BackboneName,
@@ -538,6 +539,7 @@ def serve(
     api_key: ApiKey = None,
     cache_dir: CacheDir = None,
     precision: ServePrecision = InferencePrecision.auto,
+    allowed_hosts: AllowedHosts = None,
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
 
@@ -547,12 +549,15 @@ def serve(
     import uvicorn
 
     from headstart.serve import create_app
+    from headstart.serve.guards import ConnectionLimits, default_allowed_hosts, server_config
     from headstart.serve.source import resolve_model
 
     if max_batch < 1:
         raise ParameterError("max_batch", "must be at least 1")
     if max_upload_mb <= 0:
         raise ParameterError("max_upload_mb", "must be positive")
+    if api_key is not None and not api_key.strip():
+        raise ParameterError("api_key", "is empty (an unset variable?): give a key, or leave the option out")
     export_dir = resolve_model(model, cache_dir)
     print(
         f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
@@ -564,8 +569,9 @@ def serve(
         max_upload_mb=max_upload_mb,
         api_key=api_key,
         precision=precision.value,
+        allowed_hosts=allowed_hosts or default_allowed_hosts(host),
     )
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(server_config(asgi, host, port, ConnectionLimits())).run()
 
 
 @app.command()
