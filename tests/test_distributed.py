@@ -98,7 +98,7 @@ cache = FeatureCache(sys.argv[1], timeout=0.0)  # no busy timeout: the retries m
 who = int(sys.argv[2])
 for t in range(TRANSACTIONS):
     cache.put_many("ns", [(f"{who}-{t}-{i}", np.full(64, who, np.float32)) for i in range(5)])
-    cache.remember_hashes([(f"/p/{who}/{t}", 1, 2, 3, "h")])
+    cache.remember_hashes([(f"/p/{who}/{t}", 1, 2, 3, 4, "h")])
     assert len(cache.get_many("ns", [f"{who}-{t}-0"])) == 1
 assert not cache.problem, cache.problem
 """.replace("TRANSACTIONS", "300")  # without retries, some of 4 x 300 are refused as busy

@@ -261,7 +261,20 @@ def discover(source: str | Path, labels_from: str = "auto", multi_label: bool | 
             f"no labelled images found in {root}: expected class sub-folders of images "
             "(jpg, png, bmp, gif, webp, tif), a CSV of path,label, or files named LABEL_*.jpg"
         )
+    check_class_names(dataset.classes)
     return dataset
+
+
+def check_class_names(classes: Sequence[str]) -> None:
+    """Refuse a class name that a line-based file (``labels.txt``, a CSV read line by line)
+    cannot hold: one with a line break of any kind Python's ``splitlines`` knows. Refused
+    rather than escaped, since every reader of ``labels.txt`` would have to unescape it."""
+    for name in classes:
+        if name and name.splitlines() != [name]:
+            raise HeadstartError(
+                f"class name {name!r} holds a line break, which labels.txt and the CSVs cannot "
+                "hold: rename that folder (or fix that label) and run again"
+            )
 
 
 def split_label_cell(cell: str) -> tuple[str, ...]:
