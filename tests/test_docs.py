@@ -122,3 +122,37 @@ def test_license_file_matches_pyproject():
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a pointer to it
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_built_site_searches_offline_from_disk(tmp_path):
+    """The site opened from file:// with every http(s) request refused: pages render and search
+    answers (the offline plugin's inlined index; the worker shim is the site's own copy)."""
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
+    from conftest import find_chromium
+    from playwright.sync_api import sync_playwright
+
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    refused: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(find_chromium()), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.route("http*://**", lambda route: (refused.append(route.request.url), route.abort()))
+        page.goto((site / "train.html").as_uri())
+        page.focus("input.md-search__input")
+        page.keyboard.type("fastai", delay=20)
+        page.wait_for_selector(".md-search-result__item", timeout=20_000)
+        hits = page.locator(".md-search-result__item").count()
+        browser.close()
+    assert hits > 0 and refused == [], (hits, refused)
