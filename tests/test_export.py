@@ -28,7 +28,7 @@ from headstart.export.exporter import export_model, preprocessing_spec
 from headstart.export.runtime import load_exported, prepare_pixels
 from headstart.models.backbones import DEFAULT_BACKBONE
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export-serve.md"  # the snippet's page
 TOLERANCE = 1e-3
 DEFAULT_DATA_CONFIG = {
     "input_size": (3, 224, 224),
@@ -257,13 +257,13 @@ def test_int8_records_both_accuracies_and_refuses_a_large_loss(probe_run, tmp_pa
     assert not (tmp_path / "refused" / "model.xml").exists()
 
 
-# ------------------------------------------------------------------ the README's snippet
+# ------------------------------------------------------------------ the export page's snippet
 
 
 def readme_snippet() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = EXPORT_PAGE.read_text(encoding="utf-8")
     found = re.search(r"<!-- export-snippet -->\s*```python\n(.*?)```", text, re.S)
-    assert found, "README.md has no ```python block after <!-- export-snippet -->"
+    assert found, f"{EXPORT_PAGE.name} has no ```python block after <!-- export-snippet -->"
     return found.group(1)
 
 

@@ -155,6 +155,30 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: the installed distribution's version (what pip installed), then exit; from a source
+    tree that was never installed, the package's own ``__version__`` (pyproject.toml reads the same)."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("headstart")
+        except PackageNotFoundError:
+            from headstart import __version__ as number
+        typer.echo(f"headstart {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Transfer learning for image classification: folder of photos in, tested model out."""
+
+
 def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     if data is not None:
         return data
