@@ -540,7 +540,7 @@ def export(
     force: ExportForce = False,
     quiet: Quiet = False,
 ) -> None:
-    """Export a model to ONNX or OpenVINO: uint8 RGB images in, probabilities out (no torch needed)."""
+    """Export a model to ONNX, OpenVINO, a web page, TFLite or Core ML: uint8 RGB images in, probabilities out."""
     from headstart.export.exporter import export_model
 
     def say(message: str) -> None:

@@ -203,6 +203,9 @@ ResumeRun = Annotated[
 class ExportFormat(str, Enum):
     onnx = "onnx"
     openvino = "openvino"
+    web = "web"
+    tflite = "tflite"
+    coreml = "coreml"
 
 
 class ExportPrecision(str, Enum):
@@ -214,7 +217,11 @@ class ExportPrecision(str, Enum):
 ExportSource = Annotated[Path, typer.Argument(help="A model.safetensors file or the run folder holding it.")]
 ExportFormatChoice = Annotated[
     ExportFormat,
-    typer.Option("--format", "-f", help="onnx (model.onnx) or openvino (model.xml + model.bin)."),
+    typer.Option(
+        "--format",
+        "-f",
+        help="onnx (model.onnx), openvino (model.xml + model.bin), web (model.onnx + index.html that runs it in a browser), tflite (model.tflite) or coreml (model.mlpackage).",
+    ),
 ]
 ExportPrecisionChoice = Annotated[
     ExportPrecision,

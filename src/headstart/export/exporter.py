@@ -30,16 +30,17 @@ from headstart.export.runtime import (
     reliability_info,
     reliability_props,
 )
+from headstart.export.web import WEB_FILES, write_web
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
 from headstart.models.bundle import bundle_reject, bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "web")
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_FORMAT_VERSION = 1
 # What an export folder holds: an earlier export alone is replaced whole by the next one.
-EXPORT_FILES = frozenset({*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT_JSON})
+EXPORT_FILES = frozenset({*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT_JSON, *WEB_FILES})
 
 
 @dataclass
@@ -87,9 +88,14 @@ def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_format(fmt: str) -> str:
+    """The model file a format writes: ``web`` is the ONNX export plus its page."""
+    return "onnx" if fmt == "web" else fmt
+
+
 def _check_choices(fmt: str, precision: str) -> None:
     if fmt not in FORMATS:
-        raise ParameterError("format", f"unknown format '{fmt}': choose onnx or openvino")
+        raise ParameterError("format", f"unknown format '{fmt}': choose {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
         raise ParameterError("precision", f"unknown precision '{precision}': choose fp32, fp16 or int8")
 
@@ -114,7 +120,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "format_version": EXPORT_FORMAT_VERSION,
         "format": fmt,
         "precision": precision,
-        "model_file": MODEL_FILES[fmt],
+        "model_file": MODEL_FILES[model_format(fmt)],
         "classes": list(meta["classes"]),
         "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", len(meta["classes"])]},
@@ -213,12 +219,12 @@ def _fp16_onnx(src: Path, dst: Path) -> Path:
 def _build(bundle: Bundle, fmt: str, precision: str, work: Path, info: dict[str, Any], force: bool) -> Path:
     """The model file in its final format and precision under ``work`` (no metadata yet)."""
     fp32 = export_fp32_onnx(bundle, work / "fp32.onnx")
-    if precision == "fp16" and fmt == "onnx":
+    if precision == "fp16" and fmt in ("onnx", "web"):
         return _fp16_onnx(fp32, work / "fp16.onnx")
     if precision == "int8":
         from headstart.export.quantize import quantize_checked
 
-        return quantize_checked(bundle, fp32, fmt, work, info, force)
+        return quantize_checked(bundle, fp32, model_format(fmt), work, info, force)
     return fp32
 
 
@@ -235,7 +241,8 @@ def export_model(
     Args:
         source: ``model.safetensors`` or the run folder holding it.
         out_dir: the folder to write (created; files of an earlier export there are replaced).
-        format: ``onnx`` (``model.onnx``) or ``openvino`` (``model.xml`` + ``model.bin``).
+        format: ``onnx`` (``model.onnx``), ``openvino`` (``model.xml`` + ``model.bin``) or ``web``
+            (``model.onnx`` and ``index.html``, which runs it in the browser: ``export.web``).
         precision: ``fp32``, ``fp16`` or ``int8`` (post-training static quantisation calibrated on the
             model's training images; refused if it loses over 1 point of test accuracy).
         force: keep an int8 model even when it loses more than that.
@@ -254,12 +261,12 @@ def export_model(
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()
     stage = export_stage(out)
-    target = stage / MODEL_FILES[format]
+    target = stage / MODEL_FILES[model_format(format)]
     say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {out} in {precision}")
     with tempfile.TemporaryDirectory(dir=stage, prefix=".export-") as tmp:
         built = _build(bundle, format, precision, Path(tmp), info, force)
         props = file_metadata(info)
-        if format == "onnx":
+        if model_format(format) == "onnx":
             write_onnx(built, target, props)
         else:
             write_openvino(built, target, props, compress_to_fp16=precision == "fp16")
@@ -269,6 +276,8 @@ def export_model(
             if other.endswith(".xml"):
                 (stage / other).with_suffix(".bin").unlink(missing_ok=True)
     write_beside(stage, info)
+    if format == "web":
+        write_web(stage, target, info, say)
     if stage != out:
         swap_in(stage, out)
         target = out / target.name

@@ -1,4 +1,5 @@
-"""The server's own pages: the web page at ``/`` and the local API docs page at ``/docs``.
+"""The server's own pages: the web page at ``/`` (``export.web.classify_page``, the web export's
+page) and the local API docs page at ``/docs``.
 
 Templates live in ``serve/templates`` and extend the report's shell (``reporting/templates/
 base.html``: its CSS, nothing fetched from a network), rendered by a Jinja2 environment that
@@ -11,6 +12,8 @@ import functools
 from typing import Any
 
 import jinja2
+
+from headstart.export.web import classify_page
 
 
 @functools.cache
@@ -31,8 +34,9 @@ def environment() -> jinja2.Environment:
 
 
 def index_page(needs_key: bool) -> str:
-    """The page to try the model: pick or drop photos, see each with its top-k as bars."""
-    return environment().get_template("serve.html").render(title="headstart serve", needs_key=needs_key)
+    """The page to try the model: pick or drop photos or use the webcam, see each with its top-k
+    as bars (the web export's page, posting to the API instead of running the model itself)."""
+    return classify_page("headstart serve", "serve", needs_key=needs_key)
 
 
 def docs_page(openapi: dict[str, Any]) -> str:
