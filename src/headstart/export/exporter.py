@@ -21,6 +21,7 @@ from headstart.core.folders import staging_folder, swap_in
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.evaluation.reject import restore_bank
+from headstart.export.coreml import COREML_FILE, write_coreml
 from headstart.export.graph import KNN_REFUSAL, OUTPUT, SCORE_OUTPUT, classifier_module
 from headstart.export.multilabel import check_precision, export_entries, file_entries
 from headstart.export.runtime import (
@@ -30,17 +31,21 @@ from headstart.export.runtime import (
     reliability_info,
     reliability_props,
 )
+from headstart.export.tflite import TFLITE_FILE, build_tflite, write_tflite
 from headstart.export.web import WEB_FILES, write_web
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
 from headstart.models.bundle import bundle_reject, bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
-FORMATS = ("onnx", "openvino", "web")
+FORMATS = ("onnx", "openvino", "web", "tflite", "coreml")
+EDGE_FILES = {"tflite": TFLITE_FILE, "coreml": COREML_FILE}  # formats converted from the torch module
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_FORMAT_VERSION = 1
 # What an export folder holds: an earlier export alone is replaced whole by the next one.
-EXPORT_FILES = frozenset({*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT_JSON, *WEB_FILES})
+EXPORT_FILES = frozenset(
+    {*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT_JSON, *WEB_FILES, *EDGE_FILES.values()}
+)
 
 
 @dataclass
@@ -88,6 +93,25 @@ def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _write_edge(
+    bundle: Bundle, fmt: str, precision: str, work: Path, info: dict[str, Any], force: bool
+) -> Path:
+    """A TFLite or Core ML file converted from the classifier's torch module, checked where it can
+    run here; written into ``work``'s parent folder (the stage)."""
+    module = classifier_module(
+        bundle.features or bundle.backbone, bundle.head, bundle_temperature(bundle.meta), bundle.bank
+    )
+    target = work.parent / EDGE_FILES[fmt]
+    info["output"]["shape"][0] = 1  # one image per call: what a phone app runs
+    if "score_output" in info:
+        info["score_output"]["shape"][0] = 1
+    if fmt == "tflite":
+        write_tflite(build_tflite(bundle, module, precision, work, info, force), target, info)
+    else:
+        write_coreml(bundle, module, precision, work, info, target)
+    return target
+
+
 def model_format(fmt: str) -> str:
     """The model file a format writes: ``web`` is the ONNX export plus its page."""
     return "onnx" if fmt == "web" else fmt
@@ -120,7 +144,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "format_version": EXPORT_FORMAT_VERSION,
         "format": fmt,
         "precision": precision,
-        "model_file": MODEL_FILES[model_format(fmt)],
+        "model_file": EDGE_FILES.get(fmt) or MODEL_FILES[model_format(fmt)],
         "classes": list(meta["classes"]),
         "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", len(meta["classes"])]},
@@ -228,6 +252,18 @@ def _build(bundle: Bundle, fmt: str, precision: str, work: Path, info: dict[str,
     return fp32
 
 
+def _remove_other_models(stage: Path, kept: str) -> None:
+    """One model per folder: the runtime loads whichever is there."""
+    for other in [*MODEL_FILES.values(), "model.bin", *EDGE_FILES.values()]:
+        path = stage / other
+        if other == kept or (kept.endswith(".xml") and other == "model.bin"):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def export_model(
     source: str | Path,
     out_dir: str | Path,
@@ -261,20 +297,17 @@ def export_model(
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()
     stage = export_stage(out)
-    target = stage / MODEL_FILES[model_format(format)]
+    target = stage / (EDGE_FILES.get(format) or MODEL_FILES[model_format(format)])
     say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {out} in {precision}")
     with tempfile.TemporaryDirectory(dir=stage, prefix=".export-") as tmp:
-        built = _build(bundle, format, precision, Path(tmp), info, force)
-        props = file_metadata(info)
-        if model_format(format) == "onnx":
-            write_onnx(built, target, props)
+        if format in EDGE_FILES:
+            _write_edge(bundle, format, precision, Path(tmp), info, force)
+        elif model_format(format) == "onnx":
+            write_onnx(_build(bundle, format, precision, Path(tmp), info, force), target, file_metadata(info))
         else:
-            write_openvino(built, target, props, compress_to_fp16=precision == "fp16")
-    for other in MODEL_FILES.values():  # one model per folder: the runtime loads whichever is there
-        if other != target.name:
-            (stage / other).unlink(missing_ok=True)
-            if other.endswith(".xml"):
-                (stage / other).with_suffix(".bin").unlink(missing_ok=True)
+            built = _build(bundle, format, precision, Path(tmp), info, force)
+            write_openvino(built, target, file_metadata(info), compress_to_fp16=precision == "fp16")
+    _remove_other_models(stage, target.name)
     write_beside(stage, info)
     if format == "web":
         write_web(stage, target, info, say)
