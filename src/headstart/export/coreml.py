@@ -56,10 +56,11 @@ def convert(module: Any, size: tuple[int, int], classes: list[str], scored: bool
     ct = _coremltools()
     wrapped = image_module(module)
     sample = torch.zeros((1, 3, *size), dtype=torch.float32)
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapped, sample)
+    # torch.export, not jit.trace: traced "same" padding (timm's tf_* backbones) computes its
+    # sizes with int ops coremltools cannot convert; the exported program has them as constants
+    program = torch.export.export(wrapped, (sample,)).run_decompositions({})
     return ct.convert(
-        traced,
+        program,
         inputs=[ct.ImageType(name=INPUT, shape=sample.shape, color_layout=ct.colorlayout.RGB)],
         outputs=None if not scored else [ct.TensorType(name=OUTPUT), ct.TensorType(name=SCORE_OUTPUT)],
         classifier_config=None if scored else ct.ClassifierConfig(classes),
@@ -87,6 +88,16 @@ def describe(model: Any, info: dict[str, Any]) -> None:
         model.user_defined_metadata[f"headstart.{key}"] = json.dumps(value)
 
 
+def program_labels(spec: Any) -> list[str]:
+    """The class labels of an ML program classifier (its ``classify`` op's ``classes``)."""
+    main = spec.mlProgram.functions["main"]
+    for op in main.block_specializations[main.opset].operations:
+        if op.type == "classify":
+            listed = op.inputs["classes"].arguments[0].value.immediateValue.list.values
+            return [str(v.immediateValue.tensor.strings.values[0]) for v in listed]
+    return []
+
+
 def check_spec(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     """What Linux can check: the package loads as a spec; its input is the image and its outputs
     and class labels are the export's."""
@@ -95,8 +106,11 @@ def check_spec(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     inputs = [i.name for i in spec.description.input]
     outputs = [o.name for o in spec.description.output]
     image = spec.description.input[0].type.imageType
-    labels = list(spec.mlProgram and spec.description.classLabels or [])  # noqa: SIM222 - empty for a scored model
-    labels = list(getattr(spec, spec.WhichOneof("Type")).stringClassLabels.vector) if not labels else labels
+    labels = (
+        program_labels(spec)
+        if "score_output" not in info
+        else json.loads(spec.description.metadata.userDefined["headstart.classes"])
+    )
     checked = {
         "inputs": inputs,
         "outputs": outputs,
@@ -104,7 +118,11 @@ def check_spec(path: Path, info: dict[str, Any]) -> dict[str, Any]:
         "class_labels": labels,
         "not_checked": "Core ML cannot run on Linux: the model's outputs were not computed here",
     }
-    if inputs != [INPUT] or [int(image.height), int(image.width)] != list(info["input_size"]):
+    if (
+        inputs != [INPUT]
+        or [int(image.height), int(image.width)] != list(info["input_size"])
+        or labels != list(info["classes"])
+    ):
         raise HeadstartError(f"the Core ML package's input is not the export's: {checked}")
     return checked
 
@@ -121,6 +139,8 @@ def write_coreml(
     staged = work / COREML_FILE
     model.save(str(staged))
     info["check"] = check_spec(staged, info)
+    if "score_output" not in info:  # a Core ML classifier names its outputs itself
+        info["output"] = {"name": "classLabel_probs", "dtype": "dict[str, float]", "top_label": "classLabel"}
     if target.exists():
         shutil.rmtree(target)
     shutil.move(str(staged), target)
