@@ -31,7 +31,7 @@ from headstart.export.runtime import (
     reliability_info,
     reliability_props,
 )
-from headstart.export.tflite import TFLITE_FILE, build_tflite, write_tflite
+from headstart.export.tflite import TFLITE_FILE, build_tflite
 from headstart.export.web import WEB_FILES, write_web
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
@@ -106,7 +106,7 @@ def _write_edge(
     if "score_output" in info:
         info["score_output"]["shape"][0] = 1
     if fmt == "tflite":
-        write_tflite(build_tflite(bundle, module, precision, work, info, force), target, info)
+        shutil.move(str(build_tflite(bundle, module, precision, work, info, force)), target)
     else:
         write_coreml(bundle, module, precision, work, info, target)
     return target

@@ -10,7 +10,7 @@ torchao...), hence the optional extra ``headstart[tflite]``; running the file ne
 
 The labels, preprocessing and figures are also inside the file, as the flatbuffer's ``headstart``
 metadata entry (JSON; read with any flatbuffers reader), besides ``labels.txt`` and ``export.json``.
-int8 is ``ai-edge-quantizer``'s static int8 (weights and activations) calibrated on training images.
+int8 is ``ai-edge-quantizer``'s int8 weights with float activations (no calibration set).
 """
 
 from __future__ import annotations
@@ -86,16 +86,13 @@ def run_torch(module: Any, pixels: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate(p) for p in zip(*parts)]
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
-    """Static int8 (weights and activations), calibrated on ``calibration`` images."""
+def quantize_int8(fp32: Path, out: Path) -> Path:
+    """int8 weights, float activations (``dynamic_wi8_afp32``): the uint8 input and the float
+    probabilities stay as they are, which a static int8 recipe would turn into int8 tensors."""
     aeq = _require("ai_edge_quantizer")
     quantizer = aeq.quantizer.Quantizer(str(fp32))
-    quantizer.load_quantization_recipe(aeq.recipe.static_wi8_ai8())
-    name = interpreter(fp32).get_signature_list()
-    signature = next(iter(name))
-    (arg,) = name[signature]["inputs"]
-    samples = [{arg: image[None]} for image in calibration]
-    result = quantizer.quantize(quantizer.calibrate({signature: samples}))
+    quantizer.load_quantization_recipe(aeq.recipe.dynamic_wi8_afp32())
+    result = quantizer.quantize()
     with atomic_path(out) as tmp:
         tmp.write_bytes(result.quantized_model)
     return out
@@ -107,6 +104,10 @@ def with_metadata(model: bytes, entries: dict[str, Any]) -> bytes:
 
     schema = _require("ai_edge_litert.schema_py_generated")
     tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    for old in tree.buffers or []:  # data stored after the flatbuffer (offset/size) goes inline
+        if (old.offset or 0) > 1:
+            old.data = np.frombuffer(model, dtype=np.uint8, count=old.size, offset=old.offset)
+            old.offset = old.size = 0
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(entries).encode("utf-8"), dtype=np.uint8)
     tree.buffers.append(buffer)
@@ -149,13 +150,8 @@ def check(module: Any, model: Path, pixels: np.ndarray, labels: np.ndarray) -> d
 def build_tflite(
     bundle: Any, module: Any, precision: str, work: Path, info: dict[str, Any], force: bool
 ) -> Path:
-    """The checked ``.tflite`` file under ``work`` (no metadata yet); records ``info["check"]``."""
-    from headstart.export.quantize import (
-        CALIBRATION_IMAGES,
-        MAX_INT8_LOSS_POINTS,
-        calibration_pixels,
-        test_pixels,
-    )
+    """The described and checked ``.tflite`` file under ``work``; records ``info["check"]``."""
+    from headstart.export.quantize import MAX_INT8_LOSS_POINTS, test_pixels
 
     if precision == "fp16":
         raise ParameterError(
@@ -164,9 +160,11 @@ def build_tflite(
     _, h, w = bundle.backbone.data_config["input_size"]
     model = convert(module, (h, w), work / "fp32.tflite")
     if precision == "int8":
-        calibration = calibration_pixels(bundle.meta, info["preprocessing"], CALIBRATION_IMAGES)
-        model = quantize_int8(model, work / "int8.tflite", calibration)
-        info["calibration"] = {"images": int(len(calibration)), "split": "train", "method": "static_wi8_ai8"}
+        model = quantize_int8(model, work / "int8.tflite")
+        info["quantization"] = {
+            "method": "ai-edge-quantizer dynamic_wi8_afp32 (int8 weights, float activations)"
+        }
+    model = write_tflite(model, work / f"{precision}-described.tflite", info)
     try:
         pixels, labels, split = test_pixels(bundle.meta, info["preprocessing"])
     except HeadstartError as e:
@@ -187,8 +185,9 @@ def build_tflite(
     return model
 
 
-def write_tflite(src: Path, dst: Path, info: dict[str, Any]) -> None:
-    """The file at ``dst`` with ``export.json``'s description inside (``with_metadata``)."""
+def write_tflite(src: Path, dst: Path, info: dict[str, Any]) -> Path:
+    """The file at ``dst`` with ``export.json``'s description inside (``with_metadata``); the
+    figures of the check are in ``export.json`` (the file is checked after it is described)."""
     entries = {k: info[k] for k in ("classes", "preprocessing", "input", "output", "input_size") if k in info}
     entries.update(
         {k: info[k] for k in ("score_output", "reject", "calibration", "check", "accuracy") if k in info}
