@@ -188,9 +188,17 @@ def build_tflite(
 def write_tflite(src: Path, dst: Path, info: dict[str, Any]) -> Path:
     """The file at ``dst`` with ``export.json``'s description inside (``with_metadata``); the
     figures of the check are in ``export.json`` (the file is checked after it is described)."""
-    entries = {k: info[k] for k in ("classes", "preprocessing", "input", "output", "input_size") if k in info}
-    entries.update(
-        {k: info[k] for k in ("score_output", "reject", "calibration", "check", "accuracy") if k in info}
+    keys = (
+        "classes",
+        "preprocessing",
+        "input",
+        "output",
+        "input_size",
+        "score_output",
+        "reject",
+        "quantization",
     )
+    entries: dict[str, Any] = {k: info[k] for k in keys if k in info}
     with atomic_path(dst) as tmp:
         tmp.write_bytes(with_metadata(src.read_bytes(), entries))
+    return dst

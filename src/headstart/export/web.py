@@ -145,7 +145,10 @@ def write_web(out_dir: Path, model_file: Path, info: dict[str, Any], say: Any = 
     """``index.html`` and the runtime beside an exported ``model.onnx`` (and its ``export.json``)."""
     dist = ort_web_files(say)
     shutil.copyfile(dist / ORT_SCRIPT, out_dir / ORT_SCRIPT)
-    runtime = {"glue": (dist / ORT_GLUE).read_text(encoding="utf-8"), "wasm": (dist / ORT_WASM).read_bytes()}
+    runtime: dict[str, str | bytes] = {
+        "glue": (dist / ORT_GLUE).read_text(encoding="utf-8"),
+        "wasm": (dist / ORT_WASM).read_bytes(),
+    }
     write_text(out_dir / RUNTIME_SCRIPT, _base64_script("HEADSTART_ORT", runtime))
     write_text(out_dir / MODEL_SCRIPT, _base64_script("HEADSTART_MODEL", {"onnx": model_file.read_bytes()}))
     page = out_dir / PAGE
