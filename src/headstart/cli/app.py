@@ -26,6 +26,7 @@ from headstart.cli.options import (
     CacheDir,
     CheckData,
     ClassWeight,
+    CorrectionsFile,
     Engine,
     EngineChoice,
     Epochs,
@@ -42,6 +43,7 @@ from headstart.cli.options import (
     FeaturePrecisionChoice,
     FeaturesChoice,
     Format,
+    FromRun,
     HeadChoice,
     HeadName,
     InferencePrecision,
@@ -173,6 +175,7 @@ def _check_train_values(batch_size: Optional[int], time_budget: Optional[float])
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: TrainData = None,
     out: RunOut = Path("runs/latest"),
     backbone: BackboneName = "tf_efficientnet_lite0",
@@ -204,9 +207,12 @@ def train(
     target_accuracy: TargetAccuracy = 0.95,
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
+    corrections: CorrectionsFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     flags = dict(locals())  # first: the flags only
+    del flags["ctx"]
     from headstart.estimator.classifier import ImageClassifier
     from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
@@ -218,7 +224,50 @@ def train(
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    ImageClassifier(**_train_params(flags)).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    params = _train_params(flags)
+    if from_run is not None:
+        given = {name for name in flags if _given_on_command_line(ctx, name)}
+        clf = ImageClassifier.from_run(from_run, **_recipe_overrides(params, given))
+        data = data if data is not None else _run_data(from_run)
+    else:
+        clf = ImageClassifier(**params)
+    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+
+
+def _run_data(run: Path) -> Path:
+    """The data an earlier run trained on (``--from RUN`` without DATA)."""
+    from headstart.runs.recipe import run_folder
+
+    metrics = json.loads((run_folder(run) / "metrics.json").read_text())
+    return Path(metrics["data"]["source"])
+
+
+def _given_on_command_line(ctx: Any, name: str) -> bool:
+    """Whether the user typed the flag (a default does not override ``--from``'s recipe)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _recipe_overrides(params: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The parameters that replace ``--from``'s recipe: the flags given, and those that say how to
+    run rather than what to train (cache, verbosity, corrections, the extraction engine)."""
+    always = {
+        "verbose",
+        "cache_dir",
+        "corrections",
+        "engine",
+        "labels_from",
+        "check_data",
+        "exclude",
+        "weights",
+    }
+    out = {k: v for k, v in params.items() if k in given or k in always}
+    if "batch_size" in given:
+        out["train_batch_size"] = params["train_batch_size"]
+    if "time_budget" not in given:
+        out.pop("time_budget", None)
+    return out
 
 
 def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +275,7 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
     and the one ``--batch-size`` flag to the extraction or the fine-tuning batch."""
     from headstart.data.splits import parse_split
 
-    cli_only = {"data", "out", "quiet", "resume", "nproc"}
+    cli_only = {"data", "out", "quiet", "resume", "nproc", "from_run"}
     params = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if k not in cli_only}
     batch_size = flags["batch_size"]
     params.update(
