@@ -534,6 +534,34 @@ def report(
 
 
 @app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The earlier run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The later run folder (B).")],
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(help="Labelled images to compare on (default: RUN_B's test split with its labels)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Folder for compare.json and compare.html (default: RUN_B/compare)."
+        ),
+    ] = None,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Both models on the same images and labels: accuracies with 95% intervals, per-class changes,
+    the exact McNemar test, and the images B fixes and breaks (compare.json, compare.html)."""
+    from headstart.estimator.compare import COMPARE_HTML, compare_runs, summary_lines
+
+    result = compare_runs(run_a, run_b, data, out, cache_dir, verbose=not quiet)
+    if not quiet:
+        where = out if out is not None else Path(result["run_b"]) / "compare"
+        lines = [*summary_lines(result), f"page: {where / COMPARE_HTML}"]
+        print("\n".join(terminal_safe(line) for line in lines), file=sys.stderr)
+
+
+@app.command()
 def embed(
     data: LabelledData,
     out: Annotated[

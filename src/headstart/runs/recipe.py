@@ -80,12 +80,13 @@ def read_recipe(run: str | Path) -> Recipe:
 
 
 def _head_params(head: dict[str, Any], strategy: str) -> dict[str, Any] | None:
-    """The logistic head's sweep starting at RUN's chosen C (it still widens if the best moves);
+    """The logistic head's sweep around RUN's chosen C (it still widens if the best moves);
     fine-tuning's probe as fine-tuning fits it (on train only)."""
     fitted_c = (head.get("fit") or {}).get("C") or (head.get("params") or {}).get("C")
     if head.get("name") != "logistic" or fitted_c is None:
         return None
-    params: dict[str, Any] = {"cs": (float(fitted_c),)}
+    c = float(fitted_c)
+    params: dict[str, Any] = {"cs": (c / 3, c, c * 3)}  # the best inside the grid: no widening
     if strategy == "finetune":
         params["refit"] = False
     return params
