@@ -308,7 +308,10 @@ def _reject_value(text: str) -> str | float:
 def doctor(
     data: LabelledData,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt, corrections.csv."
+        ),
     ] = Path("runs/doctor"),
     backbone: Annotated[
         str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")

@@ -79,6 +79,18 @@ def write_corrections(path: str | Path, corrections: Sequence[Correction]) -> Pa
     return write_rows(path, COLUMNS, [(c.path, c.action, c.label) for c in corrections])
 
 
+def proposed_corrections(
+    label_issues: Sequence[tuple[str, str]], exclusions: Sequence[str]
+) -> list[Correction]:
+    """The doctor's suggestions as corrections the user may edit: each likely wrong label
+    ``(path, suggested label)`` a relabel, each other suggested exclusion (an unreadable file,
+    a copy across classes or splits) an exclude; one row per image, relabels first."""
+    out = [Correction(path, "relabel", label) for path, label in label_issues]
+    seen = {c.path for c in out}
+    out += [Correction(path, "exclude") for path in dict.fromkeys(exclusions) if path not in seen]
+    return out
+
+
 def apply_corrections(
     dataset: Dataset, corrections: Sequence[Correction]
 ) -> tuple[Dataset, list[Sample], list[AppliedCorrection]]:
@@ -129,6 +141,7 @@ __all__ = [
     "AppliedCorrection",
     "Correction",
     "apply_corrections",
+    "proposed_corrections",
     "read_corrections",
     "write_applied",
     "write_corrections",
