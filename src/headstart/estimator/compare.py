@@ -8,6 +8,7 @@ predict every image (features come from the cache); ``evaluation.comparison`` do
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def comparison_images(
     rows = [r for r in read_rows(run_b / "split.csv") if r.get("split") == "test"]
     if not rows:
         raise HeadstartError(f"{run_b} has no test split in split.csv: give DATA to compare on")
-    paths = [str(root / r["path"]) for r in rows]
+    paths = [os.path.normpath(root / r["path"]) for r in rows]
     return paths, [r["label"] for r in rows], f"the test split of {run_b} ({root}), with its labels"
 
 

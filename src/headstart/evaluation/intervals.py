@@ -31,7 +31,10 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # exact at the ends: k = 0 and k = n touch 0 and 1 (rounding would leave 1e-16 off them)
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return (low, high)
 
 
 def accuracy_ci95(correct: np.ndarray | int, n: int | None = None) -> list[float]:
