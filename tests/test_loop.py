@@ -64,6 +64,7 @@ def _split_of(run_dir: Path) -> dict[str, str]:
         return {r["path"]: r["split"] for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow  # three fits: > 10 s
 def test_adding_photos_keeps_every_earlier_split(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=15)
     fast = {"strategy": "feature-extraction", "verbose": False, "report_map": "none"}
@@ -85,6 +86,7 @@ def test_adding_photos_keeps_every_earlier_split(tmp_path):
 
 
 @pytest.mark.cli
+@pytest.mark.slow  # two fits and a comparison through the CLI: > 10 s
 def test_corrected_labels_retrained_from_a_run_fix_the_flipped_images(tmp_path):
     """The issue's done-when: 10% of labels flipped, train, correct them, retrain --from, compare."""
     photos = make_class_folders(tmp_path / "photos", per_class=20)
@@ -97,8 +99,11 @@ def test_corrected_labels_retrained_from_a_run_fix_the_flipped_images(tmp_path):
     labels.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in given.items()))
     digest = tree_digest(photos), labels.read_bytes()
 
-    split = "--split=0.5,0.2,0.3"
-    run("train", labels, "--strategy=feature-extraction", split, "--quiet", "--out", tmp_path / "a")
+    # the striped photos are near duplicates of each other by design: the data check would keep
+    # them on one side of the split (all in train), and the test needs some of them in test
+    # (seed 2 draws 4 of the 7 into test: the split is a function of the seed and the bytes)
+    split = ("--split=0.5,0.2,0.3", "--seed=2", "--no-check-data")
+    run("train", labels, "--strategy=feature-extraction", *split, "--quiet", "--out", tmp_path / "a")
     corrections = tmp_path / "corrections.csv"
     corrections.write_text("path,action,label\n" + "".join(f"{p},relabel,red\n" for p in flipped))
     run(
