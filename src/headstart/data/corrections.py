@@ -22,6 +22,7 @@ from headstart.core.io import unprotect_cell, write_rows
 from headstart.data.discovery import Dataset, Sample
 
 Action = Literal["relabel", "exclude"]
+Status = Literal["applied", "unmatched", "unchanged"]
 ACTIONS: tuple[Action, ...] = ("relabel", "exclude")
 COLUMNS = ("path", "action", "label")
 APPLIED_COLUMNS = ("path", "action", "label", "old_label", "status")
@@ -42,7 +43,7 @@ class AppliedCorrection:
 
     correction: Correction
     old_label: str
-    status: Literal["applied", "unmatched", "unchanged"]
+    status: Status
 
 
 def read_corrections(path: str | Path) -> list[Correction]:
@@ -121,7 +122,7 @@ def apply_corrections(
         elif c.label != old:
             labels = tuple(sorted(c.label.split(";"))) if dataset.multi_label else None
             samples[i] = replace(samples[i], label=c.label, labels=labels)
-        status = "unchanged" if c.action == "relabel" and c.label == old else "applied"
+        status: Status = "unchanged" if c.action == "relabel" and c.label == old else "applied"
         records.append(AppliedCorrection(c, old, status))
     dropped = {id(s) for s in left_out}
     kept = [s for s in samples if id(s) not in dropped]

@@ -664,7 +664,7 @@ def finish(search: Search) -> AutoResult:
     (probe) or its tuned network kept (fine-tuning); the test split is evaluated afterwards."""
     clf, split = search.clf, search.split
     best, y_val = search.best(), search.usable.y[split.mask("val")]
-    winner, paired = prefer_cheaper(best, search.candidates[0], y_val)  # type: ignore[assignment]
+    winner, paired = prefer_cheaper(best, search.candidates[0], y_val)
     reason = _why(search, best) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")

@@ -10,7 +10,7 @@ McNemar test against the probe at the 5% level, else the probe is the model.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,11 +28,19 @@ class Scored(Protocol):
     fitted: Any
 
 
-def prefer_cheaper(best: Scored, probe: Scored, y_val: np.ndarray) -> tuple[Scored, dict[str, Any]]:
+C = TypeVar("C", bound=Scored)
+
+
+def prefer_cheaper(best: C, probe: C, y_val: np.ndarray) -> tuple[C, dict[str, Any]]:
     """``best`` if it beats ``probe`` beyond noise on the validation images, else ``probe``;
     and the record of the paired test (``metrics.json``'s ``auto.paired``)."""
-    usable = probe.kind == "probe" and probe.fitted is not None and probe.val_proba is not None
-    if best is probe or not usable or best.val_proba is None:
+    if (
+        best is probe
+        or probe.kind != "probe"
+        or probe.fitted is None
+        or probe.val_proba is None
+        or best.val_proba is None
+    ):
         return best, {"test": "none", "why": "the probe won, or it cannot be the model"}
     cmp = compare_paired(y_val, probe.val_proba.argmax(axis=1), best.val_proba.argmax(axis=1))
     sure = better_beyond_noise(cmp, ALPHA)

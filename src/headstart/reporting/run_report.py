@@ -278,6 +278,20 @@ def _pct(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.1%}"
 
 
+def _class_row(name: str, pc: dict[str, Any]) -> list[str]:
+    """One row of the per-class table (a class without test images: dashes)."""
+    support = pc.get("support", 0)
+    cell = (lambda v: _pct(v)) if support else (lambda v: "–")
+    return [
+        esc(name),
+        cell(pc.get("precision")),
+        cell(pc.get("recall")),
+        _interval(pc.get("accuracy_ci95")) if support else "–",
+        cell(pc.get("f1")),
+        f"{support:,}",
+    ]
+
+
 def _interval(ci: Any) -> str:
     """A 95% interval ``[low, high]`` as ``low–high`` (runs written before intervals: a dash)."""
     if not isinstance(ci, (list, tuple)) or len(ci) != 2:
@@ -457,21 +471,7 @@ def _metrics_section(run: dict[str, Any]) -> str:
         f"Wilson) on {s.get('n', 0):,} images ({esc(evaluated_on)}); "
         f"top-{s.get('top_k', '?')} accuracy {_pct(s.get('top_k_accuracy'))}; macro F1 {_pct(s.get('macro_f1'))}.</p>"
     )
-    rows = []
-    for c in classes:
-        pc = per_class.get(c) or {}
-        support = pc.get("support", 0)
-        cell = (lambda v: _pct(v)) if support else (lambda v: "–")
-        rows.append(
-            [
-                esc(c),
-                cell(pc.get("precision")),
-                cell(pc.get("recall")),
-                _interval(pc.get("accuracy_ci95")) if support else "–",
-                cell(pc.get("f1")),
-                f"{support:,}",
-            ]
-        )
+    rows = [_class_row(c, per_class.get(c) or {}) for c in classes]
     header = ["class", "precision", "recall", "recall 95% interval", "F1", "test images"]
     table = _table(header, rows, numeric=(1, 2, 3, 4, 5))
     parts.append("<h3>Per class</h3>")
