@@ -618,7 +618,7 @@ class ImageClassifier(BaseEstimator):
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
-            dataset, dropped = corrected_data(dataset, self.corrections, writer, writer.run_dir)
+            dataset, dropped = corrected_data(dataset, self.corrections, writer)
             excluded += dropped
         with clock("backbone"):
             self.features_ = create_feature_spec(
