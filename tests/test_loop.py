@@ -136,3 +136,24 @@ def test_corrected_labels_retrained_from_a_run_fix_the_flipped_images(tmp_path):
     assert "B fixes" in proc.stderr
     assert "data:image/jpeg;base64," in (tmp_path / "cmp" / "compare.html").read_text()
     assert (tree_digest(photos), labels.read_bytes()) == digest  # the data is byte-identical
+
+
+def test_doctor_suggestions_become_editable_corrections(tmp_path):
+    from headstart.data.corrections import read_corrections, write_corrections
+    from headstart.runs.doctor import doctor_corrections
+
+    doc = {
+        "label_issues": [{"path": "/d/cat/1.jpg", "suggested_label": "dog", "given_label": "cat"}],
+        "exclude_suggested": [
+            {"path": "/d/cat/1.jpg", "reason": "likely mislabeled"},
+            {"path": "/d/dog/broken.jpg", "reason": "cannot be decoded"},
+            {"path": "/d/dog/copy.jpg", "reason": "duplicate with conflicting labels"},
+        ],
+    }
+    rows = read_corrections(write_corrections(tmp_path / "corrections.csv", doctor_corrections(doc)))
+    assert [(r.path, r.action, r.label) for r in rows] == [
+        ("/d/cat/1.jpg", "relabel", "dog"),
+        ("/d/dog/broken.jpg", "exclude", ""),
+        ("/d/dog/copy.jpg", "exclude", ""),
+    ]
+    assert (tmp_path / "corrections.csv").read_text().splitlines()[0] == "path,action,label"
