@@ -81,6 +81,7 @@ from headstart.cli.options import (
     WarmupBatches,
     WeightsFile,
 )
+from headstart.cli.review import review
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
 
@@ -588,6 +589,9 @@ def backbones(
         _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
     else:
         _write_stdout(backbone_table(listing) + "\n", "replace")
+
+
+app.command()(review)
 
 
 def main() -> None:
