@@ -112,7 +112,10 @@ def test_decisions_are_saved_atomically_and_a_restart_resumes(fresh_run, monkeyp
         assert post(FLIPPED, "relabel", "red").json()["decided_label"] == "red"  # replaces the row
         assert post(COPIES[1], "exclude").json()["decision"] == "exclude"
         assert post("red/red_1.jpg", "keep").json() == {
-            "path": "red/red_1.jpg", "decision": "keep", "decided_label": "red", "decided": 3
+            "path": "red/red_1.jpg",
+            "decision": "keep",
+            "decided_label": "red",
+            "decided": 3,
         }
         assert post("blue/blue_2.jpg", "exclude").json()["decided"] == 4
         assert post("blue/blue_2.jpg", "clear").json()["decision"] is None
@@ -180,7 +183,9 @@ def live_review(fresh_run):
 
     _, run = fresh_run
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_review_app(load_review_run(run)), "127.0.0.1", port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_review_app(load_review_run(run)), "127.0.0.1", port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -233,8 +238,12 @@ def test_keyboard_flow_in_chromium(live_review, tmp_path):
             )
             page.keyboard.press("p")
             page.wait_for_function("document.querySelector('#neighbours .thumb img') !== null")
-            page.wait_for_function("document.getElementById('big').complete && document.getElementById('big').naturalWidth > 0")
-            decided = page.eval_on_selector_all(".strip .thumb.relabel, .strip .thumb.exclude", "els => els.length")
+            page.wait_for_function(
+                "document.getElementById('big').complete && document.getElementById('big').naturalWidth > 0"
+            )
+            decided = page.eval_on_selector_all(
+                ".strip .thumb.relabel, .strip .thumb.exclude", "els => els.length"
+            )
             screenshot = tmp_path / "review_page.png"
             page.screenshot(path=str(screenshot))
         finally:

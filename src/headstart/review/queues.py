@@ -107,7 +107,9 @@ def _feature_groups(run: ReviewRun) -> list[list[int]]:
     rows = np.flatnonzero(run.outputs.readable)
     if len(rows) < 2:
         return []
-    groups, _, _, _ = find_duplicates([None] * len(rows), run.outputs.unit[rows], None, NEAR_COSINE, neighbours=0)
+    groups, _, _, _ = find_duplicates(
+        [None] * len(rows), run.outputs.unit[rows], None, NEAR_COSINE, neighbours=0
+    )
     return [[int(rows[i]) for i in g.members] for g in groups]
 
 

@@ -110,7 +110,9 @@ def model_outputs(clf: ImageClassifier, files: list[str]) -> ModelOutputs:
     threshold = reject_threshold(clf)
     scores = np.full(len(files), np.nan) if threshold is not None else None
     if ok.any():
-        proba[ok] = apply_temperature(clf.head_.predict_proba(features[ok]), getattr(clf, "temperature_", 1.0))
+        proba[ok] = apply_temperature(
+            clf.head_.predict_proba(features[ok]), getattr(clf, "temperature_", 1.0)
+        )
         if scores is not None:
             bank = getattr(clf, "reject_bank_", None)
             scores[ok] = reject_scores(proba[ok], features[ok], bank)
