@@ -22,6 +22,7 @@ from headstart.estimator.classifier import ImageClassifier
 from headstart.review import create_review_app, load_review_run
 from headstart.review.app import class_keys
 from headstart.review.photos import CACHE_DIR
+from headstart.review.queues import label_issue_queue
 
 FLIPPED = "green/red_0.jpg"  # a red photo filed under green
 COPIES = ("blue/blue_1.jpg", "red/copy_of_blue_1.jpg")  # one picture under two labels
@@ -162,6 +163,37 @@ def test_only_the_runs_own_images_can_be_fetched(fresh_run):
     assert list((run / CACHE_DIR / "thumb").glob("*.jpg"))
 
 
+def test_slow_queues_are_served_once_computed(fresh_run, monkeypatch):
+    """With ``background``, the label check runs in a thread: its queue answers 503 (and the page
+    shows it as computing) until done, while the other queues are served at once."""
+    import dataclasses
+
+    from headstart.review import app as review_app
+
+    release = threading.Event()
+
+    def held(run):
+        release.wait(30)
+        return label_issue_queue(run)
+
+    specs = tuple(dataclasses.replace(s, make=held) if s.slow else s for s in review_app.QUEUES)
+    monkeypatch.setattr(review_app, "QUEUES", specs)
+    lines: list[str] = []
+    _, run = fresh_run
+    with TestClient(create_review_app(load_review_run(run), background=True, log=lines.append)) as client:
+        first = {q["name"]: q for q in client.get("/api/meta").json()["queues"]}
+        assert first["label_issues"]["computing"] and first["label_issues"]["count"] is None
+        assert client.get("/api/queue/label_issues").status_code == 503
+        assert client.get("/api/queue/duplicates").json()["total"] == 2
+        release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/api/queue/label_issues").status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        issues = client.get("/api/queue/label_issues?size=500").json()["items"]
+    assert FLIPPED in [i["path"] for i in issues]
+    assert lines and lines[0].startswith("queue ready: likely wrong labels")
+
+
 def test_review_command_refuses_a_folder_without_a_model(tmp_path):
     result = CliRunner().invoke(cli_app, ["review", str(tmp_path)])
     assert result.exit_code == 2 and "holds no model.safetensors" in result.output
@@ -183,9 +215,8 @@ def live_review(fresh_run):
 
     _, run = fresh_run
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_review_app(load_review_run(run)), "127.0.0.1", port, log_level="warning")
-    )
+    app = create_review_app(load_review_run(run), background=True)
+    server = uvicorn.Server(uvicorn.Config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -212,6 +243,10 @@ def test_keyboard_flow_in_chromium(live_review, tmp_path):
     else:
         sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     url, run = live_review
+    deadline = time.monotonic() + 60
+    while any(q["computing"] for q in httpx.get(url + "/api/meta").json()["queues"]):
+        assert time.monotonic() < deadline, "the label check did not finish"
+        time.sleep(0.1)
     meta = httpx.get(url + "/api/meta").json()
     first_queue = next(q["name"] for q in meta["queues"] if q["count"] > 0)
     items = httpx.get(f"{url}/api/queue/{first_queue}").json()["items"]

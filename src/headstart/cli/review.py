@@ -33,7 +33,6 @@ def review(
     import uvicorn
 
     from headstart.review import create_review_app, load_review_run
-    from headstart.review.queues import build_queues
 
     started = time.perf_counter()
 
@@ -42,10 +41,14 @@ def review(
             print(message, file=sys.stderr)
 
     loaded = load_review_run(run, cache_dir, engine.value, say)
-    queues, seconds = build_queues(loaded)
-    counts = ", ".join(f"{q.title.lower()} {len(q.items)}" for q in queues if q.name != "all")
-    say(f"queues: {counts} ({sum(seconds.values()):.1f}s)")
-    app = create_review_app(loaded, queues)
+    app = create_review_app(loaded, background=True, log=say)
+    queues = app.state.review.meta()["queues"]
+    say(
+        "queues: "
+        + ", ".join(
+            f"{q['title'].lower()} {q['count'] if q['count'] is not None else '(computing)'}" for q in queues
+        )
+    )
     say(
         f"review ready in {time.perf_counter() - started:.1f}s: http://{REVIEW_HOST}:{port}/ "
         f"(decisions go to {app.state.review.book.path}; Ctrl-C to stop)"

@@ -9,6 +9,8 @@ JPEGs) can be fetched. Decisions go to ``RUN/corrections.csv`` at once (``decisi
 from __future__ import annotations
 
 import string
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,8 +23,8 @@ from headstart.core.errors import BadImageError
 from headstart.review.decisions import DecisionBook
 from headstart.review.page import review_page
 from headstart.review.photos import Size, photo
-from headstart.review.queues import Queue, QueueItem, build_queues
-from headstart.review.run import ReviewRun
+from headstart.review.queues import QUEUES, Queue, QueueItem, QueueSpec, build_queues
+from headstart.review.run import Log, ReviewRun
 
 RESERVED_KEYS = frozenset("xknpu")  # exclude, keep, next, previous, undo
 PAGE_SIZE = 50
@@ -49,7 +51,7 @@ class ReviewState:
     """What the app serves: the run, its queues, the decisions so far, the train rows' features."""
 
     run: ReviewRun
-    queues: dict[str, Queue]
+    queues: dict[str, Queue]  # those computed so far
     book: DecisionBook
     train_rows: np.ndarray
     train_unit: np.ndarray
@@ -61,6 +63,23 @@ class ReviewState:
         return cls(
             run, {q.name: q for q in queues}, DecisionBook(run.run_dir), rows, run.outputs.unit[rows].copy()
         )
+
+    def compute_later(self, specs: list[QueueSpec], log: Log | None = None) -> threading.Thread:
+        """Compute ``specs`` in a thread; each queue is served once it is done."""
+
+        def work() -> None:
+            for spec in specs:
+                t = time.perf_counter()
+                queue = spec.make(self.run)
+                self.queues[spec.name] = queue  # one dict assignment: atomic for readers
+                if log is not None:
+                    log(
+                        f"queue ready: {queue.title.lower()} {len(queue.items)} ({time.perf_counter() - t:.1f}s)"
+                    )
+
+        thread = threading.Thread(target=work, name="review-queues", daemon=True)
+        thread.start()
+        return thread
 
     def item(self, entry: QueueItem) -> dict[str, Any]:
         """One image as a queue page lists it."""
@@ -114,6 +133,25 @@ class ReviewState:
             for i, s in found[:NEIGHBOURS]
         ]
 
+    def queue_info(self, spec: QueueSpec) -> dict[str, Any]:
+        """A queue as the page lists it (``computing`` until it is done)."""
+        queue = self.queues.get(spec.name)
+        if queue is None:
+            return {
+                "name": spec.name,
+                "title": spec.title,
+                "about": "computing...",
+                "count": None,
+                "computing": True,
+            }
+        return {
+            "name": queue.name,
+            "title": queue.title,
+            "about": queue.about,
+            "count": len(queue.items),
+            "computing": False,
+        }
+
     def meta(self) -> dict[str, Any]:
         classes = self.run.classes
         return {
@@ -121,19 +159,26 @@ class ReviewState:
             "data": str(self.run.root),
             "images": len(self.run.images),
             "classes": [{"name": c, "key": k} for c, k in zip(classes, class_keys(classes))],
-            "queues": [
-                {"name": q.name, "title": q.title, "about": q.about, "count": len(q.items)}
-                for q in self.queues.values()
-            ],
+            "queues": [self.queue_info(spec) for spec in QUEUES],
             "decided": len(self.book),
             "corrections": str(self.book.path),
             "page_size": PAGE_SIZE,
         }
 
 
-def create_review_app(run: ReviewRun, queues: list[Queue] | None = None) -> FastAPI:
-    """The review app over ``run`` (its queues computed here when not given)."""
-    state = ReviewState.create(run, queues if queues is not None else build_queues(run)[0])
+def create_review_app(run: ReviewRun, background: bool = False, log: Log | None = None) -> FastAPI:
+    """The review app over ``run``.
+
+    Args:
+        run: the run (``load_review_run``).
+        background: compute the slow queues (the cross-validated label check) in a thread, so the
+            app serves the others at once; False: every queue before this returns.
+        log: where the background thread reports each queue it finished.
+    """
+    queues, _ = build_queues(run, slow=not background)
+    state = ReviewState.create(run, queues)
+    if background:
+        state.compute_later([spec for spec in QUEUES if spec.name not in state.queues], log)
     app = FastAPI(title="headstart review", docs_url=None, redoc_url=None)
     app.state.review = state
     _add_routes(app, state)
@@ -155,7 +200,10 @@ def _add_routes(app: FastAPI, state: ReviewState) -> None:
     ) -> dict[str, Any]:
         chosen = state.queues.get(name)
         if chosen is None:
-            raise HTTPException(404, f"no queue {name!r}: {', '.join(state.queues)}")
+            known = [spec.name for spec in QUEUES]
+            if name in known:
+                raise HTTPException(503, f"the queue {name!r} is still being computed", {"Retry-After": "2"})
+            raise HTTPException(404, f"no queue {name!r}: {', '.join(known)}")
         entries = chosen.items[page * size : (page + 1) * size]
         return {
             "name": name,

@@ -18,7 +18,7 @@ then served a page at a time:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,18 +160,34 @@ def all_queue(run: ReviewRun) -> Queue:
     return Queue("all", "All images", "every image of the run", [QueueItem(i.index, "") for i in run.images])
 
 
-def build_queues(run: ReviewRun, seed: int = 0) -> tuple[list[Queue], dict[str, float]]:
-    """Every queue, in the order the page lists them, and the seconds each took."""
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue the page lists: ``slow`` ones (the cross-validation) may be computed while the app
+    already serves the others."""
+
+    name: str
+    title: str
+    make: Callable[[ReviewRun], Queue]
+    slow: bool = False
+
+
+QUEUES = (
+    QueueSpec("label_issues", "Likely wrong labels", label_issue_queue, slow=True),
+    QueueSpec("errors", "Confident errors", error_queue),
+    QueueSpec("duplicates", "Duplicates and conflicts", duplicate_queue),
+    QueueSpec("unsure", "Turned down or unsure", unsure_queue),
+    QueueSpec("all", "All images", all_queue),
+)
+
+
+def build_queues(run: ReviewRun, slow: bool = True) -> tuple[list[Queue], dict[str, float]]:
+    """The queues (the slow ones too with ``slow``), in the page's order, and the seconds each took."""
     seconds: dict[str, float] = {}
     queues = []
-    for name, make in (
-        ("label_issues", lambda: label_issue_queue(run, seed=seed)),
-        ("errors", lambda: error_queue(run)),
-        ("duplicates", lambda: duplicate_queue(run)),
-        ("unsure", lambda: unsure_queue(run)),
-        ("all", lambda: all_queue(run)),
-    ):
+    for spec in QUEUES:
+        if spec.slow and not slow:
+            continue
         t = time.perf_counter()
-        queues.append(make())
-        seconds[name] = time.perf_counter() - t
+        queues.append(spec.make(run))
+        seconds[spec.name] = time.perf_counter() - t
     return queues, seconds
