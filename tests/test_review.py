@@ -272,7 +272,11 @@ def test_keyboard_flow_in_chromium(live_review, tmp_path):
                 "&& document.getElementById('status').dataset.decided === '2'"
             )
             page.keyboard.press("p")
-            page.wait_for_function("document.querySelector('#neighbours .thumb img') !== null")
+            page.wait_for_function(f"document.body.dataset.details === {items[2]['path']!r}")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#neighbours img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            shown_top = page.inner_text("#topk .bar .name")
             page.wait_for_function(
                 "document.getElementById('big').complete && document.getElementById('big').naturalWidth > 0"
             )
@@ -286,6 +290,8 @@ def test_keyboard_flow_in_chromium(live_review, tmp_path):
     rows = sorted(read_corrections(run)[1:])
     assert rows == sorted([[items[0]["path"], "relabel", new_label], [items[1]["path"], "exclude", ""]])
     assert decided == 2
+    expected_top = httpx.get(f"{url}/api/image/{items[2]['index']}").json()["top_k"][0]["label"]
+    assert shown_top == expected_top
     artifacts = os.environ.get("HEADSTART_ARTIFACTS")
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
