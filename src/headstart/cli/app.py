@@ -71,6 +71,7 @@ from headstart.cli.options import (
     Strategy,
     StrategyChoice,
     TargetAccuracy,
+    TargetCoverage,
     TestTimeAugmentation,
     TimeBudgetMinutes,
     TimedBatches,
@@ -202,6 +203,7 @@ def train(
     multi_label: MultiLabel = None,
     reject: RejectOption = "off",
     target_accuracy: TargetAccuracy = 0.95,
+    target_coverage: TargetCoverage = 0.95,
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
 ) -> None:

@@ -66,6 +66,7 @@ from headstart.estimator.multilabel import (
     restore_bundle_entry,
 )
 from headstart.estimator.neighbours import build_neighbours, model_features
+from headstart.estimator.openset import held_out_class_report
 from headstart.estimator.reliability import (
     Reliability,
     fit_reliability,
@@ -164,6 +165,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
     "target_accuracy": Interval(float, 0, 1, low_open=True),
+    "target_coverage": Interval(float, 0, 1, low_open=True),
 }
 
 
@@ -223,6 +225,9 @@ class ImageClassifier(BaseEstimator):
             nearest training image (``evaluation.reject``); the model keeps a bank of its
             training features for it.
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
+        target_coverage: ``reject="auto"``: the least share of known validation images accepted;
+            the threshold rises to turn down the rest even when the accuracy target needs none
+            (1: the accuracy target alone, the rule before this parameter).
     """
 
     # Fitted state (set by ``fit`` or ``load``).
@@ -269,6 +274,7 @@ class ImageClassifier(BaseEstimator):
         multi_label: bool | None = None,
         reject: str | float = "off",
         target_accuracy: float = 0.95,
+        target_coverage: float = 0.95,
     ) -> None:
         # scikit-learn's contract: store every parameter as given, under its own name; check in fit
         _store_parameters(self, locals())
@@ -482,18 +488,30 @@ class ImageClassifier(BaseEstimator):
         """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
         the evaluated split's calibrated probabilities and metrics.json's sections about them."""
         tuned_val = outcome.val_proba if outcome is not None else None
-        neighbours = None
+        neighbours, model_x = None, None
         if self.reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
-            features = model_features(self, usable, outcome, log)
-            neighbours = build_neighbours(features, usable.y, split, self.seed)
+            model_x = model_features(self, usable, outcome, log)
+            neighbours = build_neighbours(model_x, usable.y, split, self.seed)
         rel = fit_reliability(
-            self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val, neighbours
+            self.head_,
+            usable,
+            split,
+            self.reject,
+            self.target_accuracy,
+            log,
+            tuned_val,
+            neighbours,
+            self.target_coverage,
         )
         self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
         self.reliability_, self.reject_bank_ = rel, rel.bank
         evaluated = split.mask(split.evaluated_on)
         features = neighbours.evaluated_features if neighbours is not None else None
         sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
+        if "reject" in sections and model_x is not None:
+            sections["reject"]["held_out_class"] = held_out_class_report(
+                self.head_, model_x, usable.y, split, self.classes_, rel, self.seed
+            )
         return apply_temperature(raw, rel.temperature), sections
 
     def _first_stage(
@@ -880,6 +898,7 @@ class ImageClassifier(BaseEstimator):
                 "threshold": threshold,
                 "score": score_kind(self._reject_bank()),
                 "target_accuracy": self.target_accuracy,
+                "target_coverage": self.target_coverage,
             }
         return meta
 

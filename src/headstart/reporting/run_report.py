@@ -43,6 +43,7 @@ from headstart.reporting import plots
 from headstart.reporting.html import esc, thumbnail_uri, write_page
 from headstart.reporting.maps import embed_features
 from headstart.reporting.multilabel import build_multilabel_report
+from headstart.reporting.unknown import unknown_section
 
 REPORT_NAME = "report.html"
 PREDICTIONS_CSV = "test_predictions.csv"
@@ -669,6 +670,7 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> 
         _metrics_section(run),
         _misclassified_section(run),
         _calibration_section(run),
+        unknown_section(run["metrics"]),
         _map_section(run),
         _doctor_section(run),
         _details_section(run),
