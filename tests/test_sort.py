@@ -1,0 +1,122 @@
+"""``headstart sort``: a four-flower model with the reject option sorts unseen photos of its
+classes into their folders, most tulips (a class it never saw) into ``_unknown``, lists a
+broken file in skipped.csv, never writes into PHOTOS, and gives the same result twice."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FLOWERS
+from headstart.cli.app import app
+from headstart.runs.sort import destination_names, flat_name, folder_name
+
+KNOWN = ("daisy", "dandelion", "roses", "sunflowers")
+N_TRAIN, N_UNSEEN, N_TULIPS = 40, 6, 16
+
+
+def test_flat_names_never_meet():
+    assert flat_name("2023/beach/IMG_1.jpg") == "2023__beach__IMG_1.jpg"
+    names = destination_names(["/p/a__b/c.jpg", "/p/a/b__c.jpg", "/p/x.jpg"], Path("/p"))
+    assert len(set(names.values())) == 3 and names["/p/x.jpg"] == "x.jpg"
+    assert folder_name("a/b") == "a_b" and folder_name("..") == "_.."
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (links as their target) with its content's digest."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def flowers4(tmp_path_factory):
+    """A model of four flower classes with --reject auto, and a folder of unseen photos."""
+    if not FLOWERS.is_dir():
+        pytest.skip("../shared/datasets/flower_photos is not present")
+    base = tmp_path_factory.mktemp("sort")
+    rows = ["path,label"]
+    for c in KNOWN:  # the first photos of each class; PHOTOS takes the last ones (never trained on)
+        rows += [f"{f},{c}" for f in sorted((FLOWERS / c).glob("*.jpg"))[:N_TRAIN]]
+    (base / "train.csv").write_text("\n".join(rows) + "\n")
+    return base
+
+
+def _photos(base: Path) -> tuple[Path, dict[str, str]]:
+    """PHOTOS (copies of unseen flowers in two sub-folders, tulips, a clash and a broken file)
+    and the class each photo is."""
+    photos, truth = base / "photos", {}
+    for c in (*KNOWN, "tulips"):
+        files = sorted((FLOWERS / c).glob("*.jpg"))
+        chosen = files[-N_TULIPS:] if c == "tulips" else files[-N_UNSEEN:]
+        for i, f in enumerate(chosen):
+            dest = photos / ("trip1" if i % 2 else "trip2/day") / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest)
+            truth[str(dest)] = c
+    clash = photos / "trip1" / "same.jpg", photos / "trip2" / "same.jpg"  # one name, two folders
+    for dest in clash:
+        shutil.copy(sorted((FLOWERS / "daisy").glob("*.jpg"))[-1], dest)
+        truth[str(dest)] = "daisy"
+    (photos / "trip1" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return photos, truth
+
+
+@pytest.mark.slow
+def test_sort_known_unknown_broken_and_idempotent(flowers4, tmp_path):
+    runner = CliRunner()
+    run = flowers4 / "run"
+    if not (run / "model.safetensors").is_file():
+        result = runner.invoke(
+            app,
+            ["train", str(flowers4 / "train.csv"), "--out", str(run), "--strategy", "feature-extraction",
+             "--reject", "auto", "--quiet", "--split", "0.6,0.3,0.1"],
+        )
+        assert result.exit_code == 0, result.output
+    photos, truth = _photos(tmp_path)
+    before = _tree(photos)
+    out = tmp_path / "sorted"
+    result = runner.invoke(app, ["sort", str(run), str(photos), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert _tree(photos) == before  # PHOTOS byte-identical, nothing added
+    rows = list(csv.DictReader((out / "sorted.csv").open()))
+    assert {r["source"] for r in rows} == set(truth)  # every readable photo, once (single-label)
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert [Path(r["path"]).name for r in skipped] == ["broken.jpg"]
+    known = [r for r in rows if truth[r["source"]] != "tulips"]
+    right = [r for r in known if r["label"] == truth[r["source"]]]
+    assert len(right) >= 0.7 * len(known), [(r["source"], r["label"]) for r in known]
+    tulips = [r for r in rows if truth[r["source"]] == "tulips"]
+    turned_down = [r for r in tulips if r["label"] == "_unknown"]
+    assert len(turned_down) >= 0.3 * len(tulips), [(r["label"], r["score"]) for r in tulips]
+    for r in rows:  # each placement is the source itself (hard link on one file system)
+        dest = out / r["destination"]
+        assert dest.parent.name == r["label"] and os.path.samefile(dest, r["source"])
+    same = {r["destination"] for r in rows if r["source"].endswith("same.jpg")}
+    assert len(same) == 2  # the clash: two files, neither overwritten
+    first = (_tree(out), (out / "sorted.csv").read_text())
+    again = runner.invoke(app, ["sort", str(run), str(photos), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert (_tree(out), (out / "sorted.csv").read_text()) == first  # same result, no duplicates
+    assert _tree(photos) == before
+
+
+@pytest.mark.slow
+def test_sort_dry_run_writes_only_the_csv(flowers4, tmp_path):
+    run = flowers4 / "run"
+    if not (run / "model.safetensors").is_file():
+        pytest.skip("needs the model of test_sort_known_unknown_broken_and_idempotent")
+    photos, _ = _photos(tmp_path)
+    out = tmp_path / "dry"
+    result = CliRunner().invoke(app, ["sort", str(run), str(photos), "--out", str(out), "--dry-run", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["skipped.csv", "sorted.csv"]
