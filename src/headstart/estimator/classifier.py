@@ -37,6 +37,7 @@ from headstart.core.params import (
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
 from headstart.estimator.auto import AutoResult, run_auto
+from headstart.estimator.explain import Explanation, explain_images, nearest_training_images
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
     Split,
@@ -766,6 +767,18 @@ class ImageClassifier(BaseEstimator):
             out.append({"path": path, **answer(self.classes_, row, k, threshold, float(scores[i]))})
         out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
         return out
+
+    def explain(self, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
+        """Per image, the label explained (``label``, or the most probable class) and its class
+        activation map: (H, W) float32 in [0, 1] at the image's own size (``features.cam``)."""
+        self._check_fitted()
+        return explain_images(self, paths, label)
+
+    def neighbours(self, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
+        """The ``k`` training photos most like each image (from the reject option's neighbour
+        bank): ``[{"path", "label", "similarity"}]``, most similar first."""
+        self._check_fitted()
+        return nearest_training_images(self, paths, k)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -1,0 +1,88 @@
+"""``model.explain(paths)``: a class activation map per image (``features.cam``), and
+``model.neighbours(paths, k)``: the most similar training photos from the neighbour bank.
+
+The bank (``evaluation.reject``) keeps features, not paths; its rows are the train + validation
+images of the saved split, in the split's order, subsampled by ``bank_rows`` with the model's
+seed, so the paths are recovered from the bundle's split record and checked against the bank's
+row count (a mismatch is refused rather than guessed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.core.errors import HeadstartError
+from headstart.data.images import decode_image, read_bytes
+from headstart.evaluation.reject import MAX_BANK_ROWS, bank_rows, unit_rows
+from headstart.features.cam import class_map, class_weights
+
+
+@dataclass
+class Explanation:
+    """One image's explanation: the label explained and its heatmap ((H, W) float32 in [0, 1],
+    the image's own size), or the reason it could not be read."""
+
+    path: str
+    label: str | None
+    heatmap: np.ndarray | None
+    error: str = ""
+
+
+def explain_images(clf: Any, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
+    """The class map of each image for ``label`` (None: the model's most probable class).
+
+    Raises HeadstartError for a head with no exact map (``mlp``, ``knn``) or an unknown label.
+    """
+    head = clf.head_
+    if not (hasattr(head, "coef") and hasattr(head, "scale")):
+        raise HeadstartError(f"explanations need a linear head (logistic); this model's head is {head.name}")
+    if label is not None and label not in clf.classes_:
+        raise HeadstartError(f"label {label!r} is not one of the model's classes ({', '.join(clf.classes_)})")
+    weights = class_weights(head.coef, head.scale, centre=not getattr(clf, "multi_label_", False))
+    files = [str(p) for p in paths]
+    proba = clf.predict_proba(files) if label is None else None
+    out = []
+    for i, path in enumerate(files):
+        try:
+            image = decode_image(read_bytes(path))
+        except Exception as e:  # noqa: BLE001 - one unreadable file is that file's problem
+            out.append(Explanation(path, None, None, str(e)[:200]))
+            continue
+        index = clf.classes_.index(label) if proba is None else int(np.nan_to_num(proba[i]).argmax())
+        heatmap = class_map(clf._feature_spec(), weights[index], image)
+        out.append(Explanation(path, clf.classes_[index], heatmap))
+    return out
+
+
+def bank_paths(clf: Any, bank: np.ndarray) -> list[tuple[str, str]]:
+    """(path, label) of each bank row, from the saved split (see the module's rule)."""
+    split = getattr(clf, "split_", None) or {}
+    known = [(f, lab) for f, lab, g in split.get("files", []) if g in ("train", "val")]
+    y = np.array([clf.classes_.index(lab) if lab in clf.classes_ else -1 for _, lab in known])
+    rows = bank_rows(y, MAX_BANK_ROWS, int(split.get("seed", clf.seed))) if len(y) else np.zeros(0, int)
+    if len(rows) != len(bank):
+        raise HeadstartError("the model's split record does not match its neighbour bank: no neighbours to show")
+    root = Path(split.get("root", "."))
+    return [(str(root / known[r][0]), known[r][1]) for r in rows]
+
+
+def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
+    """The ``k`` most similar training photos of each image: ``{"path", "label", "similarity"}``
+    (cosine of the model's features), most similar first; [] for an unreadable file."""
+    bank = getattr(clf, "reject_bank_", None)
+    if bank is None:
+        raise HeadstartError("this model keeps no neighbour bank: train it with --reject auto for neighbours")
+    names = bank_paths(clf, bank)
+    features = clf._extract([str(p) for p in paths]).features
+    x = unit_rows(np.nan_to_num(np.asarray(features, dtype=np.float32)))
+    sims = x @ np.asarray(bank, dtype=np.float32).T
+    out = []
+    for row, ok in zip(sims, np.isfinite(np.asarray(features, dtype=np.float32)).all(axis=1)):
+        order = np.argsort(-row, kind="stable")[: max(0, k)] if ok else []
+        out.append([{"path": names[j][0], "label": names[j][1], "similarity": float(row[j])} for j in order])
+    return out

@@ -1,0 +1,51 @@
+"""Class activation maps: on a 2x2 collage (a daisy top-left, a rose bottom-right, grey
+elsewhere) the map for "daisy" weighs the top-left quadrant, the map for "roses" the bottom-right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import FLOWERS
+from headstart.core.errors import HeadstartError
+from headstart.estimator.classifier import ImageClassifier
+from headstart.features.cam import class_weights, to_unit_heatmap
+
+SIDE = 224
+
+
+def test_unit_heatmap_and_centred_weights():
+    heat = to_unit_heatmap(np.array([[-1.0, 0.0], [1.0, 2.0]]), (4, 6))
+    assert heat.shape == (6, 4) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    w = class_weights(np.array([[1.0, 2.0], [3.0, 0.0]]), np.array([1.0, 2.0]), centre=True)
+    assert np.allclose(w.sum(axis=0), 0) and np.allclose(w[0], [-1.0, 0.5])
+
+
+def _collage(tmp_path, daisy, rose):
+    canvas = Image.new("RGB", (2 * SIDE, 2 * SIDE), (128, 128, 128))
+    canvas.paste(ImageOps.fit(Image.open(daisy).convert("RGB"), (SIDE, SIDE)), (0, 0))
+    canvas.paste(ImageOps.fit(Image.open(rose).convert("RGB"), (SIDE, SIDE)), (SIDE, SIDE))
+    path = tmp_path / f"collage_{daisy.stem}_{rose.stem}.png"
+    canvas.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_collage_heatmaps_point_at_their_flower(flowers_csv, tmp_path):
+    clf = ImageClassifier(strategy="feature-extraction", verbose=False, check_data=False, report_map="none")
+    clf.fit(flowers_csv)
+    daisies = sorted((FLOWERS / "daisy").glob("*.jpg"))[-3:]  # not among the 30 trained on
+    roses = sorted((FLOWERS / "roses").glob("*.jpg"))[-3:]
+    collages = [_collage(tmp_path, d, r) for d, r in zip(daisies, roses)]
+    for label, (near, far) in {"daisy": ("tl", "br"), "roses": ("br", "tl")}.items():
+        for e in clf.explain(collages, label=label):
+            assert e.label == label and e.heatmap.shape == (2 * SIDE, 2 * SIDE)
+            assert 0 <= e.heatmap.min() and e.heatmap.max() <= 1
+            quadrant = {"tl": e.heatmap[:SIDE, :SIDE].sum(), "br": e.heatmap[SIDE:, SIDE:].sum()}
+            assert quadrant[near] > quadrant[far], (e.path, label, quadrant)
+    top = clf.explain([collages[0], tmp_path / "missing.jpg"])
+    assert top[0].label in clf.classes_ and top[1].heatmap is None and top[1].error
+    with pytest.raises(HeadstartError, match="not one of"):
+        clf.explain(collages, label="tulipa")
