@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
-
 from conftest import FLOWERS
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from headstart.cli.app import app
 from headstart.core.errors import HeadstartError
 from headstart.estimator.classifier import ImageClassifier
 from headstart.features.cam import class_weights, to_unit_heatmap
@@ -49,3 +51,10 @@ def test_collage_heatmaps_point_at_their_flower(flowers_csv, tmp_path):
     assert top[0].label in clf.classes_ and top[1].heatmap is None and top[1].error
     with pytest.raises(HeadstartError, match="not one of"):
         clf.explain(collages, label="tulipa")
+    clf.save(tmp_path / "model.safetensors")
+    out = tmp_path / "overlays"
+    args = ["predict", str(tmp_path / "model.safetensors"), *map(str, collages[:2]), "--explain", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 2 and Image.open(pngs[0]).size == (2 * SIDE, 2 * SIDE)

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import FLOWERS
 from typer.testing import CliRunner
 
-from conftest import FLOWERS
 from headstart.cli.app import app
 from headstart.runs.sort import destination_names, flat_name, folder_name
 
@@ -78,8 +78,19 @@ def test_sort_known_unknown_broken_and_idempotent(flowers4, tmp_path):
     if not (run / "model.safetensors").is_file():
         result = runner.invoke(
             app,
-            ["train", str(flowers4 / "train.csv"), "--out", str(run), "--strategy", "feature-extraction",
-             "--reject", "auto", "--quiet", "--split", "0.6,0.3,0.1"],
+            [
+                "train",
+                str(flowers4 / "train.csv"),
+                "--out",
+                str(run),
+                "--strategy",
+                "feature-extraction",
+                "--reject",
+                "auto",
+                "--quiet",
+                "--split",
+                "0.6,0.3,0.1",
+            ],
         )
         assert result.exit_code == 0, result.output
     photos, truth = _photos(tmp_path)
@@ -120,3 +131,19 @@ def test_sort_dry_run_writes_only_the_csv(flowers4, tmp_path):
     result = CliRunner().invoke(app, ["sort", str(run), str(photos), "--out", str(out), "--dry-run", "-q"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["skipped.csv", "sorted.csv"]
+
+
+@pytest.mark.slow
+def test_neighbours_find_the_training_photo_itself(flowers4):
+    import headstart
+
+    run = flowers4 / "run"
+    if not (run / "model.safetensors").is_file():
+        pytest.skip("needs the model of test_sort_known_unknown_broken_and_idempotent")
+    clf = headstart.load(run, verbose=False)
+    root = Path(clf.split_["root"])
+    trained = [str(root / f) for f, _, g in clf.split_["files"] if g == "train"]
+    (found,) = clf.neighbours([trained[0]], k=3)
+    assert len(found) == 3 and found[0]["similarity"] > 0.99
+    assert os.path.samefile(found[0]["path"], trained[0])
+    assert found[0]["similarity"] >= found[1]["similarity"] >= found[2]["similarity"]

@@ -43,9 +43,11 @@ def test_held_out_folds_on_separable_clusters():
     its images score low (AUROC near 1) and the threshold turns most of them down."""
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (4, 16)) * 4
+
     def draw(n):
         y = np.repeat(np.arange(4), n)
         return centres[y] + rng.normal(0, 0.5, (len(y), 16)), y
+
     x_train, y_train = draw(20)
     x_val, y_val = draw(6)
     scorer = fold_scorer(1.0, 1.0, True, 0)

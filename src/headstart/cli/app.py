@@ -333,6 +333,10 @@ def predict(
             help="Also save each image with its top-k drawn on it into this folder, plus index.html."
         ),
     ] = None,
+    explain: Annotated[
+        Optional[Path],
+        typer.Option(help="Also save each image with a heatmap of where the model found its answer (PNG)."),
+    ] = None,
 ) -> None:
     """Top-k labels with probabilities for each image."""
     from headstart.estimator.classifier import load
@@ -363,6 +367,24 @@ def predict(
             results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
         )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+    if explain is not None:
+        _write_explanations(clf, [r["path"] for r in results if not r.get("error")], explain)
+
+
+def _write_explanations(clf: Any, paths: list[str], out_dir: Path) -> None:
+    """``predict --explain DIR``: an overlay PNG per image, of the model's most probable class."""
+    from headstart.data.images import decode_image, read_bytes
+    from headstart.reporting.overlay import overlay_name, write_overlay
+
+    written = 0
+    for i, path in enumerate(paths):
+        (e,) = clf.explain([path])
+        if e.heatmap is None or e.label is None:
+            continue
+        image = decode_image(read_bytes(path))
+        write_overlay(out_dir, overlay_name(path, e.label, i), image, e.heatmap)
+        written += 1
+    print(f"{written} explanation overlay(s) in {out_dir}", file=sys.stderr)
 
 
 def _write_stdout(text: str, errors: str) -> None:

@@ -37,7 +37,12 @@ from headstart.core.params import (
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
 from headstart.estimator.auto import AutoResult, run_auto
-from headstart.estimator.explain import Explanation, explain_images, nearest_training_images
+from headstart.estimator.explain import (
+    Explanation,
+    explain_images,
+    nearest_training_images,
+    write_error_gallery,
+)
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
     Split,
@@ -481,6 +486,9 @@ class ImageClassifier(BaseEstimator):
             checks=checks,
             excluded=excluded,
         )
+        if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
+            with clock("explain_errors"):
+                write_error_gallery(self, writer.run_dir, test.paths, test.y, test.proba)
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _fit_reliability(

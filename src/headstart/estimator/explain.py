@@ -9,12 +9,14 @@ row count (a mismatch is refused rather than guessed).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from headstart.core.errors import HeadstartError
 from headstart.data.images import decode_image, read_bytes
@@ -66,7 +68,9 @@ def bank_paths(clf: Any, bank: np.ndarray) -> list[tuple[str, str]]:
     y = np.array([clf.classes_.index(lab) if lab in clf.classes_ else -1 for _, lab in known])
     rows = bank_rows(y, MAX_BANK_ROWS, int(split.get("seed", clf.seed))) if len(y) else np.zeros(0, int)
     if len(rows) != len(bank):
-        raise HeadstartError("the model's split record does not match its neighbour bank: no neighbours to show")
+        raise HeadstartError(
+            "the model's split record does not match its neighbour bank: no neighbours to show"
+        )
     root = Path(split.get("root", "."))
     return [(str(root / known[r][0]), known[r][1]) for r in rows]
 
@@ -81,8 +85,51 @@ def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -
     features = clf._extract([str(p) for p in paths]).features
     x = unit_rows(np.nan_to_num(np.asarray(features, dtype=np.float32)))
     sims = x @ np.asarray(bank, dtype=np.float32).T
+    readable = np.isfinite(np.asarray(features, dtype=np.float32)).all(axis=1).tolist()
     out = []
-    for row, ok in zip(sims, np.isfinite(np.asarray(features, dtype=np.float32)).all(axis=1)):
-        order = np.argsort(-row, kind="stable")[: max(0, k)] if ok else []
+    for row, ok in zip(sims, readable):
+        order: list[int] = np.argsort(-row, kind="stable")[: max(0, k)].tolist() if ok else []
         out.append([{"path": names[j][0], "label": names[j][1], "similarity": float(row[j])} for j in order])
     return out
+
+
+def write_error_gallery(
+    clf: Any, run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray
+) -> int:
+    """For the report's misclassified gallery: each shown error's heatmap overlay (of the class
+    it was taken for) in ``run_dir/errors/`` and its nearest training photos, listed in
+    ``run_dir/errors.csv``; the report reads them (it never loads a model). A head with no exact
+    map gets no overlay, a model with no neighbour bank no neighbours. The number of errors."""
+    import json
+
+    from headstart.core.io import write_rows
+    from headstart.reporting.overlay import overlay_name, write_overlay
+    from headstart.reporting.run_report import MAX_MISCLASSIFIED
+
+    (run_dir / "errors.csv").unlink(missing_ok=True)  # a previous run's gallery never lingers
+    for old in (run_dir / "errors").glob("*.png"):
+        old.unlink()
+    if not len(paths):
+        return 0
+    predicted = np.asarray(proba).argmax(axis=1)
+    wrong = [i for i in np.argsort(-np.asarray(proba).max(axis=1), kind="stable") if predicted[i] != y[i]]
+    chosen = [str(paths[i]) for i in wrong[:MAX_MISCLASSIFIED]]
+    if not chosen:
+        return 0
+    linear = hasattr(clf.head_, "coef") and hasattr(clf.head_, "scale")
+    explained = explain_images(clf, chosen) if linear else [None] * len(chosen)
+    near = nearest_training_images(clf, chosen, 3) if getattr(clf, "reject_bank_", None) is not None else None
+    rows = []
+    for j, (path, e) in enumerate(zip(chosen, explained)):
+        overlay = ""
+        if e is not None and e.heatmap is not None and e.label is not None:
+            image = decode_image(read_bytes(path))
+            image.thumbnail((256, 256))
+            heat = np.asarray(
+                Image.fromarray(e.heatmap, mode="F").resize(image.size, Image.Resampling.BILINEAR)
+            )
+            overlay = f"errors/{overlay_name(path, e.label, j)}"
+            write_overlay(run_dir, overlay, image, heat)
+        rows.append([os.path.abspath(path), overlay, json.dumps(near[j] if near else [])])
+    write_rows(run_dir / "errors.csv", ["path", "overlay", "neighbours"], rows)
+    return len(rows)

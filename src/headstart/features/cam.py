@@ -110,7 +110,9 @@ def class_map(spec: FeatureSpec, weights: np.ndarray, image: Image.Image) -> np.
             grid = grid or (int(x.shape[2]), int(x.shape[3]))
             views = [member_map(member.model, x, spec.layers, member_weights, grid)]
             if spec.tta == "flip":
-                mirrored = member_map(member.model, torch.flip(x, dims=[3]), spec.layers, member_weights, grid)
+                mirrored = member_map(
+                    member.model, torch.flip(x, dims=[3]), spec.layers, member_weights, grid
+                )
                 views.append(torch.flip(mirrored, dims=[1]))
             view_mean = torch.stack(views).mean(0)
             total = view_mean if total is None else total + view_mean

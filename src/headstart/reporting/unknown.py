@@ -7,9 +7,14 @@ validation, see ``evaluation.heldout``).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from headstart.reporting.html import esc
+from headstart.core.io import read_rows
+from headstart.reporting.html import esc, thumbnail_uri
+
+ERRORS_CSV = "errors.csv"
 
 
 def _pct(x: Any) -> str:
@@ -39,14 +44,14 @@ def unknown_section(metrics: dict[str, Any]) -> str:
     if held.get("folds"):
         parts.append(
             "<p>Each class held out in turn (head refitted without it, its validation images scored as "
-            f"unknown): AUROC <b id=\"held-out-auroc\">{held['auroc']:.3f}</b>; at this threshold "
+            f'unknown): AUROC <b id="held-out-auroc">{held["auroc"]:.3f}</b>; at this threshold '
             f"<b>{_pct(held['turned_down'])}</b> of the held-out class's images were turned down, and "
             f"{_pct(held['known_turned_down'])} of the known ones.</p>"
         )
         rows = "".join(
-            f"<tr><td>{esc(f['held_out'])}</td><td class=\"num\">{f['n_unknown']}</td>"
-            f"<td class=\"num\">{f['auroc']:.3f}</td><td class=\"num\">{_pct(f['turned_down'])}</td>"
-            f"<td class=\"num\">{_pct(f['known_turned_down'])}</td></tr>"
+            f'<tr><td>{esc(f["held_out"])}</td><td class="num">{f["n_unknown"]}</td>'
+            f'<td class="num">{f["auroc"]:.3f}</td><td class="num">{_pct(f["turned_down"])}</td>'
+            f'<td class="num">{_pct(f["known_turned_down"])}</td></tr>'
             for f in held["folds"]
         )
         parts.append(
@@ -55,3 +60,29 @@ def unknown_section(metrics: dict[str, Any]) -> str:
             f"<tbody>{rows}</tbody></table></div>"
         )
     return "".join(parts)
+
+
+def error_extras(run_dir: Path) -> dict[str, str]:
+    """HTML to add under each misclassified image (by its absolute path): its heatmap overlay
+    and its nearest training photos, from ``errors.csv`` (written at fit time; none: {})."""
+    out = {}
+    for row in read_rows(Path(run_dir) / ERRORS_CSV):
+        parts = []
+        overlay = row.get("overlay", "")
+        uri = thumbnail_uri(str(Path(run_dir) / overlay)) if overlay else None
+        if uri:
+            parts.append(f'<img class="heatmap" alt="where the model looked" src="{uri}">')
+        try:
+            near = json.loads(row.get("neighbours") or "[]")
+        except ValueError:
+            near = []
+        thumbs = []
+        for n in near[:3]:
+            small = thumbnail_uri(str(n.get("path", "")), 56)
+            if small:
+                title = f"{n.get('label', '')} ({float(n.get('similarity', 0)):.2f})"
+                thumbs.append(f'<img alt="{esc(title)}" title="{esc(title)}" src="{small}">')
+        if thumbs:
+            parts.append('<br><span class="muted">nearest training photos:</span><br>' + "".join(thumbs))
+        out[row["path"]] = "".join(parts)
+    return out
