@@ -15,7 +15,8 @@ from conftest import FLOWERS
 from typer.testing import CliRunner
 
 from headstart.cli.app import app
-from headstart.runs.sort import destination_names, flat_name, folder_name
+from headstart.core.errors import ParameterError
+from headstart.runs.sort import SortJob, destination_names, flat_name, folder_name, placements, sort_photos
 
 KNOWN = ("daisy", "dandelion", "roses", "sunflowers")
 N_TRAIN, N_UNSEEN, N_TULIPS = 40, 6, 16
@@ -26,6 +27,43 @@ def test_flat_names_never_meet():
     names = destination_names(["/p/a__b/c.jpg", "/p/a/b__c.jpg", "/p/x.jpg"], Path("/p"))
     assert len(set(names.values())) == 3 and names["/p/x.jpg"] == "x.jpg"
     assert folder_name("a/b") == "a_b" and folder_name("..") == "_.."
+
+
+def test_placements_of_single_and_multi_label_answers():
+    preds = [{"label": "cat", "probability": 0.8}, {"label": "dog", "probability": 0.6}]
+    assert placements({"predictions": preds, "labels": ["cat"], "unknown": False}) == [("cat", 0.8)]
+    both = {"predictions": preds, "labels": ["cat", "dog"], "unknown": False}  # multi-label
+    assert placements(both) == [("cat", 0.8), ("dog", 0.6)]
+    assert placements({"predictions": preds, "labels": [], "unknown": True}) == [("_unknown", 0.8)]
+
+
+def test_sort_places_a_multi_label_image_in_each_folder(tmp_path):
+    photos = tmp_path / "photos"
+    for name in ("a.jpg", "b.jpg", "sub/a.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(name.encode())
+
+    def predict(paths):
+        out = []
+        for p in paths:
+            labels = ["cat", "dog"] if Path(p).name == "a.jpg" else []
+            preds = [{"label": "cat", "probability": 0.9}, {"label": "dog", "probability": 0.7}]
+            out.append({"path": p, "predictions": preds, "labels": labels, "unknown": not labels})
+        return out
+
+    summary = sort_photos(predict, ["cat", "dog"], SortJob(photos, tmp_path / "out", "copy"))
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.jpg")) == [
+        "_unknown/b.jpg",
+        "cat/a.jpg",
+        "cat/sub__a.jpg",
+        "dog/a.jpg",
+        "dog/sub__a.jpg",
+    ]
+    assert (
+        summary.placed["copy"] == 5 and (tmp_path / "out" / "cat" / "sub__a.jpg").read_bytes() == b"sub/a.jpg"
+    )
+    with pytest.raises(ParameterError):
+        sort_photos(predict, ["cat"], SortJob(photos, photos / "sorted"))
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -122,7 +160,7 @@ def test_sort_known_unknown_broken_and_idempotent(flowers4, tmp_path):
 
 
 @pytest.mark.slow
-def test_sort_dry_run_writes_only_the_csv(flowers4, tmp_path):
+def test_sort_dry_run_then_a_killed_run_resumes(flowers4, tmp_path):
     run = flowers4 / "run"
     if not (run / "model.safetensors").is_file():
         pytest.skip("needs the model of test_sort_known_unknown_broken_and_idempotent")
@@ -131,6 +169,17 @@ def test_sort_dry_run_writes_only_the_csv(flowers4, tmp_path):
     result = CliRunner().invoke(app, ["sort", str(run), str(photos), "--out", str(out), "--dry-run", "-q"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["skipped.csv", "sorted.csv"]
+    full = tmp_path / "full"
+    assert CliRunner().invoke(app, ["sort", str(run), str(photos), "--out", str(full), "-q"]).exit_code == 0
+    done = (_tree(full), (full / "sorted.csv").read_text())
+    rows = list(csv.DictReader((full / "sorted.csv").open()))
+    for r in rows[::2]:  # as if killed half-way: half the placements and no sorted.csv
+        (full / r["destination"]).unlink()
+    stale = full / "roses" / "was_here.jpg"  # a placement an earlier run listed, no longer made
+    os.link(rows[0]["source"], stale)
+    (full / "sorted.csv").write_text(done[1] + f"{rows[0]['source']},roses,0.5,,roses/was_here.jpg,roses\n")
+    assert CliRunner().invoke(app, ["sort", str(run), str(photos), "--out", str(full), "-q"]).exit_code == 0
+    assert (_tree(full), (full / "sorted.csv").read_text()) == done and not stale.exists()
 
 
 @pytest.mark.slow

@@ -72,7 +72,7 @@ def bank_paths(clf: Any, bank: np.ndarray) -> list[tuple[str, str]]:
             "the model's split record does not match its neighbour bank: no neighbours to show"
         )
     root = Path(split.get("root", "."))
-    return [(str(root / known[r][0]), known[r][1]) for r in rows]
+    return [(os.path.normpath(root / known[r][0]), known[r][1]) for r in rows]
 
 
 def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
@@ -85,7 +85,8 @@ def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -
     features = clf._extract([str(p) for p in paths]).features
     x = unit_rows(np.nan_to_num(np.asarray(features, dtype=np.float32)))
     sims = x @ np.asarray(bank, dtype=np.float32).T
-    readable = np.isfinite(np.asarray(features, dtype=np.float32)).all(axis=1).tolist()
+    finite = np.asarray(np.isfinite(np.asarray(features, dtype=np.float32)).all(axis=1), dtype=bool)
+    readable = [bool(v) for v in finite.reshape(-1)]
     out = []
     for row, ok in zip(sims, readable):
         order: list[int] = np.argsort(-row, kind="stable")[: max(0, k)].tolist() if ok else []
@@ -117,7 +118,13 @@ def write_error_gallery(
     if not chosen:
         return 0
     linear = hasattr(clf.head_, "coef") and hasattr(clf.head_, "scale")
-    explained = explain_images(clf, chosen) if linear else [None] * len(chosen)
+    explained: list[Explanation | None] = [None] * len(chosen)
+    if linear:  # each error explained for the class it was taken for (known: no second pass)
+        taken_for = [int(predicted[i]) for i in wrong[: len(chosen)]]
+        for c in sorted(set(taken_for)):
+            at = [j for j, t in enumerate(taken_for) if t == c]
+            for j, e in zip(at, explain_images(clf, [chosen[j] for j in at], clf.classes_[c])):
+                explained[j] = e
     near = nearest_training_images(clf, chosen, 3) if getattr(clf, "reject_bank_", None) is not None else None
     rows = []
     for j, (path, e) in enumerate(zip(chosen, explained)):
