@@ -123,19 +123,19 @@ def write_error_gallery(
         taken_for = [int(predicted[i]) for i in wrong[: len(chosen)]]
         for c in sorted(set(taken_for)):
             at = [j for j, t in enumerate(taken_for) if t == c]
-            for j, e in zip(at, explain_images(clf, [chosen[j] for j in at], clf.classes_[c])):
-                explained[j] = e
+            for j, done in zip(at, explain_images(clf, [chosen[j] for j in at], clf.classes_[c])):
+                explained[j] = done
     near = nearest_training_images(clf, chosen, 3) if getattr(clf, "reject_bank_", None) is not None else None
     rows = []
-    for j, (path, e) in enumerate(zip(chosen, explained)):
+    for j, (path, shown) in enumerate(zip(chosen, explained)):
         overlay = ""
-        if e is not None and e.heatmap is not None and e.label is not None:
+        if shown is not None and shown.heatmap is not None and shown.label is not None:
             image = decode_image(read_bytes(path))
             image.thumbnail((256, 256))
             heat = np.asarray(
-                Image.fromarray(e.heatmap, mode="F").resize(image.size, Image.Resampling.BILINEAR)
+                Image.fromarray(shown.heatmap, mode="F").resize(image.size, Image.Resampling.BILINEAR)
             )
-            overlay = f"errors/{overlay_name(path, e.label, j)}"
+            overlay = f"errors/{overlay_name(path, shown.label, j)}"
             write_overlay(run_dir, overlay, image, heat)
         rows.append([os.path.abspath(path), overlay, json.dumps(near[j] if near else [])])
     write_rows(run_dir / "errors.csv", ["path", "overlay", "neighbours"], rows)
