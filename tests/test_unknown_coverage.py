@@ -57,3 +57,43 @@ def test_held_out_folds_on_separable_clusters():
     summary = held_out_summary(folds, 0.5)
     assert summary["auroc"] > 0.95
     assert summary["turned_down"] > summary["known_turned_down"]
+
+
+def test_report_sections_read_metrics_and_errors_csv(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from headstart.core.io import write_rows
+    from headstart.reporting.unknown import error_extras, unknown_section
+
+    assert unknown_section({}) == ""
+    folds = [
+        {
+            "held_out": "tulips",
+            "n_unknown": 8,
+            "n_known": 30,
+            "auroc": 0.9,
+            "turned_down": 0.5,
+            "known_turned_down": 0.05,
+        }
+    ]
+    reject = {
+        "threshold": 0.4, "score": "max_probability*knn", "mode": "auto", "target_accuracy": 0.95,
+        "target_coverage": 0.95, "threshold_set_by": "coverage", "coverage": 0.96, "accuracy_accepted": 0.97,
+        "held_out_class": {"auroc": 0.9, "turned_down": 0.5, "known_turned_down": 0.05, "folds": folds},
+    }  # fmt: skip
+    html = unknown_section({"reject": reject})
+    assert (
+        "0.4000" in html and "coverage rule" in html and 'held-out-auroc">0.900' in html and "tulips" in html
+    )
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(photo)
+    (tmp_path / "errors").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "errors" / "o.png")
+    near = json.dumps([{"path": str(photo), "label": "roses", "similarity": 0.8}])
+    write_rows(
+        tmp_path / "errors.csv", ["path", "overlay", "neighbours"], [[str(photo), "errors/o.png", near]]
+    )
+    extra = error_extras(tmp_path)[str(photo)]
+    assert 'class="heatmap"' in extra and "roses (0.80)" in extra
