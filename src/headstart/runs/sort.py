@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from headstart.core.errors import ParameterError
-from headstart.core.io import read_rows, write_rows
+from headstart.core.io import clean_stale_temporaries, read_rows, write_rows
 from headstart.core.progress import NullProgress, ProgressSink
 from headstart.data.discovery import expand_paths
 
@@ -184,6 +184,8 @@ def sort_photos(predict: Predictor, classes: Sequence[str], job: SortJob) -> Sor
     files, missing = expand_paths([job.photos])
     names = destination_names(files, job.photos)
     previous = read_rows(job.out / SORTED_CSV) if job.writes else []
+    if job.writes:  # a killed run's half-placed files (their process gone) go first
+        clean_stale_temporaries(job.out, depth=1)
     rows: list[list[Any]] = []
     skipped: list[list[str]] = [[p, reason] for p, reason in missing]
     summary = SortSummary(n_images=len(files))
