@@ -196,3 +196,60 @@ def test_neighbours_find_the_training_photo_itself(flowers4):
     assert len(found) == 3 and found[0]["similarity"] > 0.99
     assert os.path.samefile(found[0]["path"], trained[0])
     assert found[0]["similarity"] >= found[1]["similarity"] >= found[2]["similarity"]
+
+
+@pytest.mark.slow
+def test_sort_with_two_processes_equals_one(tmp_path):
+    """``--nproc 2``: torchrun's ranks share the extraction, rank 0 alone writes, same result."""
+    import subprocess
+    import sys
+
+    from conftest import make_class_folders
+
+    data = make_class_folders(tmp_path / "colors", per_class=8)
+    photos = make_class_folders(tmp_path / "new", per_class=3)
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--strategy",
+        "feature-extraction",
+        "--reject",
+        "auto",
+        "-q",
+    ]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(app, ["sort", str(run), str(photos), "--out", str(tmp_path / "one"), "-q"])
+        .exit_code
+        == 0
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HEADSTART_CACHE=str(tmp_path / "cache2"), OMP_NUM_THREADS="1")  # each rank extracts its share
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src
+    cmd = [
+        sys.executable,
+        "-m",
+        "headstart",
+        "sort",
+        str(run),
+        str(photos),
+        "--out",
+        str(tmp_path / "two"),
+        "--nproc",
+        "2",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    one = list(csv.DictReader((tmp_path / "one" / "sorted.csv").open()))
+    two = list(csv.DictReader((tmp_path / "two" / "sorted.csv").open()))
+    assert [(r["source"], r["label"], r["destination"]) for r in one] == [
+        (r["source"], r["label"], r["destination"]) for r in two
+    ]
+    assert all(abs(float(a["probability"]) - float(b["probability"])) < 1e-3 for a, b in zip(one, two))
+    placed = [{k: v for k, v in _tree(tmp_path / d).items() if k != "sorted.csv"} for d in ("one", "two")]
+    assert placed[0] == placed[1]  # the same files in the same folders
