@@ -58,3 +58,29 @@ def test_collage_heatmaps_point_at_their_flower(flowers_csv, tmp_path):
     assert result.exit_code == 0, result.output
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 2 and Image.open(pngs[0]).size == (2 * SIDE, 2 * SIDE)
+
+
+def test_the_map_averages_to_the_logit_exactly():
+    """The module's claim: a class map's mean over positions is the head's logit (less its
+    constant), exactly on the feature grid for the last features, and within resampling on the
+    input grid for multi-layer features (the grid ``class_map`` uses)."""
+    import torch
+
+    from headstart.features.cam import member_map, network_input
+    from headstart.models.backbones import create_backbone
+    from headstart.models.taps import layer_group_widths, multi_layer_module
+
+    backbone = create_backbone()
+    model = backbone.model
+    pixels = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    x = network_input(Image.fromarray(pixels), backbone.data_config)
+    with torch.no_grad():
+        fmap = model.forward_features(x)
+        pooled = model.forward_head(fmap, pre_logits=True)[0].numpy()
+        w = np.random.default_rng(1).normal(size=pooled.shape[0])
+        cam = member_map(model, x, "last", w, tuple(fmap.shape[2:])).numpy()
+        assert cam.mean() == pytest.approx(float(w @ pooled), rel=1e-4)
+        multi = multi_layer_module(model)(x)[0].numpy()
+        w = np.random.default_rng(2).normal(size=sum(layer_group_widths(model)))
+        cam = member_map(model, x, "multi", w, (int(x.shape[2]), int(x.shape[3]))).numpy()
+        assert cam.mean() == pytest.approx(float(w @ multi), rel=1e-2)
