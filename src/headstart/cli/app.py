@@ -479,7 +479,9 @@ def sort(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write sorted.csv only; place no file.")] = False,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
-    nproc: ProcessCount = 1,
+    nproc: Annotated[
+        int, typer.Option(help="Processes sharing the feature extraction (starts torchrun; 1: no launcher).")
+    ] = 1,
 ) -> None:
     """Sort the images under PHOTOS into OUT/<class>/ and OUT/_unknown/, listed in OUT/sorted.csv."""
     from headstart.core.progress import ConsoleProgress, NullProgress
