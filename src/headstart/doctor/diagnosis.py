@@ -19,7 +19,7 @@ from headstart.core.progress import ConsoleProgress, NullProgress
 from headstart.data.discovery import Dataset, discover
 from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
 from headstart.doctor.files import FileCheck, check_files
-from headstart.doctor.labels import LABEL_NEIGHBOURS, label_records
+from headstart.doctor.labels import LABEL_NEIGHBOURS, LabelFindings, label_records
 from headstart.doctor.report import CheckReport
 from headstart.features.extractor import ExtractionResult, build_extractor
 
@@ -80,14 +80,18 @@ def diagnose(
     report = CheckReport(samples, groups, counts, bad, notes=notes, dataset=dataset)
 
     t = time.perf_counter()
-    labels = label_records(samples, features, nn_idx, nn_sim, folds, seed)
+    _add_label_findings(report, label_records(samples, features, nn_idx, nn_sim, folds, seed))
+    seconds["label_issues"] = time.perf_counter() - t
+    report.seconds = seconds
+    return report
+
+
+def _add_label_findings(report: CheckReport, labels: LabelFindings | None) -> None:
+    """The label check's findings into the report (None: the labels could not be cross-validated)."""
     if labels is not None:
         report.label_ranking, report.label_issues = labels.ranking, labels.issues
         report.confused_pairs = labels.confused_pairs
         report.cross_validated = True
-    seconds["label_issues"] = time.perf_counter() - t
-    report.seconds = seconds
-    return report
 
 
 def _usable_rows(
