@@ -27,7 +27,7 @@ from headstart.core.errors import HeadstartError, ParameterError
 from headstart.data.images import decode_image, read_bytes, to_rgb
 from headstart.evaluation.answers import answer
 from headstart.evaluation.reject import KNN_SCORE_KIND, SCORE_KIND, reject_scores
-from headstart.models.bundle import bundle_reject, bundle_temperature
+from headstart.models.card import ModelCard
 
 EXPORT_JSON = "export.json"
 LABELS_TXT = "labels.txt"
@@ -67,15 +67,14 @@ def prepare_pixels(image: Image.Image, preprocessing: dict[str, Any]) -> np.ndar
     return np.asarray(img, dtype=np.uint8)
 
 
-def reliability_info(meta: dict[str, Any]) -> dict[str, Any]:
+def reliability_info(card: ModelCard) -> dict[str, Any]:
     """``export.json``'s ``calibration`` (the temperature, already applied inside the graph) and,
     when the model has the reject option on, ``reject`` (threshold and score kind)."""
-    out: dict[str, Any] = {"calibration": {"temperature": bundle_temperature(meta), "in_graph": True}}
-    reject = bundle_reject(meta)
-    if reject.get("threshold") is not None:
-        out["reject"] = {
-            k: reject[k] for k in ("mode", "threshold", "score", "target_accuracy") if k in reject
-        }
+    out: dict[str, Any] = {"calibration": {"temperature": card.temperature, "in_graph": True}}
+    if card.reject_threshold is not None:
+        out["reject"] = card.head.reject.model_dump(
+            mode="json", exclude_unset=True, include={"mode", "threshold", "score", "target_accuracy"}
+        )
     return out
 
 

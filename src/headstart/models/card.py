@@ -59,7 +59,7 @@ class DataConfig(_Card):
     interpolation: str | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    crop_pct: float = Field(1.0, ge=0.05, le=4)
+    crop_pct: Annotated[float, Field(ge=0.05, le=4)] = 1.0
     crop_mode: str | None = None
 
     def timm(self) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class BackboneCard(_Card):
 
 
 class Calibration(_Card):
-    temperature: float = Field(1.0, gt=0, lt=1e6)
+    temperature: Annotated[float, Field(gt=0, lt=1e6)] = 1.0
 
 
 class RejectCard(_Card):
@@ -106,22 +106,27 @@ class RejectCard(_Card):
 class HeadCard(_Card):
     name: str
     params: dict[str, Any]
-    calibration: Calibration = Field(default_factory=Calibration)
-    reject: RejectCard = Field(default_factory=RejectCard)
+    calibration: Calibration = Calibration()
+    reject: RejectCard = RejectCard()
 
 
 class Settings(_Card):
     """What a loaded model reuses of its training parameters."""
 
-    seed: int = Field(0, ge=0, le=2**63)
+    seed: Annotated[int, Field(ge=0, le=2**63)] = 0
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    top_k: int = Field(3, ge=1, le=MAX_CLASSES)
+    top_k: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 3
     feature_precision: str = "auto"
 
 
 class SplitRecord(_Card):
     """Which file went to which split (``files``: rows of [path, label, split]), and how."""
 
+    method: str | None = None
+    seed: int | None = None
+    fractions: list[float] | None = None
+    root: str | None = None
+    counts: dict[str, dict[str, int]] | None = None
     files: list[Any] = []
 
     @field_validator("files")
@@ -134,10 +139,6 @@ class SplitRecord(_Card):
     def rows(self, split: str) -> list[tuple[str, str]]:
         """(path relative to the root, label) of each file in ``split``."""
         return [(path, label) for path, label, part in self.files if part == split]
-
-    @property
-    def root(self) -> str | None:
-        return (self.model_extra or {}).get("root")
 
 
 class Metrics(_Card):
@@ -157,7 +158,7 @@ class FeaturesCard(_Card):
     """Multi-layer features, test-time flips and ensemble members (absent: one backbone's last
     features, as every bundle written before the entry)."""
 
-    members: list[BackboneCard] = Field(min_length=1, max_length=MAX_MEMBERS)
+    members: Annotated[list[BackboneCard], Field(min_length=1, max_length=MAX_MEMBERS)]
     layers: Literal[LAYER_CHOICES] = "last"  # type: ignore[valid-type]
     tta: Literal[TTA_CHOICES] = "none"  # type: ignore[valid-type]
     group_widths: list[list[Width]] = []
@@ -179,12 +180,12 @@ class ModelCard(_Card):
     """What a bundle says about itself: the header of ``model.safetensors``."""
 
     format: str = "headstart"
-    format_version: int = Field(0, ge=0, le=BUNDLE_FORMAT)
+    format_version: Annotated[int, Field(ge=0, le=BUNDLE_FORMAT)] = 0
     classes: list[str]
     strategy: str = FEATURE_EXTRACTION
     backbone: BackboneCard
     head: HeadCard
-    settings: Settings = Field(default_factory=Settings)
+    settings: Settings = Settings()
     split: SplitRecord | None = None
     metrics: Metrics | None = None
     versions: dict[str, str] = {}
