@@ -32,7 +32,7 @@ from headstart.export.runtime import (
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
 from headstart.models.bundle import library_versions, load_bundle
-from headstart.models.card import ModelCard
+from headstart.models.card import ExportCard, ModelCard
 from headstart.models.heads import restore_head
 
 FORMATS = ("onnx", "openvino")
@@ -180,7 +180,7 @@ def write_openvino(src: Path, dst: Path, props: dict[str, str], compress_to_fp16
 
 def write_beside(out_dir: Path, info: dict[str, Any]) -> None:
     write_text(out_dir / LABELS_TXT, "".join(f"{c}\n" for c in info["classes"]))
-    write_json(out_dir / EXPORT_JSON, info)
+    write_json(out_dir / EXPORT_JSON, ExportCard.model_validate(info).to_json())
 
 
 def _fp16_onnx(src: Path, dst: Path) -> Path:

@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.runtimes import compile_openvino, onnx_session
 from headstart.data.images import decode_image, read_bytes, to_rgb
 from headstart.evaluation.answers import answer
 from headstart.evaluation.reject import KNN_SCORE_KIND, SCORE_KIND, reject_scores
-from headstart.models.card import ModelCard
+from headstart.models.card import ExportCard, ModelCard, field_problem
 
 EXPORT_JSON = "export.json"
 LABELS_TXT = "labels.txt"
@@ -107,12 +109,7 @@ class _Runner:
 
 class _OnnxRunner(_Runner):
     def __init__(self, path: Path, threads: int | None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.input = self.session.get_inputs()[0].name
 
     def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
@@ -121,9 +118,6 @@ class _OnnxRunner(_Runner):
 
 class _OpenVinoRunner(_Runner):
     def __init__(self, path: Path, threads: int | None, precision: str = "fp32") -> None:
-        import openvino as ov
-
-        core = ov.Core()
         # fp32: exact, what parity is checked with. "auto": OpenVINO's own choice, bf16 where the
         # CPU has it natively (as headstart predict's default engine), which moves probabilities by
         # ~1e-2 and runs ~1.4x faster; an fp16 or int8 file keeps its own weights' precision.
@@ -132,7 +126,7 @@ class _OpenVinoRunner(_Runner):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.compiled = compile_openvino(path, config)
         self.request = self.compiled.create_infer_request()
 
     def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
@@ -158,6 +152,7 @@ class ExportedModel:
     metadata: dict[str, Any]
     input_size: tuple[int, int]
     _runner: _Runner = field(repr=False)
+    card: ExportCard | None = field(default=None, repr=False)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -283,11 +278,12 @@ def load_exported(
     meta_path = model_path.parent / EXPORT_JSON
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        classes = list(metadata["classes"])
-        input_size = (int(metadata["input_size"][0]), int(metadata["input_size"][1]))
+        card = ExportCard.model_validate(metadata)
     except FileNotFoundError as e:
         raise HeadstartError(f"{meta_path} is missing: export the model again with headstart export") from e
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except ValidationError as e:
+        raise HeadstartError(f"{meta_path} is damaged ({field_problem(e)}): export the model again") from None
+    except ValueError as e:
         raise HeadstartError(f"{meta_path} is damaged ({type(e).__name__}): export the model again") from e
     try:
         runner: _Runner = (
@@ -299,4 +295,4 @@ def load_exported(
         raise HeadstartError(
             f"cannot load {model_path} ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})"
         ) from e
-    return ExportedModel(model_path, fmt, classes, metadata, input_size, runner)
+    return ExportedModel(model_path, fmt, list(card.classes), metadata, card.input_size, runner, card)

@@ -283,3 +283,88 @@ def parse_card(header: str | bytes, where: str) -> ModelCard:
         return ModelCard.model_validate_json(header)
     except ValidationError as e:
         raise HeadstartError(f"model file {where} is damaged or crafted: {field_problem(e)}") from None
+
+
+# ------------------------------------------------------------------------- exported models
+
+
+class ExportCard(_Card):
+    """``export.json``: what an exported model (ONNX or OpenVINO) says about itself, made from
+    the bundle's card by ``export.exporter``. A runtime needs ``classes`` and ``input_size``;
+    ``preprocessing`` (``resize``, ``crop``, ``interpolation``, ``decode_min_side``, ``mean``,
+    ``std``) to prepare images as headstart does."""
+
+    model_config = ConfigDict(strict=False, extra="allow")
+
+    format_version: int = 1
+    format: Literal["onnx", "openvino"] | None = None
+    precision: str | None = None
+    model_file: str | None = None
+    classes: Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSES)]
+    input: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+    score_output: dict[str, Any] | None = None
+    input_size: tuple[Side, Side]
+    preprocessing: dict[str, Any] | None = None
+    backbone: str | None = None
+    strategy: str | None = None
+    head: str | None = None
+    features: dict[str, Any] | None = None
+    source_model: str | None = None
+    test_metrics: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None
+    headstart_version: str | None = None
+    versions: dict[str, str] | None = None
+    multi_label: bool = False
+    output_activation: str | None = None
+    thresholds: list[float] | None = None
+    threshold_metric: str | None = None
+    calibration: dict[str, Any] | None = None
+    reject: RejectCard | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    @property
+    def reject_threshold(self) -> float | None:
+        return self.reject.threshold if self.reject is not None else None
+
+
+class ModelSummary(BaseModel):
+    """``GET /v1/model``: what a client needs to send images and read answers (classes, the
+    preprocessing, the task and its thresholds, held-out metrics, headstart's version), and
+    nothing about the server (no file paths, no other libraries' versions)."""
+
+    classes: list[str]
+    task: Literal["single-label", "multi-label"] = "single-label"
+    input_size: list[int]
+    backbone: str | None = None
+    head: str | None = None
+    strategy: str | None = None
+    format: str | None = None
+    precision: str | None = None
+    preprocessing: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+    thresholds: list[float] | None = Field(None, description="multi-label: each class's threshold")
+    reject_threshold: float | None = Field(None, description="answers scored at or below it are 'unknown'")
+    headstart_version: str | None = None
+
+    @classmethod
+    def of(cls, classes: list[str], input_size: Any, export: dict[str, Any]) -> ModelSummary:
+        """The summary of a served model: its classes and input size, and ``export.json``."""
+        reject = export.get("reject") or {}
+        return cls(
+            classes=list(classes),
+            task="multi-label" if export.get("multi_label") else "single-label",
+            input_size=[int(v) for v in input_size],
+            backbone=export.get("backbone"),
+            head=export.get("head"),
+            strategy=export.get("strategy"),
+            format=export.get("format"),
+            precision=export.get("precision"),
+            preprocessing=export.get("preprocessing"),
+            test_metrics=export.get("test_metrics", export.get("metrics")),
+            thresholds=export.get("thresholds") if export.get("multi_label") else None,
+            reject_threshold=reject.get("threshold"),
+            headstart_version=export.get("headstart_version", export.get("version")),
+        )
