@@ -897,7 +897,7 @@ class ImageClassifier(BaseEstimator):
             "backbone": card.backbone.name,
             "head": card.head.name,
             "seed": settings.seed,
-            "split": settings.split,
+            "split": tuple(settings.split),
             "top_k": settings.top_k,
             "feature_precision": settings.feature_precision,
             **saved_reject_params(card),

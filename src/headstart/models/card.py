@@ -10,7 +10,7 @@ literal choices and nested shapes, reporting the path of the first bad field; th
 the OpenAPI schema of ``GET /v1/model`` (FastAPI's ``response_model``). Dataclasses would need
 the hand-written checks this module replaced and a second description for the API.
 
-Parsing is strict (JSON types as written: ``true`` is not a number, ``"3"`` is not an int), and
+Parsing is strict (the JSON types as written: ``true`` is not a number, ``"3"`` is not an int), and
 every size is bounded, so a crafted header gives one line naming its field instead of a
 traceback or a huge allocation. Fields a reader does not use (``created``, the split's counts,
 the metrics' details) are kept as written (``extra="allow"``), and a card is written back with
@@ -36,6 +36,7 @@ MAX_MEMBERS = 8
 FEATURE_EXTRACTION = "feature-extraction"
 
 Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+Three = Annotated[list[float], Field(min_length=3, max_length=3)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Width = Annotated[int, Field(ge=1, le=MAX_FEATURES)]
 
@@ -55,12 +56,19 @@ class DataConfig(_Card):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    input_size: tuple[Literal[3], Side, Side]
+    input_size: Annotated[list[Side], Field(min_length=3, max_length=3)]
     interpolation: str | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: Three | None = None
+    std: Three | None = None
     crop_pct: Annotated[float, Field(ge=0.05, le=4)] = 1.0
     crop_mode: str | None = None
+
+    @field_validator("input_size")
+    @classmethod
+    def _channels(cls, size: list[int]) -> list[int]:
+        if size[0] != 3:
+            raise _problem("must be [3, height, width]")
+        return size
 
     def timm(self) -> dict[str, Any]:
         """As timm's ``resolve_data_config`` gives it (tuples), with only the keys the file has."""
@@ -114,7 +122,7 @@ class Settings(_Card):
     """What a loaded model reuses of its training parameters."""
 
     seed: Annotated[int, Field(ge=0, le=2**63)] = 0
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split: Three = [0.8, 0.1, 0.1]
     top_k: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 3
     feature_precision: str = "auto"
 
@@ -278,9 +286,11 @@ def field_problem(error: ValidationError) -> str:
 
 def parse_card(header: str | bytes, where: str) -> ModelCard:
     """The card of a header (JSON text): a HeadstartError of one line for a damaged or crafted
-    one. ``where`` names the file in that line."""
+    one. ``where`` names the file in that line. Python's own JSON reader parses it, as it wrote
+    it: class names from file names may hold lone surrogates (undecodable bytes), which it
+    escapes and a strict JSON parser refuses."""
     try:
-        return ModelCard.model_validate_json(header)
+        return ModelCard.model_validate(json.loads(header))
     except ValidationError as e:
         raise HeadstartError(f"model file {where} is damaged or crafted: {field_problem(e)}") from None
 
