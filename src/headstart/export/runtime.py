@@ -91,12 +91,6 @@ def reliability_props(info: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def reject_threshold_of(metadata: dict[str, Any]) -> float | None:
-    """The reject threshold an export carries (None: the option is off)."""
-    threshold = (metadata.get("reject") or {}).get("threshold")
-    return None if threshold is None else float(threshold)
-
-
 class _Runner:
     """One runtime's session: ``run(uint8 NHWC) -> float32 (N, C)``; ``run_all``: every output."""
 
@@ -143,6 +137,7 @@ class ExportedModel:
         format: ``onnx`` or ``openvino``.
         classes: class names, index-aligned with the probabilities.
         metadata: ``export.json`` as a dict.
+        card: ``export.json`` as read (``models.card.ExportCard``).
         input_size: (H, W) of the images ``predict_proba`` takes.
     """
 
@@ -152,7 +147,7 @@ class ExportedModel:
     metadata: dict[str, Any]
     input_size: tuple[int, int]
     _runner: _Runner = field(repr=False)
-    card: ExportCard | None = field(default=None, repr=False)
+    card: ExportCard = field(repr=False)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -161,13 +156,13 @@ class ExportedModel:
     @property
     def reject_threshold(self) -> float | None:
         """The model's reject threshold (None when its reject option is off)."""
-        return reject_threshold_of(self.metadata)
+        return self.card.reject_threshold
 
     @property
     def score_kind(self) -> str | None:
         """The reject score's kind (``evaluation.reject``; None when the option is off)."""
-        reject = self.metadata.get("reject") or {}
-        return None if reject.get("threshold") is None else str(reject.get("score", SCORE_KIND))
+        reject = self.card.reject
+        return None if reject is None or reject.threshold is None else reject.score or SCORE_KIND
 
     def answer(self, proba_row: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
         """One image's answer (``evaluation.answers.answer``): top-k, labels, unknown, score.
@@ -200,8 +195,8 @@ class ExportedModel:
     def thresholds(self) -> list[float] | None:
         """A multi-label model's per-class thresholds (its outputs are independent sigmoids); None
         for a single-label model."""
-        values = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
-        return [float(t) for t in values] if values is not None else None
+        thresholds = self.card.thresholds if self.card.multi_label else None
+        return list(thresholds) if thresholds is not None else None
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB -> (N, C) float32 probabilities."""
