@@ -277,7 +277,10 @@ def field_problem(error: ValidationError) -> str:
     ``backbone data_config input_size: ...``."""
     first = error.errors(include_url=False)[0]
     loc = [str(part) for part in first["loc"]]
-    message = first["msg"][:1].lower() + first["msg"][1:]
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be an object"
+    else:
+        message = first["msg"][:1].lower() + first["msg"][1:]
     if not loc:
         return message
     where = f"'{loc[0]}'" if len(loc) == 1 else " ".join(loc)
