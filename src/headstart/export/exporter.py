@@ -126,7 +126,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         "backbone": card.backbone.name,
         "strategy": card.strategy,
         "head": card.head.name,
-        **({"features": card.features.model_dump(mode="json", exclude_unset=True)} if card.features else {}),
+        **({"features": card.features.model_dump(exclude_unset=True)} if card.features else {}),
         "source_model": str(bundle.source),
         "test_metrics": {k: test[k] for k in ("accuracy", "top_k_accuracy", "n") if k in test},
         "accuracy": {"fp32_headstart": test.get("accuracy")},

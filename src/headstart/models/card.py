@@ -95,7 +95,7 @@ class BackboneCard(_Card):
 
     def describe(self) -> dict[str, Any]:
         """The ``Backbone.describe()`` dict this card was made from."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(exclude_unset=True)
 
 
 class Calibration(_Card):
@@ -254,7 +254,7 @@ class ModelCard(_Card):
 
     def to_meta(self) -> dict[str, Any]:
         """The card as the header's JSON object, with exactly the keys it was built from."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(exclude_unset=True)
 
     def to_header(self) -> str:
         return json.dumps(self.to_meta())
@@ -336,7 +336,7 @@ class ExportCard(_Card):
     reject: RejectCard | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(exclude_unset=True)
 
     @property
     def reject_threshold(self) -> float | None:
