@@ -35,7 +35,14 @@ from headstart.core.params import (
     validate_params,
 )
 from headstart.data.augment import PRESETS
-from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
+from headstart.data.discovery import (
+    Dataset,
+    Sample,
+    check_out_dir,
+    discover,
+    expand_paths,
+    require_data_path,
+)
 from headstart.estimator.auto import AutoResult, run_auto
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
@@ -399,7 +406,8 @@ class ImageClassifier(BaseEstimator):
         self._check_params()
         clock, started = Stopwatch(), time.time()
         check_out_dir(out_dir, data)
-        writer = RunWriter(*writer_args(out_dir, self.verbose))
+        require_data_path(data)  # before the run folder is touched
+        writer = RunWriter(*writer_args(out_dir, self.verbose), staged=True, resume=resume)
         if not resume:
             writer.remove_stale_files()
         if self.strategy == FINETUNE:
