@@ -75,7 +75,9 @@ def reliability_info(card: ModelCard) -> dict[str, Any]:
     out: dict[str, Any] = {"calibration": {"temperature": card.temperature, "in_graph": True}}
     if card.reject_threshold is not None:
         out["reject"] = card.head.reject.model_dump(
-            mode="json", exclude_unset=True, include={"mode", "threshold", "score", "target_accuracy"}
+            mode="json",
+            exclude_unset=True,
+            include={"mode", "threshold", "score", "target_accuracy", "target_coverage"},
         )
     return out
 

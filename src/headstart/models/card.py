@@ -109,6 +109,8 @@ class RejectCard(_Card):
     threshold: Fraction | None = None
     score: str | None = None
     target_accuracy: float = 0.95
+    # saved before the coverage target existed: 1, the accuracy rule its threshold came from
+    target_coverage: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
 class HeadCard(_Card):
