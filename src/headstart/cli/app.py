@@ -27,6 +27,7 @@ from headstart.cli.options import (
     CacheDir,
     CheckData,
     ClassWeight,
+    CorrectionsFile,
     Engine,
     EngineChoice,
     Epochs,
@@ -43,6 +44,7 @@ from headstart.cli.options import (
     FeaturePrecisionChoice,
     FeaturesChoice,
     Format,
+    FromRun,
     HeadChoice,
     HeadName,
     InferencePrecision,
@@ -72,6 +74,7 @@ from headstart.cli.options import (
     Strategy,
     StrategyChoice,
     TargetAccuracy,
+    TargetCoverage,
     TestTimeAugmentation,
     TimeBudgetMinutes,
     TimedBatches,
@@ -82,6 +85,7 @@ from headstart.cli.options import (
     WarmupBatches,
     WeightsFile,
 )
+from headstart.cli.review import review
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
 
@@ -198,6 +202,7 @@ def _check_train_values(batch_size: Optional[int], time_budget: Optional[float])
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: TrainData = None,
     out: RunOut = Path("runs/latest"),
     backbone: BackboneName = "tf_efficientnet_lite0",
@@ -227,11 +232,15 @@ def train(
     multi_label: MultiLabel = None,
     reject: RejectOption = "off",
     target_accuracy: TargetAccuracy = 0.95,
+    target_coverage: TargetCoverage = 0.95,
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
+    corrections: CorrectionsFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     flags = dict(locals())  # first: the flags only
+    del flags["ctx"]
     from headstart.estimator.classifier import ImageClassifier
     from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
@@ -243,7 +252,50 @@ def train(
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    ImageClassifier(**_train_params(flags)).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    params = _train_params(flags)
+    if from_run is not None:
+        given = {name for name in flags if _given_on_command_line(ctx, name)}
+        clf = ImageClassifier.from_run(from_run, **_recipe_overrides(params, given))
+        data = data if data is not None else _run_data(from_run)
+    else:
+        clf = ImageClassifier(**params)
+    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+
+
+def _run_data(run: Path) -> Path:
+    """The data an earlier run trained on (``--from RUN`` without DATA)."""
+    from headstart.runs.recipe import run_folder
+
+    metrics = json.loads((run_folder(run) / "metrics.json").read_text())
+    return Path(metrics["data"]["source"])
+
+
+def _given_on_command_line(ctx: Any, name: str) -> bool:
+    """Whether the user typed the flag (a default does not override ``--from``'s recipe)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _recipe_overrides(params: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The parameters that replace ``--from``'s recipe: the flags given, and those that say how to
+    run rather than what to train (cache, verbosity, corrections, the extraction engine)."""
+    always = {
+        "verbose",
+        "cache_dir",
+        "corrections",
+        "engine",
+        "labels_from",
+        "check_data",
+        "exclude",
+        "weights",
+    }
+    out = {k: v for k, v in params.items() if k in given or k in always}
+    if "batch_size" in given:
+        out["train_batch_size"] = params["train_batch_size"]
+    if "time_budget" not in given:
+        out.pop("time_budget", None)
+    return out
 
 
 def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +303,7 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
     and the one ``--batch-size`` flag to the extraction or the fine-tuning batch."""
     from headstart.data.splits import parse_split
 
-    cli_only = {"data", "out", "quiet", "resume", "nproc"}
+    cli_only = {"data", "out", "quiet", "resume", "nproc", "from_run"}
     params = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if k not in cli_only}
     batch_size = flags["batch_size"]
     params.update(
@@ -284,7 +336,10 @@ def _reject_value(text: str) -> str | float:
 def doctor(
     data: LabelledData,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt, corrections.csv."
+        ),
     ] = Path("runs/doctor"),
     backbone: Annotated[
         str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")
@@ -356,6 +411,10 @@ def predict(
             help="Also save each image with its top-k drawn on it into this folder, plus index.html."
         ),
     ] = None,
+    explain: Annotated[
+        Optional[Path],
+        typer.Option(help="Also save each image with a heatmap of where the model found its answer (PNG)."),
+    ] = None,
 ) -> None:
     """Top-k labels with probabilities for each image."""
     from headstart.estimator.classifier import load
@@ -386,6 +445,24 @@ def predict(
             results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
         )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+    if explain is not None:
+        _write_explanations(clf, [r["path"] for r in results if not r.get("error")], explain)
+
+
+def _write_explanations(clf: Any, paths: list[str], out_dir: Path) -> None:
+    """``predict --explain DIR``: an overlay PNG per image, of the model's most probable class."""
+    from headstart.data.images import decode_image, read_bytes
+    from headstart.reporting.overlay import overlay_name, write_overlay
+
+    written = 0
+    for i, path in enumerate(paths):
+        (e,) = clf.explain([path])
+        if e.heatmap is None or e.label is None:
+            continue
+        image = decode_image(read_bytes(path))
+        write_overlay(out_dir, overlay_name(path, e.label, i), image, e.heatmap)
+        written += 1
+    print(f"{written} explanation overlay(s) in {out_dir}", file=sys.stderr)
 
 
 def _write_stdout(text: str, errors: str) -> None:
@@ -462,6 +539,60 @@ def _answer_cell(result: dict[str, Any], shown: Any) -> str:
     return ", ".join(shown(label) for label in result.get("labels", [])) + score
 
 
+class SortModeChoice(str, Enum):
+    link = "link"
+    copy = "copy"
+    symlink = "symlink"
+
+
+@app.command()
+def sort(
+    model: ModelFile,
+    photos: Annotated[Path, typer.Argument(help="Folder of photos to sort (read only, never written).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the class folders and sorted.csv.")],
+    mode: Annotated[
+        SortModeChoice,
+        typer.Option(help="link: hard links (a copy where the file system cannot), copy, or symlink."),
+    ] = SortModeChoice.link,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write sorted.csv only; place no file.")] = False,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes sharing the feature extraction (starts torchrun; 1: no launcher).")
+    ] = 1,
+) -> None:
+    """Sort the images under PHOTOS into OUT/<class>/ and OUT/_unknown/, listed in OUT/sorted.csv."""
+    from headstart.core.progress import ConsoleProgress, NullProgress
+    from headstart.estimator.classifier import load
+    from headstart.runs.sort import SortJob, sort_photos
+    from headstart.training.distributed import launch, launched_by_torchrun, process_group, without_flag
+
+    if nproc < 1:
+        raise ParameterError("nproc", f"must be at least 1 (got {nproc})")
+    if nproc > 1 and not launched_by_torchrun():  # each worker runs this command, less --nproc
+        raise typer.Exit(launch(nproc, without_flag(sys.argv[1:], "--nproc")))
+    clf = load(model, cache_dir=cache_dir, verbose=False)
+    k = len(clf.classes_)
+    job = SortJob(photos, out, mode.value, dry_run)
+    if launched_by_torchrun():  # every rank extracts its share of each batch; rank 0 writes
+        with process_group() as group:
+            job.writes = group.is_main
+            job.progress = ConsoleProgress() if group.is_main and not quiet else NullProgress()
+            summary = sort_photos(lambda paths: clf.predict_top_k(paths, k=k), clf.classes_, job)
+    else:
+        job.progress = NullProgress() if quiet else ConsoleProgress()
+        summary = sort_photos(lambda paths: clf.predict_top_k(paths, k=k), clf.classes_, job)
+    if job.writes and not quiet:
+        counts = ", ".join(f"{terminal_safe(f)} {n}" for f, n in sorted(summary.per_folder.items()))
+        how = ", ".join(f"{h} {n}" for h, n in sorted(summary.placed.items()) if n)
+        print(
+            f"sorted {summary.n_images - summary.n_skipped} of {summary.n_images} images into {out}: {counts}"
+            + (f" ({how})" if how else "")
+            + (f"; {summary.n_skipped} skipped (skipped.csv)" if summary.n_skipped else ""),
+            file=sys.stderr,
+        )
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by train or evaluate.")],
@@ -507,6 +638,34 @@ def report(
             f"report: {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s",
             file=sys.stderr,
         )
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The earlier run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The later run folder (B).")],
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(help="Labelled images to compare on (default: RUN_B's test split with its labels)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Folder for compare.json and compare.html (default: RUN_B/compare)."
+        ),
+    ] = None,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Both models on the same images and labels: accuracies with 95% intervals, per-class changes,
+    the exact McNemar test, and the images B fixes and breaks (compare.json, compare.html)."""
+    from headstart.estimator.compare import COMPARE_HTML, compare_runs, summary_lines
+
+    result = compare_runs(run_a, run_b, data, out, cache_dir, verbose=not quiet)
+    if not quiet:
+        where = out if out is not None else Path(result["run_b"]) / "compare"
+        lines = [*summary_lines(result), f"page: {where / COMPARE_HTML}"]
+        print("\n".join(terminal_safe(line) for line in lines), file=sys.stderr)
 
 
 @app.command()
@@ -618,6 +777,9 @@ def backbones(
         _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
     else:
         _write_stdout(backbone_table(listing) + "\n", "replace")
+
+
+app.command()(review)
 
 
 def main() -> None:

@@ -170,6 +170,14 @@ RejectOption = Annotated[
 TargetAccuracy = Annotated[
     float, typer.Option(help="--reject auto: the accuracy wanted on the images the model accepts.")
 ]
+TargetCoverage = Annotated[
+    float,
+    typer.Option(
+        help="--reject auto: the least share of known validation images accepted (0.95: the threshold "
+        "turns down up to 5% of them, so images unlike every class are turned down even when the model "
+        "is accurate; 1: --target-accuracy alone)."
+    ),
+]
 ProcessCount = Annotated[
     int,
     typer.Option(
@@ -272,5 +280,21 @@ ServePrecision = Annotated[
     typer.Option(
         help="OpenVINO inference: auto (bf16 where the CPU has it natively, as predict's default engine) "
         "or fp32 (exact, slower)."
+    ),
+]
+CorrectionsFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A CSV path,action,label of relabels (action relabel, label the true class) and exclusions "
+        "(action exclude), e.g. the review app's or the doctor's corrections.csv. Your files are not touched."
+    ),
+]
+FromRun = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--from",
+        help="Train with this earlier run's recipe (its winner's strategy, backbone, features, head, "
+        "fine-tuning settings; no search) and keep its split for every image still there. Flags you give "
+        "override the recipe.",
     ),
 ]

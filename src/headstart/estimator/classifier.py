@@ -44,6 +44,12 @@ from headstart.data.discovery import (
     require_data_path,
 )
 from headstart.estimator.auto import AutoResult, run_auto
+from headstart.estimator.explain import (
+    Explanation,
+    explain_images,
+    nearest_training_images,
+    write_error_gallery,
+)
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
     Split,
@@ -63,6 +69,7 @@ from headstart.estimator.fitting import (
     split_samples,
     usable_samples,
 )
+from headstart.estimator.iteration import corrected_data, kept_splits
 from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
 from headstart.estimator.multilabel import (
     bundle_entry,
@@ -73,6 +80,7 @@ from headstart.estimator.multilabel import (
     restore_bundle_entry,
 )
 from headstart.estimator.neighbours import build_neighbours, model_features
+from headstart.estimator.openset import held_out_class_report
 from headstart.estimator.reliability import (
     Reliability,
     fit_reliability,
@@ -94,14 +102,10 @@ from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precisi
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
-from headstart.models.bundle import (
-    bundle_reject,
-    bundle_temperature,
-    library_versions,
-    load_bundle,
-    save_bundle,
-)
+from headstart.models.bundle import library_versions, load_bundle, save_bundle
+from headstart.models.card import ModelCard
 from headstart.models.heads import Head, restore_head
+from headstart.runs.recipe import read_recipe
 from headstart.runs.writer import (
     Predictions,
     ReportSettings,
@@ -171,6 +175,9 @@ CONSTRAINTS: dict[str, Constraint] = {
     "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
     "target_accuracy": Interval(float, 0, 1, low_open=True),
+    "target_coverage": Interval(float, 0, 1, low_open=True),
+    "corrections": Optional(PATH),
+    "split_from": Optional(PATH),
 }
 
 
@@ -230,6 +237,13 @@ class ImageClassifier(BaseEstimator):
             nearest training image (``evaluation.reject``); the model keeps a bank of its
             training features for it.
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
+        target_coverage: ``reject="auto"``: the least share of known validation images accepted;
+            the threshold rises to turn down the rest even when the accuracy target needs none
+            (1: the accuracy target alone, the rule before this parameter).
+        corrections: a CSV ``path,action,label`` of relabels and exclusions, applied to the
+            data as discovered (the files are untouched; see ``data.corrections``).
+        split_from: an earlier run folder: every image it recorded keeps its split there (see
+            :meth:`from_run`, which also takes its recipe).
     """
 
     # Fitted state (set by ``fit`` or ``load``).
@@ -276,6 +290,9 @@ class ImageClassifier(BaseEstimator):
         multi_label: bool | None = None,
         reject: str | float = "off",
         target_accuracy: float = 0.95,
+        target_coverage: float = 0.95,
+        corrections: str | Path | None = None,
+        split_from: str | Path | None = None,
     ) -> None:
         # scikit-learn's contract: store every parameter as given, under its own name; check in fit
         _store_parameters(self, locals())
@@ -316,7 +333,7 @@ class ImageClassifier(BaseEstimator):
         from another working folder."""
         out: dict[str, Any] = {}
         for name, value in self.get_params().items():
-            if isinstance(value, (str, Path)) and name == "exclude":
+            if isinstance(value, (str, Path)) and name in ("exclude", "corrections", "split_from"):
                 value = str(Path(value).expanduser().resolve())
             elif isinstance(value, Path):
                 value = str(value)
@@ -400,6 +417,14 @@ class ImageClassifier(BaseEstimator):
             params["split"] = tuple(params["split"])
         return cls(**params)._fit(config["data"], run_dir, resume=True, on_epoch_end=on_epoch_end)
 
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **overrides: Any) -> ImageClassifier:
+        """A classifier with ``run_dir``'s recipe (auto's winner, resolved: strategy, backbone,
+        features, head and its C, fine-tuning settings; no search) that keeps its split for
+        every image still in the data; ``overrides`` replace any parameter."""
+        recipe = read_recipe(run_dir)
+        return cls(**{**recipe.params, "split_from": recipe.run_dir, **overrides})
+
     @in_process_group  # under torchrun: every rank fits, rank 0 writes (see training.distributed)
     def _fit(
         self,
@@ -426,7 +451,8 @@ class ImageClassifier(BaseEstimator):
             with clock("data_check"):
                 checks = check_data(usable, writer)
         with clock("split"):
-            split = split_samples(usable.samples, self.split, self.seed, checks)
+            recorded = kept_splits(self.split_from, dataset, usable.samples)
+            split = split_samples(usable.samples, self.split, self.seed, checks, usable.hashes, recorded)
         stage = self._first_stage(usable, split, writer, started, result, on_epoch_end, clock)
         head, fit_info, usable, auto = stage
         self.head_, self.classes_ = head, usable.classes
@@ -482,6 +508,9 @@ class ImageClassifier(BaseEstimator):
             checks=checks,
             excluded=excluded,
         )
+        if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
+            with clock("explain_errors"):
+                write_error_gallery(self, writer.run_dir, test.paths, test.y, test.proba)
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _fit_reliability(
@@ -490,18 +519,30 @@ class ImageClassifier(BaseEstimator):
         """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
         the evaluated split's calibrated probabilities and metrics.json's sections about them."""
         tuned_val = outcome.val_proba if outcome is not None else None
-        neighbours = None
+        neighbours, model_x = None, None
         if self.reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
-            features = model_features(self, usable, outcome, log)
-            neighbours = build_neighbours(features, usable.y, split, self.seed)
+            model_x = model_features(self, usable, outcome, log)
+            neighbours = build_neighbours(model_x, usable.y, split, self.seed)
         rel = fit_reliability(
-            self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val, neighbours
+            self.head_,
+            usable,
+            split,
+            self.reject,
+            self.target_accuracy,
+            log,
+            tuned_val,
+            neighbours,
+            self.target_coverage,
         )
         self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
         self.reliability_, self.reject_bank_ = rel, rel.bank
         evaluated = split.mask(split.evaluated_on)
         features = neighbours.evaluated_features if neighbours is not None else None
         sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
+        if "reject" in sections and model_x is not None:
+            sections["reject"]["held_out_class"] = held_out_class_report(
+                self.head_, model_x, usable.y, split, self.classes_, rel, self.seed
+            )
         return apply_temperature(raw, rel.temperature), sections
 
     def _first_stage(
@@ -599,6 +640,8 @@ class ImageClassifier(BaseEstimator):
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
+            dataset, dropped = corrected_data(dataset, self.corrections, writer)
+            excluded += dropped
         with clock("backbone"):
             self.features_ = create_feature_spec(
                 self.backbone, self.weights, self.features, self.tta, FeatureCache(self.cache_dir).root
@@ -644,7 +687,7 @@ class ImageClassifier(BaseEstimator):
                 model["head"]["fit"] = {**fit_info, "refit_on_train_val": True}
         if checks is not None:
             extra["data_checks"] = data_check_summary(
-                checks, usable.samples, split, self.split, self.seed, excluded
+                checks, usable.samples, split, self.split, self.seed, excluded, usable.hashes
             )
         self.metrics_ = build_metrics(
             scores, split.evaluated_on, split.evaluated_on, model, data, clock.timings, extra
@@ -757,6 +800,18 @@ class ImageClassifier(BaseEstimator):
         out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
         return out
 
+    def explain(self, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
+        """Per image, the label explained (``label``, or the most probable class) and its class
+        activation map: (H, W) float32 in [0, 1] at the image's own size (``features.cam``)."""
+        self._check_fitted()
+        return explain_images(self, paths, label)
+
+    def neighbours(self, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
+        """The ``k`` training photos most like each image (from the reject option's neighbour
+        bank): ``[{"path", "label", "similarity"}]``, most similar first."""
+        self._check_fitted()
+        return nearest_training_images(self, paths, k)
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(
@@ -867,7 +922,7 @@ class ImageClassifier(BaseEstimator):
         bank = self._reject_bank()
         if bank is not None:
             head_arrays[BANK_ARRAY] = bank
-        return save_bundle(path, meta, state, head_arrays)
+        return save_bundle(path, ModelCard.from_meta(meta), state, head_arrays)
 
     def _reliability(self) -> Reliability:
         """The fitted temperature and the reject threshold in force."""
@@ -888,6 +943,7 @@ class ImageClassifier(BaseEstimator):
                 "threshold": threshold,
                 "score": score_kind(self._reject_bank()),
                 "target_accuracy": self.target_accuracy,
+                "target_coverage": self.target_coverage,
             }
         return meta
 
@@ -903,24 +959,23 @@ class ImageClassifier(BaseEstimator):
     def load(cls, path: str | Path, **overrides: Any) -> ImageClassifier:
         """A saved bundle (``model.safetensors`` or its run folder); ``overrides`` set parameters
         such as ``cache_dir``, ``engine`` or ``verbose``."""
-        meta, state, head_arrays = load_bundle(path)
-        b = meta["backbone"]
-        settings = meta.get("settings", {})
+        card, state, head_arrays = load_bundle(path)
+        settings = card.settings
         params = {
-            "strategy": meta.get("strategy", FEATURE_EXTRACTION),
-            "backbone": b["name"],
-            "head": meta["head"]["name"],
-            "seed": settings.get("seed", 0),
-            "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
-            "top_k": settings.get("top_k", 3),
-            "feature_precision": settings.get("feature_precision", "auto"),
-            **saved_reject_params(meta),
+            "strategy": card.strategy,
+            "backbone": card.backbone.name,
+            "head": card.head.name,
+            "seed": settings.seed,
+            "split": tuple(settings.split),
+            "top_k": settings.top_k,
+            "feature_precision": settings.feature_precision,
+            **saved_reject_params(card),
         }
         try:
-            spec = spec_from_bundle(meta, state)
-            bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
-            head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
-            _check_head_shape(head, spec.width, len(meta["classes"]))
+            spec = spec_from_bundle(card, state)
+            bank = restore_bank(card.reject_score, head_arrays, spec.width)
+            head = restore_head(card.head.name, head_arrays, card.head.params)
+            _check_head_shape(head, spec.width, len(card.classes))
         except HeadstartError:
             raise
         except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
@@ -930,14 +985,16 @@ class ImageClassifier(BaseEstimator):
         params.update(backbone=spec.name, features=spec.layers, tta=spec.tta)
         clf = cls(**{**params, **overrides})
         clf.features_, clf.backbone_, clf.head_ = spec, spec.members[0], head
-        clf.classes_ = list(meta["classes"])
+        clf.classes_ = list(card.classes)
         clf.strategy_ = params["strategy"]
+        meta = card.to_meta()
         clf.split_ = meta.get("split") or {}
         clf.metrics_ = meta.get("metrics", {})
+        clf.card_ = card
         clf.meta_ = meta
-        restore_bundle_entry(clf, meta)
-        clf.temperature_ = bundle_temperature(meta)
-        clf.reject_threshold_ = bundle_reject(meta).get("threshold")
+        restore_bundle_entry(clf, card)
+        clf.temperature_ = card.temperature
+        clf.reject_threshold_ = card.reject_threshold
         clf.reject_bank_ = bank
         return clf
 

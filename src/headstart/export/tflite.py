@@ -166,7 +166,7 @@ def build_tflite(
         }
     model = write_tflite(model, work / f"{precision}-described.tflite", info)
     try:
-        pixels, labels, split = test_pixels(bundle.meta, info["preprocessing"])
+        pixels, labels, split = test_pixels(bundle.card, info["preprocessing"])
     except HeadstartError as e:
         raise HeadstartError(
             f"--format tflite is checked on the model's test images, which cannot be read ({e})"
