@@ -93,3 +93,23 @@ def test_coreml_package_has_the_image_input_outputs_and_labels(probe_run, tmp_pa
     check = info["check"]
     assert check["inputs"] == ["image"] and check["image"] == info["input_size"]
     assert check["class_labels"] == clf.classes_ and "not_checked" in check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "coreml"])
+def test_a_model_with_a_reject_score_exports_it_as_a_second_output(fmt, tmp_path):
+    pytest.importorskip("litert_torch" if fmt == "tflite" else "coremltools", reason=f"headstart[{fmt}]")
+    from conftest import make_class_folders
+
+    root = make_class_folders(tmp_path / "colors", per_class=10)
+    headstart.ImageClassifier(
+        strategy="feature-extraction", reject="auto", target_accuracy=0.9, verbose=False,
+        report_map="none", engine="onnxruntime",
+    ).fit(root, out_dir=tmp_path / "run")  # fmt: skip
+    export_model(tmp_path / "run", tmp_path / "export", format=fmt)
+    info = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert info["score_output"]["name"] == "score"
+    if fmt == "tflite":
+        assert info["check"]["max_score_diff"] < 1e-3 and info["check"]["top1_agreement"] == 1.0
+    else:
+        assert info["check"]["outputs"] == ["probabilities", "score"]
