@@ -7,11 +7,11 @@ A mistyped command or flag gets the usage line and a one-line ``Error: ...`` fro
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -26,32 +26,22 @@ from headstart.cli.options import (
     CacheDir,
     CheckData,
     ClassWeight,
-    Engine,
     EngineChoice,
     Epochs,
     ExcludeFile,
     ExportForce,
-    ExportFormat,
     ExportFormatChoice,
     ExportOut,
-    ExportPrecision,
     ExportPrecisionChoice,
     ExportSource,
-    FeatureLayers,
-    FeaturePrecision,
     FeaturePrecisionChoice,
     FeaturesChoice,
     Format,
     HeadChoice,
-    HeadName,
-    InferencePrecision,
     LabelledData,
     LabelsFrom,
     LearningRate,
-    ListFormat,
     ListFormatChoice,
-    MapMethod,
-    MapPoints,
     MaxBatch,
     MaxUploadMb,
     MeasureSpeed,
@@ -68,10 +58,8 @@ from headstart.cli.options import (
     ServePort,
     ServePrecision,
     SplitFractions,
-    Strategy,
     StrategyChoice,
     TargetAccuracy,
-    TestTimeAugmentation,
     TimeBudgetMinutes,
     TimedBatches,
     TopK,
@@ -81,9 +69,14 @@ from headstart.cli.options import (
     WarmupBatches,
     WeightsFile,
 )
+from headstart.core.choices import MapMethod, MapPoints
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
+from headstart.estimator.classifier import ImageClassifier
+from headstart.models.backbones import DEFAULT_BACKBONE
 
+# The estimator's defaults are the flags' defaults: its signature is their one source.
+DEFAULTS = {name: p.default for name, p in inspect.signature(ImageClassifier).parameters.items()}
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -175,39 +168,38 @@ def _check_train_values(batch_size: Optional[int], time_budget: Optional[float])
 def train(
     data: TrainData = None,
     out: RunOut = Path("runs/latest"),
-    backbone: BackboneName = "tf_efficientnet_lite0",
+    backbone: BackboneName = DEFAULTS["backbone"],
     weights: WeightsFile = None,
-    head: HeadChoice = HeadName.logistic,
-    seed: Seed = 0,
-    split: SplitFractions = "0.8,0.1,0.1",
-    labels_from: LabelsFrom = "auto",
-    top_k: TopK = 3,
-    engine: EngineChoice = Engine.auto,
-    feature_precision: FeaturePrecisionChoice = FeaturePrecision.auto,
-    features: FeaturesChoice = FeatureLayers.last,
-    tta: TTAChoice = TestTimeAugmentation.none,
+    head: HeadChoice = DEFAULTS["head"],
+    seed: Seed = DEFAULTS["seed"],
+    split: SplitFractions = ",".join(str(f) for f in DEFAULTS["split"]),
+    labels_from: LabelsFrom = DEFAULTS["labels_from"],
+    top_k: TopK = DEFAULTS["top_k"],
+    engine: EngineChoice = DEFAULTS["engine"],
+    feature_precision: FeaturePrecisionChoice = DEFAULTS["feature_precision"],
+    features: FeaturesChoice = DEFAULTS["features"],
+    tta: TTAChoice = DEFAULTS["tta"],
     batch_size: BatchSize = None,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     exclude: ExcludeFile = None,
-    check_data: CheckData = True,
-    strategy: StrategyChoice = Strategy.auto,
-    unfreeze: Unfreeze = "last:2",
-    epochs: Epochs = 4,
-    lr: LearningRate = 1e-3,
-    augment: Augment = "default",
-    class_weight: ClassWeight = "none",
-    patience: Patience = 3,
+    check_data: CheckData = DEFAULTS["check_data"],
+    strategy: StrategyChoice = DEFAULTS["strategy"],
+    unfreeze: Unfreeze = DEFAULTS["unfreeze"],
+    epochs: Epochs = DEFAULTS["epochs"],
+    lr: LearningRate = DEFAULTS["lr"],
+    augment: Augment = DEFAULTS["augment"],
+    class_weight: ClassWeight = DEFAULTS["class_weight"] or "none",
+    patience: Patience = DEFAULTS["patience"],
     time_budget: TimeBudgetMinutes = None,
-    multi_label: MultiLabel = None,
-    reject: RejectOption = "off",
-    target_accuracy: TargetAccuracy = 0.95,
+    multi_label: MultiLabel = DEFAULTS["multi_label"],
+    reject: RejectOption = DEFAULTS["reject"],
+    target_accuracy: TargetAccuracy = DEFAULTS["target_accuracy"],
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     flags = dict(locals())  # first: the flags only
-    from headstart.estimator.classifier import ImageClassifier
     from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
     if nproc < 1:
@@ -227,15 +219,16 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
     from headstart.data.splits import parse_split
 
     cli_only = {"data", "out", "quiet", "resume", "nproc"}
-    params = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if k not in cli_only}
+    params = {k: v for k, v in flags.items() if k not in cli_only}
     batch_size = flags["batch_size"]
     params.update(
         split=parse_split(flags["split"]),
         verbose=not flags["quiet"],
         # fine-tuning (and auto, whose expensive candidates fine-tune) keep the extraction batch
-        batch_size=8 if flags["strategy"] in (Strategy.finetune, Strategy.auto) else (batch_size or 8),
-        train_batch_size=batch_size or 32,
-        class_weight=None if flags["class_weight"] == "none" else flags["class_weight"],
+        batch_size=DEFAULTS["batch_size"]
+        if flags["strategy"] in ("finetune", "auto")
+        else (batch_size or DEFAULTS["batch_size"]),
+        train_batch_size=batch_size or DEFAULTS["train_batch_size"],
         # the flag is in minutes, the API in seconds
         time_budget=flags["time_budget"] * 60 if flags["time_budget"] else None,
         reject=_reject_value(flags["reject"]),
@@ -263,15 +256,15 @@ def doctor(
     ] = Path("runs/doctor"),
     backbone: Annotated[
         str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")
-    ] = "tf_efficientnet_lite0",
+    ] = DEFAULT_BACKBONE,
     weights: WeightsFile = None,
-    labels_from: LabelsFrom = "auto",
+    labels_from: LabelsFrom = DEFAULTS["labels_from"],
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the out-of-fold label check.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
     near: Annotated[
         float, typer.Option(help="Feature cosine similarity from which two images are near duplicates.")
     ] = 0.95,
-    engine: EngineChoice = Engine.auto,
+    engine: EngineChoice = DEFAULTS["engine"],
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -285,7 +278,7 @@ def doctor(
         weights=weights,
         labels_from=labels_from,
         cache_dir=cache_dir,
-        engine=engine.value,
+        engine=engine,
         folds=folds,
         seed=seed,
         near_cosine=near,
@@ -323,7 +316,7 @@ def predict(
     model: ModelFile,
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    format: Annotated[Format, typer.Option("--format", "-f")] = "table",
     cache_dir: CacheDir = None,
     annotate: Annotated[
         Optional[Path],
@@ -339,10 +332,10 @@ def predict(
         raise ParameterError("k", f"must be at least 1 (got {top_k})")
     clf = load(model, cache_dir=cache_dir, verbose=False)
     results = clf.predict_top_k(paths, k=top_k)
-    if format is Format.json:
+    if format == "json":
         # a non-UTF-8 file name becomes a \\udcXX escape: valid JSON that reads back exact
         _write_stdout(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "backslashreplace")
-    elif format is Format.csv:
+    elif format == "csv":
         _write_stdout(_predictions_csv(results), "surrogateescape")
     else:
         _print_table(results, min(top_k, len(clf.classes_)))
@@ -465,8 +458,8 @@ def report(
         saved = json.loads((run_dir / MAP_JSON).read_text()) if (run_dir / MAP_JSON).is_file() else {}
         info = remap_run(
             run_dir,
-            (method or MapMethod(saved.get("method", "tsne"))).value,
-            (points or MapPoints(saved.get("points", "test"))).value,
+            method or saved.get("method", "tsne"),
+            points or saved.get("points", "test"),
             seed,
             cache_dir,
             not quiet,
@@ -492,10 +485,10 @@ def embed(
     ] = Path("runs/embed"),
     backbone: Annotated[
         str, typer.Option(help="Any timm model name; the default works offline.")
-    ] = "tf_efficientnet_lite0",
+    ] = DEFAULT_BACKBONE,
     weights: WeightsFile = None,
-    method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = MapMethod.tsne,
-    labels_from: LabelsFrom = "auto",
+    method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = "tsne",
+    labels_from: LabelsFrom = DEFAULTS["labels_from"],
     seed: Annotated[int, typer.Option()] = 0,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
@@ -503,15 +496,15 @@ def embed(
     """A 2-D map of every image's backbone features, coloured by class (features from the cache)."""
     from headstart.runs.embed import embed_map
 
-    embed_map(data, out, backbone, weights, method.value, labels_from, seed, cache_dir, not quiet)
+    embed_map(data, out, backbone, weights, method, labels_from, seed, cache_dir, not quiet)
 
 
 @app.command()
 def export(
     model: ExportSource,
     out: ExportOut,
-    format: ExportFormatChoice = ExportFormat.onnx,  # noqa: A002 - the flag's name
-    precision: ExportPrecisionChoice = ExportPrecision.fp32,
+    format: ExportFormatChoice = "onnx",  # noqa: A002 - the flag's name
+    precision: ExportPrecisionChoice = "fp32",
     force: ExportForce = False,
     quiet: Quiet = False,
 ) -> None:
@@ -522,7 +515,7 @@ def export(
         if not quiet:
             print(message, file=sys.stderr)
 
-    export_model(model, out, format.value, precision.value, force, say)
+    export_model(model, out, format, precision, force, say)
 
 
 @app.command()
@@ -537,7 +530,7 @@ def serve(
     max_upload_mb: MaxUploadMb = 20,
     api_key: ApiKey = None,
     cache_dir: CacheDir = None,
-    precision: ServePrecision = InferencePrecision.auto,
+    precision: ServePrecision = "auto",
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
 
@@ -546,13 +539,10 @@ def serve(
     """
     import uvicorn
 
-    from headstart.serve import create_app
+    from headstart.serve import check_serve_settings, create_app
     from headstart.serve.source import resolve_model
 
-    if max_batch < 1:
-        raise ParameterError("max_batch", "must be at least 1")
-    if max_upload_mb <= 0:
-        raise ParameterError("max_upload_mb", "must be positive")
+    check_serve_settings(max_batch, max_upload_mb, precision)
     export_dir = resolve_model(model, cache_dir)
     print(
         f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
@@ -563,7 +553,7 @@ def serve(
         max_batch=max_batch,
         max_upload_mb=max_upload_mb,
         api_key=api_key,
-        precision=precision.value,
+        precision=precision,
     )
     uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
@@ -574,17 +564,17 @@ def backbones(
     batches: TimedBatches = 8,
     warmup: WarmupBatches = 2,
     batch_size: BatchSize = None,
-    engine: EngineChoice = Engine.auto,
-    format: ListFormatChoice = ListFormat.table,  # noqa: A002 - the flag's name
+    engine: EngineChoice = DEFAULTS["engine"],
+    format: ListFormatChoice = "table",  # noqa: A002 - the flag's name
     cache_dir: CacheDir = None,
 ) -> None:
     """The backbones headstart knows: offline or hub, input size, parameters, ImageNet top-1, and
     images/s of the feature engine on this machine (synthetic pixels, after a warm-up)."""
     from headstart.features.zoo import SpeedTrial, backbone_table, list_backbones
 
-    trial = SpeedTrial(batches=batches, warmup=warmup, batch_size=batch_size or 8, engine=engine.value)
+    trial = SpeedTrial(batches=batches, warmup=warmup, batch_size=batch_size or 8, engine=engine)
     listing = list_backbones(measure, trial, cache_dir)
-    if format == ListFormat.json:
+    if format == "json":
         _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
     else:
         _write_stdout(backbone_table(listing) + "\n", "replace")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headstart.core.choices import EXPORT_FORMATS, EXPORT_PRECISIONS
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
@@ -34,8 +35,8 @@ from headstart.features.engines import export_pixels_module
 from headstart.models.bundle import bundle_reject, bundle_temperature, library_versions, load_bundle
 from headstart.models.heads import restore_head
 
-FORMATS = ("onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+FORMATS = EXPORT_FORMATS
+PRECISIONS = EXPORT_PRECISIONS
 EXPORT_FORMAT_VERSION = 1
 
 

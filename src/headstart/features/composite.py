@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.core.choices import TTA_CHOICES
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.progress import ConsoleProgress, NullProgress
 from headstart.features.cache import FeatureCache
@@ -26,7 +27,6 @@ from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from
 from headstart.models.bundle import MAX_FEATURES, meta_problem
 from headstart.models.taps import LAYER_CHOICES, layer_group_widths
 
-TTA_CHOICES = ("none", "flip")
 MEMBER_PREFIX = "+"  # bundle tensors of ensemble member i > 0 are backbone.+i.<name>
 
 

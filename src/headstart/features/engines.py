@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.core.choices import FEATURE_PRECISIONS
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path
 from headstart.features.quantize import quantize_qdq
@@ -245,9 +246,6 @@ def available_engines() -> list[str]:
     """The engines installed here, fastest first. All three are required dependencies, but an
     install without a wheel for this platform (or a broken one) must fall back, not fail."""
     return [name for name, module in ENGINE_MODULES.items() if importlib.util.find_spec(module) is not None]
-
-
-FEATURE_PRECISIONS = ("auto", "int8")
 
 
 def check_feature_precision(precision: str, engine: str) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-LAYER_CHOICES = ("last", "multi")
+from headstart.core.choices import FEATURE_LAYERS
+
+LAYER_CHOICES = FEATURE_LAYERS
 
 
 def stage_widths(model: Any) -> list[int]:

@@ -20,7 +20,8 @@ import psutil
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from headstart.core.errors import BadImageError, HeadstartError
+from headstart.core.choices import INFERENCE_PRECISIONS, check_choice
+from headstart.core.errors import BadImageError, ParameterError
 from headstart.evaluation.answers import answer
 from headstart.evaluation.multilabel import multilabel_answer
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
@@ -132,13 +133,14 @@ def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaita
     return check
 
 
-def _check_settings(max_batch: int, max_upload_mb: float, precision: str) -> None:
+def check_serve_settings(max_batch: int, max_upload_mb: float, precision: str) -> None:
+    """The server's settings, checked once (by ``create_app``, and by ``headstart serve`` before
+    it exports a model): a :class:`ParameterError` naming the first bad one."""
     if max_batch < 1:
-        raise HeadstartError("max_batch must be at least 1")
+        raise ParameterError("max_batch", "must be at least 1")
     if max_upload_mb <= 0:
-        raise HeadstartError("max_upload_mb must be positive")
-    if precision not in ("auto", "fp32"):
-        raise HeadstartError(f"precision must be auto or fp32 (got {precision!r})")
+        raise ParameterError("max_upload_mb", "must be positive")
+    check_choice("precision", precision, INFERENCE_PRECISIONS)
 
 
 def create_app(
@@ -169,7 +171,7 @@ def create_app(
         precision: for a path to an OpenVINO export: ``auto`` (bf16 where the CPU has it natively,
             the numerics of ``headstart predict``'s default engine) or ``fp32`` (exact).
     """
-    _check_settings(max_batch, max_upload_mb, precision)
+    check_serve_settings(max_batch, max_upload_mb, precision)
     state = _State()
     limit = int(max_upload_mb * 2**20)
 

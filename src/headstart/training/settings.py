@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from headstart.core.choices import TRAINING_PRECISIONS
 from headstart.core.errors import ParameterError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = TRAINING_PRECISIONS
 
 
 @dataclass
