@@ -69,7 +69,7 @@ from headstart.cli.options import (
     WarmupBatches,
     WeightsFile,
 )
-from headstart.core.choices import MapMethod, MapPoints
+from headstart.core.choices import MapMethod, MapPoints, class_weight_value
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
 from headstart.estimator.classifier import ImageClassifier
@@ -229,6 +229,7 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
         if flags["strategy"] in ("finetune", "auto")
         else (batch_size or DEFAULTS["batch_size"]),
         train_batch_size=batch_size or DEFAULTS["train_batch_size"],
+        class_weight=class_weight_value(flags["class_weight"]),
         # the flag is in minutes, the API in seconds
         time_budget=flags["time_budget"] * 60 if flags["time_budget"] else None,
         reject=_reject_value(flags["reject"]),
@@ -509,13 +510,11 @@ def export(
     quiet: Quiet = False,
 ) -> None:
     """Export a model to ONNX or OpenVINO: uint8 RGB images in, probabilities out (no torch needed)."""
+    from headstart.core.logs import log_run
     from headstart.export.exporter import export_model
 
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr)
-
-    export_model(model, out, format, precision, force, say)
+    with log_run(None, verbose=not quiet):
+        export_model(model, out, format, precision, force)
 
 
 @app.command()

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,26 +26,6 @@ def terminal_safe(text: str, keep: str = "\n") -> str:
         c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode("ascii")
         for c in text
     )
-
-
-class RunLog:
-    """Prints a line for the user and keeps the same line in ``RUN_DIR/log.txt``."""
-
-    def __init__(self, run_dir: Path | None, verbose: bool = True) -> None:
-        self.run_dir = run_dir
-        self.verbose = verbose
-        self.lines: list[str] = []
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, message: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        self.lines.append(f"{stamp} {message}")
-        if self.verbose:
-            print(terminal_safe(message), file=sys.stderr, flush=True)
-        if self.run_dir is not None:
-            with open(self.run_dir / "log.txt", "a", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(f"{stamp} {message}\n")
 
 
 def _clean(value: Any) -> Any:

@@ -536,14 +536,14 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         lr=clf.lr,
         batch_size=clf.train_batch_size,
         augment=clf.augment,
-        class_weight=None if clf.class_weight == "none" else clf.class_weight,
+        class_weight=clf.class_weight,
         patience=clf.patience,
         workers=clf.loader_workers,
         precision=clf.precision,
         seed=c.detail["seed"],
     )
     backbone = base.fitted.backbone
-    tuner = FineTuner(settings, None, search.log, clf.verbose, search.on_epoch_end)
+    tuner = FineTuner(settings, None, clf.verbose, search.on_epoch_end)
     result = tuner.fit(
         backbone.model,
         backbone.data_config,

@@ -21,6 +21,18 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from headstart.core.choices import (
+    CLASS_WEIGHTS,
+    ENGINES,
+    FEATURE_LAYERS,
+    FEATURE_PRECISIONS,
+    HEADS,
+    LABEL_SOURCES,
+    REPORT_MAPS,
+    STRATEGIES,
+    TRAINING_PRECISIONS,
+    TTA_CHOICES,
+)
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import summarize_skips
 from headstart.core.params import (
@@ -83,7 +95,7 @@ from headstart.features.composite import (
     create_feature_spec,
     spec_from_bundle,
 )
-from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
+from headstart.features.engines import check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
@@ -129,37 +141,37 @@ PATH = InstanceOf((str, Path), "a path")
 
 # What each parameter may be; checked once, at the start of ``fit``.
 CONSTRAINTS: dict[str, Constraint] = {
-    "strategy": Options(AUTO, FEATURE_EXTRACTION, FINETUNE),
+    "strategy": Options(*STRATEGIES),
     "backbone": InstanceOf((str,), "a timm model name"),
     "weights": Optional(
         AnyOf(PATH, Check(_is_weights_list, "a list of paths (None: default), one per member"))
     ),
-    "head": Options(*sorted(Head.registry)),
+    "head": Options(*HEADS),  # the public heads; internal ones are the library's to choose
     "head_params": Optional(InstanceOf((dict,), "a dict of the head's parameters")),
     "seed": Interval(int, 0),
     "split": Check(_is_fractions, "three fractions train, val, test like (0.8, 0.1, 0.1)"),
-    "labels_from": Options("auto", "folder", "filename", "csv"),
+    "labels_from": Options(*LABEL_SOURCES),
     "top_k": Interval(int, 1),
-    "engine": Options("auto", "openvino", "onnxruntime", "torch"),
+    "engine": Options(*ENGINES),
     "feature_precision": Options(*FEATURE_PRECISIONS),
-    "features": Options("last", "multi"),
-    "tta": Options("none", "flip"),
+    "features": Options(*FEATURE_LAYERS),
+    "tta": Options(*TTA_CHOICES),
     "batch_size": Interval(int, 1),
     "workers": Optional(Interval(int, 1)),
     "cache_dir": Optional(PATH),
     "verbose": InstanceOf((bool,), "True or False"),
     "exclude": Optional(AnyOf(PATH, Check(_is_exclude_list, "a list of paths"))),
     "check_data": InstanceOf((bool,), "True or False"),
-    "report_map": Options("tsne", "pca", "none"),
+    "report_map": Options(*REPORT_MAPS),
     "unfreeze": Pattern(r"head|half|all|last:\d+", "head, last:N, half or all"),
     "epochs": Interval(int, 1),
     "lr": Interval(float, 0, low_open=True),
     "train_batch_size": Interval(int, 1),
     "augment": Options(*PRESETS),
-    "class_weight": Options(None, "none", "balanced"),
+    "class_weight": Options(None, *CLASS_WEIGHTS),
     "patience": Interval(int, 1),
     "time_budget": Optional(Interval(float, 0, low_open=True)),
-    "precision": Options("auto", "bf16", "fp32"),
+    "precision": Options(*TRAINING_PRECISIONS),
     "loader_workers": Optional(Interval(int, 0)),
     "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
@@ -296,7 +308,7 @@ class ImageClassifier(BaseEstimator):
             lr=self.lr,
             batch_size=self.train_batch_size,
             augment=self.augment,
-            class_weight=None if self.class_weight == "none" else self.class_weight,
+            class_weight=self.class_weight,
             patience=self.patience,
             time_budget=self.time_budget,
             workers=self.loader_workers,
@@ -404,7 +416,18 @@ class ImageClassifier(BaseEstimator):
         self._check_params()
         clock, started = Stopwatch(), time.time()
         check_out_dir(out_dir, data)
-        writer = RunWriter(*writer_args(out_dir, self.verbose))
+        with RunWriter(*writer_args(out_dir, self.verbose)) as writer:  # the run's log lines, all layers
+            return self._fit_in_run(writer, data, resume, on_epoch_end, clock, started)
+
+    def _fit_in_run(
+        self,
+        writer: RunWriter,
+        data: str | Path | Dataset,
+        resume: bool,
+        on_epoch_end: EpochCallback | None,
+        clock: Stopwatch,
+        started: float,
+    ) -> ImageClassifier:
         if not resume:
             writer.remove_stale_files()
         if self.strategy == FINETUNE:
@@ -785,16 +808,17 @@ class ImageClassifier(BaseEstimator):
         data_info = {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)}
         metrics = build_metrics(scores, "test", used, self._model_info(), data_info, timings)
         metrics.update(reliability_sections(self._reliability(), y, raw, used, result.features[ok]))
-        if skipped:
-            writer(summarize_skips(skipped))
-        writer(
-            f"accuracy {scores['accuracy']:.4f} on {scores['n']} images ({used}); "
-            f"top-{scores['top_k']} {scores['top_k_accuracy']:.4f}"
-        )
         paths = [s.path for s, good in zip(known, ok) if good]
-        writer.write_evaluation(
-            metrics, skipped, Predictions(paths, y, proba, result.features[ok]), self._report_settings()
-        )
+        with writer:
+            if skipped:
+                writer(summarize_skips(skipped))
+            writer(
+                f"accuracy {scores['accuracy']:.4f} on {scores['n']} images ({used}); "
+                f"top-{scores['top_k']} {scores['top_k_accuracy']:.4f}"
+            )
+            writer.write_evaluation(
+                metrics, skipped, Predictions(paths, y, proba, result.features[ok]), self._report_settings()
+            )
         return metrics
 
     def _evaluation_samples(self, dataset: Dataset, split: str) -> tuple[list[Sample], str]:

@@ -64,7 +64,7 @@ def finetune(
     fingerprint = settings_fingerprint(
         job.settings, train, {"backbone": backbone.key, "val": len(val), "classes": usable.classes}
     )
-    tuner = FineTuner(job.settings, job.run_dir, job.log, job.verbose, job.on_epoch_end)
+    tuner = FineTuner(job.settings, job.run_dir, job.verbose, job.on_epoch_end)
     with clock("finetune"):
         result = tuner.fit(
             backbone.model,

@@ -124,7 +124,7 @@ def finetune_multilabel(
 
     train, val = items("train"), items("val")
     extra = {"backbone": probe.backbone.key, "val": len(val), "classes": usable.classes, "multi_label": True}
-    tuner = MultiLabelFineTuner(usable.y, job.settings, job.run_dir, job.log, job.verbose, job.on_epoch_end)
+    tuner = MultiLabelFineTuner(usable.y, job.settings, job.run_dir, job.verbose, job.on_epoch_end)
     with clock("finetune"):
         result = tuner.fit(
             probe.backbone.model,
@@ -307,10 +307,11 @@ def evaluate_multilabel(
         "timings": {"extract": result.seconds.get("total", 0.0), "total": time.perf_counter() - t0},
         "versions": library_versions(),
     }
-    if skipped:
-        writer(summarize_skips(skipped))
-    writer(f"mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f} on {scores['n']} images ({used})")
-    write_multilabel_evaluation(writer, metrics, skipped, [s.path for s in kept], y, proba)
+    with writer:
+        if skipped:
+            writer(summarize_skips(skipped))
+        writer(f"mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f} on {scores['n']} images ({used})")
+        write_multilabel_evaluation(writer, metrics, skipped, [s.path for s in kept], y, proba)
     return metrics
 
 

@@ -10,6 +10,7 @@ fp16 and int8 files are derived from the fp32 ONNX graph (see ``export.quantize`
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from headstart.models.heads import restore_head
 FORMATS = EXPORT_FORMATS
 PRECISIONS = EXPORT_PRECISIONS
 EXPORT_FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -211,7 +213,6 @@ def export_model(
     format: str = "onnx",  # noqa: A002 - the CLI's word for it
     precision: str = "fp32",
     force: bool = False,
-    log: Any = None,
 ) -> Path:
     """Export a headstart model to ``out_dir``: the model file, ``labels.txt`` and ``export.json``.
 
@@ -222,13 +223,11 @@ def export_model(
         precision: ``fp32``, ``fp16`` or ``int8`` (post-training static quantisation calibrated on the
             model's training images; refused if it loses over 1 point of test accuracy).
         force: keep an int8 model even when it loses more than that.
-        log: called with one line per step (default: silent).
 
     Returns:
         The model file's path.
     """
     _check_choices(format, precision)
-    say = log or (lambda message: None)
     bundle = read_bundle(source)
     if bundle.head.name == "knn":
         raise HeadstartError(KNN_REFUSAL)
@@ -238,7 +237,9 @@ def export_model(
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     target = out / MODEL_FILES[format]
-    say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {target} in {precision}")
+    logger.info(
+        f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {target} in {precision}"
+    )
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         built = _build(bundle, format, precision, Path(tmp), info, force)
         props = file_metadata(info)
@@ -252,5 +253,5 @@ def export_model(
             if other.endswith(".xml"):
                 (out / other).with_suffix(".bin").unlink(missing_ok=True)
     write_beside(out, info)
-    say(f"wrote {target}, {LABELS_TXT} and {EXPORT_JSON}")
+    logger.info(f"wrote {target}, {LABELS_TXT} and {EXPORT_JSON}")
     return target

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ MAP_CSV = "map.csv"
 MAP_JSON = "map.json"
 MAX_MISCLASSIFIED = 48
 MAX_SAMPLE_THUMBS = 600  # sample grid budget across all classes
+logger = logging.getLogger(__name__)
 MAX_MAP_POINTS = 5000  # the run report maps a seeded sample beyond this (embed maps everything)
 
 
@@ -125,7 +126,6 @@ def write_run_report(
     method: str = "tsne",
     seed: int = 0,
     cache_dir: Path | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> float:
     """What ``train``/``evaluate`` call at the end: save the report's inputs, build the page.
 
@@ -133,7 +133,6 @@ def write_run_report(
     never loses the run (the model and metrics are already saved). Returns the seconds spent.
     """
     t0 = time.perf_counter()
-    log = log or (lambda message: None)
     try:
         classes = metrics["classes"]
         save_predictions(run_dir, test["paths"], np.asarray(test["y"]), np.asarray(test["proba"]), classes)
@@ -150,7 +149,7 @@ def write_run_report(
                 seed,
                 cache_dir,
             )
-            log(
+            logger.info(
                 f"feature map: {info['method']} of {info['n']} test images in {info['seconds']:.1f}s"
                 + (" (cached)" if info["from_cache"] else "")
             )
@@ -158,14 +157,13 @@ def write_run_report(
             for name in (MAP_CSV, MAP_JSON):
                 (run_dir / name).unlink(missing_ok=True)
         path = build_report(run_dir, metrics)
-        log(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
+        logger.info(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
     except Exception as e:  # the report must never cost the user a trained model
-        log(
+        logger.info(
             f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            f"try `headstart report {run_dir}`"
+            f"try `headstart report {run_dir}`",
+            exc_info=True,  # the traceback goes to log.txt only
         )
-        with open(run_dir / "log.txt", "a", encoding="utf-8") as f:
-            f.write(traceback.format_exc())
     return time.perf_counter() - t0
 
 

@@ -11,8 +11,9 @@ which writes each file once, atomically (through ``headstart.core.io``):
   and ``report.html`` (``reporting.run_report.build_report``, from the files above), a failure
   of either logged as a warning;
 - ``metrics.json`` LAST, with the seconds spent saving and drawing;
-- ``log.txt``: every line the run printed (``RunWriter.log``, also the ``log`` callable handed
-  to lower layers);
+- ``log.txt``: every line the run logged, from any layer (``logging`` under ``headstart``): while
+  the writer is open (``with RunWriter(...) as writer``) it attaches the console and ``log.txt``
+  handlers (``headstart.core.logs.log_run``) with a filter that passes rank 0's lines only;
 - ``finetune.json`` (fine-tuning): the data and parameters, written before training starts so
   ``ImageClassifier.resume`` can continue a killed run.
 
@@ -25,19 +26,22 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import time
-import traceback
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from headstart.core.errors import ParameterError
-from headstart.core.io import RunLog, clean_stale_temporaries, write_bytes, write_json, write_rows
+from headstart.core.io import clean_stale_temporaries, write_bytes, write_json, write_rows
+from headstart.core.logs import log_run
 from headstart.data.discovery import Dataset, Sample
 from headstart.doctor import CheckReport
 from headstart.reporting.plots import write_confusion_matrix
@@ -49,6 +53,7 @@ from headstart.reporting.run_report import (
     build_report,
     save_map,
 )
+from headstart.training.distributed import RankZeroFilter
 from headstart.training.loop import CHECKPOINT_DIR, HISTORY_FILE, TENSORBOARD_DIR
 
 MODEL_FILE = "model.safetensors"
@@ -63,6 +68,7 @@ STALE_FILES = (
     "duplicate_groups.csv",
     "excluded.csv",
 )
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,15 +108,30 @@ class TrainingRun:
 class RunWriter:
     """Writes a run folder (``run_dir``; None: nothing is written, lines are only printed).
 
-    Call the writer (or its ``log``) with a message to print it (when ``verbose``) and keep it in
-    ``log.txt``.
+    Use it as a context manager for the run's duration: inside, every ``headstart`` log line (of
+    any layer) is printed (when ``verbose``) and kept in ``log.txt``. Calling the writer with a
+    message logs it.
     """
 
     def __init__(self, run_dir: str | Path | None, verbose: bool = True) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.verbose = verbose
         if self.run_dir is not None:
             clean_stale_temporaries(self.run_dir)
-        self.log = RunLog(self.run_dir, verbose)
+        self._logging = ExitStack()
+
+    def __enter__(self) -> RunWriter:
+        self._logging.enter_context(log_run(self.run_dir, self.verbose, [RankZeroFilter()]))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._logging.close()
+
+    def log(self, message: str) -> None:
+        """One line of the run: printed (when verbose) and kept in ``log.txt``, while open."""
+        logger.info(message)
 
     def remove_stale_files(self) -> None:
         """Files an earlier run left in this folder that this run will not write again
@@ -264,9 +285,10 @@ class RunWriter:
         try:
             draw()
         except Exception as e:  # noqa: BLE001 - any drawing error must leave the saved model alone
-            self.log(f"warning: the {what} could not be written ({type(e).__name__}: {e}){hint}")
-            with open(self.path("log.txt"), "a", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
+            # the traceback goes to log.txt only: the console handler prints the message
+            logger.info(
+                f"warning: the {what} could not be written ({type(e).__name__}: {e}){hint}", exc_info=True
+            )
 
 
 def duplicate_group_rows(

@@ -25,11 +25,13 @@ soon as one fails.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -205,9 +207,24 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def writer_args(out_dir: Any, verbose: bool) -> tuple[Any, bool]:
-    """The run folder and verbosity of this rank's run writer: rank 0's, or none and quiet."""
-    return (out_dir, verbose) if current().is_main else (None, False)
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its job (a process torchrun did not start always is).
+
+    Read from torchrun's ``RANK``, so asking never imports torch."""
+    return not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+
+
+class RankZeroFilter(logging.Filter):
+    """Passes log lines on rank 0 only, so a job of N processes prints and logs each line once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return is_main_process()
+
+
+def writer_args(out_dir: str | Path | None, verbose: bool) -> tuple[str | Path | None, bool]:
+    """The run folder and verbosity of this rank's run writer: rank 0's folder, or none (what
+    reaches the console is :class:`RankZeroFilter`'s to decide)."""
+    return (out_dir if is_main_process() else None), verbose
 
 
 class DistributedEpochSampler:

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart.core.errors import ParameterError
+from headstart.core.choices import class_weight_value
 from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink, _fmt_eta
 from headstart.core.system import compute_threads
 from headstart.data.loaders import eval_loader, loader_workers, train_loader
@@ -66,6 +67,9 @@ from headstart.training.prefix import build_prefix, network_stages
 from headstart.training.settings import FineTuneSettings, resolve_precision
 from headstart.training.state import MIN_DELTA, TrainState
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 # settings_fingerprint is part of this module's interface: the estimator imports it from here.
 __all__ = [
     "EpochData",
@@ -80,6 +84,7 @@ __all__ = [
 ]
 
 HISTORY_FILE = "history.csv"
+logger = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -315,7 +320,7 @@ def run_epochs(
             if row is None:
                 break
             record_epoch(state, row)
-            state.log(epoch_line(state, row))
+            logger.info(epoch_line(state, row))
             callbacks.on_epoch_end(state, row)
             if state.stop:
                 break
@@ -323,11 +328,11 @@ def run_epochs(
         if isinstance(error, KeyboardInterrupt):
             done = state.history[-1]["epoch"] if state.history else 0
             where = f" in {state.run_dir}" if state.run_dir and done else ""
-            state.log(f"interrupted during epoch {done + 1}: {done} epoch(s) saved{where}")
+            logger.info(f"interrupted during epoch {done + 1}: {done} epoch(s) saved{where}")
         callbacks.on_exception(state, error)
         raise
     if state.stop_message:
-        state.log(state.stop_message)
+        logger.info(state.stop_message)
     callbacks.on_fit_end(state)
     return state.stop or "completed"
 
@@ -344,14 +349,14 @@ def warmup_cosine(warmup: int, total_steps: int) -> Callable[[int], float]:
     return schedule
 
 
-def class_weights(train: Sequence[tuple[str, int]], n_classes: int, class_weight: str | None) -> Any:
+def class_weights(
+    train: Sequence[tuple[str, int]], n_classes: int, class_weight: str | None
+) -> Tensor | None:
     """Loss weights per class: None, or for ``balanced`` n / (n_classes * count) (0 if absent)."""
     import torch
 
-    if class_weight in (None, "none"):
+    if class_weight_value(class_weight) is None:
         return None
-    if class_weight != "balanced":
-        raise ParameterError("class_weight", f"unknown value '{class_weight}': use balanced or none")
     counts = np.bincount([y for _, y in train], minlength=n_classes).astype(np.float64)
     weight = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weight, dtype=torch.float32)
@@ -363,7 +368,6 @@ class FineTuner:
     Args:
         settings: what decides the run.
         run_dir: where checkpoints, history.csv and TensorBoard events go; None writes nothing.
-        log: called with each log line.
         verbose: show a progress line per epoch.
         on_epoch_end: ``fn(epoch, row)`` after each complete epoch (after its checkpoint).
         callbacks: more :class:`Callback` objects, called after the built-in ones.
@@ -373,14 +377,12 @@ class FineTuner:
         self,
         settings: FineTuneSettings,
         run_dir: Path | None = None,
-        log: Callable[[str], None] = print,
         verbose: bool = True,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
         callbacks: Iterable[Callback] = (),
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
-        self.log = log
         self.verbose = verbose
         self.on_epoch_end = on_epoch_end
         self.callbacks = list(callbacks)
@@ -508,7 +510,6 @@ class FineTuner:
             scheduler=scheduler,
             precision=self.precision,
             run_dir=self.run_dir,
-            log=self.log,
             fingerprint=fingerprint,
         )
         state.best["state"] = contiguous_state(network)
@@ -523,14 +524,14 @@ class FineTuner:
         if resume:
             saved = broadcast_checkpoint(data.dist, lambda: read_checkpoints(state, ckpt_dir))
             apply_checkpoint(state, saved)
-            self.log(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {saved['path']})")
+            logger.info(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {saved['path']})")
         remove_leftovers(ckpt_dir)
         if data.dist.active:
-            self.log(
+            logger.info(
                 f"distributed: world size {data.dist.world_size}, backend {data.dist.backend}, batch "
                 f"{data.train.batch_size} per process ({s.batch_size} in all); only rank 0 writes files"
             )
-        self.log(
+        logger.info(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
             f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {data.dist.device}, {self.precision}, "
@@ -543,7 +544,7 @@ class FineTuner:
             # and the best one must then match the probe's val accuracy (see _result).
             val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
-            self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
+            logger.info(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
     def _prefix_line(self) -> str:
         p = self.frozen_prefix
@@ -581,7 +582,7 @@ class FineTuner:
         best, start = state.best, state.start_val or {}
         kept_probe = bool(best["epoch"]) and best["val_accuracy"] < start.get("val_accuracy", 0.0)
         if kept_probe:
-            self.log(
+            logger.info(
                 f"the best epoch ({best['epoch']}, val_accuracy {best['val_accuracy']:.4f}) is below the linear "
                 f"probe's val_accuracy {start['val_accuracy']:.4f}: the model is the probe on the pretrained backbone"
             )
@@ -596,7 +597,7 @@ class FineTuner:
         model.eval()
         info = self._info(state, best, freeze_info, kept_probe, stopped, resume)
         if not best["epoch"] and not kept_probe:
-            self.log("no epoch ran: the model is the linear probe on the pretrained backbone")
+            logger.info("no epoch ran: the model is the linear probe on the pretrained backbone")
         return FineTuneResult(model, head_arrays(network), state.history, info)
 
     def _info(

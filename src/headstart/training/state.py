@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ class TrainState:
     scheduler: Any = None
     precision: str = "fp32"
     run_dir: Path | None = None
-    log: Callable[[str], None] = print
     fingerprint: str = ""
     epoch: int = 0  # the epoch running, or the last one that ended
     start_epoch: int = 1  # the first epoch this fit runs (after a resume: the one after the checkpoint)
