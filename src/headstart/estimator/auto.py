@@ -387,7 +387,7 @@ def measure_training(
     precision = resolve_precision(clf.precision, device)
     model = copy.deepcopy(backbone.model)
     freeze(model, unfreeze)
-    network = make_network(model, backbone.data_config, probe).to(device, memory_format=torch.channels_last)
+    network = make_network(model, backbone.data_config, probe).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack this overload
     set_train_mode(network, True)
     optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-6)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -409,7 +409,7 @@ class KNNHead(Head):
         for k in self.ks:
             proba = self._proba(self._model(x, y, k), x_val)
             sweep.append({"k": k, "val_accuracy": float((proba.argmax(1) == y_val).mean())})
-        self.k = max(sweep, key=lambda r: (r["val_accuracy"], -r["k"]))["k"]
+        self.k = int(max(sweep, key=lambda r: (r["val_accuracy"], -r["k"]))["k"])
         self.x = np.concatenate([x, x_val]).astype(np.float32)
         self.y = np.concatenate([y, y_val]).astype(np.int64)
         self._fitted = self._model(self.x, self.y, self.k)

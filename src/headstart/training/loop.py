@@ -20,10 +20,10 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -65,10 +65,21 @@ from headstart.training.network import (
 )
 from headstart.training.prefix import build_prefix, network_stages
 from headstart.training.settings import FineTuneSettings, resolve_precision
-from headstart.training.state import MIN_DELTA, TrainState
+from headstart.training.state import MIN_DELTA, Best, TrainState
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from torch.nn import Module
+    from torch.utils.data import DataLoader
+
+    from headstart.data.loaders import EpochSampler
+    from headstart.models.heads import Head
+    from headstart.training.distributed import DistributedEpochSampler
+    from headstart.training.network import Network
+
+    Loader = DataLoader[tuple[Tensor, Tensor]]
+    EpochOrder = EpochSampler | DistributedEpochSampler
+    LossFn = Callable[[Tensor, Tensor], Tensor]  # a torch loss, or training.multilabel's MultiHotLoss
 
 # settings_fingerprint is part of this module's interface: the estimator imports it from here.
 __all__ = [
@@ -94,7 +105,7 @@ class FineTuneResult:
     per complete epoch, and what the run did (``info``: epochs_run, best_epoch, probe_kept,
     stopped_because...)."""
 
-    backbone_model: Any
+    backbone_model: Module
     head_arrays: dict[str, np.ndarray]
     history: list[dict[str, float]]
     info: dict[str, Any] = field(default_factory=dict)
@@ -105,24 +116,24 @@ class Objective:
     """The training loss: cross-entropy (class-weighted, label-smoothed) plus the probe's L2
     penalty ``l2 * ||W||^2`` on the head's weights."""
 
-    loss_fn: Any
+    loss_fn: LossFn
     l2: float = 0.0
 
-    def __call__(self, network: Any, logits: Any, labels: Any) -> Any:
+    def __call__(self, network: Network, logits: Tensor, labels: Tensor) -> Tensor:
         loss = self.loss_fn(logits, labels)
         if self.l2:
             loss = loss + self.l2 * network.fc.weight.square().sum()
         return loss
 
 
-def correct_count(loss_fn: Any, logits: Any, labels: Any) -> float:
+def correct_count(loss_fn: LossFn, logits: Tensor, labels: Tensor) -> float:
     """Images ``logits`` get right: the top-1 class, unless the loss defines its own ``correct``
     (a multi-label loss: see ``training.multilabel``)."""
     own = getattr(loss_fn, "correct", None)
     return float(own(logits, labels)) if own is not None else int((logits.argmax(1) == labels).sum())
 
 
-def output_proba(loss_fn: Any, logits: Any) -> np.ndarray:
+def output_proba(loss_fn: LossFn, logits: Tensor) -> np.ndarray:
     """Probabilities of ``logits``: softmax, unless the loss defines its own ``proba`` (sigmoid)."""
     import torch
 
@@ -135,20 +146,22 @@ class EpochData:
     """The loaders of a fit: training (and its sampler, set to each epoch) and validation, and
     the job they are this process's share of (``dist``)."""
 
-    train: Any
-    sampler: Any
-    val: Any
+    train: Loader
+    sampler: EpochOrder
+    val: Loader
     dist: Distributed = field(default_factory=Distributed)
 
 
-def evaluate_shared(network: Any, data: EpochData, loss_fn: Any, precision: str) -> tuple[float, float]:
+def evaluate_shared(
+    network: Network, data: EpochData, loss_fn: LossFn, precision: str
+) -> tuple[float, float]:
     """Validation loss and accuracy over every rank's share of the validation images."""
     loss, accuracy, proba = evaluate(network, data.val, loss_fn, precision)
     loss, accuracy = data.dist.average([loss, accuracy], len(proba))
     return loss, accuracy
 
 
-def autocast(precision: str, device_type: str = "cpu") -> Any:
+def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[object]:
     """bf16 autocast (on the CPU, or ``device_type``) for ``bf16``; nothing for ``fp32``."""
     import torch
 
@@ -158,7 +171,7 @@ def autocast(precision: str, device_type: str = "cpu") -> Any:
 
 
 def evaluate(
-    network: Any, loader: Any, loss_fn: Any, precision: str = "fp32", tta: str = "none"
+    network: Network, loader: Loader, loss_fn: LossFn, precision: str = "fp32", tta: str = "none"
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and the probabilities (softmax, or the loss's own ``proba``) of every
     image (in order) of ``loader``, in eval mode;
@@ -190,7 +203,7 @@ def evaluate(
 
 def train_one_epoch(
     state: TrainState,
-    loader: Any,
+    loader: Loader,
     objective: Objective,
     callbacks: Callback | None = None,
     progress: ProgressSink | None = None,
@@ -239,7 +252,7 @@ def run_epoch(
     state: TrainState,
     data: EpochData,
     objective: Objective,
-    val_loss_fn: Any,
+    val_loss_fn: LossFn,
     callbacks: Callback,
     verbose: bool,
 ) -> dict[str, float] | None:
@@ -251,7 +264,7 @@ def run_epoch(
     data.sampler.epoch = state.epoch
     torch.manual_seed(state.settings.seed * 1_000_003 + state.epoch)  # dropout / drop-path of this epoch
     progress = ConsoleProgress() if verbose else NullProgress()
-    n_images = len(data.train.dataset)
+    n_images = len(cast("Sized", data.train.dataset))
     progress.start(f"epoch {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
     progress.finish()
@@ -303,7 +316,7 @@ def run_epochs(
     state: TrainState,
     data: EpochData,
     objective: Objective,
-    val_loss_fn: Any,
+    val_loss_fn: LossFn,
     callbacks: Callback,
     verbose: bool = False,
 ) -> str:
@@ -389,9 +402,9 @@ class FineTuner:
 
     def fit(
         self,
-        backbone_model: Any,
+        backbone_model: Module,
         data_config: dict[str, Any],
-        head: Any,
+        head: Head,
         train: Sequence[tuple[str, int]],
         val: Sequence[tuple[str, int]],
         n_classes: int,
@@ -416,7 +429,7 @@ class FineTuner:
         torch.set_num_threads(self.threads)
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
-        network = make_network(model, data_config, head).to(dist.device, memory_format=torch.channels_last)
+        network = make_network(model, data_config, head).to(dist.device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack this overload
         self.frozen_prefix = self._use_prefix(network, model, data_config, dist)
         self.network_ = network
         self.workers = (
@@ -438,7 +451,7 @@ class FineTuner:
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
     def _use_prefix(
-        self, network: Any, model: Any, data_config: dict[str, Any], dist: Distributed
+        self, network: Network, model: Module, data_config: dict[str, Any], dist: Distributed
     ) -> dict[str, Any]:
         """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
 
@@ -468,13 +481,15 @@ class FineTuner:
             evaluate(self.network_, loader, self.output_loss(), self.precision, tta)[2], len(items)
         )
 
-    def output_loss(self) -> Any:
+    def output_loss(self) -> LossFn:
         """The loss ``predict_proba`` evaluates with (it decides softmax or sigmoid outputs)."""
         import torch
 
         return torch.nn.CrossEntropyLoss()
 
-    def _losses(self, head: Any, train: Sequence[tuple[str, int]], n_classes: int) -> tuple[Objective, Any]:
+    def _losses(
+        self, head: Head, train: Sequence[tuple[str, int]], n_classes: int
+    ) -> tuple[Objective, LossFn]:
         """The training objective and the validation loss.
 
         val_loss is the training objective on validation images (as Keras reports it), with the
@@ -491,7 +506,9 @@ class FineTuner:
         l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
         return Objective(train_loss_fn, l2), val_loss_fn
 
-    def _state(self, network: Any, freeze_info: dict[str, Any], n_train: int, fingerprint: str) -> TrainState:
+    def _state(
+        self, network: Network, freeze_info: dict[str, Any], n_train: int, fingerprint: str
+    ) -> TrainState:
         """A fresh state: AdamW over the trainable groups, a warm-up + cosine schedule per step,
         and the probe's weights as the best model so far."""
         import torch
@@ -516,7 +533,12 @@ class FineTuner:
         return state
 
     def _start(
-        self, state: TrainState, freeze_info: dict[str, Any], resume: bool, data: EpochData, val_loss_fn: Any
+        self,
+        state: TrainState,
+        freeze_info: dict[str, Any],
+        resume: bool,
+        data: EpochData,
+        val_loss_fn: LossFn,
     ) -> None:
         """Resume if asked, log what trains, and evaluate the probe before a first epoch."""
         s = self.settings
@@ -531,10 +553,11 @@ class FineTuner:
                 f"distributed: world size {data.dist.world_size}, backend {data.dist.backend}, batch "
                 f"{data.train.batch_size} per process ({s.batch_size} in all); only rank 0 writes files"
             )
+        n_train = len(cast("Sized", data.train.dataset))
         logger.info(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
-            f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {data.dist.device}, {self.precision}, "
+            f"trainable) for {s.epochs} epoch(s) on {n_train} images, {data.dist.device}, {self.precision}, "
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
             f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
@@ -571,7 +594,7 @@ class FineTuner:
     def _result(
         self,
         state: TrainState,
-        probe_state: dict[str, Any],
+        probe_state: dict[str, Tensor] | None,
         freeze_info: dict[str, Any],
         stopped: str,
         resume: bool,
@@ -586,8 +609,9 @@ class FineTuner:
                 f"the best epoch ({best['epoch']}, val_accuracy {best['val_accuracy']:.4f}) is below the linear "
                 f"probe's val_accuracy {start['val_accuracy']:.4f}: the model is the probe on the pretrained backbone"
             )
-            best = {**best, "epoch": 0, "state": probe_state}
+            best = Best(**{**best, "epoch": 0, "state": probe_state})
         network = state.network.cpu()  # the bundle, and the test predictions, are the CPU's
+        assert best["state"] is not None, "the probe's weights are the best before any epoch"
         network.load_state_dict(best["state"])
         network.eval()
         self.precision = resolve_precision(self.settings.precision)
@@ -603,7 +627,7 @@ class FineTuner:
     def _info(
         self,
         state: TrainState,
-        best: dict[str, Any],
+        best: Best,
         freeze_info: dict[str, Any],
         kept_probe: bool,
         stopped: str,
