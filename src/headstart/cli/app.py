@@ -92,7 +92,7 @@ PARAMETER_FLAGS = {
 }
 
 
-def flag_for(param: str, command: Any = None) -> str:
+def flag_for(param: str, command: object = None) -> str:
     """The CLI flag (or ARGUMENT) that sets the library parameter ``param`` of ``command``.
 
     Library errors name Python parameters; the user typed flags, so the message names the flag.
@@ -107,7 +107,7 @@ def flag_for(param: str, command: Any = None) -> str:
     return param
 
 
-def user_message(error: HeadstartError, command: Any = None) -> str:
+def user_message(error: HeadstartError, command: object = None) -> str:
     """``error`` as the one line the CLI prints, with a parameter's name replaced by its flag."""
     if isinstance(error, ParameterError):
         return f"{flag_for(error.param, command)}: {error.message}"
@@ -122,7 +122,7 @@ class HeadstartGroup(TyperGroup):
     every typer/click version handles in standalone mode.
     """
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Any) -> object:  # typer's own Context class is private (typer._click)
         try:
             return super().invoke(ctx)
         except HeadstartError as error:

@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.data.images import DataConfig
 
 PRESETS = ("default", "keras", "randaugment", "trivialaugment", "none")
 
 
-def _size(data_config: dict[str, Any]) -> tuple[int, int]:
+def _size(data_config: DataConfig) -> tuple[int, int]:
     _, h, w = data_config["input_size"]
     return int(h), int(w)
 
 
-def _interpolation(data_config: dict[str, Any]) -> Any:
+def _interpolation(data_config: DataConfig) -> Any:
     from torchvision.transforms import InterpolationMode
 
     return {
@@ -31,7 +32,7 @@ def _interpolation(data_config: dict[str, Any]) -> Any:
     }.get(str(data_config.get("interpolation", "bilinear")), InterpolationMode.BILINEAR)
 
 
-def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
+def train_transform(preset: str, data_config: DataConfig) -> Any:
     """The named augmentation pipeline.
 
     - ``default``: random resized crop (35-100% of the area) and horizontal flip;
@@ -80,7 +81,7 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
 class EvalTransform:
     """The backbone's eval preprocessing (the same as the feature path's), as a uint8 CHW tensor."""
 
-    def __init__(self, data_config: dict[str, Any]) -> None:
+    def __init__(self, data_config: DataConfig) -> None:
         from headstart.data.images import Preprocessor
 
         self.preprocess = Preprocessor(data_config)

@@ -14,6 +14,7 @@ import numpy as np
 
 from headstart.core.errors import BadImageError
 from headstart.core.system import usable_core_count
+from headstart.data.images import DataConfig
 
 IGNORED_LABEL = -100
 
@@ -103,7 +104,7 @@ def make_loader(dataset: ImageSet, sampler: EpochSampler, batch_size: int, worke
 def train_loader(
     items: Sequence[tuple[str, int]],
     augment: str,
-    data_config: dict[str, Any],
+    data_config: DataConfig,
     batch_size: int,
     workers: int,
     seed: int,
@@ -121,7 +122,7 @@ def train_loader(
 
 
 def eval_loader(
-    items: Sequence[tuple[str, int]], data_config: dict[str, Any], batch_size: int, workers: int
+    items: Sequence[tuple[str, int]], data_config: DataConfig, batch_size: int, workers: int
 ) -> Any:
     """Images in order through the backbone's eval transform (the feature path's preprocessing)."""
     from headstart.data.augment import EvalTransform

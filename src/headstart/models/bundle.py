@@ -102,11 +102,11 @@ MAX_FEATURES = 65_536
 DATA_CONFIG_KEYS = {"input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode"}
 
 
-def _is_int(value: Any, low: int, high: int) -> bool:
+def _is_int(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _numbers(value: Any, n: int) -> bool:
+def _numbers(value: object, n: int) -> bool:
     return (
         isinstance(value, list)
         and len(value) == n

@@ -30,6 +30,7 @@ import numpy as np
 from headstart.core.choices import class_weight_value
 from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink, _fmt_eta
 from headstart.core.system import compute_threads
+from headstart.data.images import DataConfig
 from headstart.data.loaders import eval_loader, loader_workers, train_loader
 from headstart.training.callbacks import (
     Callback,
@@ -403,7 +404,7 @@ class FineTuner:
     def fit(
         self,
         backbone_model: Module,
-        data_config: dict[str, Any],
+        data_config: DataConfig,
         head: Head,
         train: Sequence[tuple[str, int]],
         val: Sequence[tuple[str, int]],
@@ -451,7 +452,7 @@ class FineTuner:
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
     def _use_prefix(
-        self, network: Network, model: Module, data_config: dict[str, Any], dist: Distributed
+        self, network: Network, model: Module, data_config: DataConfig, dist: Distributed
     ) -> dict[str, Any]:
         """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
 
@@ -471,7 +472,7 @@ class FineTuner:
         return {"mode": how, "frozen_stages": n_frozen, "stages": len(stages) if stages else None}
 
     def predict_proba(
-        self, items: Sequence[tuple[str, int]], data_config: dict[str, Any], tta: str = "none"
+        self, items: Sequence[tuple[str, int]], data_config: DataConfig, tta: str = "none"
     ) -> np.ndarray:
         """Probabilities of the fine-tuned network (eval transform; ``tta="flip"``: the image's
         and its mirror's logits averaged), one row per item."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.data.images import DataConfig
 from headstart.models.heads import Head, LinearOnStandardised
 from headstart.training.settings import FineTuneSettings
 
@@ -114,7 +115,7 @@ def linear_head(head: Head) -> LinearOnStandardised:
     return head
 
 
-def make_network(backbone_model: Module, data_config: dict[str, Any], head: Head) -> Network:
+def make_network(backbone_model: Module, data_config: DataConfig, head: Head) -> Network:
     """uint8 NCHW pixels -> normalise -> backbone -> standardise -> linear (the probe's weights)."""
     import torch
 
