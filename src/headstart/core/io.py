@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 
 def terminal_safe(text: str, keep: str = "\n") -> str:
@@ -28,7 +27,7 @@ def terminal_safe(text: str, keep: str = "\n") -> str:
     )
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: object) -> object:
     """JSON without NaN/inf (which many readers reject): they become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -71,7 +70,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
+def write_json(path: str | Path, data: object) -> Path:
     """JSON, atomically; NaN/inf become null; a non-UTF-8 file name becomes a \\udcXX escape
     (valid JSON that reads back exact)."""
     text = json.dumps(_clean(data), indent=2, ensure_ascii=False)
@@ -89,7 +88,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def protect_cell(value: Any) -> Any:
+def protect_cell(value: object) -> object:
     """A CSV cell a spreadsheet shows as text, never runs as a formula.
 
     Rule (round-trips through ``unprotect_cell``): a text cell that starts like a formula
@@ -111,7 +110,7 @@ def unprotect_cell(value: str) -> str:
     return value
 
 
-def write_rows(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+def write_rows(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
     """CSV, atomically; a non-UTF-8 file name is written back as the bytes it has on disk, and
     text cells are protected against formula injection (``protect_cell``; read back with
     ``read_rows``)."""

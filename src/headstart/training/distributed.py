@@ -32,13 +32,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.training.callbacks import Callback
 from headstart.training.state import TrainState
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from headstart.data.loaders import EpochSampler
+
 
 TIMEOUT_ENV = "HEADSTART_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
@@ -131,7 +137,7 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def wrap(self, network: Any) -> Any:
+    def wrap(self, network: Module) -> Module:
         """The module that runs the training forward: ``network`` itself, or its
         DistributedDataParallel wrapper, which averages the gradients across ranks."""
         if not self.active:
@@ -236,7 +242,7 @@ class DistributedEpochSampler:
     batches together are exactly one process's k-th batch.
     """
 
-    def __init__(self, inner: Any, world_size: int, rank: int) -> None:
+    def __init__(self, inner: EpochSampler, world_size: int, rank: int) -> None:
         from torch.utils.data import DistributedSampler
 
         self.inner = inner

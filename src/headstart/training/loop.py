@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from headstart.data.loaders import EpochSampler
+    from headstart.models.backbones import TimmModel
     from headstart.models.heads import Head
     from headstart.training.distributed import DistributedEpochSampler
     from headstart.training.network import Network
@@ -106,7 +107,7 @@ class FineTuneResult:
     per complete epoch, and what the run did (``info``: epochs_run, best_epoch, probe_kept,
     stopped_because...)."""
 
-    backbone_model: Module
+    backbone_model: TimmModel
     head_arrays: dict[str, np.ndarray]
     history: list[dict[str, float]]
     info: dict[str, Any] = field(default_factory=dict)
@@ -403,7 +404,7 @@ class FineTuner:
 
     def fit(
         self,
-        backbone_model: Module,
+        backbone_model: TimmModel,
         data_config: DataConfig,
         head: Head,
         train: Sequence[tuple[str, int]],

@@ -27,10 +27,12 @@ if TYPE_CHECKING:
     from torch import Tensor
     from torch.nn import Linear, Module
 
+    from headstart.models.backbones import TimmModel
+
     class Network(Module):
         """What :func:`make_network` returns, as the loop and the estimator use it."""
 
-        net: Module
+        net: TimmModel
         fc: Linear
         feature_mean: Tensor
         feature_scale: Tensor
