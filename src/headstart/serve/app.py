@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -26,7 +26,21 @@ from headstart.evaluation.answers import answer
 from headstart.evaluation.multilabel import multilabel_answer
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 from headstart.serve.page import docs_page, index_page
-from headstart.serve.uploads import UploadError, prepare_all, read_uploads
+from headstart.serve.uploads import ImagePreparer, UploadError, prepare_all, read_uploads
+
+
+class ServedModel(ImagePreparer, Protocol):
+    """What the server needs of a model: ``export.runtime.ExportedModel`` (its ``metadata``,
+    ``predict_scored`` and a multi-label model's ``thresholds`` are read where present)."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray: ...
+
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
 RETRY_AFTER_S = 1
@@ -59,7 +73,7 @@ def top_k_predictions(classes: list[str], proba: np.ndarray, k: int) -> list[dic
     return answer(classes, proba, k, decimals=6)["predictions"]
 
 
-def image_answer(model: Any, proba: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
+def image_answer(model: ServedModel, proba: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
     """One image's answer, shaped as ``headstart predict --format json``'s items: top-k
     ``predictions``, ``labels``, ``unknown`` and, with the model's reject option on, ``score``
     (the model's own, from ``predict_scored``; the top probability where none is given)."""
@@ -75,7 +89,7 @@ def image_answer(model: Any, proba: np.ndarray, k: int, score: float | None = No
     )
 
 
-def model_call(model: Any) -> Callable[[np.ndarray], Any]:
+def model_call(model: ServedModel) -> Callable[[np.ndarray], object]:
     """What the batcher runs: ``predict_scored`` ((probabilities, reject scores), so ``unknown``
     agrees with ``headstart predict`` whatever the score kind) where the model has it, else
     ``predict_proba``."""
@@ -86,7 +100,7 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-def _load(model: Any, precision: str) -> Any:
+def _load(model: ServedModel | str | os.PathLike[str], precision: str) -> ServedModel:
     if isinstance(model, (str, os.PathLike)):
         from headstart.export.runtime import load_exported
 
@@ -94,14 +108,14 @@ def _load(model: Any, precision: str) -> Any:
     return model
 
 
-def _tune(model: Any, max_batch: int, tune: bool) -> tuple[int, dict[int, float]]:
+def _tune(model: ServedModel, max_batch: int, tune: bool) -> tuple[int, dict[int, float]]:
     """The batch size to use, measured on this machine (``tune``) or ``max_batch`` as given.
 
     Either way the model runs a full batch before the server reports ready: the runtime sizes its
     memory for the largest batch now, so memory stays flat under load."""
-    if tune and max_batch > 1:
-        return fastest_batch_size(model.predict_proba, tuple(model.input_size), max_batch)
     height, width = model.input_size
+    if tune and max_batch > 1:
+        return fastest_batch_size(model.predict_proba, (height, width), max_batch)
     model.predict_proba(np.zeros((max_batch, height, width, 3), dtype=np.uint8))
     return max_batch, {}
 
@@ -109,7 +123,7 @@ def _tune(model: Any, max_batch: int, tune: bool) -> tuple[int, dict[int, float]
 class _State:
     """The loaded model and its batcher (set by the app's startup)."""
 
-    model: Any = None
+    model: ServedModel | None = None
     batcher: MicroBatcher | None = None
     batch_rates: dict[int, float] = {}
 
@@ -144,7 +158,7 @@ def check_serve_settings(max_batch: int, max_upload_mb: float, precision: str) -
 
 
 def create_app(
-    model: Any,
+    model: ServedModel | str | os.PathLike[str],
     max_batch: int = 16,
     max_upload_mb: float = 20,
     api_key: str | None = None,
@@ -209,7 +223,7 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         return {"status": "ok", "rss_mb": rss_mb()}
 
     @app.get("/readyz", summary="The model is loaded", response_model=None)
-    async def readyz() -> Any:
+    async def readyz() -> JSONResponse | dict[str, object]:
         if state.batcher is None:
             return _error(503, "the model is still loading")
         return {
@@ -234,7 +248,9 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         summary="Top-k labels of each image (multipart field 'files', repeated, or one raw image body)",
         response_model=None,
     )
-    async def predict(request: Request, top_k: int = Query(3, ge=1, le=1000)) -> Any:
+    async def predict(
+        request: Request, top_k: int = Query(3, ge=1, le=1000)
+    ) -> JSONResponse | list[dict[str, Any]]:
         return await _predict(request, state, top_k, limit, max_files)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -246,22 +262,25 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         return docs_page(app.openapi())
 
 
-async def _predict(request: Request, state: _State, top_k: int, limit: int, max_files: int) -> Any:
+async def _predict(
+    request: Request, state: _State, top_k: int, limit: int, max_files: int
+) -> JSONResponse | list[dict[str, Any]]:
     """One request: read, decode and prepare its images, queue them, shape the answer."""
-    if state.batcher is None:
+    model = state.model  # set before the batcher
+    if state.batcher is None or model is None:
         return _error(503, "the model is still loading", **{"Retry-After": str(RETRY_AFTER_S)})
     try:
         uploads = await read_uploads(request, limit, max_files)
     except UploadError as e:
         return _error(e.status, str(e))
-    prepared = await prepare_all(state.model, uploads)
+    prepared = await prepare_all(model, uploads)
     good = [p for p in prepared if not isinstance(p, BadImageError)]
     try:
         probabilities = iter(await state.batcher.predict(good)) if good else iter([])
     except QueueFull as e:
         return _error(503, str(e), **{"Retry-After": str(RETRY_AFTER_S)})
     results: list[dict[str, Any]] = []
-    thresholds = getattr(state.model, "thresholds", None)  # a multi-label model's
+    thresholds = getattr(model, "thresholds", None)  # a multi-label model's
     for upload, item in zip(uploads, prepared):
         if isinstance(item, BadImageError):
             results.append({"path": upload.name, "predictions": [], "error": str(item)})
@@ -269,10 +288,10 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
         output = next(probabilities)
         proba, score = output if isinstance(output, tuple) else (output, None)
         if thresholds is not None:
-            results.append(multilabel_answer(upload.name, proba, state.model.classes, thresholds, top_k))
+            results.append(multilabel_answer(upload.name, proba, model.classes, thresholds, top_k))
         else:
             score = None if score is None else float(score)
-            results.append({"path": upload.name, **image_answer(state.model, proba, top_k, score)})
+            results.append({"path": upload.name, **image_answer(model, proba, top_k, score)})
     if not good:
         reasons = "; ".join(f"{r['path']}: {r['error']}" for r in results)
         return JSONResponse({"error": f"no readable image: {reasons}", "results": results}, status_code=422)
