@@ -67,7 +67,7 @@ def held_out_val_proba(head: Head, usable: Usable, split: Split, tuned_val_proba
         return np.asarray(tuned_val_proba)
     tr, va = split.mask("train"), split.mask("val")
     x, y, n = usable.features, usable.y, len(usable.classes)
-    if isinstance(head, LogisticHead) and head.refit:
+    if isinstance(head, LogisticHead) and head.refit and head.C is not None:
         train_only = LogisticHead(cs=(head.C,), refit=False)
         train_only.fit(x[tr], y[tr], x[va], y[va], n)
         return train_only.predict_proba(x[va])

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.models.heads import LogisticHead, log_loss, softmax
+from headstart.models.heads import LogisticHead, SweepRow, log_loss, softmax
 
 CHUNK_ROWS = 8192
 
@@ -88,7 +88,7 @@ class StreamingLogisticHead(LogisticHead):
         losses = self._val_scores(x_val, np.asarray(y_val), weights)
         seconds = (time.perf_counter() - t0) / len(cs)
         sweep = [
-            {"C": c, "val_log_loss": loss, "val_accuracy": acc, "seconds": seconds}
+            SweepRow(C=c, val_log_loss=loss, val_accuracy=acc, seconds=seconds)
             for c, (loss, acc) in zip(cs, losses)
         ]
         best = min(range(len(cs)), key=lambda i: self._rank(sweep[i]))
