@@ -45,9 +45,10 @@ class TrainState:
     """
 
     settings: FineTuneSettings
-    network: Network
-    optimizer: Optimizer
-    scheduler: LRScheduler
+    # Set by the loop; a state built from settings alone (to drive callbacks) has None here.
+    network: Network = None  # type: ignore[assignment]
+    optimizer: Optimizer = None  # type: ignore[assignment]
+    scheduler: LRScheduler = None  # type: ignore[assignment]
     precision: str = "fp32"
     run_dir: Path | None = None
     fingerprint: str = ""
