@@ -103,7 +103,7 @@ class Backbone:
     weights_id: str = ""
     num_features: int = 0
     _model: TimmModel | None = None
-    _state: dict[str, Any] | None = field(default=None, repr=False)
+    _state: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _content_id: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -148,7 +148,7 @@ class Backbone:
         spec = {"name": self.name, "weights": self._content_id, "data": _jsonable(self.data_config)}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
-    def state_arrays(self) -> dict[str, Any]:
+    def state_arrays(self) -> dict[str, np.ndarray]:
         if self._state is not None:
             return self._state
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
@@ -167,7 +167,7 @@ def _jsonable(cfg: Mapping[str, object]) -> dict[str, object]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def state_dict_digest(state: dict[str, Any]) -> str:
+def state_dict_digest(state: Mapping[str, Tensor]) -> str:
     """A content hash of the weights, so caches never mix features of different weights."""
     import torch
 
@@ -180,7 +180,7 @@ def state_dict_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:24]
 
 
-def _tensor_bytes(tensor: Any) -> tuple[str, bytes]:
+def _tensor_bytes(tensor: Tensor | np.ndarray) -> tuple[str, bytes]:
     """dtype name and raw bytes of a numpy array or a torch tensor (same for the same values)."""
     if isinstance(tensor, np.ndarray):
         arr = np.ascontiguousarray(tensor)
@@ -192,7 +192,7 @@ def _tensor_bytes(tensor: Any) -> tuple[str, bytes]:
     return str(t.dtype).removeprefix("torch."), data
 
 
-def tensor_digest(state: dict[str, Any]) -> str:
+def tensor_digest(state: Mapping[str, Tensor] | Mapping[str, np.ndarray]) -> str:
     """A content hash of named tensors in name order (numpy arrays and torch tensors alike), so
     weights read from a file and the same weights in a network get the same digest.
 
@@ -220,7 +220,7 @@ def _create(name: str, **kwargs: Any) -> TimmModel:
         raise
 
 
-def _read_weights_file(path: Path) -> dict[str, Any]:
+def _read_weights_file(path: Path) -> dict[str, Tensor]:
     import torch
 
     if not path.is_file():
@@ -229,7 +229,7 @@ def _read_weights_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state: Any = load_file(str(path))
+            state: object = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
@@ -245,7 +245,7 @@ def _read_weights_file(path: Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
+def _load_into(model: Module, state: dict[str, Tensor], origin: str) -> None:
     """Load by name; where the names differ but the tensors line up one to one, by position."""
     target = model.state_dict()
     if set(state) >= set(target) and all(state[k].shape == target[k].shape for k in target):
@@ -262,7 +262,7 @@ def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
     )
 
 
-def _line_up(state: dict[str, Any], target: dict[str, Any]) -> bool:
+def _line_up(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> bool:
     """Whether two state dicts in different naming layouts pair up one to one by position: same
     count, and each pair of the same shape and kind (the last name part: weight, bias,
     running_mean...), so BatchNorm's four same-shape tensors cannot be taken in another order."""
@@ -367,7 +367,7 @@ def _build_backbone(name: str, weights: str | Path | None) -> Backbone:
     return Backbone(name=name, data_config=data_config, weights_source=source, _model=model)
 
 
-def backbone_from_state(name: str, state: dict[str, Any], describe: dict[str, Any]) -> Backbone:
+def backbone_from_state(name: str, state: dict[str, np.ndarray], describe: dict[str, Any]) -> Backbone:
     """A saved backbone, rebuilt offline (lazily): architecture from timm, weights from the bundle."""
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in describe["data_config"].items()}
     return Backbone(
