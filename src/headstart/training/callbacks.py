@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headstart.core.io import write_rows
-from headstart.training.checkpoints import BEST, LAST, last_checkpoint, save_checkpoint
+from headstart.training.checkpoints import BEST, LAST, Checkpoint, last_checkpoint, save_checkpoint
 from headstart.training.state import MIN_DELTA, TrainState
 
 if TYPE_CHECKING:
@@ -154,8 +154,9 @@ class Checkpointing(Callback):
         self.directory = Path(directory)
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
-        if state.improved:
-            save_checkpoint(self.directory / BEST, {"network": state.best["state"], "epoch": state.epoch})
+        best = state.best["state"]
+        if state.improved and best is not None:  # an improved epoch has just become the best
+            save_checkpoint(self.directory / BEST, Checkpoint(network=best, epoch=state.epoch))
         save_checkpoint(self.directory / LAST, last_checkpoint(state))
 
 

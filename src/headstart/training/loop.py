@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
@@ -57,6 +57,7 @@ from headstart.training.distributed import (
     shard_train_loader,
 )
 from headstart.training.network import (
+    FreezeInfo,
     contiguous_state,
     freeze,
     head_arrays,
@@ -99,6 +100,14 @@ __all__ = [
 HISTORY_FILE = "history.csv"
 logger = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
+
+
+class PrefixInfo(TypedDict):
+    """How the frozen leading stages ran: ``mode`` and how many of the ``stages`` were frozen."""
+
+    mode: str
+    frozen_stages: int
+    stages: int | None
 
 
 @dataclass
@@ -454,7 +463,7 @@ class FineTuner:
 
     def _use_prefix(
         self, network: Network, model: Module, data_config: DataConfig, dist: Distributed
-    ) -> dict[str, Any]:
+    ) -> PrefixInfo:
         """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
 
         Rules: frozen weights are the pretrained ones in every checkpoint of the run, so a prefix
@@ -470,7 +479,7 @@ class FineTuner:
         network.use_prefix(runner, rest)
         stages = network_stages(model)
         n_frozen = len(stages) - len(rest) if runner is not None and stages else 0
-        return {"mode": how, "frozen_stages": n_frozen, "stages": len(stages) if stages else None}
+        return PrefixInfo(mode=how, frozen_stages=n_frozen, stages=len(stages) if stages else None)
 
     def predict_proba(
         self, items: Sequence[tuple[str, int]], data_config: DataConfig, tta: str = "none"
@@ -508,9 +517,7 @@ class FineTuner:
         l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
         return Objective(train_loss_fn, l2), val_loss_fn
 
-    def _state(
-        self, network: Network, freeze_info: dict[str, Any], n_train: int, fingerprint: str
-    ) -> TrainState:
+    def _state(self, network: Network, freeze_info: FreezeInfo, n_train: int, fingerprint: str) -> TrainState:
         """A fresh state: AdamW over the trainable groups, a warm-up + cosine schedule per step,
         and the probe's weights as the best model so far."""
         import torch
@@ -537,7 +544,7 @@ class FineTuner:
     def _start(
         self,
         state: TrainState,
-        freeze_info: dict[str, Any],
+        freeze_info: FreezeInfo,
         resume: bool,
         data: EpochData,
         val_loss_fn: LossFn,
@@ -597,7 +604,7 @@ class FineTuner:
         self,
         state: TrainState,
         probe_state: dict[str, Tensor] | None,
-        freeze_info: dict[str, Any],
+        freeze_info: FreezeInfo,
         stopped: str,
         resume: bool,
     ) -> FineTuneResult:
@@ -630,7 +637,7 @@ class FineTuner:
         self,
         state: TrainState,
         best: Best,
-        freeze_info: dict[str, Any],
+        freeze_info: FreezeInfo,
         kept_probe: bool,
         stopped: str,
         resume: bool,

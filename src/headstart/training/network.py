@@ -14,7 +14,7 @@ so autograd stores nothing for them and a partial fine-tune costs little more th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
@@ -56,6 +56,16 @@ def block_groups(model: Module) -> list[list[str]]:
     return [list(names) for _, names in sorted(grouped.items())]
 
 
+class FreezeInfo(TypedDict):
+    """What :func:`freeze` did: the parameter names of each training group (last first), and counts."""
+
+    groups: list[list[str]]
+    n_groups: int
+    n_trainable_groups: int
+    trainable_params: int
+    total_params: int
+
+
 def trainable_groups(spec: str, n_groups: int) -> int:
     """How many of the last groups train for ``head``, ``last:N``, ``half`` or ``all``."""
     spec = spec.strip().lower()
@@ -76,7 +86,7 @@ def trainable_groups(spec: str, n_groups: int) -> int:
     raise ParameterError("unfreeze", f"unknown value '{spec}': {UNFREEZE_HELP}")
 
 
-def freeze(model: Module, spec: str) -> dict[str, Any]:
+def freeze(model: Module, spec: str) -> FreezeInfo:
     """Set ``requires_grad`` per ``spec``; return the groups that train (last first) and counts."""
     groups = block_groups(model)
     n = trainable_groups(spec, len(groups))
