@@ -43,7 +43,7 @@ from headstart.training.state import TrainState
 if TYPE_CHECKING:
     from torch.nn import Module
 
-    from headstart.data.loaders import EpochSampler
+    from headstart.data.loaders import EpochSampler, Loader
 
 
 TIMEOUT_ENV = "HEADSTART_DIST_TIMEOUT"
@@ -268,7 +268,9 @@ class DistributedEpochSampler:
         return iter([order[p] for p in self.positions])
 
 
-def shard_train_loader(loader: Any, sampler: Any, dist: Distributed, batch_size: int) -> tuple[Any, Any]:
+def shard_train_loader(
+    loader: Loader, sampler: EpochSampler, dist: Distributed, batch_size: int
+) -> tuple[Loader, EpochSampler | DistributedEpochSampler]:
     """This rank's training loader and sampler (the one-process ones when not distributed)."""
     if not dist.active:
         return loader, sampler

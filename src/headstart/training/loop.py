@@ -448,8 +448,8 @@ class FineTuner:
             if s.workers is not None
             else dist.share(loader_workers(None, accelerator=dist.device != "cpu"))
         )
-        loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
-        loader, sampler = shard_train_loader(loader, sampler, dist, s.batch_size)
+        loader, whole = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
+        loader, sampler = shard_train_loader(loader, whole, dist, s.batch_size)
         val_loader = eval_loader(dist.shard(val), data_config, s.batch_size, self.workers)
         data = EpochData(loader, sampler, val_loader, dist)
         objective, val_loss_fn = self._losses(head, train, n_classes)
