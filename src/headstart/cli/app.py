@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -423,7 +424,7 @@ def _print_table(results: list[dict[str, Any]], columns: int) -> None:
     Console(width=max(100, Console().width), emoji=False, highlight=False).print(table)
 
 
-def _answer_cell(result: dict[str, Any], shown: Any) -> str:
+def _answer_cell(result: dict[str, Any], shown: Callable[[str], str]) -> str:
     """The table's answer: the accepted labels, or unknown (with the score that turned it down)."""
     score = f" (score {result['score']:.2f})" if result.get("score") is not None else ""
     if result.get("unknown"):

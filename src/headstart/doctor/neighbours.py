@@ -77,7 +77,8 @@ def _candidates(
     total = 0
     for start in range(0, len(projected), QUERY_ROWS):
         lims, _, ids = index.range_search(projected[start : start + QUERY_ROWS], radius2)
-        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(np.asarray(lims, dtype=np.int64)))
+        counts: np.ndarray = np.diff(np.asarray(lims, dtype=np.int64))  # results per query row
+        rows = np.repeat(np.arange(start, start + len(lims) - 1), counts)
         keep = rows < ids
         pairs = np.stack([rows[keep], ids[keep]], axis=1)
         total += len(pairs)

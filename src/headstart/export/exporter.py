@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headstart.core.choices import EXPORT_FORMATS, EXPORT_PRECISIONS
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path, write_json, write_text
@@ -31,10 +33,11 @@ from headstart.export.runtime import (
     reliability_info,
     reliability_props,
 )
-from headstart.features.composite import spec_from_bundle
+from headstart.features.composite import FeatureSpec, spec_from_bundle
 from headstart.features.engines import export_pixels_module
+from headstart.models.backbones import Backbone
 from headstart.models.bundle import bundle_reject, bundle_temperature, library_versions, load_bundle
-from headstart.models.heads import restore_head
+from headstart.models.heads import Head, restore_head
 
 FORMATS = EXPORT_FORMATS
 PRECISIONS = EXPORT_PRECISIONS
@@ -47,11 +50,11 @@ class Bundle:
     """A loaded headstart model: its metadata, backbone and head."""
 
     meta: dict[str, Any]
-    backbone: Any
-    head: Any
+    backbone: Backbone
+    head: Head
     source: Path
-    features: Any = None  # the FeatureSpec: multi-layer features, TTA, ensemble members
-    bank: Any = None  # the reject score's neighbour bank (None: the score is max_probability)
+    features: FeatureSpec | None = None  # the FeatureSpec: multi-layer features, TTA, ensemble members
+    bank: np.ndarray | None = None  # the reject score's neighbour bank (None: the score is max_probability)
 
 
 def read_bundle(source: str | Path) -> Bundle:

@@ -89,7 +89,7 @@ def image_answer(model: ServedModel, proba: np.ndarray, k: int, score: float | N
     )
 
 
-def model_call(model: ServedModel) -> Callable[[np.ndarray], object]:
+def model_call(model: ServedModel) -> Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]:
     """What the batcher runs: ``predict_scored`` ((probabilities, reject scores), so ``unknown``
     agrees with ``headstart predict`` whatever the score kind) where the model has it, else
     ``predict_proba``."""
