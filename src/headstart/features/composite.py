@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,10 @@ from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
 from headstart.models.bundle import MAX_FEATURES, meta_problem
 from headstart.models.taps import LAYER_CHOICES, layer_group_widths
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
 
 MEMBER_PREFIX = "+"  # bundle tensors of ensemble member i > 0 are backbone.+i.<name>
 
@@ -307,7 +311,7 @@ def build_extractor(
     return CompositeExtractor(spec, views)
 
 
-def feature_module(spec: FeatureSpec) -> Any:
+def feature_module(spec: FeatureSpec) -> Module:
     """uint8 NHWC pixels -> the model's features, as one torch module (the export's first part):
     each member's network on the same pixels, the mirror's features averaged in (TTA), members
     concatenated, the selected groups kept.
@@ -345,5 +349,5 @@ def feature_module(spec: FeatureSpec) -> Any:
     return Features().eval()
 
 
-def _pixels_spec(cfg: DataConfig) -> tuple[Any, ...]:
+def _pixels_spec(cfg: DataConfig) -> tuple[object, ...]:
     return (tuple(cfg["input_size"]), cfg.get("crop_pct"), cfg.get("crop_mode"), cfg.get("interpolation"))
