@@ -31,7 +31,7 @@ from headstart.data.images import decode_image, read_bytes
 THUMB = 112  # px, longest side of embedded thumbnails
 
 
-def esc(text: Any) -> str:
+def esc(text: object) -> str:
     """``text`` escaped for HTML text and attribute values (quotes included)."""
     return html.escape(str(text), quote=True)
 

@@ -290,7 +290,7 @@ def _table(
     return f'<div class="scroll{" tall" if tall else ""}"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _pct(x: Any) -> str:
+def _pct(x: object) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.1%}"
 
 
