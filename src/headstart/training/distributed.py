@@ -75,7 +75,7 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, int | str]:
         """What ``metrics.json`` records (``finetune.distributed``)."""
         return {"world_size": self.world_size, "backend": self.backend or "none", "device": self.device}
 
@@ -103,7 +103,7 @@ class Distributed:
             return part
         import torch.distributed as dist
 
-        parts: list[Any] = [None] * self.world_size
+        parts: list[np.ndarray] = [part] * self.world_size  # all_gather_object replaces each
         dist.all_gather_object(parts, part)
         widest = max(parts, key=len)  # a rank with no rows has no columns either
         full = np.zeros((n, *widest.shape[1:]), dtype=widest.dtype)
