@@ -278,7 +278,7 @@ def _tile(path: str, caption_html: str, cls: str = "") -> str:
 
 
 def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = (), tall: bool = False
+    headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = (), tall: bool = False
 ) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []

@@ -293,7 +293,7 @@ class RunWriter:
 
 def duplicate_group_rows(
     checks: CheckReport, splits: Sequence[str], merged: set[int], relative: Callable[[str], str]
-) -> list[list[Any]]:
+) -> list[list[object]]:
     """One row per member of each duplicate group (groups numbered from 1, as in metrics.json)."""
     rows = []
     for n, group in enumerate(checks.groups, start=1):
