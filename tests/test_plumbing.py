@@ -89,7 +89,8 @@ def test_quiet_runs_keep_the_file_and_print_nothing(tmp_path, capsys):
 
 
 def test_a_warning_traceback_goes_to_the_file_only(tmp_path, capsys):
-    with log_run(tmp_path, verbose=True) as logger:
+    logger = logging.getLogger("headstart.runs.writer")
+    with log_run(tmp_path, verbose=True):
         try:
             raise RuntimeError("no fonts today")
         except RuntimeError:
@@ -101,10 +102,11 @@ def test_a_warning_traceback_goes_to_the_file_only(tmp_path, capsys):
 def test_only_rank_zero_logs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with log_run(tmp_path, verbose=True, filters=[RankZeroFilter()]) as logger:
+    logger = logging.getLogger("headstart.training.loop")
+    with log_run(tmp_path, verbose=True, filters=[RankZeroFilter()]):
         logger.info("from rank 1")
     monkeypatch.setenv("RANK", "0")
-    with log_run(tmp_path, verbose=True, filters=[RankZeroFilter()]) as logger:
+    with log_run(tmp_path, verbose=True, filters=[RankZeroFilter()]):
         logger.info("from rank 0")
     assert capsys.readouterr().err == "from rank 0\n"
     assert "from rank 1" not in (tmp_path / "log.txt").read_text()

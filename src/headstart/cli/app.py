@@ -20,6 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from headstart.cli.options import (
+    AllowedHosts,
     ApiKey,
     Augment,
     BackboneName,
@@ -146,6 +147,30 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Transfer learning for image classification: folder of photos in, tested model out.",
 )
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: the installed distribution's version (what pip installed), then exit; from a source
+    tree that was never installed, the package's own ``__version__`` (pyproject.toml reads the same)."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("headstart")
+        except PackageNotFoundError:
+            from headstart import __version__ as number
+        typer.echo(f"headstart {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Transfer learning for image classification: folder of photos in, tested model out."""
 
 
 def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
@@ -531,6 +556,7 @@ def serve(
     api_key: ApiKey = None,
     cache_dir: CacheDir = None,
     precision: ServePrecision = "auto",
+    allowed_hosts: AllowedHosts = None,
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
 
@@ -540,9 +566,10 @@ def serve(
     import uvicorn
 
     from headstart.serve import check_serve_settings, create_app
+    from headstart.serve.guards import ConnectionLimits, default_allowed_hosts, server_config
     from headstart.serve.source import resolve_model
 
-    check_serve_settings(max_batch, max_upload_mb, precision)
+    check_serve_settings(max_batch, max_upload_mb, precision, api_key)
     export_dir = resolve_model(model, cache_dir)
     print(
         f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
@@ -554,8 +581,9 @@ def serve(
         max_upload_mb=max_upload_mb,
         api_key=api_key,
         precision=precision,
+        allowed_hosts=allowed_hosts or default_allowed_hosts(host),
     )
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(server_config(asgi, host, port, ConnectionLimits())).run()
 
 
 @app.command()

@@ -193,6 +193,16 @@ ApiKey = Annotated[
     ),
 ]
 
+AllowedHosts = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--allowed-hosts",
+        metavar="HOST",
+        help="A Host header the server answers (repeat for several; '*' for any). Default: the address it "
+        "listens on and localhost, so a web page whose DNS name is rebound to this machine cannot use it.",
+    ),
+]
+
 
 ServePrecision = Annotated[
     InferencePrecision,

@@ -62,9 +62,10 @@ class RunFileHandler(logging.Handler):
 @contextmanager
 def log_run(
     run_dir: Path | None, verbose: bool, filters: Sequence[logging.Filter] = ()
-) -> Iterator[logging.Logger]:
+) -> Iterator[RunFileHandler | None]:
     """For the block's duration, headstart's INFO lines go to stderr (``verbose``) and to
-    ``run_dir/log.txt`` (``run_dir`` not None); yields the ``headstart`` logger.
+    ``run_dir/log.txt`` (``run_dir`` not None); yields that file's handler (None without a
+    folder), whose ``path`` a run moved whole (a staged run) points at its new place.
 
     Unless the application set the ``headstart`` logger's level, it is INFO inside the block (then
     unset again), so the lines pass whatever the root's level; they still propagate to the
@@ -74,8 +75,9 @@ def log_run(
     handlers: list[logging.Handler] = []
     if verbose:
         handlers.append(ConsoleHandler())
-    if run_dir is not None:
-        handlers.append(RunFileHandler(run_dir))
+    file = RunFileHandler(run_dir) if run_dir is not None else None
+    if file is not None:
+        handlers.append(file)
     for handler in handlers:
         for f in filters:
             handler.addFilter(f)
@@ -84,7 +86,7 @@ def log_run(
     if level == logging.NOTSET:  # a level the application set is its to keep
         logger.setLevel(logging.INFO)
     try:
-        yield logger
+        yield file
     finally:
         for handler in handlers:
             logger.removeHandler(handler)

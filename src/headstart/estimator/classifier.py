@@ -47,7 +47,14 @@ from headstart.core.params import (
     validate_params,
 )
 from headstart.data.augment import PRESETS
-from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
+from headstart.data.discovery import (
+    Dataset,
+    Sample,
+    check_out_dir,
+    discover,
+    expand_paths,
+    require_data_path,
+)
 from headstart.estimator.auto import AutoResult, run_auto
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
@@ -416,7 +423,9 @@ class ImageClassifier(BaseEstimator):
         self._check_params()
         clock, started = Stopwatch(), time.time()
         check_out_dir(out_dir, data)
-        with RunWriter(*writer_args(out_dir, self.verbose)) as writer:  # the run's log lines, all layers
+        require_data_path(data)  # before the run folder is touched
+        writer = RunWriter(*writer_args(out_dir, self.verbose), staged=True, resume=resume)
+        with writer:  # the run's log lines, from every layer, while it runs
             return self._fit_in_run(writer, data, resume, on_epoch_end, clock, started)
 
     def _fit_in_run(
