@@ -61,6 +61,7 @@ import numpy as np
 from sklearn.base import clone
 
 from headstart.core.errors import HeadstartError
+from headstart.core.probability import log_loss, softmax
 from headstart.core.system import compute_threads
 from headstart.data.loaders import loader_workers, train_loader
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
@@ -464,9 +465,7 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
 def candidate_scores(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Validation accuracy and log-loss of a candidate (the only scores the search compares)."""
     metrics = classification_metrics(y, proba, classes, 1)
-    eps = 1e-12
-    log_loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))
-    return {"accuracy": float(metrics["accuracy"]), "log_loss": log_loss}
+    return {"accuracy": float(metrics["accuracy"]), "log_loss": log_loss(proba, y)}
 
 
 def _trial(search: Search, c: Candidate) -> Any:
@@ -633,9 +632,7 @@ def mean_logit_proba(probas: list[Any]) -> np.ndarray:
     if len(probas) == 1:
         return np.asarray(probas[0])
     logits = np.mean([np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-30, 1.0)) for p in probas], axis=0)
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(logits)
 
 
 def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
