@@ -306,7 +306,7 @@ def test_cache_takes_concurrent_writers(tmp_path: Path) -> None:
         assert writer.returncode == 0 and "warning" not in err, err
     with sqlite3.connect(tmp_path / "features.sqlite") as db:
         assert db.execute("SELECT count(*) FROM features").fetchone()[0] == 4 * 300 * 5
-        assert db.execute("SELECT count(*) FROM file_hashes").fetchone()[0] == 4 * 300
+        assert db.execute("SELECT count(*) FROM file_stamps").fetchone()[0] == 4 * 300
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -62,6 +62,7 @@ from headstart.cli.options import (
     SplitFractions,
     StrategyChoice,
     TargetAccuracy,
+    TargetCoverage,
     TimeBudgetMinutes,
     TimedBatches,
     TopK,
@@ -71,11 +72,13 @@ from headstart.cli.options import (
     WarmupBatches,
     WeightsFile,
 )
+from headstart.cli.review import review
 from headstart.core.choices import MapMethod, MapPoints, class_weight_value
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
 from headstart.estimator.classifier import ImageClassifier
 from headstart.models.backbones import DEFAULT_BACKBONE
+from headstart.runs.sort import SortMode
 
 # The estimator's defaults are the flags' defaults: its signature is their one source.
 DEFAULTS = {name: p.default for name, p in inspect.signature(ImageClassifier).parameters.items()}
@@ -221,6 +224,7 @@ def train(
     multi_label: MultiLabel = DEFAULTS["multi_label"],
     reject: RejectOption = DEFAULTS["reject"],
     target_accuracy: TargetAccuracy = DEFAULTS["target_accuracy"],
+    target_coverage: TargetCoverage = DEFAULTS["target_coverage"],
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
 ) -> None:
@@ -351,6 +355,10 @@ def predict(
             help="Also save each image with its top-k drawn on it into this folder, plus index.html."
         ),
     ] = None,
+    explain: Annotated[
+        Optional[Path],
+        typer.Option(help="Also save each image with a heatmap of where the model found its answer (PNG)."),
+    ] = None,
 ) -> None:
     """Top-k labels with probabilities for each image."""
     from headstart.estimator.classifier import load
@@ -381,6 +389,24 @@ def predict(
             results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
         )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+    if explain is not None:
+        _write_explanations(clf, [r["path"] for r in results if not r.get("error")], explain)
+
+
+def _write_explanations(clf: Any, paths: list[str], out_dir: Path) -> None:
+    """``predict --explain DIR``: an overlay PNG per image, of the model's most probable class."""
+    from headstart.data.images import decode_image, read_bytes
+    from headstart.reporting.overlay import overlay_name, write_overlay
+
+    written = 0
+    for i, path in enumerate(paths):
+        (e,) = clf.explain([path])
+        if e.heatmap is None or e.label is None:
+            continue
+        image = decode_image(read_bytes(path))
+        write_overlay(out_dir, overlay_name(path, e.label, i), image, e.heatmap)
+        written += 1
+    print(f"{written} explanation overlay(s) in {out_dir}", file=sys.stderr)
 
 
 def _write_stdout(text: str, errors: str) -> None:
@@ -455,6 +481,54 @@ def _answer_cell(result: dict[str, Any], shown: Callable[[str], str]) -> str:
     if result.get("unknown"):
         return f"[yellow]unknown{score}[/yellow]"
     return ", ".join(shown(label) for label in result.get("labels", [])) + score
+
+
+@app.command()
+def sort(
+    model: ModelFile,
+    photos: Annotated[Path, typer.Argument(help="Folder of photos to sort (read only, never written).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the class folders and sorted.csv.")],
+    mode: Annotated[
+        SortMode,
+        typer.Option(help="link: hard links (a copy where the file system cannot), copy, or symlink."),
+    ] = "link",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write sorted.csv only; place no file.")] = False,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes sharing the feature extraction (starts torchrun; 1: no launcher).")
+    ] = 1,
+) -> None:
+    """Sort the images under PHOTOS into OUT/<class>/ and OUT/_unknown/, listed in OUT/sorted.csv."""
+    from headstart.core.progress import ConsoleProgress, NullProgress
+    from headstart.estimator.classifier import load
+    from headstart.runs.sort import SortJob, sort_photos
+    from headstart.training.distributed import launch, launched_by_torchrun, process_group, without_flag
+
+    if nproc < 1:
+        raise ParameterError("nproc", f"must be at least 1 (got {nproc})")
+    if nproc > 1 and not launched_by_torchrun():  # each worker runs this command, less --nproc
+        raise typer.Exit(launch(nproc, without_flag(sys.argv[1:], "--nproc")))
+    clf = load(model, cache_dir=cache_dir, verbose=False)
+    k = len(clf.classes_)
+    job = SortJob(photos, out, mode, dry_run)
+    if launched_by_torchrun():  # every rank extracts its share of each batch; rank 0 writes
+        with process_group() as group:
+            job.writes = group.is_main
+            job.progress = ConsoleProgress() if group.is_main and not quiet else NullProgress()
+            summary = sort_photos(lambda paths: clf.predict_top_k(paths, k=k), clf.classes_, job)
+    else:
+        job.progress = NullProgress() if quiet else ConsoleProgress()
+        summary = sort_photos(lambda paths: clf.predict_top_k(paths, k=k), clf.classes_, job)
+    if job.writes and not quiet:
+        counts = ", ".join(f"{terminal_safe(f)} {n}" for f, n in sorted(summary.per_folder.items()))
+        how = ", ".join(f"{h} {n}" for h, n in sorted(summary.placed.items()) if n)
+        print(
+            f"sorted {summary.n_images - summary.n_skipped} of {summary.n_images} images into {out}: {counts}"
+            + (f" ({how})" if how else "")
+            + (f"; {summary.n_skipped} skipped (skipped.csv)" if summary.n_skipped else ""),
+            file=sys.stderr,
+        )
 
 
 @app.command()
@@ -606,6 +680,9 @@ def backbones(
         _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
     else:
         _write_stdout(backbone_table(listing) + "\n", "replace")
+
+
+app.command()(review)
 
 
 def main() -> None:

@@ -130,6 +130,14 @@ RejectOption = Annotated[
 TargetAccuracy = Annotated[
     float, typer.Option(help="--reject auto: the accuracy wanted on the images the model accepts.")
 ]
+TargetCoverage = Annotated[
+    float,
+    typer.Option(
+        help="--reject auto: the least share of known validation images accepted (0.95: the threshold "
+        "turns down up to 5% of them, so images unlike every class are turned down even when the model "
+        "is accurate; 1: --target-accuracy alone)."
+    ),
+]
 ProcessCount = Annotated[
     int,
     typer.Option(

@@ -56,6 +56,12 @@ from headstart.data.discovery import (
     require_data_path,
 )
 from headstart.estimator.auto import AutoResult, run_auto
+from headstart.estimator.explain import (
+    Explanation,
+    explain_images,
+    nearest_training_images,
+    write_error_gallery,
+)
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
     Split,
@@ -85,6 +91,7 @@ from headstart.estimator.multilabel import (
     restore_bundle_entry,
 )
 from headstart.estimator.neighbours import build_neighbours, model_features
+from headstart.estimator.openset import held_out_class_report
 from headstart.estimator.reliability import (
     Reliability,
     fit_reliability,
@@ -183,6 +190,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
     "target_accuracy": Interval(float, 0, 1, low_open=True),
+    "target_coverage": Interval(float, 0, 1, low_open=True),
 }
 
 
@@ -242,6 +250,9 @@ class ImageClassifier(BaseEstimator):
             nearest training image (``evaluation.reject``); the model keeps a bank of its
             training features for it.
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
+        target_coverage: ``reject="auto"``: the least share of known validation images accepted;
+            the threshold rises to turn down the rest even when the accuracy target needs none
+            (1: the accuracy target alone, the rule before this parameter).
     """
 
     # Fitted state (set by ``fit`` or ``load``).
@@ -288,6 +299,7 @@ class ImageClassifier(BaseEstimator):
         multi_label: bool | None = None,
         reject: str | float = "off",
         target_accuracy: float = 0.95,
+        target_coverage: float = 0.95,
     ) -> None:
         # scikit-learn's contract: store every parameter as given, under its own name; check in fit
         _store_parameters(self, locals())
@@ -506,6 +518,9 @@ class ImageClassifier(BaseEstimator):
             checks=checks,
             excluded=excluded,
         )
+        if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
+            with clock("explain_errors"):
+                write_error_gallery(self, writer.run_dir, test.paths, test.y, test.proba)
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _fit_reliability(
@@ -514,18 +529,30 @@ class ImageClassifier(BaseEstimator):
         """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
         the evaluated split's calibrated probabilities and metrics.json's sections about them."""
         tuned_val = outcome.val_proba if outcome is not None else None
-        neighbours = None
+        neighbours, model_x = None, None
         if self.reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
-            features = model_features(self, usable, outcome, log)
-            neighbours = build_neighbours(features, usable.y, split, self.seed)
+            model_x = model_features(self, usable, outcome, log)
+            neighbours = build_neighbours(model_x, usable.y, split, self.seed)
         rel = fit_reliability(
-            self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val, neighbours
+            self.head_,
+            usable,
+            split,
+            self.reject,
+            self.target_accuracy,
+            log,
+            tuned_val,
+            neighbours,
+            self.target_coverage,
         )
         self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
         self.reliability_, self.reject_bank_ = rel, rel.bank
         evaluated = split.mask(split.evaluated_on)
         features = neighbours.evaluated_features if neighbours is not None else None
         sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
+        if "reject" in sections and model_x is not None:
+            sections["reject"]["held_out_class"] = held_out_class_report(
+                self.head_, model_x, usable.y, split, self.classes_, rel, self.seed
+            )
         return apply_temperature(raw, rel.temperature), sections
 
     def _first_stage(
@@ -781,6 +808,18 @@ class ImageClassifier(BaseEstimator):
         out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
         return out
 
+    def explain(self, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
+        """Per image, the label explained (``label``, or the most probable class) and its class
+        activation map: (H, W) float32 in [0, 1] at the image's own size (``features.cam``)."""
+        self._check_fitted()
+        return explain_images(self, paths, label)
+
+    def neighbours(self, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
+        """The ``k`` training photos most like each image (from the reject option's neighbour
+        bank): ``[{"path", "label", "similarity"}]``, most similar first."""
+        self._check_fitted()
+        return nearest_training_images(self, paths, k)
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(
@@ -913,6 +952,7 @@ class ImageClassifier(BaseEstimator):
                 "threshold": threshold,
                 "score": score_kind(self._reject_bank()),
                 "target_accuracy": self.target_accuracy,
+                "target_coverage": self.target_coverage,
             }
         return meta
 

@@ -38,6 +38,7 @@ from headstart.data.images import read_bytes
 T = TypeVar("T")
 BUSY_RETRIES = 6  # attempts of an operation refused as busy, after the busy timeout each time
 FEATURE_FORMAT = 1
+STAMPS = "file_stamps"  # path -> (size, mtime, ctime, inode) the content hash was computed for
 STALE_AFTER_S = 600  # a temporary file in the (maybe shared) cache untouched this long is a killed write  # bump when what a cached vector means changes
 
 
@@ -146,13 +147,12 @@ class FeatureCache:
             "CREATE TABLE IF NOT EXISTS features (ns TEXT, key TEXT, dim INTEGER, "
             "crc TEXT, data BLOB, PRIMARY KEY (ns, key))"
         )
+        # file_stamps, not the older file_hashes (without ctime), which an older headstart sharing
+        # this cache still reads and writes: the two never touch each other's table
         db.execute(
-            "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER, "
-            "mtime_ns INTEGER, inode INTEGER, hash TEXT, ctime_ns INTEGER)"
+            f"CREATE TABLE IF NOT EXISTS {STAMPS} (path TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, hash TEXT)"
         )
-        columns = {row[1] for row in db.execute("PRAGMA table_info(file_hashes)")}
-        if "ctime_ns" not in columns:  # a cache of an older headstart: its rows are hashed again once
-            db.execute("ALTER TABLE file_hashes ADD COLUMN ctime_ns INTEGER")
         db.execute("SELECT count(*) FROM features LIMIT 1").fetchone()
         return db
 
@@ -241,8 +241,7 @@ class FeatureCache:
                 chunk = [_db_text(p) for p in paths[i : i + 500]]
                 marks = ",".join("?" * len(chunk))
                 for path, size, mtime, ctime, inode, h in self._read(
-                    f"SELECT path, size, mtime_ns, ctime_ns, inode, hash FROM file_hashes "
-                    f"WHERE path IN ({marks})",
+                    f"SELECT path, size, mtime_ns, ctime_ns, inode, hash FROM {STAMPS} WHERE path IN ({marks})",
                     chunk,
                 ):
                     found[original.get(path, path)] = (size, mtime, ctime, inode, h)
@@ -252,7 +251,7 @@ class FeatureCache:
         """Store ``(path, size, mtime_ns, ctime_ns, inode, hash)`` rows for ``known_hashes``."""
         stored = [(_db_text(p), size, mtime, ctime, inode, h) for p, size, mtime, ctime, inode, h in rows]
         sql = (
-            "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, ctime_ns, inode, hash) "
+            f"INSERT OR REPLACE INTO {STAMPS} (path, size, mtime_ns, ctime_ns, inode, hash) "
             "VALUES (?, ?, ?, ?, ?, ?)"
         )
         with self._lock, self._guard():
