@@ -7,7 +7,7 @@ and the head's saved arrays), so the exported graph computes what ``headstart pr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def scored_head(classify: Module, bank: np.ndarray) -> Module:
 
 def classifier_module(
     backbone: Backbone | FeatureSpec, head: Head, temperature: float = 1.0, bank: np.ndarray | None = None
-) -> Any:
+) -> Module:
     """uint8 (N, H, W, 3) pixels -> (N, C) calibrated probabilities, in eval mode; its parts are
     named ``features`` and ``head`` (so are the exported graph's nodes). A ``FeatureSpec`` brings its
     multi-layer features, mirror (TTA) and ensemble members into the graph. With a neighbour

@@ -31,7 +31,7 @@ not cropped, so the map covers the whole photo; it is then resized to the photo'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -107,7 +107,7 @@ def class_map(spec: FeatureSpec, weights: np.ndarray, image: Image.Image) -> np.
     columns = spec.columns
     full[np.arange(len(full)) if columns is None else columns] = weights
     grid: tuple[int, int] | None = None
-    total: Any = None
+    total: Tensor | None = None
     offset = 0
     with torch.no_grad():
         for i, member in enumerate(spec.members):
@@ -124,6 +124,7 @@ def class_map(spec: FeatureSpec, weights: np.ndarray, image: Image.Image) -> np.
                 views.append(torch.flip(mirrored, dims=[1]))
             view_mean = torch.stack(views).mean(0)
             total = view_mean if total is None else total + view_mean
+    assert total is not None, "a feature spec has at least one member"
     return to_unit_heatmap(total.numpy(), image.size)
 
 

@@ -114,7 +114,7 @@ def _numbers(value: object, n: int) -> bool:
     )
 
 
-def _data_config_problem(cfg: Any) -> str:
+def _data_config_problem(cfg: object) -> str:
     if not isinstance(cfg, dict) or not set(cfg) <= DATA_CONFIG_KEYS:
         return f"backbone data_config must be an object with keys among {sorted(DATA_CONFIG_KEYS)}"
     size = cfg.get("input_size")
@@ -134,7 +134,7 @@ def _data_config_problem(cfg: Any) -> str:
     return ""
 
 
-def _backbone_problem(b: Any) -> str:
+def _backbone_problem(b: object) -> str:
     if not isinstance(b, dict):
         return "'backbone' must be an object"
     if not (isinstance(b.get("name"), str) and 0 < len(b["name"]) <= 200):
@@ -219,5 +219,5 @@ def _reliability_problem(head: dict[str, Any]) -> str:
     return ""
 
 
-def _is_row(row: Any) -> bool:
+def _is_row(row: object) -> bool:
     return isinstance(row, list) and len(row) == 3 and all(isinstance(v, str) for v in row)

@@ -206,7 +206,7 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn`` inside :func:`process_group` (a decorator for the estimator's fit)."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
+    def wrapper(*args: object, **kwargs: object) -> T:
         with process_group():
             return fn(*args, **kwargs)
 
