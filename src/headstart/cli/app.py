@@ -393,7 +393,7 @@ def predict(
         _write_explanations(clf, [r["path"] for r in results if not r.get("error")], explain)
 
 
-def _write_explanations(clf: Any, paths: list[str], out_dir: Path) -> None:
+def _write_explanations(clf: ImageClassifier, paths: list[str], out_dir: Path) -> None:
     """``predict --explain DIR``: an overlay PNG per image, of the model's most probable class."""
     from headstart.data.images import decode_image, read_bytes
     from headstart.reporting.overlay import overlay_name, write_overlay
