@@ -113,13 +113,8 @@ from headstart.features.engines import check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
-from headstart.models.bundle import (
-    bundle_reject,
-    bundle_temperature,
-    library_versions,
-    load_bundle,
-    save_bundle,
-)
+from headstart.models.bundle import library_versions, load_bundle, save_bundle
+from headstart.models.card import ModelCard
 from headstart.models.heads import Head, restore_head
 from headstart.runs.writer import (
     Predictions,
@@ -931,7 +926,7 @@ class ImageClassifier(BaseEstimator):
         bank = self._reject_bank()
         if bank is not None:
             head_arrays[BANK_ARRAY] = bank
-        return save_bundle(path, meta, state, head_arrays)
+        return save_bundle(path, ModelCard.from_meta(meta), state, head_arrays)
 
     def _reliability(self) -> Reliability:
         """The fitted temperature and the reject threshold in force."""
@@ -968,24 +963,23 @@ class ImageClassifier(BaseEstimator):
     def load(cls, path: str | Path, **overrides: Any) -> ImageClassifier:
         """A saved bundle (``model.safetensors`` or its run folder); ``overrides`` set parameters
         such as ``cache_dir``, ``engine`` or ``verbose``."""
-        meta, state, head_arrays = load_bundle(path)
-        b = meta["backbone"]
-        settings = meta.get("settings", {})
+        card, state, head_arrays = load_bundle(path)
+        settings = card.settings
         params = {
-            "strategy": meta.get("strategy", FEATURE_EXTRACTION),
-            "backbone": b["name"],
-            "head": meta["head"]["name"],
-            "seed": settings.get("seed", 0),
-            "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
-            "top_k": settings.get("top_k", 3),
-            "feature_precision": settings.get("feature_precision", "auto"),
-            **saved_reject_params(meta),
+            "strategy": card.strategy,
+            "backbone": card.backbone.name,
+            "head": card.head.name,
+            "seed": settings.seed,
+            "split": tuple(settings.split),
+            "top_k": settings.top_k,
+            "feature_precision": settings.feature_precision,
+            **saved_reject_params(card),
         }
         try:
-            spec = spec_from_bundle(meta, state)
-            bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
-            head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
-            _check_head_shape(head, spec.width, len(meta["classes"]))
+            spec = spec_from_bundle(card, state)
+            bank = restore_bank(card.reject_score, head_arrays, spec.width)
+            head = restore_head(card.head.name, head_arrays, card.head.params)
+            _check_head_shape(head, spec.width, len(card.classes))
         except HeadstartError:
             raise
         except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
@@ -995,14 +989,16 @@ class ImageClassifier(BaseEstimator):
         params.update(backbone=spec.name, features=spec.layers, tta=spec.tta)
         clf = cls(**{**params, **overrides})
         clf.features_, clf.backbone_, clf.head_ = spec, spec.members[0], head
-        clf.classes_ = list(meta["classes"])
+        clf.classes_ = list(card.classes)
         clf.strategy_ = params["strategy"]
+        meta = card.to_meta()
         clf.split_ = meta.get("split") or {}
         clf.metrics_ = meta.get("metrics", {})
+        clf.card_ = card
         clf.meta_ = meta
-        restore_bundle_entry(clf, meta)
-        clf.temperature_ = bundle_temperature(meta)
-        clf.reject_threshold_ = bundle_reject(meta).get("threshold")
+        restore_bundle_entry(clf, card)
+        clf.temperature_ = card.temperature
+        clf.reject_threshold_ = card.reject_threshold
         clf.reject_bank_ = bank
         return clf
 

@@ -46,6 +46,7 @@ from headstart.evaluation.multilabel import (
 from headstart.features.extractor import ExtractionResult
 from headstart.models.backbones import Backbone
 from headstart.models.bundle import library_versions
+from headstart.models.card import ModelCard
 from headstart.models.multilabel import MULTILABEL_HEAD, MultiLabelLogisticHead
 from headstart.runs.multilabel import write_multilabel_evaluation, write_multilabel_run
 from headstart.runs.writer import Predictions, RunWriter, TrainingRun
@@ -350,9 +351,9 @@ def bundle_entry(clf: ImageClassifier) -> dict[str, Any]:
     }
 
 
-def restore_bundle_entry(clf: ImageClassifier, meta: dict[str, Any]) -> None:
+def restore_bundle_entry(clf: ImageClassifier, card: ModelCard) -> None:
     """``multi_label_`` and ``thresholds_`` of a loaded bundle."""
-    entry = meta.get("multi_label")
-    clf.multi_label_ = isinstance(entry, dict)
-    if isinstance(entry, dict):
-        clf.thresholds_ = np.asarray(entry["thresholds"], dtype=np.float64)
+    entry = card.multi_label
+    clf.multi_label_ = entry is not None
+    if entry is not None:
+        clf.thresholds_ = np.asarray(entry.thresholds, dtype=np.float64)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart.core.choices import FEATURE_LAYERS
+from headstart.core.choices import TTA_CHOICES as TTA_CHOICES  # callers import it from here too
 
 if TYPE_CHECKING:
     from torch.nn import Module

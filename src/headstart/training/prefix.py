@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.core.runtimes import compile_openvino
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -91,7 +92,6 @@ class OpenVinoPrefixRunner(PrefixRunner):
     def __init__(
         self, stages: list[Module], precision: str, batch_size: int, size: tuple[int, int], threads: int
     ):
-        import openvino as ov
         import torch
 
         self.precision, self.batch_size = precision, batch_size
@@ -109,8 +109,7 @@ class OpenVinoPrefixRunner(PrefixRunner):
                 torch.onnx.export(
                     prefix, (example,), str(path), input_names=["x"], opset_version=17, dynamo=False
                 )
-            core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            self.compiled = compile_openvino(path, config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: Tensor) -> Tensor:
