@@ -219,3 +219,19 @@ ServePrecision = Annotated[
         "or fp32 (exact, slower)."
     ),
 ]
+CorrectionsFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A CSV path,action,label of relabels (action relabel, label the true class) and exclusions "
+        "(action exclude), e.g. the review app's or the doctor's corrections.csv. Your files are not touched."
+    ),
+]
+FromRun = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--from",
+        help="Train with this earlier run's recipe (its winner's strategy, backbone, features, head, "
+        "fine-tuning settings; no search) and keep its split for every image still there. Flags you give "
+        "override the recipe.",
+    ),
+]

@@ -67,6 +67,7 @@ from headstart.data.loaders import loader_workers, train_loader
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
 from headstart.estimator.fitting import Log, Split, Usable, fit_head
 from headstart.estimator.layers import choose_layers
+from headstart.estimator.paired import prefer_cheaper
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.cache import FeatureCache
 from headstart.features.composite import FeatureSpec, create_feature_spec
@@ -659,8 +660,9 @@ def finish(search: Search) -> AutoResult:
     """The winner becomes the model: ``clf``'s parameters set to its own, its head refitted
     (probe) or its tuned network kept (fine-tuning); the test split is evaluated afterwards."""
     clf, split = search.clf, search.split
-    winner = search.best()
-    reason = _why(search, winner)
+    best, y_val = search.best(), search.usable.y[split.mask("val")]
+    winner, paired = prefer_cheaper(best, search.candidates[0], y_val)
+    reason = _why(search, best) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")
     search.log(f"auto: the winner is {winner.name} {winner.params}: {reason}")
@@ -678,6 +680,7 @@ def finish(search: Search) -> AutoResult:
         "winner": winner.name,
         "winner_params": winner.params,
         "why": reason,
+        "paired": paired,
     }
     members = [search.named(n) for n in winner.params.get("members", [winner.name])]
     params = {k: v for k, v in winner.params.items() if k in clf.get_params() and k != "epochs"}
@@ -710,6 +713,18 @@ def _why(search: Search, winner: Candidate) -> str:
         f"highest validation accuracy {winner.val_accuracy:.4f} (next: {runner.name} {runner.val_accuracy:.4f}"
         + ("; a tie goes to the candidate tried first" if tie else "")
         + ")"
+    )
+
+
+def _paired_note(paired: dict[str, Any]) -> str:
+    """The paired test in the winner's line: how sure, and whether it kept the probe."""
+    if "p_value" not in paired:
+        return ""
+    verdict = "beyond noise" if paired["beyond_noise"] else "not beyond noise: the cheaper probe is kept"
+    return (
+        f"; against {paired['against']} on the same {paired['n_val']} validation images {paired['best']} "
+        f"fixes {paired['best_fixes']}, breaks {paired['best_breaks']} (exact McNemar p = {paired['p_value']:.3g}, "
+        f"{verdict})"
     )
 
 

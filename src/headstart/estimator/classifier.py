@@ -81,6 +81,7 @@ from headstart.estimator.fitting import (
     split_samples,
     usable_samples,
 )
+from headstart.estimator.iteration import corrected_data, kept_splits
 from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
 from headstart.estimator.multilabel import (
     bundle_entry,
@@ -116,6 +117,7 @@ from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
 from headstart.models.bundle import library_versions, load_bundle, save_bundle
 from headstart.models.card import ModelCard
 from headstart.models.heads import Head, restore_head
+from headstart.runs.recipe import read_recipe
 from headstart.runs.writer import (
     Predictions,
     ReportSettings,
@@ -186,6 +188,8 @@ CONSTRAINTS: dict[str, Constraint] = {
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
     "target_accuracy": Interval(float, 0, 1, low_open=True),
     "target_coverage": Interval(float, 0, 1, low_open=True),
+    "corrections": Optional(PATH),
+    "split_from": Optional(PATH),
 }
 
 
@@ -248,6 +252,10 @@ class ImageClassifier(BaseEstimator):
         target_coverage: ``reject="auto"``: the least share of known validation images accepted;
             the threshold rises to turn down the rest even when the accuracy target needs none
             (1: the accuracy target alone, the rule before this parameter).
+        corrections: a CSV ``path,action,label`` of relabels and exclusions, applied to the
+            data as discovered (the files are untouched; see ``data.corrections``).
+        split_from: an earlier run folder: every image it recorded keeps its split there (see
+            :meth:`from_run`, which also takes its recipe).
     """
 
     # Fitted state (set by ``fit`` or ``load``).
@@ -295,6 +303,8 @@ class ImageClassifier(BaseEstimator):
         reject: str | float = "off",
         target_accuracy: float = 0.95,
         target_coverage: float = 0.95,
+        corrections: str | Path | None = None,
+        split_from: str | Path | None = None,
     ) -> None:
         # scikit-learn's contract: store every parameter as given, under its own name; check in fit
         _store_parameters(self, locals())
@@ -335,7 +345,7 @@ class ImageClassifier(BaseEstimator):
         from another working folder."""
         out: dict[str, Any] = {}
         for name, value in self.get_params().items():
-            if isinstance(value, (str, Path)) and name == "exclude":
+            if isinstance(value, (str, Path)) and name in ("exclude", "corrections", "split_from"):
                 value = str(Path(value).expanduser().resolve())
             elif isinstance(value, Path):
                 value = str(value)
@@ -419,6 +429,14 @@ class ImageClassifier(BaseEstimator):
             params["split"] = tuple(params["split"])
         return cls(**params)._fit(config["data"], run_dir, resume=True, on_epoch_end=on_epoch_end)
 
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **overrides: Any) -> ImageClassifier:
+        """A classifier with ``run_dir``'s recipe (auto's winner, resolved: strategy, backbone,
+        features, head and its C, fine-tuning settings; no search) that keeps its split for
+        every image still in the data; ``overrides`` replace any parameter."""
+        recipe = read_recipe(run_dir)
+        return cls(**{**recipe.params, "split_from": recipe.run_dir, **overrides})
+
     @in_process_group  # under torchrun: every rank fits, rank 0 writes (see training.distributed)
     def _fit(
         self,
@@ -457,7 +475,8 @@ class ImageClassifier(BaseEstimator):
             with clock("data_check"):
                 checks = check_data(usable, writer)
         with clock("split"):
-            split = split_samples(usable.samples, self.split, self.seed, checks)
+            recorded = kept_splits(self.split_from, dataset, usable.samples)
+            split = split_samples(usable.samples, self.split, self.seed, checks, usable.hashes, recorded)
         stage = self._first_stage(usable, split, writer, started, result, on_epoch_end, clock)
         head, fit_info, usable, auto = stage
         self.head_, self.classes_ = head, usable.classes
@@ -645,6 +664,8 @@ class ImageClassifier(BaseEstimator):
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
+            dataset, dropped = corrected_data(dataset, self.corrections, writer)
+            excluded += dropped
         with clock("backbone"):
             self.features_ = create_feature_spec(
                 self.backbone, self.weights, self.features, self.tta, FeatureCache(self.cache_dir).root
@@ -690,7 +711,7 @@ class ImageClassifier(BaseEstimator):
                 model["head"]["fit"] = {**fit_info, "refit_on_train_val": True}
         if checks is not None:
             extra["data_checks"] = data_check_summary(
-                checks, usable.samples, split, self.split, self.seed, excluded
+                checks, usable.samples, split, self.split, self.seed, excluded, usable.hashes
             )
         self.metrics_ = build_metrics(
             scores, split.evaluated_on, split.evaluated_on, model, data, clock.timings, extra

@@ -68,6 +68,7 @@ STALE_FILES = (
     TENSORBOARD_DIR,
     "duplicate_groups.csv",
     "excluded.csv",
+    "corrections_applied.csv",
 )
 logger = logging.getLogger(__name__)
 
