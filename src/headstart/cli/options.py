@@ -138,6 +138,14 @@ TargetCoverage = Annotated[
         "is accurate; 1: --target-accuracy alone)."
     ),
 ]
+ReportHeatmaps = Annotated[
+    bool,
+    typer.Option(
+        "--report-heatmaps",
+        help="Show each misclassified test image's class activation map in the report (runs the "
+        "network once more per error, in torch: seconds on a warm re-run).",
+    ),
+]
 ProcessCount = Annotated[
     int,
     typer.Option(

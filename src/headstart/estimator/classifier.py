@@ -174,6 +174,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "exclude": Optional(AnyOf(PATH, Check(_is_exclude_list, "a list of paths"))),
     "check_data": InstanceOf((bool,), "True or False"),
     "report_map": Options(*REPORT_MAPS),
+    "report_heatmaps": InstanceOf((bool,), "True or False"),
     "unfreeze": Pattern(r"head|half|all|last:\d+", "head, last:N, half or all"),
     "epochs": Interval(int, 1),
     "lr": Interval(float, 0, low_open=True),
@@ -229,6 +230,10 @@ class ImageClassifier(BaseEstimator):
         exclude: files to leave out: a text/CSV file of paths, a ``doctor.json``, or a list.
         check_data: quick data check; duplicate groups stay on one side of the split.
         report_map: the map in ``RUN_DIR/report.html``: ``tsne``, ``pca`` or ``none``.
+        report_heatmaps: the report's misclassified gallery shows each error's class activation
+            map (``explain``). Off by default: the network runs once more per error in torch,
+            which costs a warm re-run several times its other work; the nearest training photos
+            are shown either way.
         unfreeze: fine-tuning: ``head``, ``last:N`` (block groups), ``half`` or ``all``.
         epochs: fine-tuning: most epochs (early stopping may end sooner).
         lr: fine-tuning: the head's learning rate; backbone layers get less.
@@ -289,6 +294,7 @@ class ImageClassifier(BaseEstimator):
         exclude: str | Path | Sequence[str] | None = None,
         check_data: bool = True,
         report_map: str = "tsne",
+        report_heatmaps: bool = False,
         unfreeze: str = "last:2",
         epochs: int = 4,
         lr: float = 1e-3,
@@ -534,7 +540,9 @@ class ImageClassifier(BaseEstimator):
         )
         if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
             with clock("explain_errors"):
-                write_error_gallery(self, writer.run_dir, test.paths, test.y, test.proba)
+                write_error_gallery(
+                    self, writer.run_dir, test.paths, test.y, test.proba, heatmaps=self.report_heatmaps
+                )
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _fit_reliability(

@@ -95,12 +95,13 @@ def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -
 
 
 def write_error_gallery(
-    clf: Any, run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray
+    clf: Any, run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray, heatmaps: bool = True
 ) -> int:
     """For the report's misclassified gallery: each shown error's heatmap overlay (of the class
     it was taken for) in ``run_dir/errors/`` and its nearest training photos, listed in
     ``run_dir/errors.csv``; the report reads them (it never loads a model). A head with no exact
-    map gets no overlay, a model with no neighbour bank no neighbours. The number of errors."""
+    map (or ``heatmaps`` False) gets no overlay, a model with no neighbour bank no neighbours. The
+    number of errors."""
     import json
 
     from headstart.core.io import write_rows
@@ -117,7 +118,7 @@ def write_error_gallery(
     chosen = [str(paths[i]) for i in wrong[:MAX_MISCLASSIFIED]]
     if not chosen:
         return 0
-    linear = hasattr(clf.head_, "coef") and hasattr(clf.head_, "scale")
+    linear = heatmaps and hasattr(clf.head_, "coef") and hasattr(clf.head_, "scale")
     explained: list[Explanation | None] = [None] * len(chosen)
     if linear:  # each error explained for the class it was taken for (known: no second pass)
         taken_for = [int(predicted[i]) for i in wrong[: len(chosen)]]
