@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import COLORS, make_class_folders, make_image
+from sklearn.base import clone
 
 import headstart
 from headstart.estimator import auto
@@ -71,6 +72,37 @@ def test_the_test_split_is_not_scored_before_the_winner_is_chosen(tmp_path, monk
     chosen = events.index("winner chosen")
     assert "test-sized" not in events[:chosen] and "test-sized" in events[chosen:]
     assert clf.auto_["n_val"] == 12 and clf.metrics_["evaluated_on"] == "test"
+
+
+def test_auto_leaves_the_parameters_as_given_and_keeps_the_winner_in_best_params(tmp_path, monkeypatch):
+    """scikit-learn's search contract: ``fit`` never rewrites the user's parameters, so
+    ``clone`` after ``fit`` is the estimator before it; the winner's are ``best_params_`` and the
+    fitted model (its features, predictions and bundle) is the winner's."""
+    data = make_class_folders(tmp_path / "colors", per_class=8)
+    monkeypatch.setattr(auto, "FINETUNE_DEPTHS", ())
+    real_best = auto.Search.best
+
+    def best(self):  # probe-tta forced to win: its parameters differ from the user's
+        tta = [c for c in self.eligible() if c.name == "probe-tta"]
+        return tta[0] if tta else real_best(self)
+
+    monkeypatch.setattr(auto.Search, "best", best)
+    monkeypatch.setattr(
+        auto,
+        "_planned",
+        lambda search: [auto.Candidate("probe-tta", "probe", auto.CandidateParams(tta="flip"), 1.0)],
+    )
+    clf = ImageClassifier(strategy="auto", time_budget=600.0, **FAST)  # ends when the candidates do
+    before = clone(clf).get_params()
+    clf.fit(data, out_dir=tmp_path / "run")
+    assert clone(clf).get_params() == before == clf.get_params()
+    assert clf.auto_["winner"] == "probe-tta", statuses(clf)
+    assert clf.best_params_ == {"tta": "flip"}
+    assert clf.features_.tta == "flip" and clf.tta == "none"
+    files = sorted(data.rglob("*.jpg"))[:4]
+    loaded = headstart.load(tmp_path / "run", verbose=False)  # the winner's features, as fitted
+    assert loaded.features_.tta == "flip"
+    assert np.allclose(loaded.predict_proba(files), clf.predict_proba(files), atol=1e-4)
 
 
 @pytest.mark.slow  # extracts with a second backbone and the ensemble
@@ -172,7 +204,8 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
         auto,
         "_planned",
         lambda search: [
-            auto.Candidate(f"finetune:{d}", "finetune", {"unfreeze": d, "epochs": 1}, 1.0) for d in depths
+            auto.Candidate(f"finetune:{d}", "finetune", auto.CandidateParams(unfreeze=d, epochs=1), 1.0)
+            for d in depths
         ],
     )
     monkeypatch.setattr(
@@ -181,11 +214,7 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     real_best = auto.Search.best
 
     def best(self):
-        combined = [
-            c
-            for c in self.eligible()
-            if c.params.get("tta") == "flip" and len(c.params.get("members", [])) == 2
-        ]
+        combined = [c for c in self.eligible() if c.params.tta == "flip" and len(c.params.members or ()) == 2]
         return combined[0] if combined else real_best(self)
 
     monkeypatch.setattr(auto.Search, "best", best)
@@ -201,7 +230,8 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     winner = next(c for c in combined if c["name"] == clf.auto_["winner"])
     assert set(winner["params"]["members"]) == names and winner["params"]["tta"] == "flip"
     spec = clf.features_
-    assert len(spec.members) == 2 and spec.tta == "flip" and clf.tta == "flip"
+    assert len(spec.members) == 2 and spec.tta == "flip" and clf.best_params_["tta"] == "flip"
+    assert clf.tta == "none"  # the user's parameter, as given
     assert spec.members[0].key != spec.members[1].key  # two different tuned networks
     test_paths = clf.test_["paths"]
     np.testing.assert_allclose(clf.predict_proba(test_paths), clf.test_["proba"], atol=2e-3)

@@ -36,7 +36,7 @@ from headstart.core.params import (
 )
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
-from headstart.estimator.auto import AutoResult, run_auto
+from headstart.estimator.auto import AutoContext, AutoResult, run_auto
 from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
 from headstart.estimator.fitting import (
     Split,
@@ -339,7 +339,11 @@ class ImageClassifier(BaseEstimator):
         )
 
     def _extract(self, paths: Sequence[str | Path]) -> ExtractionResult:
-        extractor = self._extractor(self._feature_spec())
+        return self._extract_with(self._feature_spec(), paths)
+
+    def _extract_with(self, spec: FeatureSpec, paths: Sequence[str | Path]) -> ExtractionResult:
+        """``paths`` extracted with ``spec`` by this classifier's engine, cache and batches."""
+        extractor = self._extractor(spec)
         files = [str(p) for p in paths]
         # one backbone's plain features are shared among torchrun's ranks; composites run whole
         return (
@@ -517,9 +521,32 @@ class ImageClassifier(BaseEstimator):
             return head, fit_info, usable, None
         rate = result.new_images_per_s if result.n_extracted >= 50 else None
         with clock("auto"):
-            auto = run_auto(self, usable, split, writer, started, rate, on_epoch_end)
-        self.strategy_, self.auto_ = auto.strategy, auto.record
+            auto = run_auto(self._auto_context(on_epoch_end), usable, split, writer, started, rate)
+        self.strategy_, self.auto_, self.best_params_ = auto.strategy, auto.record, auto.best_params
+        self.features_, self.backbone_ = auto.spec, auto.spec.members[0]
+        if auto.probe_backbone is not None:
+            self.probe_backbone_ = auto.probe_backbone
         return auto.head, auto.fit_info, auto.usable, auto
+
+    def _auto_context(self, on_epoch_end: EpochCallback | None) -> AutoContext:
+        """The user's parameters, read once: the search builds its candidates from them and
+        never changes them (the winner's are ``best_params_``)."""
+        return AutoContext(
+            backbone=self.backbone,
+            weights=self.weights,
+            features=self.features,
+            tta=self.tta,
+            head=self.head,
+            head_params=self.head_params,
+            seed=self.seed,
+            time_budget=self.time_budget,
+            cache_root=FeatureCache(self.cache_dir).root,
+            finetune=self._finetune_settings(),
+            verbose=self.verbose,
+            spec=self._feature_spec(),
+            extract=self._extract_with,
+            on_epoch_end=on_epoch_end,
+        )
 
     def _start_finetune_run(self, data: str | Path | Dataset, writer: RunWriter, resume: bool) -> None:
         """A resume needs a checkpoint; a new run records its data and parameters first."""
