@@ -51,7 +51,6 @@ budget during a fine-tuning candidate), the search keeps the best candidate so f
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -61,8 +60,6 @@ from typing import Any
 import numpy as np
 
 from headstart.core.errors import HeadstartError
-from headstart.core.system import compute_threads
-from headstart.data.loaders import loader_workers, train_loader
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
 from headstart.estimator.fitting import Log, Split, Usable, fit_head
 from headstart.estimator.layers import choose_layers
@@ -72,10 +69,8 @@ from headstart.features.extractor import ExtractionResult
 from headstart.features.store import FeatureStore
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head, averaged_linear_head
-from headstart.training.distributed import current as current_job
-from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
-from headstart.training.network import freeze, make_network, set_train_mode
-from headstart.training.settings import resolve_precision
+from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings
+from headstart.training.throughput import MEASURE_BATCH_SIZE, measure_training
 
 DEFAULT_TIME_BUDGET_S = 180.0  # strategy="auto" without a time_budget: the README's whole quick-start line
 # (pip install, train, evaluate, predict) must stay under 5 minutes on 2 cores; install and the
@@ -97,7 +92,6 @@ PRIORS = {
 EXTRACTION_COST = {"probe-multi": 1.0, "probe-tta": 2.0, "probe-backbone": 2.5, "probe-ensemble": 2.5}
 DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction came from the cache
 MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
-MEASURE_BATCH_SIZE = 16
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
 ENSEMBLE_MAX = 3  # fine-tuned networks averaged at most (each one more network at prediction)
 # Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
@@ -439,55 +433,6 @@ def _measure_throughput(search: Search) -> None:
     search.log(
         f"auto: fine-tuning throughput measured in {search.measure_seconds:.0f} s: {line} (per epoch, with the x{MEASURED_TO_EPOCH} allowance)"
     )
-
-
-def measure_training(
-    backbone: Backbone, probe: Head, items: list[tuple[str, int]], unfreeze: str, settings: FineTuneSettings
-) -> dict[str, float]:
-    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` (the
-    median batch after the first, which pays for the loader's start and the kernels' warm-up)
-    and of evaluation (the faster of two batches). The first fine-tuning epochs then correct
-    these estimates (see ``_calibrate``). Measured where the fine-tuning will run (a GPU where
-    torch sees one)."""
-    import torch
-
-    torch.set_num_threads(compute_threads(None))
-    device = current_job().device
-    precision = resolve_precision(settings.precision, device)
-    model = copy.deepcopy(backbone.model)
-    freeze(model, unfreeze)
-    network = make_network(model, backbone.data_config, probe).to(device, memory_format=torch.channels_last)
-    set_train_mode(network, True)
-    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-6)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    workers = loader_workers(settings.workers, accelerator=device != "cpu")
-    loader, _ = train_loader(
-        items, settings.augment, backbone.data_config, MEASURE_BATCH_SIZE, workers, settings.seed
-    )
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    timed, last = [], time.perf_counter()
-    for pixels, labels in loader:
-        pixels, labels = pixels.to(device), labels.to(device)
-        with autocast(precision, device.split(":")[0]):
-            loss = loss_fn(network(pixels).float(), labels.clamp(min=0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sync()
-        now = time.perf_counter()
-        timed.append((now - last) / len(labels))
-        last = now
-    network.eval()
-    evaluated = []
-    with torch.inference_mode(), autocast(precision, device.split(":")[0]):
-        for _ in range(2):
-            t0 = time.perf_counter()
-            network(pixels)
-            sync()
-            evaluated.append((time.perf_counter() - t0) / len(pixels))
-    eval_s = min(evaluated)
-    train_s = float(np.median(timed[1:])) if len(timed) > 1 else 4 * eval_s
-    return {"train_s": train_s, "eval_s": eval_s}
 
 
 # ---------------------------------------------------------------------- running candidates
