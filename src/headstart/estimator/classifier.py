@@ -36,65 +36,62 @@ from headstart.core.params import (
 )
 from headstart.data.augment import PRESETS
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
-from headstart.estimator.auto import AutoContext, AutoResult, run_auto
-from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
+from headstart.estimator.auto import AutoContext, run_auto
+from headstart.estimator.finetune import FineTuneJob
+from headstart.estimator.fitted import FittedModel, fitted_from_bundle, model_info, saved_parameters
 from headstart.estimator.fitting import (
     Split,
     Stopwatch,
     Usable,
     build_metrics,
     check_data,
-    data_check_summary,
-    data_info,
     discover_data,
-    extraction_info,
-    fit_head,
     head_summary,
     now_utc,
     score,
-    split_record,
     split_samples,
     usable_samples,
 )
-from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
+from headstart.estimator.layers import check_feature_options, model_features_info
 from headstart.estimator.multilabel import (
+    MultiLabelSettings,
     bundle_entry,
     evaluate_multilabel,
     fit_multilabel,
     multilabel_items,
     predicted_label_sets,
-    restore_bundle_entry,
 )
-from headstart.estimator.neighbours import build_neighbours, model_features
-from headstart.estimator.reliability import (
-    Reliability,
-    fit_reliability,
-    reliability_sections,
-    saved_reject_params,
+from headstart.estimator.reliability import Reliability, reliability_sections, saved_reject_params
+from headstart.estimator.stages import (
+    FitContext,
+    RunRecord,
+    Stage,
+    auto_stage,
+    finetune_stage,
+    finish,
+    probe_stage,
 )
 from headstart.evaluation.answers import UNKNOWN, answer
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.reject import BANK_ARRAY, reject_scores, restore_bank, score_kind
+from headstart.evaluation.reject import BANK_ARRAY, reject_scores, score_kind
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.composite import (
     CompositeExtractor,
     FeatureSpec,
     build_extractor,
     create_feature_spec,
-    spec_from_bundle,
 )
 from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
 from headstart.models.bundle import (
-    bundle_reject,
-    bundle_temperature,
     library_versions,
     load_bundle,
     save_bundle,
 )
-from headstart.models.heads import Head, restore_head
+from headstart.models.heads import Head
+from headstart.runs.multilabel import write_multilabel_run
 from headstart.runs.writer import (
     Predictions,
     ReportSettings,
@@ -423,37 +420,51 @@ class ImageClassifier(BaseEstimator):
                 checks = check_data(usable, writer)
         with clock("split"):
             split = split_samples(usable.samples, self.split, self.seed, checks)
-        stage = self._first_stage(usable, split, writer, started, result, on_epoch_end, clock)
-        head, fit_info, usable, auto = stage
-        self.head_, self.classes_ = head, usable.classes
+        ctx = FitContext(usable, split, writer, clock, self._extract_with, self.seed)
+        stage = self._head_stage(ctx, started, result, on_epoch_end)
+        if self.strategy == FINETUNE:
+            stage = finetune_stage(ctx, self._finetune_job(writer, resume, started, on_epoch_end), stage)
+        record = RunRecord(dataset, excluded, result, checks, self.split, self.top_k)
+        fitted, proba = finish(ctx, stage, record, self.reject, self.target_accuracy)
+        self._adopt(fitted)
+        self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
         evaluated = split.mask(split.evaluated_on)
-        with clock("evaluate"):
-            outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
-            outcome = auto.outcome if auto else outcome
-            if outcome is not None and outcome.proba is None:  # a tuned network: scored as predict will
-                outcome = scored_as_predicted(outcome, self._extract, usable, split)
-            raw = (
-                outcome.proba
-                if outcome and outcome.proba is not None
-                else head.predict_proba(usable.features[evaluated])
-            )
-        with clock("calibrate"):
-            proba, reliability = self._fit_reliability(usable, split, outcome, raw, writer)
-        scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)
-        self._record(dataset, excluded, usable, result, split, checks, fit_info, scores, outcome, clock)
-        self.metrics_.update(reliability)
-        self.test_ = {
-            "paths": [s.path for s, m in zip(usable.samples, evaluated) if m],
-            "y": usable.y[evaluated],
-            "proba": proba,
-        }
+        paths = [s.path for s, m in zip(stage.usable.samples, evaluated) if m]
+        self.test_ = {"paths": paths, "y": stage.usable.y[evaluated], "proba": proba}
+        scores = fitted.metrics[split.evaluated_on]
         writer(
             f"{split.evaluated_on} accuracy {scores['accuracy']:.4f} on {scores['n']} images (top-{scores['top_k']} "
-            f"{scores['top_k_accuracy']:.4f}); head {self.head} {head_summary(fit_info)}"
+            f"{scores['top_k_accuracy']:.4f}); head {self.head} {head_summary(stage.fit_info)}"
         )
-        test = Predictions(self.test_["paths"], self.test_["y"], proba, usable.features[evaluated])
-        self._write_run(writer, dataset, excluded, usable, split, checks, test, clock)
+        test = Predictions(paths, self.test_["y"], proba, stage.usable.features[evaluated])
+        self._write_run(writer, dataset, excluded, stage.usable, split, checks, test, clock)
         return self
+
+    def _adopt(self, fitted: FittedModel) -> None:
+        """Store a fitted model: the one place the classifier's fitted attributes are written
+        (by ``fit`` and ``load``); what a model does not have is removed, so a refit leaves
+        nothing of the model before it."""
+        self.fitted_ = fitted
+        self.features_, self.backbone_, self.head_ = fitted.spec, fitted.backbone, fitted.head
+        self.classes_, self.strategy_ = fitted.classes, fitted.strategy
+        self.split_, self.metrics_ = fitted.split, fitted.metrics
+        self.temperature_, self.reject_threshold_ = fitted.temperature, fitted.reject_threshold
+        self.reject_bank_, self.multi_label_ = fitted.reject_bank, fitted.multi_label
+        optional = {
+            "reliability_": fitted.reliability,
+            "thresholds_": fitted.thresholds,
+            "probe_backbone_": fitted.probe_backbone,
+            "finetune_": fitted.finetune,
+            "history_": fitted.finetune["history"] if fitted.finetune is not None else None,
+            "auto_": fitted.auto,
+            "best_params_": fitted.best_params,
+            "meta_": fitted.meta,
+        }
+        for name, value in optional.items():
+            if value is None:
+                self.__dict__.pop(name, None)
+            else:
+                setattr(self, name, value)
 
     def _write_run(
         self,
@@ -480,53 +491,17 @@ class ImageClassifier(BaseEstimator):
         )
         writer.write_training_run(run, self.save, self._report_settings())
 
-    def _fit_reliability(
-        self, usable: Usable, split: Split, outcome: FineTuneOutcome | None, raw: np.ndarray, log: Any
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
-        the evaluated split's calibrated probabilities and metrics.json's sections about them."""
-        tuned_val = outcome.val_proba if outcome is not None else None
-        neighbours = None
-        if self.reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
-            features = model_features(self, usable, outcome, log)
-            neighbours = build_neighbours(features, usable.y, split, self.seed)
-        rel = fit_reliability(
-            self.head_, usable, split, self.reject, self.target_accuracy, log, tuned_val, neighbours
-        )
-        self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
-        self.reliability_, self.reject_bank_ = rel, rel.bank
-        evaluated = split.mask(split.evaluated_on)
-        features = neighbours.evaluated_features if neighbours is not None else None
-        sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
-        return apply_temperature(raw, rel.temperature), sections
-
-    def _first_stage(
-        self,
-        usable: Usable,
-        split: Split,
-        writer: RunWriter,
-        started: float,
-        result: ExtractionResult,
-        on_epoch_end: EpochCallback | None,
-        clock: Stopwatch,
-    ) -> tuple[Head, dict[str, Any], Usable, AutoResult | None]:
+    def _head_stage(
+        self, ctx: FitContext, started: float, result: ExtractionResult, on_epoch_end: EpochCallback | None
+    ) -> Stage:
         """The head on the cached features; with ``strategy="auto"``, the search (see
         ``auto.py``), whose winner brings its own head, features and fine-tuning outcome."""
         if self.strategy != AUTO:
-            with clock("fit_head"):
-                usable, layer_info = choose_layers(self._feature_spec(), usable, split, writer)
-                head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
-                fit_info.update(layer_info)
-            self.strategy_ = self.strategy
-            return head, fit_info, usable, None
+            return probe_stage(ctx, self._feature_spec(), self.head, self._head_params(), self.strategy)
         rate = result.new_images_per_s if result.n_extracted >= 50 else None
-        with clock("auto"):
-            auto = run_auto(self._auto_context(on_epoch_end), usable, split, writer, started, rate)
-        self.strategy_, self.auto_, self.best_params_ = auto.strategy, auto.record, auto.best_params
-        self.features_, self.backbone_ = auto.spec, auto.spec.members[0]
-        if auto.probe_backbone is not None:
-            self.probe_backbone_ = auto.probe_backbone
-        return auto.head, auto.fit_info, auto.usable, auto
+        with ctx.clock("auto"):
+            auto = run_auto(self._auto_context(on_epoch_end), ctx.usable, ctx.split, ctx.log, started, rate)
+        return auto_stage(auto)
 
     def _auto_context(self, on_epoch_end: EpochCallback | None) -> AutoContext:
         """The user's parameters, read once: the search builds its candidates from them and
@@ -564,25 +539,6 @@ class ImageClassifier(BaseEstimator):
             root = data.root if isinstance(data, Dataset) else Path(data).expanduser().resolve()
             writer.write_run_config(root, self._json_params())
 
-    def _second_stage(
-        self,
-        writer: RunWriter,
-        resume: bool,
-        started: float,
-        on_epoch_end: EpochCallback | None,
-        usable: Usable,
-        split: Split,
-        clock: Stopwatch,
-    ) -> FineTuneOutcome | None:
-        """Fine-tuning after the probe (None for feature extraction): the model becomes the
-        tuned backbone and head, or the probe refitted on train + val when no epoch beat it."""
-        if self.strategy != FINETUNE:
-            return None
-        job = self._finetune_job(writer, resume, started, on_epoch_end)
-        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
-        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
-        return outcome
-
     def _fit_multilabel(
         self,
         prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
@@ -594,7 +550,14 @@ class ImageClassifier(BaseEstimator):
     ) -> ImageClassifier:
         """The rest of ``fit`` for multi-label data (see ``estimator.multilabel``)."""
         job = self._finetune_job(writer, resume, started, on_epoch_end) if self.strategy == FINETUNE else None
-        fit_multilabel(self, prepared, writer, clock, job)
+        settings = MultiLabelSettings(
+            self.head, self._head_params(), self.check_data, tuple(self.split), self.seed, self.unfreeze
+        )
+        fit = fit_multilabel(settings, self.strategy, prepared, self._feature_spec(), writer, clock, job)
+        self._adopt(fit.fitted)
+        dataset, _, _, result = prepared
+        self.extraction_, self.dataset_, self.checks_, self.test_ = result, dataset, fit.checks, fit.test
+        write_multilabel_run(writer, fit.run, self.save)
         return self
 
     def _finetune_job(
@@ -634,49 +597,8 @@ class ImageClassifier(BaseEstimator):
         skipped_file = writer.path("skipped.csv") if writer.run_dir is not None else None
         return dataset, excluded, usable_samples(dataset, result, writer, skipped_file), result
 
-    def _record(
-        self,
-        dataset: Dataset,
-        excluded: list[Sample],
-        usable: Usable,
-        result: ExtractionResult,
-        split: Split,
-        checks: Any,
-        fit_info: dict[str, Any],
-        scores: dict[str, Any],
-        outcome: FineTuneOutcome | None,
-        clock: Stopwatch,
-    ) -> None:
-        """The fitted state: split, extraction, checks and the metrics."""
-        self.multi_label_ = False
-        self.split_ = split_record(dataset, usable, split, self.split, self.seed)
-        self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
-        data = data_info(dataset, result, usable, self.split_)
-        model = self._model_info({"fit": fit_info})
-        extra: dict[str, Any] = {"extraction": extraction_info(result), "created": now_utc()}
-        if self.strategy == AUTO:
-            extra["auto"] = self.auto_
-        if outcome is not None:
-            self.finetune_, self.history_ = outcome.info, outcome.info["history"]
-            extra["finetune"] = outcome.info
-            if outcome.info.get("probe_refit_on_train_val"):
-                model["head"]["fit"] = {**fit_info, "refit_on_train_val": True}
-        if checks is not None:
-            extra["data_checks"] = data_check_summary(
-                checks, usable.samples, split, self.split, self.seed, excluded
-            )
-        self.metrics_ = build_metrics(
-            scores, split.evaluated_on, split.evaluated_on, model, data, clock.timings, extra
-        )
-
     def _model_info(self, head_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
-            "classes": self.classes_,
-            "backbone": self.backbone_.describe(),
-            "strategy": self.strategy_,
-            "head": {"name": self.head_.name, "params": self.head_.params(), **(head_extra or {})},
-            **model_features_info(self._feature_spec()),
-        }
+        return model_info(self.classes_, self._feature_spec(), self.strategy_, self.head_, head_extra)
 
     # ------------------------------------------------------------------ inference
 
@@ -737,8 +659,8 @@ class ImageClassifier(BaseEstimator):
         ``predict_top_k`` tells the two apart where a class is itself named ``unknown``.
         """
         proba, scores, _errors = self._proba_scores_errors(paths)
-        if getattr(self, "multi_label_", False):
-            return predicted_label_sets(self, proba)
+        if self.fitted_.thresholds is not None:
+            return predicted_label_sets(self.classes_, self.fitted_.thresholds, proba)
         threshold = self._active_reject_threshold()
         return [
             None
@@ -763,8 +685,8 @@ class ImageClassifier(BaseEstimator):
         )
         out: list[dict[str, Any]] = []
         k = min(k, len(self.classes_))
-        if getattr(self, "multi_label_", False):
-            return multilabel_items(self, files, proba, errors, k) + [
+        if self.fitted_.thresholds is not None:
+            return multilabel_items(self.classes_, self.fitted_.thresholds, files, proba, errors, k) + [
                 {"path": p, "predictions": [], "labels": [], "unknown": False, "error": r} for p, r in missing
             ]
         threshold = self._active_reject_threshold()
@@ -789,8 +711,8 @@ class ImageClassifier(BaseEstimator):
         self._check_fitted()
         if split not in EVALUATION_SPLITS:
             raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
-        if getattr(self, "multi_label_", False):
-            return evaluate_multilabel(self, data, out_dir, split)
+        if self.fitted_.thresholds is not None:
+            return self._evaluate_multilabel(data, out_dir, split)
         t0 = time.perf_counter()
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
         check_out_dir(out_dir, dataset)
@@ -823,6 +745,17 @@ class ImageClassifier(BaseEstimator):
             metrics, skipped, Predictions(paths, y, proba, result.features[ok]), self._report_settings()
         )
         return metrics
+
+    def _evaluate_multilabel(
+        self, data: str | Path | Dataset, out_dir: str | Path | None, split: str
+    ) -> dict[str, Any]:
+        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from, multi_label=True)
+        check_out_dir(out_dir, dataset)
+        evaluated = self._evaluation_samples(dataset, split)
+        writer = RunWriter(out_dir, self.verbose)
+        return evaluate_multilabel(
+            self.fitted_, self._model_info(), dataset, evaluated, self._extract, writer
+        )
 
     def _evaluation_samples(self, dataset: Dataset, split: str) -> tuple[list[Sample], str]:
         """The saved split's images when ``dataset`` is the training data, else all of them."""
@@ -878,7 +811,7 @@ class ImageClassifier(BaseEstimator):
             },
             "versions": library_versions(),
             "created": now_utc(),
-            **bundle_entry(self),
+            **bundle_entry(self.fitted_.thresholds),
             **model_features_info(self._feature_spec()),
         }
         state = self._feature_spec().state_arrays()
@@ -923,41 +856,11 @@ class ImageClassifier(BaseEstimator):
         """A saved bundle (``model.safetensors`` or its run folder); ``overrides`` set parameters
         such as ``cache_dir``, ``engine`` or ``verbose``."""
         meta, state, head_arrays = load_bundle(path)
-        b = meta["backbone"]
-        settings = meta.get("settings", {})
-        params = {
-            "strategy": meta.get("strategy", FEATURE_EXTRACTION),
-            "backbone": b["name"],
-            "head": meta["head"]["name"],
-            "seed": settings.get("seed", 0),
-            "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
-            "top_k": settings.get("top_k", 3),
-            "feature_precision": settings.get("feature_precision", "auto"),
-            **saved_reject_params(meta),
-        }
-        try:
-            spec = spec_from_bundle(meta, state)
-            bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
-            head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
-            _check_head_shape(head, spec.width, len(meta["classes"]))
-        except HeadstartError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
-            raise HeadstartError(
-                f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
-            ) from e
-        params.update(backbone=spec.name, features=spec.layers, tta=spec.tta)
+        fitted = fitted_from_bundle(meta, state, head_arrays, path)
+        params = {**saved_parameters(meta), **saved_reject_params(meta)}
+        params.update(backbone=fitted.spec.name, features=fitted.spec.layers, tta=fitted.spec.tta)
         clf = cls(**{**params, **overrides})
-        clf.features_, clf.backbone_, clf.head_ = spec, spec.members[0], head
-        clf.classes_ = list(meta["classes"])
-        clf.strategy_ = params["strategy"]
-        clf.split_ = meta.get("split") or {}
-        clf.metrics_ = meta.get("metrics", {})
-        clf.meta_ = meta
-        restore_bundle_entry(clf, meta)
-        clf.temperature_ = bundle_temperature(meta)
-        clf.reject_threshold_ = bundle_reject(meta).get("threshold")
-        clf.reject_bank_ = bank
+        clf._adopt(fitted)
         return clf
 
 
@@ -966,17 +869,6 @@ def _store_parameters(estimator: BaseEstimator, values: dict[str, Any]) -> None:
     unchanged, so ``get_params`` reads back exactly what was passed."""
     for name in type(estimator)._get_param_names():
         setattr(estimator, name, values[name])
-
-
-def _check_head_shape(head: Head, num_features: int, n_classes: int) -> None:
-    """The head takes ``num_features`` inputs and gives one probability per class (a file whose
-    head and metadata disagree would otherwise fail at the first prediction)."""
-    with np.errstate(all="ignore"):
-        proba = np.asarray(head.predict_proba(np.zeros((1, num_features), dtype=np.float32)))
-    if proba.shape != (1, n_classes):
-        raise ValueError(
-            f"its head gives {proba.shape[-1] if proba.ndim else 0} outputs for {n_classes} classes"
-        )
 
 
 class FineTuneClassifier(ImageClassifier):

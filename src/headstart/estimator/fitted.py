@@ -1,0 +1,139 @@
+"""``FittedModel``: what fitting produces and what ``load`` restores, as one typed value.
+
+Each way of fitting (probe, fine-tuning, auto, multi-label) ends in a ``FittedModel``; a bundle
+read back becomes the same value (``fitted_from_bundle``, the one reader of a bundle's metadata
+for the estimator). The classifier stores the value it gets (``ImageClassifier._adopt``) and is
+the only writer of its own fitted attributes; ``predict``, ``evaluate``, ``save`` and the report
+read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.core.errors import HeadstartError
+from headstart.estimator.layers import model_features_info
+from headstart.estimator.reliability import Reliability
+from headstart.evaluation.reject import restore_bank
+from headstart.features.composite import FeatureSpec, spec_from_bundle
+from headstart.models.backbones import Backbone
+from headstart.models.bundle import bundle_reject, bundle_temperature
+from headstart.models.heads import Head, restore_head
+
+FEATURE_EXTRACTION = "feature-extraction"
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """A fitted model: its features (backbones, layers, TTA), head, classes and task (multi-label
+    ``thresholds``), how its probabilities become answers (temperature, reject threshold and
+    neighbour bank), and the record of its fit (split, metrics, fine-tuning, auto search).
+
+    ``reliability`` (how T and the threshold were chosen) and ``probe_backbone`` (the pretrained
+    backbone a tuned network started from) exist for a fit only; ``meta`` for a loaded bundle.
+    """
+
+    spec: FeatureSpec
+    head: Head
+    classes: list[str]
+    strategy: str
+    split: dict[str, Any]
+    metrics: dict[str, Any]
+    temperature: float = 1.0
+    reject_threshold: float | None = None
+    reject_bank: np.ndarray | None = None
+    reliability: Reliability | None = None
+    thresholds: np.ndarray | None = None  # multi-label: one decision threshold per label
+    probe_backbone: Backbone | None = None
+    finetune: dict[str, Any] | None = None  # metrics.json's ``finetune`` section (its history inside)
+    auto: dict[str, Any] | None = None  # metrics.json's ``auto`` section
+    best_params: dict[str, Any] | None = None  # the auto winner's parameters
+    meta: dict[str, Any] | None = None
+
+    @property
+    def backbone(self) -> Backbone:
+        """The model's (first) backbone: the tuned one after fine-tuning."""
+        return self.spec.members[0]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
+
+
+def model_info(
+    classes: list[str],
+    spec: FeatureSpec,
+    strategy: str,
+    head: Head,
+    head_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The model's entries of ``metrics.json`` (``build_metrics``' ``model``)."""
+    return {
+        "classes": classes,
+        "backbone": spec.members[0].describe(),
+        "strategy": strategy,
+        "head": {"name": head.name, "params": head.params(), **(head_extra or {})},
+        **model_features_info(spec),
+    }
+
+
+def saved_parameters(meta: dict[str, Any]) -> dict[str, Any]:
+    """The estimator parameters a bundle fixes (strategy, backbone, head, seed, split, top_k,
+    feature precision); features, TTA and the reject option are read with the model."""
+    settings = meta.get("settings", {})
+    return {
+        "strategy": meta.get("strategy", FEATURE_EXTRACTION),
+        "backbone": meta["backbone"]["name"],
+        "head": meta["head"]["name"],
+        "seed": settings.get("seed", 0),
+        "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
+        "top_k": settings.get("top_k", 3),
+        "feature_precision": settings.get("feature_precision", "auto"),
+    }
+
+
+def fitted_from_bundle(
+    meta: dict[str, Any], state: dict[str, Any], head_arrays: dict[str, Any], path: str | Path
+) -> FittedModel:
+    """The ``FittedModel`` a bundle holds (``models.bundle.load_bundle``'s three parts); a file
+    whose parts do not fit together is a ``HeadstartError`` naming ``path``."""
+    try:
+        spec = spec_from_bundle(meta, state)
+        bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
+        head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
+        _check_head_shape(head, spec.width, len(meta["classes"]))
+    except HeadstartError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
+        raise HeadstartError(
+            f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
+        ) from e
+    entry = meta.get("multi_label")
+    return FittedModel(
+        spec=spec,
+        head=head,
+        classes=list(meta["classes"]),
+        strategy=meta.get("strategy", FEATURE_EXTRACTION),
+        split=meta.get("split") or {},
+        metrics=meta.get("metrics", {}),
+        temperature=bundle_temperature(meta),
+        reject_threshold=bundle_reject(meta).get("threshold"),
+        reject_bank=bank,
+        thresholds=np.asarray(entry["thresholds"], dtype=np.float64) if isinstance(entry, dict) else None,
+        meta=meta,
+    )
+
+
+def _check_head_shape(head: Head, num_features: int, n_classes: int) -> None:
+    """The head takes ``num_features`` inputs and gives one probability per class (a file whose
+    head and metadata disagree would otherwise fail at the first prediction)."""
+    with np.errstate(all="ignore"):
+        proba = np.asarray(head.predict_proba(np.zeros((1, num_features), dtype=np.float32)))
+    if proba.shape != (1, n_classes):
+        raise ValueError(
+            f"its head gives {proba.shape[-1] if proba.ndim else 0} outputs for {n_classes} classes"
+        )
