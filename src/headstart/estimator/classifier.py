@@ -55,11 +55,8 @@ from headstart.estimator.fitting import (
 from headstart.estimator.layers import check_feature_options, model_features_info
 from headstart.estimator.multilabel import (
     MultiLabelSettings,
-    bundle_entry,
     evaluate_multilabel,
     fit_multilabel,
-    multilabel_items,
-    predicted_label_sets,
 )
 from headstart.estimator.reliability import Reliability, reliability_sections, saved_reject_params
 from headstart.estimator.stages import (
@@ -71,7 +68,6 @@ from headstart.estimator.stages import (
     finish,
     probe_stage,
 )
-from headstart.evaluation.answers import UNKNOWN, answer
 from headstart.evaluation.calibration import apply_temperature
 from headstart.evaluation.reject import BANK_ARRAY, reject_scores, score_kind
 from headstart.features.cache import FeatureCache, default_cache_dir
@@ -659,17 +655,7 @@ class ImageClassifier(BaseEstimator):
         ``predict_top_k`` tells the two apart where a class is itself named ``unknown``.
         """
         proba, scores, _errors = self._proba_scores_errors(paths)
-        if self.fitted_.thresholds is not None:
-            return predicted_label_sets(self.classes_, self.fitted_.thresholds, proba)
-        threshold = self._active_reject_threshold()
-        return [
-            None
-            if np.isnan(row).any()
-            else UNKNOWN
-            if threshold is not None and s <= threshold
-            else self.classes_[int(row.argmax())]
-            for row, s in zip(proba, scores)
-        ]
+        return self.fitted_.task.labels(self.classes_, proba, scores, self._active_reject_threshold())
 
     def predict_top_k(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
         """``[{"path", "predictions": [{"label", "probability"}...], "labels", "unknown"}]``, plus
@@ -683,20 +669,14 @@ class ImageClassifier(BaseEstimator):
             if files
             else (np.zeros((0, len(self.classes_))), np.zeros(0), {})
         )
-        out: list[dict[str, Any]] = []
-        k = min(k, len(self.classes_))
-        if self.fitted_.thresholds is not None:
-            return multilabel_items(self.classes_, self.fitted_.thresholds, files, proba, errors, k) + [
-                {"path": p, "predictions": [], "labels": [], "unknown": False, "error": r} for p, r in missing
-            ]
-        threshold = self._active_reject_threshold()
-        for i, (path, row) in enumerate(zip(files, proba)):
-            if i in errors:
-                out.append({"path": path, "predictions": [], "error": errors[i]})
-                continue
-            out.append({"path": path, **answer(self.classes_, row, k, threshold, float(scores[i]))})
-        out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
-        return out
+        k, task, threshold = min(k, len(self.classes_)), self.fitted_.task, self._active_reject_threshold()
+        out = [
+            task.unreadable(path, errors[i])
+            if i in errors
+            else task.item(path, self.classes_, row, k, threshold, float(scores[i]))
+            for i, (path, row) in enumerate(zip(files, proba))
+        ]
+        return out + [task.unreadable(p, r) for p, r in missing]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -711,7 +691,7 @@ class ImageClassifier(BaseEstimator):
         self._check_fitted()
         if split not in EVALUATION_SPLITS:
             raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
-        if self.fitted_.thresholds is not None:
+        if self.fitted_.multi_label:
             return self._evaluate_multilabel(data, out_dir, split)
         t0 = time.perf_counter()
         dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
@@ -789,8 +769,7 @@ class ImageClassifier(BaseEstimator):
 
     def score(self, data: str | Path | Dataset) -> float:
         """Accuracy on ``data`` (scikit-learn's ``score``); mAP for a multi-label model."""
-        summary = self.evaluate(data)["test"]
-        return float(summary["mAP"] if "mAP" in summary else summary["accuracy"])
+        return self.fitted_.task.headline(self.evaluate(data)["test"])
 
     # ------------------------------------------------------------------ persistence
 
@@ -811,7 +790,7 @@ class ImageClassifier(BaseEstimator):
             },
             "versions": library_versions(),
             "created": now_utc(),
-            **bundle_entry(self.fitted_.thresholds),
+            **self.fitted_.task.card(),
             **model_features_info(self._feature_spec()),
         }
         state = self._feature_spec().state_arrays()

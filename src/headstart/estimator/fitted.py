@@ -9,7 +9,7 @@ read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 from headstart.core.errors import HeadstartError
 from headstart.estimator.layers import model_features_info
 from headstart.estimator.reliability import Reliability
+from headstart.estimator.task import MultiLabel, SingleLabel, Task, task_of
 from headstart.evaluation.reject import restore_bank
 from headstart.features.composite import FeatureSpec, spec_from_bundle
 from headstart.models.backbones import Backbone
@@ -29,8 +30,8 @@ FEATURE_EXTRACTION = "feature-extraction"
 
 @dataclass(frozen=True)
 class FittedModel:
-    """A fitted model: its features (backbones, layers, TTA), head, classes and task (multi-label
-    ``thresholds``), how its probabilities become answers (temperature, reject threshold and
+    """A fitted model: its features (backbones, layers, TTA), head, classes and task (``task``:
+    single-label, or multi-label with its per-label thresholds), how its probabilities become answers (temperature, reject threshold and
     neighbour bank), and the record of its fit (split, metrics, fine-tuning, auto search).
 
     ``reliability`` (how T and the threshold were chosen) and ``probe_backbone`` (the pretrained
@@ -47,7 +48,7 @@ class FittedModel:
     reject_threshold: float | None = None
     reject_bank: np.ndarray | None = None
     reliability: Reliability | None = None
-    thresholds: np.ndarray | None = None  # multi-label: one decision threshold per label
+    task: Task = field(default_factory=SingleLabel)
     probe_backbone: Backbone | None = None
     finetune: dict[str, Any] | None = None  # metrics.json's ``finetune`` section (its history inside)
     auto: dict[str, Any] | None = None  # metrics.json's ``auto`` section
@@ -61,7 +62,12 @@ class FittedModel:
 
     @property
     def multi_label(self) -> bool:
-        return self.thresholds is not None
+        return isinstance(self.task, MultiLabel)
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        """A multi-label model's per-label thresholds (None: single-label)."""
+        return self.task.thresholds if isinstance(self.task, MultiLabel) else None
 
 
 def model_info(
@@ -123,7 +129,7 @@ def fitted_from_bundle(
         temperature=bundle_temperature(meta),
         reject_threshold=bundle_reject(meta).get("threshold"),
         reject_bank=bank,
-        thresholds=np.asarray(entry["thresholds"], dtype=np.float64) if isinstance(entry, dict) else None,
+        task=task_of(entry["thresholds"] if isinstance(entry, dict) else None),
         meta=meta,
     )
 

@@ -6,8 +6,9 @@ what differs is here: targets are multi-hot rows, the split is iterative stratif
 fine-tuning trains a sigmoid/BCE head (``training.multilabel``), per-class thresholds are chosen
 on validation (F1), and the metrics are mAP, per-class AP, micro/macro F1 and subset accuracy.
 
-The estimator keeps ``multi_label_`` (True) and ``thresholds_`` (one per class), saved in the
-bundle's ``multi_label`` entry.
+The fitted model's task is ``task.MultiLabel`` (its per-label thresholds), which answers
+``predict`` and writes the bundle's ``multi_label`` entry; the estimator also keeps
+``multi_label_`` (True) and ``thresholds_`` (one per class).
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ from headstart.estimator.fitting import (
     now_utc,
     split_record,
 )
+from headstart.estimator.task import THRESHOLD_METRIC, MultiLabel
 from headstart.evaluation.multilabel import (
     choose_thresholds,
     co_occurrence,
-    labels_above,
-    multilabel_answer,
     multilabel_metrics,
 )
 from headstart.features.composite import FeatureSpec
@@ -53,8 +53,6 @@ from headstart.runs.multilabel import write_multilabel_evaluation
 from headstart.runs.writer import Predictions, RunWriter, TrainingRun
 from headstart.training.loop import settings_fingerprint
 from headstart.training.multilabel import MultiLabelFineTuner
-
-THRESHOLD_METRIC = "f1"
 
 
 @dataclass(frozen=True)
@@ -258,7 +256,7 @@ def _fitted(
         strategy=strategy,
         split=split_rec,
         metrics=metrics,
-        thresholds=model.thresholds,
+        task=MultiLabel(model.thresholds),
         probe_backbone=pretrained,
         finetune=model.finetune,
     )
@@ -330,10 +328,11 @@ def evaluate_multilabel(
     kept = [s for s, good in zip(samples, ok) if good]
     if not kept:
         raise HeadstartError(f"none of the images in {dataset.root} could be read")
-    assert fitted.thresholds is not None
+    thresholds = fitted.thresholds
+    assert thresholds is not None
     y = multi_hot(kept, fitted.classes)
     proba = fitted.head.predict_proba(result.features[ok])
-    scores = multilabel_metrics(y, proba, fitted.thresholds, fitted.classes)
+    scores = multilabel_metrics(y, proba, thresholds, fitted.classes)
     metrics = {
         "test": summary(scores),
         "evaluated_on": used,
@@ -343,7 +342,7 @@ def evaluate_multilabel(
         "thresholds": {
             "metric": THRESHOLD_METRIC,
             "chosen_on": "val",
-            "values": list(map(float, fitted.thresholds)),
+            "values": list(map(float, thresholds)),
         },
         "co_occurrence": co_occurrence(y).tolist(),
         **info,
@@ -356,40 +355,3 @@ def evaluate_multilabel(
     writer(f"mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f} on {scores['n']} images ({used})")
     write_multilabel_evaluation(writer, metrics, skipped, [s.path for s in kept], y, proba)
     return metrics
-
-
-def multilabel_items(
-    classes: list[str],
-    thresholds: np.ndarray,
-    files: list[str],
-    proba: np.ndarray,
-    errors: dict[int, str],
-    k: int,
-) -> list[dict[str, Any]]:
-    """``predict_top_k``'s items for a multi-label model (see ``evaluation.multilabel.multilabel_answer``)."""
-    return [
-        {"path": path, "predictions": [], "labels": [], "unknown": False, "error": errors[i]}
-        if i in errors
-        else multilabel_answer(path, row, classes, thresholds, k)
-        for i, (path, row) in enumerate(zip(files, proba))
-    ]
-
-
-def predicted_label_sets(
-    classes: list[str], thresholds: np.ndarray, proba: np.ndarray
-) -> list[list[str] | None]:
-    """``predict`` of a multi-label model: each image's labels above their thresholds (None for
-    a file that cannot be read)."""
-    return [
-        None if np.isnan(row).any() else [a["label"] for a in labels_above(row, classes, thresholds)]
-        for row in proba
-    ]
-
-
-def bundle_entry(thresholds: np.ndarray | None) -> dict[str, Any]:
-    """The bundle's ``multi_label`` entry ({} for a single-label model, so its file is unchanged)."""
-    if thresholds is None:
-        return {}
-    return {
-        "multi_label": {"thresholds": [float(t) for t in thresholds], "threshold_metric": THRESHOLD_METRIC}
-    }
