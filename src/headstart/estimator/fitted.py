@@ -18,8 +18,8 @@ import numpy as np
 from headstart.core.errors import HeadstartError
 from headstart.estimator.layers import model_features_info
 from headstart.estimator.reliability import Reliability
-from headstart.estimator.task import MultiLabel, SingleLabel, Task, task_of
 from headstart.evaluation.reject import restore_bank
+from headstart.evaluation.tasks import MultiLabel, SingleLabel, Task, task_of
 from headstart.features.composite import FeatureSpec, spec_from_bundle
 from headstart.models.backbones import Backbone
 from headstart.models.bundle import bundle_reject, bundle_temperature

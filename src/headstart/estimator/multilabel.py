@@ -6,7 +6,7 @@ what differs is here: targets are multi-hot rows, the split is iterative stratif
 fine-tuning trains a sigmoid/BCE head (``training.multilabel``), per-class thresholds are chosen
 on validation (F1), and the metrics are mAP, per-class AP, micro/macro F1 and subset accuracy.
 
-The fitted model's task is ``task.MultiLabel`` (its per-label thresholds), which answers
+The fitted model's task is ``evaluation.tasks.MultiLabel`` (its per-label thresholds), which answers
 ``predict`` and writes the bundle's ``multi_label`` entry; the estimator also keeps
 ``multi_label_`` (True) and ``thresholds_`` (one per class).
 """
@@ -38,12 +38,12 @@ from headstart.estimator.fitting import (
     now_utc,
     split_record,
 )
-from headstart.estimator.task import THRESHOLD_METRIC, MultiLabel
 from headstart.evaluation.multilabel import (
     choose_thresholds,
     co_occurrence,
     multilabel_metrics,
 )
+from headstart.evaluation.tasks import THRESHOLD_METRIC, MultiLabel
 from headstart.features.composite import FeatureSpec
 from headstart.features.extractor import ExtractionResult
 from headstart.models.backbones import Backbone

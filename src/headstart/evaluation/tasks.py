@@ -1,11 +1,12 @@
 """What a model answers, by task: one label per image (``SingleLabel``) or a set of labels above
 per-label thresholds (``MultiLabel``).
 
-The classifier asks its model's task (``FittedModel.task``) how to turn probabilities into
-``predict`` and ``predict_top_k`` answers, which figure ``score`` returns and what the bundle
-records about the task, instead of testing a flag at each step. Fitting differs more (targets,
-split, head, metrics): ``estimator.stages`` fits single-label data, ``estimator.multilabel``
-multi-label data, each ending in a ``FittedModel`` that names its task.
+The classifier asks its model's task (``estimator.fitted.FittedModel.task``) how to turn
+probabilities into ``predict`` and ``predict_top_k`` answers, which figure ``score`` returns and
+what the bundle records about the task, instead of testing a flag at each step. It lives in
+``evaluation`` so that export and serve, below the estimator, can ask it too. Fitting differs
+more (targets, split, head, metrics): ``estimator.stages`` fits single-label data,
+``estimator.multilabel`` multi-label data, each ending in a ``FittedModel`` that names its task.
 """
 
 from __future__ import annotations
