@@ -22,7 +22,6 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from headstart.core.errors import HeadstartError, ParameterError
-from headstart.core.io import summarize_skips
 from headstart.core.params import (
     AnyOf,
     Check,
@@ -43,12 +42,10 @@ from headstart.estimator.fitting import (
     Split,
     Stopwatch,
     Usable,
-    build_metrics,
     check_data,
     discover_data,
     head_summary,
     now_utc,
-    score,
     split_samples,
     usable_samples,
 )
@@ -58,7 +55,8 @@ from headstart.estimator.multilabel import (
     evaluate_multilabel,
     fit_multilabel,
 )
-from headstart.estimator.reliability import Reliability, reliability_sections, saved_reject_params
+from headstart.estimator.reliability import Reliability, saved_reject_params
+from headstart.estimator.scoring import evaluate_single_label, evaluation_samples
 from headstart.estimator.stages import (
     FitContext,
     RunRecord,
@@ -691,81 +689,27 @@ class ImageClassifier(BaseEstimator):
         self._check_fitted()
         if split not in EVALUATION_SPLITS:
             raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
-        if self.fitted_.multi_label:
-            return self._evaluate_multilabel(data, out_dir, split)
-        t0 = time.perf_counter()
-        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
+        multi_label = self.fitted_.multi_label
+        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from, multi_label or None)
         check_out_dir(out_dir, dataset)
         writer = RunWriter(out_dir, self.verbose)
-        samples, used = self._evaluation_samples(dataset, split)
-        known, skipped = self._known_samples(dataset, samples)
-        result = self._extract([s.path for s in known])
-        skipped += [(known[i].path, r, "decode") for i, r in result.errors.items()]
-        ok = result.ok
-        y = np.array([self.classes_.index(s.label) for s, good in zip(known, ok) if good])
-        raw = self.head_.predict_proba(result.features[ok])
-        proba = apply_temperature(raw, getattr(self, "temperature_", 1.0))
-        scores = score(y, proba, self.classes_, self.top_k)
-        timings = {
-            "extract": result.seconds.get("total", 0.0),
-            "extract_images_per_s": result.images_per_s,
-            "total": time.perf_counter() - t0,
-        }
-        data_info = {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)}
-        metrics = build_metrics(scores, "test", used, self._model_info(), data_info, timings)
-        metrics.update(reliability_sections(self._reliability(), y, raw, used, result.features[ok]))
-        if skipped:
-            writer(summarize_skips(skipped))
-        writer(
-            f"accuracy {scores['accuracy']:.4f} on {scores['n']} images ({used}); "
-            f"top-{scores['top_k']} {scores['top_k_accuracy']:.4f}"
-        )
-        paths = [s.path for s, good in zip(known, ok) if good]
-        writer.write_evaluation(
-            metrics, skipped, Predictions(paths, y, proba, result.features[ok]), self._report_settings()
-        )
-        return metrics
-
-    def _evaluate_multilabel(
-        self, data: str | Path | Dataset, out_dir: str | Path | None, split: str
-    ) -> dict[str, Any]:
-        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from, multi_label=True)
-        check_out_dir(out_dir, dataset)
-        evaluated = self._evaluation_samples(dataset, split)
-        writer = RunWriter(out_dir, self.verbose)
-        return evaluate_multilabel(
-            self.fitted_, self._model_info(), dataset, evaluated, self._extract, writer
-        )
-
-    def _evaluation_samples(self, dataset: Dataset, split: str) -> tuple[list[Sample], str]:
-        """The saved split's images when ``dataset`` is the training data, else all of them."""
-        saved = getattr(self, "split_", None) or {}
-        same_data = saved.get("root") and Path(saved["root"]) == dataset.root
-        if split in ("auto", "test", "val", "train") and same_data:
-            wanted = "test" if split == "auto" else split
-            chosen = {f for f, _label, g in saved.get("files", []) if g == wanted}
-            if chosen:
-                return [
-                    s for s in dataset.samples if dataset.relative(s.path) in chosen
-                ], f"saved {wanted} split"
-        return list(dataset.samples), "all"
-
-    def _known_samples(
-        self, dataset: Dataset, samples: list[Sample]
-    ) -> tuple[list[Sample], list[tuple[str, str, str]]]:
-        """Samples with a class the model knows; the others (and discovery's leftovers) skipped."""
-        skipped = [(p, r, "discovery") for p, r in dataset.ignored]
-        known = [s for s in samples if s.label in self.classes_]
-        skipped += [
-            (s.path, f"label '{s.label}' unknown to the model", "labels")
-            for s in samples
-            if s.label not in self.classes_
-        ]
-        if not known:
-            raise HeadstartError(
-                f"no images in {dataset.root} carry one of the model's classes ({', '.join(self.classes_)})"
+        evaluated = evaluation_samples(getattr(self, "split_", None) or {}, dataset, split)
+        if multi_label:
+            return evaluate_multilabel(
+                self.fitted_, self._model_info(), dataset, evaluated, self._extract, writer
             )
-        return known, skipped
+        return evaluate_single_label(
+            self.fitted_,
+            self._model_info(),
+            getattr(self, "temperature_", 1.0),
+            self._reliability(),
+            dataset,
+            evaluated,
+            self._extract,
+            writer,
+            self.top_k,
+            self._report_settings(),
+        )
 
     def score(self, data: str | Path | Dataset) -> float:
         """Accuracy on ``data`` (scikit-learn's ``score``); mAP for a multi-label model."""
