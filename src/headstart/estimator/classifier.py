@@ -39,6 +39,7 @@ from headstart.estimator.auto import AutoContext, run_auto
 from headstart.estimator.finetune import FineTuneJob
 from headstart.estimator.fitted import FittedModel, fitted_from_bundle, model_info, saved_parameters
 from headstart.estimator.fitting import (
+    PreparedData,
     Split,
     Stopwatch,
     Usable,
@@ -404,10 +405,10 @@ class ImageClassifier(BaseEstimator):
             writer.remove_stale_files()
         if self.strategy == FINETUNE:
             self._start_finetune_run(data, writer, resume)
-        dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
-        if dataset.multi_label:
-            prepared = (dataset, excluded, usable, result)
-            return self._fit_multilabel(prepared, writer, clock, resume, started, on_epoch_end)
+        prep = self._prepare_data(data, writer, clock)
+        if prep.dataset.multi_label:
+            return self._fit_multilabel(prep, writer, clock, resume, started, on_epoch_end)
+        dataset, excluded, usable, result = prep.dataset, prep.excluded, prep.usable, prep.extraction
         checks = None
         if self.check_data:
             with clock("data_check"):
@@ -415,7 +416,7 @@ class ImageClassifier(BaseEstimator):
         with clock("split"):
             split = split_samples(usable.samples, self.split, self.seed, checks)
         ctx = FitContext(usable, split, writer, clock, self._extract_with, self.seed)
-        stage = self._head_stage(ctx, started, result, on_epoch_end)
+        stage = self._head_stage(ctx, prep, started, on_epoch_end)
         if self.strategy == FINETUNE:
             stage = finetune_stage(ctx, self._finetune_job(writer, resume, started, on_epoch_end), stage)
         record = RunRecord(dataset, excluded, result, checks, self.split, self.top_k)
@@ -486,18 +487,20 @@ class ImageClassifier(BaseEstimator):
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _head_stage(
-        self, ctx: FitContext, started: float, result: ExtractionResult, on_epoch_end: EpochCallback | None
+        self, ctx: FitContext, prep: PreparedData, started: float, on_epoch_end: EpochCallback | None
     ) -> Stage:
         """The head on the cached features; with ``strategy="auto"``, the search (see
         ``auto.py``), whose winner brings its own head, features and fine-tuning outcome."""
         if self.strategy != AUTO:
-            return probe_stage(ctx, self._feature_spec(), self.head, self._head_params(), self.strategy)
+            return probe_stage(ctx, prep.spec, self.head, self._head_params(), self.strategy)
+        result = prep.extraction
         rate = result.new_images_per_s if result.n_extracted >= 50 else None
+        context = self._auto_context(prep.spec, on_epoch_end)
         with ctx.clock("auto"):
-            auto = run_auto(self._auto_context(on_epoch_end), ctx.usable, ctx.split, ctx.log, started, rate)
+            auto = run_auto(context, ctx.usable, ctx.split, ctx.log, started, rate)
         return auto_stage(auto)
 
-    def _auto_context(self, on_epoch_end: EpochCallback | None) -> AutoContext:
+    def _auto_context(self, spec: FeatureSpec, on_epoch_end: EpochCallback | None) -> AutoContext:
         """The user's parameters, read once: the search builds its candidates from them and
         never changes them (the winner's are ``best_params_``)."""
         return AutoContext(
@@ -512,7 +515,7 @@ class ImageClassifier(BaseEstimator):
             cache_root=FeatureCache(self.cache_dir).root,
             finetune=self._finetune_settings(),
             verbose=self.verbose,
-            spec=self._feature_spec(),
+            spec=spec,
             extract=self._extract_with,
             on_epoch_end=on_epoch_end,
         )
@@ -535,7 +538,7 @@ class ImageClassifier(BaseEstimator):
 
     def _fit_multilabel(
         self,
-        prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+        prep: PreparedData,
         writer: RunWriter,
         clock: Stopwatch,
         resume: bool,
@@ -547,10 +550,10 @@ class ImageClassifier(BaseEstimator):
         settings = MultiLabelSettings(
             self.head, self._head_params(), self.check_data, tuple(self.split), self.seed, self.unfreeze
         )
-        fit = fit_multilabel(settings, self.strategy, prepared, self._feature_spec(), writer, clock, job)
+        fit = fit_multilabel(settings, self.strategy, prep, writer, clock, job)
         self._adopt(fit.fitted)
-        dataset, _, _, result = prepared
-        self.extraction_, self.dataset_, self.checks_, self.test_ = result, dataset, fit.checks, fit.test
+        self.extraction_, self.dataset_ = prep.extraction, prep.dataset
+        self.checks_, self.test_ = fit.checks, fit.test
         write_multilabel_run(writer, fit.run, self.save)
         return self
 
@@ -569,19 +572,15 @@ class ImageClassifier(BaseEstimator):
             on_epoch_end,
         )
 
-    def _prepare_data(
-        self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch
-    ) -> tuple[Dataset, list[Sample], Usable, ExtractionResult]:
+    def _prepare_data(self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch) -> PreparedData:
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
         with clock("backbone"):
-            self.features_ = create_feature_spec(
-                self.backbone, self.weights, self.features, self.tta, FeatureCache(self.cache_dir).root
-            )
-            self.backbone_ = self.features_.members[0]
+            root = FeatureCache(self.cache_dir).root
+            spec = create_feature_spec(self.backbone, self.weights, self.features, self.tta, root)
         with clock("extract"):
-            result = self._extract(dataset.paths)
+            result = self._extract_with(spec, dataset.paths)
         clock.timings["extract_images_per_s"] = result.images_per_s
         clock.timings["extract_new_images_per_s"] = result.new_images_per_s
         writer(
@@ -589,7 +588,8 @@ class ImageClassifier(BaseEstimator):
             f"({result.images_per_s:.0f} images/s, engine {result.engine})"
         )
         skipped_file = writer.path("skipped.csv") if writer.run_dir is not None else None
-        return dataset, excluded, usable_samples(dataset, result, writer, skipped_file), result
+        usable = usable_samples(dataset, result, writer, skipped_file)
+        return PreparedData(dataset, excluded, spec, result, usable)
 
     def _model_info(self, head_extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return model_info(self.classes_, self._feature_spec(), self.strategy_, self.head_, head_extra)

@@ -29,6 +29,7 @@ from headstart.estimator.finetune import FineTuneJob, _tuned_backbone
 from headstart.estimator.fitted import FittedModel, model_info
 from headstart.estimator.fitting import (
     Log,
+    PreparedData,
     Split,
     Stopwatch,
     Usable,
@@ -175,15 +176,13 @@ def finetune_multilabel(
 def fit_multilabel(
     settings: MultiLabelSettings,
     strategy: str,
-    prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
-    spec: FeatureSpec,
+    prep: PreparedData,
     log: Log,
     clock: Stopwatch,
     job: FineTuneJob | None,
 ) -> MultiLabelFit:
-    """Everything of ``fit`` after feature extraction (with ``spec``), for multi-label data
-    (``job``: fine-tuning)."""
-    dataset, excluded, usable, _ = prepared
+    """Everything of ``fit`` after feature extraction, for multi-label data (``job``: fine-tuning)."""
+    dataset, excluded, usable, spec = prep.dataset, prep.excluded, prep.usable, prep.spec
     if settings.head not in ("logistic", MULTILABEL_HEAD):
         raise ParameterError(
             "head", "multi-label data takes the one-vs-rest logistic head: use head='logistic'"
@@ -202,7 +201,7 @@ def fit_multilabel(
         model = finetune_multilabel(job, model, usable, split, clock)
     pretrained = spec.members[0]
     spec = spec if model.backbone is pretrained else FeatureSpec([model.backbone])
-    fitted = _fitted(settings, strategy, prepared, spec, usable, split, checks, model, clock, pretrained)
+    fitted = _fitted(settings, strategy, prep, spec, usable, split, checks, model, clock, pretrained)
     evaluated = split.mask(split.evaluated_on)
     paths = [s.path for s, m in zip(usable.samples, evaluated) if m]
     test = Predictions(paths, usable.y[evaluated], model.proba, usable.features[evaluated])
@@ -230,7 +229,7 @@ def fit_multilabel(
 def _fitted(
     settings: MultiLabelSettings,
     strategy: str,
-    prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+    prep: PreparedData,
     spec: FeatureSpec,
     usable: Usable,
     split: Split,
@@ -240,7 +239,7 @@ def _fitted(
     pretrained: Backbone,
 ) -> FittedModel:
     """The fitted multi-label model and its metrics."""
-    dataset, excluded, _, result = prepared
+    dataset, excluded, result = prep.dataset, prep.excluded, prep.extraction
     y_eval = usable.y[split.mask(split.evaluated_on)]
     scores = multilabel_metrics(y_eval, model.proba, model.thresholds, usable.classes)
     split_rec = split_record(dataset, usable, split, settings.fractions, settings.seed)
