@@ -163,11 +163,14 @@ class ImageClassifier(BaseEstimator):
     """Pretrained backbone + cached bottleneck features + a small head; optionally fine-tuned.
 
     Parameters are stored as given (scikit-learn style: ``get_params``, ``set_params`` and
-    ``sklearn.base.clone`` work) and checked in ``fit``; fitted state ends in an underscore.
+    ``sklearn.base.clone`` work), checked in ``fit`` and never changed by it; fitted state ends
+    in an underscore, all of it read from one ``FittedModel`` (``fitted_``, see
+    ``estimator.fitted``) that ``fit`` and ``load`` produce.
 
     Args:
         strategy: ``auto`` (the default: a search over probes, fine-tuning depths, backbones
-            and TTA within ``time_budget``, judged on validation; see ``auto.py``),
+            and TTA within ``time_budget``, judged on validation; see ``auto.py``; the
+            parameters stay as given, the winner's are ``best_params_``, its record ``auto_``),
             ``feature-extraction`` (a head on cached features) or ``finetune`` (then the
             backbone and head train end to end on augmented images).
         backbone: any timm model name; the default works offline.
@@ -217,7 +220,8 @@ class ImageClassifier(BaseEstimator):
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
     """
 
-    # Fitted state (set by ``fit`` or ``load``).
+    # Fitted state (set by ``fit`` or ``load``, through ``_adopt``).
+    fitted_: FittedModel
     backbone_: Backbone
     head_: Head
     classes_: list[str]
