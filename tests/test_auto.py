@@ -130,7 +130,9 @@ def test_an_interrupt_during_a_finetuning_candidate_keeps_the_best_so_far(tmp_pa
         auto,
         "_planned",
         lambda search: [
-            auto.Candidate("finetune:last:2", "finetune", {"unfreeze": "last:2", "epochs": 1}, 1.0)
+            auto.Candidate(
+                "finetune:last:2", "finetune", auto.CandidateParams(unfreeze="last:2", epochs=1), 1.0
+            )
         ],
     )
 
