@@ -15,6 +15,7 @@ from sklearn.base import clone
 import headstart
 from headstart.core.errors import ParameterError
 from headstart.estimator.classifier import CONSTRAINTS, FineTuneClassifier, ImageClassifier
+from headstart.runs.writer import resumable_folder
 
 CLI = [sys.executable, "-m", "headstart"]
 
@@ -218,7 +219,8 @@ def test_one_way_to_resume_a_killed_finetuning_run(tmp_path):
     )
     with pytest.raises(KeyboardInterrupt):
         clf.fit(data, out_dir=run, on_epoch_end=killed_after_first_epoch)
-    saved = json.loads((run / "finetune.json").read_text())
+    assert not run.exists()  # a run is swapped into its folder whole, at the end
+    saved = json.loads((resumable_folder(run) / "finetune.json").read_text())
     assert saved["data"] == str(data.resolve()) and saved["params"] == {
         **json.loads(json.dumps(clf._json_params())),
         "strategy": "finetune",

@@ -28,7 +28,7 @@ from headstart.export.exporter import export_model, preprocessing_spec
 from headstart.export.runtime import load_exported, prepare_pixels
 from headstart.models.backbones import DEFAULT_BACKBONE
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export-serve.md"  # the snippet's page
 TOLERANCE = 1e-3
 DEFAULT_DATA_CONFIG = {
     "input_size": (3, 224, 224),
@@ -102,6 +102,34 @@ def test_knn_head_is_refused_in_one_line(colors_dir, tmp_path):
     result = CliRunner().invoke(app, ["export", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "kNN head cannot be exported" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_an_export_folder_is_replaced_whole_and_other_files_are_kept(colors_dir, tmp_path, monkeypatch):
+    """Issue 24: a crash while exporting leaves the earlier export whole; a folder that also holds
+    the user's own files is written file by file and those files stay."""
+    import headstart.export.exporter as exporter
+
+    model = headstart.ImageClassifier(strategy="feature-extraction", check_data=False, verbose=False)
+    path = model.fit(colors_dir).save(tmp_path / "m.safetensors")
+    out = tmp_path / "out"
+    export_model(path, out, "onnx")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"model.onnx", "labels.txt", "export.json"}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "write_beside", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(path, out, "openvino")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    export_model(path, out, "openvino")
+    assert {p.name for p in out.iterdir()} == {"model.xml", "model.bin", "labels.txt", "export.json"}
+    assert not [p for p in tmp_path.iterdir() if "headstart-" in p.name]
+    (out / "notes.txt").write_text("mine")
+    export_model(path, out, "onnx")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.onnx").is_file()
 
 
 def test_int8_without_its_training_images_names_what_is_missing(colors_dir, tmp_path):
@@ -229,13 +257,13 @@ def test_int8_records_both_accuracies_and_refuses_a_large_loss(probe_run, tmp_pa
     assert not (tmp_path / "refused" / "model.xml").exists()
 
 
-# ------------------------------------------------------------------ the README's snippet
+# ------------------------------------------------------------------ the export page's snippet
 
 
 def readme_snippet() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = EXPORT_PAGE.read_text(encoding="utf-8")
     found = re.search(r"<!-- export-snippet -->\s*```python\n(.*?)```", text, re.S)
-    assert found, "README.md has no ```python block after <!-- export-snippet -->"
+    assert found, f"{EXPORT_PAGE.name} has no ```python block after <!-- export-snippet -->"
     return found.group(1)
 
 

@@ -31,6 +31,36 @@ def test_second_run_extracts_nothing_and_a_changed_file_alone(tmp_path, backbone
     assert third.n_extracted == 2 and third.n_cached == len(paths) - 1
 
 
+def test_a_file_rewritten_with_its_size_and_mtime_put_back_is_read_again(tmp_path, backbone):
+    """Issue 24: the stat check includes ctime, which no user call can put back."""
+    import os
+    import time
+
+    from PIL import Image
+
+    root = tmp_path / "d"
+    root.mkdir()
+    a, b = root / "a.bmp", root / "b.bmp"  # BMP: the same size for any colour
+    Image.new("RGB", (40, 40), (250, 10, 10)).save(a)
+    Image.new("RGB", (40, 40), (10, 10, 250)).save(b)
+    ex = FeatureExtractor(backbone, FeatureCache(tmp_path / "cache"))
+    red = ex.extract([str(a)]).features
+    before = os.stat(a)
+    time.sleep(0.02)
+    a.write_bytes(b.read_bytes())  # same size, other content
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(a)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    again = ex.extract([str(a)])
+    assert again.n_extracted == 1
+    np.testing.assert_allclose(again.features, ex.extract([str(b)]).features, atol=1e-5)
+    assert not np.allclose(again.features, red, atol=1e-3)
+
+
 def test_damaged_cache_entry_is_recomputed(tmp_path, backbone):
     root = make_class_folders(tmp_path / "d", per_class=2, classes=("red",))
     paths = sorted(str(p) for p in root.rglob("*.jpg"))

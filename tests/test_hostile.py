@@ -357,6 +357,20 @@ def test_unknown_split_in_csv_is_one_line_error(tmp_path):
     assert_one_line_error(proc, "line 3", "unknown split 'tset'")
 
 
+@pytest.mark.parametrize("name", ["two\nlines", "carriage\rreturn", "para\u2029graph"])
+def test_a_class_name_with_a_line_break_is_one_line_error(tmp_path, name):
+    """Issue 24: labels.txt holds one class a line, so such a name is refused, not written."""
+    data = tmp_path / "data"
+    for cls, color in ((name, (200, 40, 40)), ("blue", (40, 40, 200))):
+        for i in range(2):
+            make_image(data / cls / f"{i}.jpg", color, i)
+    before = tree_digest(data)
+    proc = run(*TRAIN, data, "--out", tmp_path / "run", timeout=120)
+    line = assert_one_line_error(proc, "line break", "rename")
+    assert repr(name) in line
+    assert tree_digest(data) == before and not (tmp_path / "run" / "model.safetensors").exists()
+
+
 # --------------------------------------------------------------------------- model files are untrusted
 
 
@@ -666,7 +680,7 @@ def test_disk_full_during_a_run_warns_and_goes_on(tmp_path, capsys):
     cache._db = FullDisk(cache._db)  # type: ignore[assignment]
     with time_limit(30):
         cache.put_many("ns", [("k", np.ones(4, dtype=np.float32))])
-        cache.remember_hashes([("a.jpg", 1, 2, 3, "h")])
+        cache.remember_hashes([("a.jpg", 1, 2, 3, 4, "h")])
     assert "disk is full" in capsys.readouterr().err and not list(tmp_path.glob("*.damaged-*"))
 
 

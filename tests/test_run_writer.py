@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -44,6 +45,16 @@ def count_writes(monkeypatch) -> Counter:
     return writes
 
 
+def in_run_folder(path: Path, run_dir: Path) -> Path | None:
+    """``path`` relative to the run folder, or to the staging folder a run is written in before it
+    is swapped in (``core.folders``); None for a path in neither."""
+    for folder in path.parents:
+        staged = folder.parent == run_dir.parent and folder.name.startswith(f".{run_dir.name}.headstart-new-")
+        if folder == run_dir or staged:
+            return path.relative_to(folder)
+    return None
+
+
 def test_each_run_file_is_written_once(colors_dir, tmp_path, monkeypatch):
     writes = count_writes(monkeypatch)
     exclude = [str(colors_dir / "red" / "red_0.jpg")]
@@ -51,7 +62,7 @@ def test_each_run_file_is_written_once(colors_dir, tmp_path, monkeypatch):
     headstart.ImageClassifier(
         strategy="feature-extraction", verbose=False, report_map="pca", exclude=exclude
     ).fit(colors_dir, out_dir=run_dir)
-    in_run = {p.relative_to(run_dir).as_posix(): n for p, n in writes.items() if run_dir in p.parents}
+    in_run = {rel.as_posix(): n for p, n in writes.items() if (rel := in_run_folder(p, run_dir)) is not None}
     expected = {
         "model.safetensors",
         "metrics.json",
@@ -70,6 +81,7 @@ def test_each_run_file_is_written_once(colors_dir, tmp_path, monkeypatch):
     assert all(n == 1 for n in in_run.values()), {p: n for p, n in in_run.items() if n != 1}
     files = {p.name for p in run_dir.iterdir()}
     assert files == expected | {"log.txt"}, files  # no temporary file left behind
+    assert not [p for p in tmp_path.iterdir() if "headstart-" in p.name]  # nor a staging folder
 
 
 def test_the_model_is_saved_before_any_figure(colors_dir, tmp_path, monkeypatch):
@@ -154,3 +166,92 @@ def test_report_remaps_all_points_through_the_model(colors_dir, tmp_path):
     with open(run_dir / "map.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 30 and {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+# --------------------------------------------------------------------------- replaced whole (issue 24)
+
+
+def make_killed_finetune_run(run_dir: Path) -> None:
+    """What a fine-tuning run killed after an epoch leaves in its folder (the older layout, in
+    place): its config, history and checkpoint."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"state")
+    (run_dir / "finetune.json").write_text('{"data": "/x", "params": {}}')
+    (run_dir / "history.csv").write_text("epoch,loss\n1,0.5\n")
+
+
+@pytest.mark.cli
+def test_a_typo_in_the_data_path_leaves_the_run_folder_untouched(colors_dir, tmp_path):
+    from conftest import tree_digest
+
+    run_dir = tmp_path / "run"
+    headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
+        colors_dir, out_dir=run_dir
+    )
+    make_killed_finetune_run(run_dir)
+    before = tree_digest(run_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headstart", "train", str(colors_dir) + "-typo", "--out", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode != 0 and "data path not found" in proc.stderr
+    assert tree_digest(run_dir) == before  # the resumable state included
+    assert not [p for p in tmp_path.iterdir() if "headstart-" in p.name]
+
+
+KILL_AFTER_MODEL = """
+import os, signal
+import headstart.runs.writer as w
+original = w.write_rows
+def write_rows(path, *args, **kwargs):  # the first file after model.safetensors: kill -9 here
+    os.kill(os.getpid(), signal.SIGKILL)
+w.write_rows = write_rows
+"""
+
+
+@pytest.mark.cli
+def test_a_rerun_killed_after_its_model_landed_leaves_the_old_run_whole(colors_dir, tmp_path):
+    from conftest import tree_digest
+
+    run_dir = tmp_path / "run"
+    headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
+        colors_dir, out_dir=run_dir
+    )
+    before = tree_digest(run_dir)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AFTER_MODEL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    args = ["train", str(colors_dir), "--strategy", "feature-extraction", "--out", str(run_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "headstart", *args], env=env, capture_output=True, timeout=240
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert tree_digest(run_dir) == before  # the old run, not the new model beside old metrics
+    staged = [p for p in tmp_path.iterdir() if p.name.startswith(".run.headstart-new-")]
+    assert len(staged) == 1 and (staged[0] / "model.safetensors").is_file()
+    # the next run replaces the folder whole and removes what the killed one left
+    proc = subprocess.run([sys.executable, "-m", "headstart", *args], capture_output=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [p for p in tmp_path.iterdir() if "headstart-" in p.name]
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "model.safetensors").is_file()
+
+
+def test_swap_in_replaces_a_folder_whole(tmp_path):
+    from headstart.core.folders import staging_folder, swap_in
+
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    staging = staging_folder(final)
+    (staging / "new.txt").write_text("new")
+    swap_in(staging, final)
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    fresh = tmp_path / "fresh"
+    staging = staging_folder(fresh)
+    (staging / "a").write_text("a")
+    swap_in(staging, fresh)
+    assert (fresh / "a").read_text() == "a"

@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from headstart.cli.options import (
+    AllowedHosts,
     ApiKey,
     Augment,
     BackboneName,
@@ -71,6 +72,7 @@ from headstart.cli.options import (
     Strategy,
     StrategyChoice,
     TargetAccuracy,
+    TargetCoverage,
     TestTimeAugmentation,
     TimeBudgetMinutes,
     TimedBatches,
@@ -81,6 +83,7 @@ from headstart.cli.options import (
     WarmupBatches,
     WeightsFile,
 )
+from headstart.cli.review import review
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
 
@@ -154,6 +157,30 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: the installed distribution's version (what pip installed), then exit; from a source
+    tree that was never installed, the package's own ``__version__`` (pyproject.toml reads the same)."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("headstart")
+        except PackageNotFoundError:
+            from headstart import __version__ as number
+        typer.echo(f"headstart {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Transfer learning for image classification: folder of photos in, tested model out."""
+
+
 def _data_or_flowers(data: Optional[Path], cache_dir: Optional[Path]) -> Path:
     if data is not None:
         return data
@@ -202,6 +229,7 @@ def train(
     multi_label: MultiLabel = None,
     reject: RejectOption = "off",
     target_accuracy: TargetAccuracy = 0.95,
+    target_coverage: TargetCoverage = 0.95,
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
 ) -> None:
@@ -331,6 +359,10 @@ def predict(
             help="Also save each image with its top-k drawn on it into this folder, plus index.html."
         ),
     ] = None,
+    explain: Annotated[
+        Optional[Path],
+        typer.Option(help="Also save each image with a heatmap of where the model found its answer (PNG)."),
+    ] = None,
 ) -> None:
     """Top-k labels with probabilities for each image."""
     from headstart.estimator.classifier import load
@@ -361,6 +393,24 @@ def predict(
             results, annotate, f"Predictions of {Path(model).name}", ConsoleProgress()
         )
         print(f"annotated images and contact sheet: {index}", file=sys.stderr)
+    if explain is not None:
+        _write_explanations(clf, [r["path"] for r in results if not r.get("error")], explain)
+
+
+def _write_explanations(clf: Any, paths: list[str], out_dir: Path) -> None:
+    """``predict --explain DIR``: an overlay PNG per image, of the model's most probable class."""
+    from headstart.data.images import decode_image, read_bytes
+    from headstart.reporting.overlay import overlay_name, write_overlay
+
+    written = 0
+    for i, path in enumerate(paths):
+        (e,) = clf.explain([path])
+        if e.heatmap is None or e.label is None:
+            continue
+        image = decode_image(read_bytes(path))
+        write_overlay(out_dir, overlay_name(path, e.label, i), image, e.heatmap)
+        written += 1
+    print(f"{written} explanation overlay(s) in {out_dir}", file=sys.stderr)
 
 
 def _write_stdout(text: str, errors: str) -> None:
@@ -435,6 +485,60 @@ def _answer_cell(result: dict[str, Any], shown: Any) -> str:
     if result.get("unknown"):
         return f"[yellow]unknown{score}[/yellow]"
     return ", ".join(shown(label) for label in result.get("labels", [])) + score
+
+
+class SortModeChoice(str, Enum):
+    link = "link"
+    copy = "copy"
+    symlink = "symlink"
+
+
+@app.command()
+def sort(
+    model: ModelFile,
+    photos: Annotated[Path, typer.Argument(help="Folder of photos to sort (read only, never written).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the class folders and sorted.csv.")],
+    mode: Annotated[
+        SortModeChoice,
+        typer.Option(help="link: hard links (a copy where the file system cannot), copy, or symlink."),
+    ] = SortModeChoice.link,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write sorted.csv only; place no file.")] = False,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes sharing the feature extraction (starts torchrun; 1: no launcher).")
+    ] = 1,
+) -> None:
+    """Sort the images under PHOTOS into OUT/<class>/ and OUT/_unknown/, listed in OUT/sorted.csv."""
+    from headstart.core.progress import ConsoleProgress, NullProgress
+    from headstart.estimator.classifier import load
+    from headstart.runs.sort import SortJob, sort_photos
+    from headstart.training.distributed import launch, launched_by_torchrun, process_group, without_flag
+
+    if nproc < 1:
+        raise ParameterError("nproc", f"must be at least 1 (got {nproc})")
+    if nproc > 1 and not launched_by_torchrun():  # each worker runs this command, less --nproc
+        raise typer.Exit(launch(nproc, without_flag(sys.argv[1:], "--nproc")))
+    clf = load(model, cache_dir=cache_dir, verbose=False)
+    k = len(clf.classes_)
+    job = SortJob(photos, out, mode.value, dry_run)
+    if launched_by_torchrun():  # every rank extracts its share of each batch; rank 0 writes
+        with process_group() as group:
+            job.writes = group.is_main
+            job.progress = ConsoleProgress() if group.is_main and not quiet else NullProgress()
+            summary = sort_photos(lambda paths: clf.predict_top_k(paths, k=k), clf.classes_, job)
+    else:
+        job.progress = NullProgress() if quiet else ConsoleProgress()
+        summary = sort_photos(lambda paths: clf.predict_top_k(paths, k=k), clf.classes_, job)
+    if job.writes and not quiet:
+        counts = ", ".join(f"{terminal_safe(f)} {n}" for f, n in sorted(summary.per_folder.items()))
+        how = ", ".join(f"{h} {n}" for h, n in sorted(summary.placed.items()) if n)
+        print(
+            f"sorted {summary.n_images - summary.n_skipped} of {summary.n_images} images into {out}: {counts}"
+            + (f" ({how})" if how else "")
+            + (f"; {summary.n_skipped} skipped (skipped.csv)" if summary.n_skipped else ""),
+            file=sys.stderr,
+        )
 
 
 @app.command()
@@ -538,6 +642,7 @@ def serve(
     api_key: ApiKey = None,
     cache_dir: CacheDir = None,
     precision: ServePrecision = InferencePrecision.auto,
+    allowed_hosts: AllowedHosts = None,
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
 
@@ -547,12 +652,15 @@ def serve(
     import uvicorn
 
     from headstart.serve import create_app
+    from headstart.serve.guards import ConnectionLimits, default_allowed_hosts, server_config
     from headstart.serve.source import resolve_model
 
     if max_batch < 1:
         raise ParameterError("max_batch", "must be at least 1")
     if max_upload_mb <= 0:
         raise ParameterError("max_upload_mb", "must be positive")
+    if api_key is not None and not api_key.strip():
+        raise ParameterError("api_key", "is empty (an unset variable?): give a key, or leave the option out")
     export_dir = resolve_model(model, cache_dir)
     print(
         f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
@@ -564,8 +672,9 @@ def serve(
         max_upload_mb=max_upload_mb,
         api_key=api_key,
         precision=precision.value,
+        allowed_hosts=allowed_hosts or default_allowed_hosts(host),
     )
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(server_config(asgi, host, port, ConnectionLimits())).run()
 
 
 @app.command()
@@ -588,6 +697,9 @@ def backbones(
         _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
     else:
         _write_stdout(backbone_table(listing) + "\n", "replace")
+
+
+app.command()(review)
 
 
 def main() -> None:

@@ -170,6 +170,14 @@ RejectOption = Annotated[
 TargetAccuracy = Annotated[
     float, typer.Option(help="--reject auto: the accuracy wanted on the images the model accepts.")
 ]
+TargetCoverage = Annotated[
+    float,
+    typer.Option(
+        help="--reject auto: the least share of known validation images accepted (0.95: the threshold "
+        "turns down up to 5% of them, so images unlike every class are turned down even when the model "
+        "is accurate; 1: --target-accuracy alone)."
+    ),
+]
 ProcessCount = Annotated[
     int,
     typer.Option(
@@ -241,6 +249,16 @@ ApiKey = Annotated[
     typer.Option(
         envvar="HEADSTART_API_KEY",
         help="Require this key on /v1/ requests (Authorization: Bearer KEY or X-API-Key).",
+    ),
+]
+
+AllowedHosts = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--allowed-hosts",
+        metavar="HOST",
+        help="A Host header the server answers (repeat for several; '*' for any). Default: the address it "
+        "listens on and localhost, so a web page whose DNS name is rebound to this machine cannot use it.",
     ),
 ]
 

@@ -234,9 +234,7 @@ def discover(source: str | Path, labels_from: str = "auto", multi_label: bool | 
     written (False), or None: multi-label when any row has more than one. True on folders gives
     each image its one label as a label set.
     """
-    root = Path(source).expanduser()
-    if not root.exists():
-        raise HeadstartError(f"data path not found: {root} (give a folder of class sub-folders or a CSV)")
+    root = require_data_path(source)
     if root.is_file():
         if root.suffix.lower() != ".csv" and labels_from != "csv":
             raise HeadstartError(f"{root} is a file: give a folder of images or a CSV of path,label")
@@ -261,7 +259,30 @@ def discover(source: str | Path, labels_from: str = "auto", multi_label: bool | 
             f"no labelled images found in {root}: expected class sub-folders of images "
             "(jpg, png, bmp, gif, webp, tif), a CSV of path,label, or files named LABEL_*.jpg"
         )
+    check_class_names(dataset.classes)
     return dataset
+
+
+def check_class_names(classes: Sequence[str]) -> None:
+    """Refuse a class name that a line-based file (``labels.txt``, a CSV read line by line)
+    cannot hold: one with a line break of any kind Python's ``splitlines`` knows. Refused
+    rather than escaped, since every reader of ``labels.txt`` would have to unescape it."""
+    for name in classes:
+        if name and name.splitlines() != [name]:
+            raise HeadstartError(
+                f"class name {name!r} holds a line break, which labels.txt and the CSVs cannot "
+                "hold: rename that folder (or fix that label) and run again"
+            )
+
+
+def require_data_path(source: str | Path | Dataset) -> Path:
+    """``source`` as a path that exists (a typo is refused before anything else happens)."""
+    if isinstance(source, Dataset):
+        return source.root
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise HeadstartError(f"data path not found: {root} (give a folder of class sub-folders or a CSV)")
+    return root
 
 
 def split_label_cell(cell: str) -> tuple[str, ...]:

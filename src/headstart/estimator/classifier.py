@@ -34,8 +34,22 @@ from headstart.core.params import (
     validate_params,
 )
 from headstart.data.augment import PRESETS
-from headstart.data.discovery import Dataset, Sample, check_out_dir, discover, expand_paths
+from headstart.data.discovery import (
+    Dataset,
+    Sample,
+    check_out_dir,
+    discover,
+    expand_paths,
+    require_data_path,
+)
 from headstart.estimator.auto import AutoContext, run_auto
+from headstart.estimator.explain import (
+    ExplainSource,
+    Explanation,
+    explain_images,
+    nearest_training_images,
+    write_error_gallery,
+)
 from headstart.estimator.finetune import FineTuneJob
 from headstart.estimator.fitted import FittedModel, fitted_from_bundle, model_info, saved_parameters
 from headstart.estimator.fitting import (
@@ -156,6 +170,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
     "target_accuracy": Interval(float, 0, 1, low_open=True),
+    "target_coverage": Interval(float, 0, 1, low_open=True),
 }
 
 
@@ -218,6 +233,9 @@ class ImageClassifier(BaseEstimator):
             nearest training image (``evaluation.reject``); the model keeps a bank of its
             training features for it.
         target_accuracy: the accuracy wanted on accepted images with ``reject="auto"``.
+        target_coverage: ``reject="auto"``: the least share of known validation images accepted;
+            the threshold rises to turn down the rest even when the accuracy target needs none
+            (1: the accuracy target alone, the rule before this parameter).
     """
 
     # Fitted state (set by ``fit`` or ``load``, through ``_adopt``).
@@ -265,6 +283,7 @@ class ImageClassifier(BaseEstimator):
         multi_label: bool | None = None,
         reject: str | float = "off",
         target_accuracy: float = 0.95,
+        target_coverage: float = 0.95,
     ) -> None:
         # scikit-learn's contract: store every parameter as given, under its own name; check in fit
         _store_parameters(self, locals())
@@ -404,7 +423,8 @@ class ImageClassifier(BaseEstimator):
         self._check_params()
         clock, started = Stopwatch(), time.time()
         check_out_dir(out_dir, data)
-        writer = RunWriter(*writer_args(out_dir, self.verbose))
+        require_data_path(data)  # before the run folder is touched
+        writer = RunWriter(*writer_args(out_dir, self.verbose), staged=True, resume=resume)
         if not resume:
             writer.remove_stale_files()
         if self.strategy == FINETUNE:
@@ -424,7 +444,8 @@ class ImageClassifier(BaseEstimator):
         if self.strategy == FINETUNE:
             stage = finetune_stage(ctx, self._finetune_job(writer, resume, started, on_epoch_end), stage)
         record = RunRecord(dataset, excluded, result, checks, self.split, self.top_k)
-        fitted, proba = finish(ctx, stage, record, self.reject, self.target_accuracy)
+        targets = (self.target_accuracy, self.target_coverage)
+        fitted, proba = finish(ctx, stage, record, self.reject, targets)
         self._adopt(fitted)
         self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
         evaluated = split.mask(split.evaluated_on)
@@ -488,6 +509,9 @@ class ImageClassifier(BaseEstimator):
             checks=checks,
             excluded=excluded,
         )
+        if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
+            with clock("explain_errors"):
+                write_error_gallery(self._explain_source(), writer.run_dir, test.paths, test.y, test.proba)
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _head_stage(
@@ -680,6 +704,21 @@ class ImageClassifier(BaseEstimator):
         ]
         return out + [task.unreadable(p, r) for p, r in missing]
 
+    def explain(self, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
+        """Per image, the label explained (``label``, or the most probable class) and its class
+        activation map: (H, W) float32 in [0, 1] at the image's own size (``features.cam``)."""
+        self._check_fitted()
+        return explain_images(self._explain_source(), paths, label)
+
+    def neighbours(self, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
+        """The ``k`` training photos most like each image (from the reject option's neighbour
+        bank): ``[{"path", "label", "similarity"}]``, most similar first."""
+        self._check_fitted()
+        return nearest_training_images(self._explain_source(), paths, k)
+
+    def _explain_source(self) -> ExplainSource:
+        return ExplainSource(self.fitted_, self.predict_proba, self._extract, self.seed)
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(
@@ -767,6 +806,7 @@ class ImageClassifier(BaseEstimator):
                 "threshold": threshold,
                 "score": score_kind(self._reject_bank()),
                 "target_accuracy": self.target_accuracy,
+                "target_coverage": self.target_coverage,
             }
         return meta
 

@@ -12,7 +12,8 @@ kNN head is not calibrated (its probabilities are neighbour votes, many exactly 
 no temperature mends), but its reject threshold is chosen on the votes of train-only neighbours.
 
 The reject threshold (``reject="auto"``) is chosen on the same held-out validation
-probabilities, after calibration, for ``target_accuracy`` on the accepted images; with a
+probabilities, after calibration, for ``target_accuracy`` on the accepted images and at most
+``1 - target_coverage`` of the validation images turned down (``evaluation.reject``); with a
 neighbour bank (``estimator.neighbours``), times each validation image's similarity to the train
 images only, so the threshold is on the score the model answers with.
 """
@@ -87,6 +88,7 @@ def fit_reliability(
     log: Log,
     tuned_val_proba: Any = None,
     neighbours: Neighbours | None = None,
+    target_coverage: float = 1.0,
 ) -> Reliability:
     """Temperature (fitted on held-out validation probabilities) and the reject threshold (on
     the ``max_probability*knn`` score with ``neighbours``, else on ``max_probability``)."""
@@ -122,7 +124,8 @@ def fit_reliability(
         rel.bank = neighbours.bank
     scores = np.nan_to_num(scores, nan=0.0)  # an image unreadable by the tuned network: least sure
     correct = val_proba.argmax(axis=1) == y_val
-    rel.reject_threshold, rel.reject = _threshold(reject, target_accuracy, scores, correct, log)
+    targets = (target_accuracy, target_coverage)
+    rel.reject_threshold, rel.reject = _threshold(reject, targets, scores, correct, log)
     return rel
 
 
@@ -135,20 +138,32 @@ def _source(head: Head) -> str:
 
 
 def _threshold(
-    reject: str | float, target: float, scores: np.ndarray, correct: np.ndarray, log: Log
+    reject: str | float,
+    targets: tuple[float, float],
+    scores: np.ndarray,
+    correct: np.ndarray,
+    log: Log,
 ) -> tuple[float, dict[str, Any]]:
-    """``auto``: chosen on validation for ``target`` accuracy on accepted images; a number: as given."""
+    """``auto``: chosen on validation for the (accuracy, coverage) ``targets``; a number: as given."""
     if reject != "auto":
         threshold = float(reject)
         return threshold, {"mode": "fixed", "val": selective_metrics(scores, correct, threshold)}
-    choice = choose_threshold(scores, correct, target)
+    target, coverage = targets
+    choice = choose_threshold(scores, correct, target, coverage)
     info = {
         "mode": "auto",
         "target_accuracy": target,
+        "target_coverage": coverage,
         "target_reached": choice.reached,
+        "threshold_set_by": choice.set_by,
         "val": selective_metrics(scores, correct, choice.threshold),
     }
-    if choice.reached:
+    if choice.set_by == "coverage":
+        log(
+            f"reject: threshold {choice.threshold:.4f} turns down {1 - choice.coverage:.1%} of the val images "
+            f"(coverage target {coverage}; accuracy {choice.accuracy:.4f} on the rest, target {target})"
+        )
+    elif choice.reached:
         log(
             f"reject: threshold {choice.threshold:.4f} on val gives accuracy {choice.accuracy:.4f} on "
             f"{choice.coverage:.1%} of the images (target {target})"
@@ -195,7 +210,8 @@ def reliability_sections(
 
 
 def saved_reject_params(meta: dict[str, Any]) -> dict[str, Any]:
-    """``reject`` and ``target_accuracy`` of a saved model (a bundle without them: off)."""
+    """``reject``, ``target_accuracy`` and ``target_coverage`` of a saved model (a bundle without
+    them: off; one saved before the coverage target: 1, the accuracy rule its threshold came from)."""
     saved = bundle_reject(meta)
     if saved.get("threshold") is None:
         return {}
@@ -203,4 +219,5 @@ def saved_reject_params(meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "reject": mode if mode in ("auto", "off") else float(mode),
         "target_accuracy": float(saved.get("target_accuracy", 0.95)),
+        "target_coverage": float(saved.get("target_coverage", 1.0)),
     }

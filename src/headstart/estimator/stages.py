@@ -37,7 +37,8 @@ from headstart.estimator.fitting import (
 )
 from headstart.estimator.layers import choose_layers
 from headstart.estimator.neighbours import build_neighbours, model_features
-from headstart.estimator.reliability import fit_reliability, reliability_sections
+from headstart.estimator.openset import held_out_class_report
+from headstart.estimator.reliability import Reliability, fit_reliability, reliability_sections
 from headstart.evaluation.calibration import apply_temperature
 from headstart.features.composite import FeatureSpec
 from headstart.features.extractor import ExtractionResult
@@ -130,10 +131,11 @@ class RunRecord:
 
 
 def finish(
-    ctx: FitContext, stage: Stage, record: RunRecord, reject: str | float, target_accuracy: float
+    ctx: FitContext, stage: Stage, record: RunRecord, reject: str | float, targets: tuple[float, float]
 ) -> tuple[FittedModel, np.ndarray]:
     """The stage's model scored on the evaluated split as ``predict`` will answer, calibrated,
-    with its reject threshold and its metrics; also the evaluated split's probabilities."""
+    with its reject threshold (``targets``: accuracy and coverage, for ``reject="auto"``) and its
+    metrics; also the evaluated split's probabilities."""
     split, usable = ctx.split, stage.usable
     evaluated = split.mask(split.evaluated_on)
     with ctx.clock("evaluate"):
@@ -146,17 +148,7 @@ def finish(
             else stage.head.predict_proba(usable.features[evaluated])
         )
     with ctx.clock("calibrate"):
-        tuned_val = outcome.val_proba if outcome is not None else None
-        neighbours = None
-        if reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
-            tuned = outcome is not None and outcome.backbone is not stage.probe_backbone
-            features = model_features(lambda p: ctx.extract(stage.spec, p), tuned, usable, ctx.log)
-            neighbours = build_neighbours(features, usable.y, split, ctx.seed)
-        rel = fit_reliability(
-            stage.head, usable, split, reject, target_accuracy, ctx.log, tuned_val, neighbours
-        )
-        features = neighbours.evaluated_features if neighbours is not None else None
-        sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
+        rel, sections = _reliability(ctx, stage, outcome, raw, reject, targets)
         proba = apply_temperature(raw, rel.temperature)
     scores = score(usable.y[evaluated], proba, usable.classes, record.top_k)
     split_rec = split_record(record.dataset, usable, split, record.fractions, ctx.seed)
@@ -179,6 +171,37 @@ def finish(
         best_params=stage.best_params,
     )
     return fitted, proba
+
+
+def _reliability(
+    ctx: FitContext,
+    stage: Stage,
+    outcome: FineTuneOutcome | None,
+    raw: np.ndarray,
+    reject: str | float,
+    targets: tuple[float, float],
+) -> tuple[Reliability, dict[str, Any]]:
+    """Temperature and reject threshold, chosen on validation (``estimator.reliability``), and
+    metrics.json's sections about them (``raw``: the evaluated split's uncalibrated probabilities)."""
+    split, usable = ctx.split, stage.usable
+    tuned_val = outcome.val_proba if outcome is not None else None
+    neighbours, model_x = None, None
+    if reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
+        tuned = outcome is not None and outcome.backbone is not stage.probe_backbone
+        model_x = model_features(lambda p: ctx.extract(stage.spec, p), tuned, usable, ctx.log)
+        neighbours = build_neighbours(model_x, usable.y, split, ctx.seed)
+    target_accuracy, target_coverage = targets
+    rel = fit_reliability(
+        stage.head, usable, split, reject, target_accuracy, ctx.log, tuned_val, neighbours, target_coverage
+    )
+    evaluated = split.mask(split.evaluated_on)
+    features = neighbours.evaluated_features if neighbours is not None else None
+    sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
+    if "reject" in sections and model_x is not None:
+        sections["reject"]["held_out_class"] = held_out_class_report(
+            stage.head, model_x, usable.y, split, usable.classes, rel, ctx.seed
+        )
+    return rel, sections
 
 
 def _metrics(

@@ -16,8 +16,14 @@ Two score kinds:
   flowers with one class held out as unknown (``benchmarks/open_set.py``) it separates unknown
   from known images better than either factor alone.
 
-``auto`` chooses the threshold on validation images so that the images it accepts reach a
-target accuracy (``choose_threshold``).
+``auto`` chooses the threshold on validation images with two targets (``choose_threshold``):
+the images it accepts reach a target accuracy, and at most ``1 - target_coverage`` of the
+(known) validation images are turned down. The threshold is the higher of the two rules'. The
+accuracy rule alone turns nothing down once a model is accurate enough, and then an image unlike
+every class is never answered unknown; the coverage rule spends a fixed share of the known
+images (5% by default) to place the threshold where unlike images fall. When the accuracy target
+needs more, it wins: the accuracy asked for is kept. ``target_coverage=1`` is the accuracy rule
+alone (models saved before the coverage target keep the threshold they were saved with).
 """
 
 from __future__ import annotations
@@ -134,19 +140,43 @@ def bank_problem(bank: np.ndarray, width: int) -> str:
 
 @dataclass
 class ThresholdChoice:
-    """``threshold``: the lowest threshold whose accepted images (score above it) reach the
-    target; ``reached``: whether any did (when none did, the threshold of the best accuracy
-    achievable)."""
+    """``threshold``: the higher of the accuracy rule's (the lowest threshold whose accepted
+    images reach the target accuracy) and the coverage rule's; ``reached``: whether the accuracy
+    target was reached (when not, the accuracy rule's threshold is the best accuracy's)."""
 
     threshold: float
     reached: bool
     accuracy: float  # on the accepted validation images
     coverage: float  # the fraction of validation images accepted
+    set_by: str = "accuracy"  # which rule gave the threshold: accuracy or coverage
 
 
-def choose_threshold(scores: np.ndarray, correct: np.ndarray, target_accuracy: float) -> ThresholdChoice:
-    """The lowest threshold at which the accepted images (score > threshold) are right at least
-    ``target_accuracy`` of the time.
+def coverage_threshold(scores: np.ndarray, target_coverage: float) -> float:
+    """The highest threshold that still accepts (score > threshold) at least ``target_coverage``
+    of ``scores``; tied scores are accepted or turned down together. 0 when every score must be
+    accepted (or there are none).
+
+    Args:
+        scores: (N,) scores of known validation images.
+        target_coverage: the least fraction accepted, in (0, 1].
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    needed = int(np.ceil(target_coverage * len(s) - 1e-9))
+    if needed >= len(s) or needed <= 0:
+        return 0.0 if needed >= len(s) or len(s) == 0 else float(s[0])
+    # accept s[0 .. needed-1] and their ties: the threshold is the next lower distinct score
+    lower = s[needed - 1]
+    below = s[s < lower]
+    return float(below[0]) if len(below) else 0.0
+
+
+def choose_threshold(
+    scores: np.ndarray, correct: np.ndarray, target_accuracy: float, target_coverage: float = 1.0
+) -> ThresholdChoice:
+    """The threshold of the accuracy rule or of the coverage rule, whichever is higher.
+
+    Accuracy rule: the lowest threshold at which the accepted images (score > threshold) are
+    right at least ``target_accuracy`` of the time. Coverage rule: ``coverage_threshold``.
 
     Accepting the images down to a given score (tied scores taken together: a threshold accepts
     all of them or none) is the threshold at the next lower score, or 0 when every image is
@@ -157,6 +187,8 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, target_accuracy: f
         scores: (N,) scores of validation images.
         correct: (N,) 1 where the model's top-1 answer is right.
         target_accuracy: wanted accuracy on accepted images, in (0, 1].
+        target_coverage: the least fraction of validation images accepted, in (0, 1] (1: the
+            accuracy rule alone).
     """
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
@@ -171,7 +203,11 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, target_accuracy: f
     good = np.nonzero(accuracy >= target_accuracy - 1e-12)[0]
     reached = len(good) > 0
     i = int(good.max()) if reached else int(np.flatnonzero(accuracy == accuracy.max()).max())
-    return ThresholdChoice(float(candidates[i]), reached, float(accuracy[i]), float(accepted[i] / len(s)))
+    by_coverage = coverage_threshold(scores, target_coverage)
+    if by_coverage <= candidates[i]:
+        return ThresholdChoice(float(candidates[i]), reached, float(accuracy[i]), float(accepted[i] / len(s)))
+    kept = s > by_coverage
+    return ThresholdChoice(by_coverage, reached, float(c[kept].mean()), float(kept.mean()), "coverage")
 
 
 def selective_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.folders import staging_folder, swap_in
 from headstart.core.io import atomic_path, write_json, write_text
 from headstart.data.images import Preprocessor
 from headstart.evaluation.reject import restore_bank
@@ -37,6 +38,8 @@ from headstart.models.heads import restore_head
 FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_FORMAT_VERSION = 1
+# What an export folder holds: an earlier export alone is replaced whole by the next one.
+EXPORT_FILES = frozenset({*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT_JSON})
 
 
 @dataclass
@@ -177,6 +180,21 @@ def write_openvino(src: Path, dst: Path, props: dict[str, str], compress_to_fp16
                 shutil.move(str(staged.with_suffix(suffix)), final)
 
 
+def export_stage(out: Path) -> Path:
+    """Where an export is written: a staging folder swapped in whole at the end (``core.folders``)
+    when ``out`` is new or holds an earlier export alone, so a crash leaves the old export or
+    the new one; ``out`` itself when it also holds other files (they are never deleted)."""
+    if out.is_dir() and any(not _export_file(p.name) for p in out.iterdir()):
+        return out
+    if out.exists() and not out.is_dir():
+        raise HeadstartError(f"{out} is a file: give a folder for the export")
+    return staging_folder(out)
+
+
+def _export_file(name: str) -> bool:
+    return name in EXPORT_FILES or name.startswith(".export-")
+
+
 def write_beside(out_dir: Path, info: dict[str, Any]) -> None:
     write_text(out_dir / LABELS_TXT, "".join(f"{c}\n" for c in info["classes"]))
     write_json(out_dir / EXPORT_JSON, info)
@@ -235,10 +253,10 @@ def export_model(
     spec = preprocessing_spec(bundle.backbone.data_config)
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / MODEL_FILES[format]
-    say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {target} in {precision}")
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+    stage = export_stage(out)
+    target = stage / MODEL_FILES[format]
+    say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {out} in {precision}")
+    with tempfile.TemporaryDirectory(dir=stage, prefix=".export-") as tmp:
         built = _build(bundle, format, precision, Path(tmp), info, force)
         props = file_metadata(info)
         if format == "onnx":
@@ -247,9 +265,12 @@ def export_model(
             write_openvino(built, target, props, compress_to_fp16=precision == "fp16")
     for other in MODEL_FILES.values():  # one model per folder: the runtime loads whichever is there
         if other != target.name:
-            (out / other).unlink(missing_ok=True)
+            (stage / other).unlink(missing_ok=True)
             if other.endswith(".xml"):
-                (out / other).with_suffix(".bin").unlink(missing_ok=True)
-    write_beside(out, info)
+                (stage / other).with_suffix(".bin").unlink(missing_ok=True)
+    write_beside(stage, info)
+    if stage != out:
+        swap_in(stage, out)
+        target = out / target.name
     say(f"wrote {target}, {LABELS_TXT} and {EXPORT_JSON}")
     return target

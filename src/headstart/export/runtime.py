@@ -74,7 +74,9 @@ def reliability_info(meta: dict[str, Any]) -> dict[str, Any]:
     reject = bundle_reject(meta)
     if reject.get("threshold") is not None:
         out["reject"] = {
-            k: reject[k] for k in ("mode", "threshold", "score", "target_accuracy") if k in reject
+            k: reject[k]
+            for k in ("mode", "threshold", "score", "target_accuracy", "target_coverage")
+            if k in reject
         }
     return out
 

@@ -2,7 +2,7 @@
 
 Each image's features are stored under (backbone key, hash of the file's bytes), so renaming,
 moving or re-splitting files never re-extracts, and a changed file does. A file's content hash
-is remembered with its size, mtime and inode, so an unchanged file is not read again.
+is remembered with its size, mtime, ctime and inode, so an unchanged file is not read again.
 
 Several processes on one machine may share a cache (the ranks of a ``torchrun`` job, two runs at
 once): SQLite's write-ahead log lets readers go on while one writer writes, a busy timeout makes
@@ -38,6 +38,7 @@ from headstart.data.images import read_bytes
 T = TypeVar("T")
 BUSY_RETRIES = 6  # attempts of an operation refused as busy, after the busy timeout each time
 FEATURE_FORMAT = 1
+STAMPS = "file_stamps"  # path -> (size, mtime, ctime, inode) the content hash was computed for
 STALE_AFTER_S = 600  # a temporary file in the (maybe shared) cache untouched this long is a killed write  # bump when what a cached vector means changes
 
 
@@ -146,9 +147,11 @@ class FeatureCache:
             "CREATE TABLE IF NOT EXISTS features (ns TEXT, key TEXT, dim INTEGER, "
             "crc TEXT, data BLOB, PRIMARY KEY (ns, key))"
         )
+        # file_stamps, not the older file_hashes (without ctime), which an older headstart sharing
+        # this cache still reads and writes: the two never touch each other's table
         db.execute(
-            "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER, "
-            "mtime_ns INTEGER, inode INTEGER, hash TEXT)"
+            f"CREATE TABLE IF NOT EXISTS {STAMPS} (path TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, hash TEXT)"
         )
         db.execute("SELECT count(*) FROM features LIMIT 1").fetchone()
         return db
@@ -227,28 +230,32 @@ class FeatureCache:
         with self._db:
             self._db.executemany(sql, rows)
 
-    def known_hashes(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str]]:
-        """Content hashes seen before, with the file stat they were computed for."""
-        found: dict[str, tuple[int, int, int, str]] = {}
+    def known_hashes(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, int, str]]:
+        """Content hashes seen before, with the file stat they were computed for: ``(size,
+        mtime_ns, ctime_ns, inode, hash)``. ctime is in the stamp because a file rewritten with
+        its size and mtime put back still gets a new ctime, which no user call can set."""
+        found: dict[str, tuple[int, int, int, int, str]] = {}
         original = {_db_text(p): p for p in paths}
         with self._lock, self._guard():
             for i in range(0, len(paths), 500):
                 chunk = [_db_text(p) for p in paths[i : i + 500]]
                 marks = ",".join("?" * len(chunk))
-                for path, size, mtime, inode, h in self._read(
-                    f"SELECT path, size, mtime_ns, inode, hash FROM file_hashes WHERE path IN ({marks})",
+                for path, size, mtime, ctime, inode, h in self._read(
+                    f"SELECT path, size, mtime_ns, ctime_ns, inode, hash FROM {STAMPS} WHERE path IN ({marks})",
                     chunk,
                 ):
-                    found[original.get(path, path)] = (size, mtime, inode, h)
+                    found[original.get(path, path)] = (size, mtime, ctime, inode, h)
         return found
 
-    def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
-        """Store ``(path, size, mtime_ns, inode, hash)`` rows for ``known_hashes``."""
-        stored = [(_db_text(p), size, mtime, inode, h) for p, size, mtime, inode, h in rows]
+    def remember_hashes(self, rows: Sequence[tuple[str, int, int, int, int, str]]) -> None:
+        """Store ``(path, size, mtime_ns, ctime_ns, inode, hash)`` rows for ``known_hashes``."""
+        stored = [(_db_text(p), size, mtime, ctime, inode, h) for p, size, mtime, ctime, inode, h in rows]
+        sql = (
+            f"INSERT OR REPLACE INTO {STAMPS} (path, size, mtime_ns, ctime_ns, inode, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
         with self._lock, self._guard():
-            with_retries(
-                lambda: self._write("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", stored)
-            )
+            with_retries(lambda: self._write(sql, stored))
 
     def close(self) -> None:
         self._db.close()

@@ -276,13 +276,13 @@ class FeatureExtractor:
         self,
         pool: ThreadPoolExecutor,
         paths: list[str],
-        known: dict[str, tuple[int, int, int, str]],
+        known: dict[str, tuple[int, int, int, int, str]],
         errors: dict[int, str],
     ) -> list[str | None]:
         """Every image's cache key; None (and a reason in ``errors``) for a file that cannot be read.
 
-        Rule: a file whose size, mtime and inode match those its hash was remembered with is
-        not read again (as git does); every other file is hashed in ``pool`` and remembered.
+        Rule: a file whose size, mtime, ctime and inode match those its hash was remembered with
+        is not read again (as git does); every other file is hashed in ``pool`` and remembered.
         """
         hashes: list[str | None] = [None] * len(paths)
         futures: dict[int, Future] = {}
@@ -290,12 +290,12 @@ class FeatureExtractor:
         for i, p in enumerate(paths):
             try:
                 st = os.stat(p)
-                stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+                stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             except OSError:
                 stamp = None
             seen = known.get(p)
-            if stamp is not None and seen is not None and seen[:3] == stamp:
-                hashes[i] = seen[3]
+            if stamp is not None and seen is not None and seen[:4] == stamp:
+                hashes[i] = seen[4]
             else:
                 futures[i] = pool.submit(hash_file, p)
                 if stamp is not None:

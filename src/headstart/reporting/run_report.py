@@ -43,6 +43,7 @@ from headstart.reporting import plots
 from headstart.reporting.html import esc, thumbnail_uri, write_page
 from headstart.reporting.maps import embed_features
 from headstart.reporting.multilabel import build_multilabel_report
+from headstart.reporting.unknown import error_extras, unknown_section
 
 REPORT_NAME = "report.html"
 PREDICTIONS_CSV = "test_predictions.csv"
@@ -512,6 +513,7 @@ def _misclassified_section(run: dict[str, Any]) -> str:
     )
     tiles = []
     index = {c: i for i, c in enumerate(classes)}
+    extras = error_extras(run["run_dir"])
     for i, r in wrong[:MAX_MISCLASSIFIED]:
         true_p = ""
         if proba is not None and r["label"] in index:
@@ -519,6 +521,7 @@ def _misclassified_section(run: dict[str, Any]) -> str:
         caption = (
             f'<span class="bad">predicted <b>{esc(r["predicted"])}</b> {_float(r["probability"]):.0%}</span><br>'
             f'true <b>{esc(r["label"])}</b>{true_p}<br><span class="muted">{esc(Path(r["path"]).name)}</span>'
+            + extras.get(r["path"], "")
         )
         tiles.append(_tile(r["path"], caption, "wrong"))
     parts.append(f'<div class="grid">{"".join(tiles)}</div>')
@@ -669,6 +672,7 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> 
         _metrics_section(run),
         _misclassified_section(run),
         _calibration_section(run),
+        unknown_section(run["metrics"]),
         _map_section(run),
         _doctor_section(run),
         _details_section(run),

@@ -51,7 +51,8 @@ def _report(writer: RunWriter, metrics: dict[str, Any]) -> float:
 
     def draw() -> None:
         path = build_multilabel_report(writer.path("."), metrics)
-        writer(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
+        size = path.stat().st_size / 1e6
+        writer(f"report: {writer.shown(path)} ({size:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
     writer._guarded("report", draw)
     return time.perf_counter() - t0
@@ -73,6 +74,7 @@ def write_multilabel_run(writer: RunWriter, run: TrainingRun, save_model: Callab
     timings["report"] = _report(writer, run.metrics)
     timings["total"] = time.perf_counter() - run.started
     write_json(writer.path("metrics.json"), run.metrics)
+    writer.commit()
     writer(f"done in {timings['total']:.1f}s: {writer.path(MODEL_FILE)}, {writer.path('metrics.json')}")
 
 

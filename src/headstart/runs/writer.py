@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.core.folders import owner_alive, recover, staging_folder, staging_folders, swap_in
 from headstart.core.io import RunLog, clean_stale_temporaries, write_bytes, write_json, write_rows
 from headstart.data.discovery import Dataset, Sample
 from headstart.doctor import CheckReport
@@ -104,13 +105,38 @@ class RunWriter:
 
     Call the writer (or its ``log``) with a message to print it (when ``verbose``) and keep it in
     ``log.txt``.
+
+    ``staged`` (training): the run is written into a staging folder beside ``final_dir`` and
+    swapped in whole by :meth:`commit` (``core.folders``), so a failed or killed run leaves the
+    earlier run as it was, resumable state included. ``resume``: continue in the staging folder
+    a killed run left (where it had one), else in a staged copy of ``final_dir``.
     """
 
-    def __init__(self, run_dir: str | Path | None, verbose: bool = True) -> None:
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+    def __init__(
+        self, run_dir: str | Path | None, verbose: bool = True, staged: bool = False, resume: bool = False
+    ) -> None:
+        self.final_dir = Path(run_dir).expanduser() if run_dir is not None else None
+        self.run_dir = self.final_dir
+        if self.final_dir is not None and staged:
+            recover(self.final_dir)
+            sweep_failed_runs(self.final_dir)
+            self.run_dir = resumed_staging(self.final_dir) if resume else staging_folder(self.final_dir)
         if self.run_dir is not None:
             clean_stale_temporaries(self.run_dir)
         self.log = RunLog(self.run_dir, verbose)
+
+    def commit(self) -> None:
+        """A staged run becomes ``final_dir``, whole (nothing to do for an unstaged one)."""
+        if self.run_dir is None or self.final_dir is None or self.run_dir == self.final_dir:
+            return
+        swap_in(self.run_dir, self.final_dir)
+        self.run_dir = self.log.run_dir = self.final_dir
+
+    def shown(self, path: Path) -> Path:
+        """``path`` as it will be named once the run is committed (for messages)."""
+        if self.run_dir is None or self.final_dir is None or not path.is_relative_to(self.run_dir):
+            return path
+        return self.final_dir / path.relative_to(self.run_dir)
 
     def remove_stale_files(self) -> None:
         """Files an earlier run left in this folder that this run will not write again
@@ -164,6 +190,7 @@ class RunWriter:
         timings["report"] = self._write_report(run.metrics, run.test, report)
         timings["total"] = time.perf_counter() - run.started
         write_json(self.path("metrics.json"), run.metrics)
+        self.commit()
         self.log(f"done in {timings['total']:.1f}s: {self.path(MODEL_FILE)}, {self.path('metrics.json')}")
 
     # ------------------------------------------------------------------ evaluate
@@ -232,9 +259,10 @@ class RunWriter:
         def draw() -> None:
             self._write_map(metrics["classes"], test, settings)
             path = build_report(self.path("."), metrics)
-            self.log(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
+            size = path.stat().st_size / 1e6
+            self.log(f"report: {self.shown(path)} ({size:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
-        self._guarded("report", draw, f"; try `headstart report {self.run_dir}`")
+        self._guarded("report", draw, f"; try `headstart report {self.final_dir}`")
         return time.perf_counter() - t0
 
     def _write_map(self, classes: Sequence[str], test: Predictions, settings: ReportSettings) -> None:
@@ -294,9 +322,41 @@ def duplicate_group_rows(
     return rows
 
 
+def resumable(folder: Path) -> bool:
+    """Whether ``folder`` holds a fine-tuning run that can continue (config and a checkpoint)."""
+    return (folder / RUN_CONFIG).is_file() and (folder / CHECKPOINT_DIR / "last.pt").is_file()
+
+
+def resumable_folder(run_dir: Path) -> Path:
+    """Where a fine-tuning run of ``run_dir`` can be resumed from: the newest staging folder a
+    killed run left, else ``run_dir`` itself."""
+    for staging in staging_folders(run_dir):
+        if not owner_alive(staging) and resumable(staging):
+            return staging
+    return run_dir
+
+
+def sweep_failed_runs(run_dir: Path) -> None:
+    """Staging folders of runs that ended without committing and cannot be resumed: removed."""
+    for staging in staging_folders(run_dir):
+        if not owner_alive(staging) and not resumable(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def resumed_staging(run_dir: Path) -> Path:
+    """The staging folder a resume continues in: a killed run's own, or a new one holding a
+    copy of ``run_dir`` (so a failed resume leaves ``run_dir`` as it was)."""
+    source = resumable_folder(run_dir)
+    if source != run_dir:
+        return source
+    staging = staging_folder(run_dir)
+    shutil.copytree(run_dir, staging, dirs_exist_ok=True, symlinks=True)
+    return staging
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """``finetune.json`` of a fine-tuning run: ``{"data": DATA_ROOT, "params": {...}}``."""
-    path = Path(run_dir).expanduser() / RUN_CONFIG
+    path = resumable_folder(Path(run_dir).expanduser()) / RUN_CONFIG
     if not path.is_file():
         raise ParameterError(
             "run_dir",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,16 +19,20 @@ import numpy as np
 import psutil
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from headstart.core.errors import BadImageError, HeadstartError
+from headstart.core.errors import BadImageError, HeadstartError, ParameterError
 from headstart.evaluation.answers import answer
 from headstart.evaluation.multilabel import multilabel_answer
+from headstart.serve.admission import DecodeAdmission, DecodeLimits, Refused
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
+from headstart.serve.guards import BodyGuard, ConnectionLimits
 from headstart.serve.page import docs_page, index_page
 from headstart.serve.uploads import UploadError, prepare_all, read_uploads
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
 RETRY_AFTER_S = 1
+TITLE, SUMMARY = "headstart serve", "Image classification with a model exported by headstart."
 
 
 def rss_mb() -> float:
@@ -110,18 +114,28 @@ class _State:
 
     model: Any = None
     batcher: MicroBatcher | None = None
+    admission: DecodeAdmission
     batch_rates: dict[int, float] = {}
 
 
+def sent_key(request: Request) -> bytes:
+    """The key as the client's bytes (X-API-Key, else Bearer): HTTP headers arrive as bytes,
+    which Starlette decodes as Latin-1, so encoding back gives exactly what was sent (a UTF-8
+    key stays UTF-8)."""
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return given.encode("latin-1")
+
+
 def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaitable[Response]]], Any]:
+    expected = api_key.encode("utf-8")
+
     async def check(request: Request, call_next: Callable[..., Awaitable[Response]]) -> Response:
         if request.url.path in OPEN_PATHS:
             return await call_next(request)
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
+        if not hmac.compare_digest(sent_key(request), expected):
             return _error(
                 401,
                 "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
@@ -132,7 +146,9 @@ def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaita
     return check
 
 
-def _check_settings(max_batch: int, max_upload_mb: float, precision: str) -> None:
+def _check_settings(max_batch: int, max_upload_mb: float, precision: str, api_key: str | None) -> None:
+    if api_key is not None and not api_key:
+        raise ParameterError("api_key", "is empty: give a key, or leave the option out for an open server")
     if max_batch < 1:
         raise HeadstartError("max_batch must be at least 1")
     if max_upload_mb <= 0:
@@ -151,6 +167,9 @@ def create_app(
     max_wait_ms: float = 5.0,
     tune_batch: bool = True,
     precision: str = "auto",
+    decode_limits: DecodeLimits | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    body_timeout_s: float = ConnectionLimits.body_timeout_s,
 ) -> FastAPI:
     """The server's ASGI app, ready to run with uvicorn or to mount in another app.
 
@@ -168,8 +187,11 @@ def create_app(
             fastest, and batch up to that (``GET /readyz`` tells it); False: always ``max_batch``.
         precision: for a path to an OpenVINO export: ``auto`` (bf16 where the CPU has it natively,
             the numerics of ``headstart predict``'s default engine) or ``fp32`` (exact).
+        decode_limits: pixels a request and all requests may decode at once (``serve.admission``).
+        allowed_hosts: ``Host`` values accepted, checked before routing (DNS rebinding); None: any.
+        body_timeout_s: longest pause inside a request body before the server answers 408.
     """
-    _check_settings(max_batch, max_upload_mb, precision)
+    _check_settings(max_batch, max_upload_mb, precision, api_key)
     state = _State()
     limit = int(max_upload_mb * 2**20)
 
@@ -177,28 +199,35 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.model = await asyncio.to_thread(_load, model, precision)
         batch, state.batch_rates = await asyncio.to_thread(_tune, state.model, max_batch, tune_batch)
-        state.batcher = MicroBatcher(
-            model_call(state.model), batch, max_wait_ms / 1000, queue_size or max(64, 8 * max_batch)
+        queue = queue_size or max(64, 8 * max_batch)
+        state.admission = DecodeAdmission(decode_limits or DecodeLimits())
+        state.batcher = app.state.batcher = MicroBatcher(
+            model_call(state.model), batch, max_wait_ms / 1000, queue
         )
         state.batcher.start()
-        app.state.batcher = state.batcher
         try:
             yield
         finally:
             await state.batcher.stop()
+            state.admission.close()
 
-    app = FastAPI(
-        title="headstart serve",
-        summary="Image classification with a model exported by headstart.",
-        docs_url=None,
-        redoc_url=None,
-        lifespan=lifespan,
-    )
+    app = FastAPI(title=TITLE, summary=SUMMARY, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.serve = state
-    if api_key:
-        app.middleware("http")(_api_key_middleware(api_key))
+    _add_middleware(app, api_key, body_timeout_s, allowed_hosts)
     _add_routes(app, state, limit, max_files, needs_key=bool(api_key))
     return app
+
+
+def _add_middleware(
+    app: FastAPI, api_key: str | None, body_timeout_s: float, allowed_hosts: Sequence[str] | None
+) -> None:
+    """Outermost first: the Host check (before routing), the body timeout and security headers,
+    then the API key (each ``add_middleware`` wraps the ones added before it)."""
+    if api_key:
+        app.middleware("http")(_api_key_middleware(api_key))
+    app.add_middleware(BodyGuard, body_timeout_s=body_timeout_s)  # type: ignore[arg-type]
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
 
 
 def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_key: bool) -> None:
@@ -252,7 +281,11 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
         uploads = await read_uploads(request, limit, max_files)
     except UploadError as e:
         return _error(e.status, str(e))
-    prepared = await prepare_all(state.model, uploads)
+    try:
+        prepared = await prepare_all(state.model, uploads, state.admission)
+    except Refused as e:
+        retry = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 503 else {}
+        return _error(e.status, str(e), **retry)
     good = [p for p in prepared if not isinstance(p, BadImageError)]
     try:
         probabilities = iter(await state.batcher.predict(good)) if good else iter([])

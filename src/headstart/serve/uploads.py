@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from headstart.core.errors import BadImageError, HeadstartError
 from headstart.data.images import decode_image
+from headstart.serve.admission import DecodeAdmission, decoded_pixels
 
 RAW_TYPES = ("image/", "application/octet-stream")
 
@@ -121,13 +122,31 @@ def prepare_upload(model: Any, data: bytes) -> np.ndarray:
     return np.asarray(model.prepare(image), dtype=np.uint8)
 
 
-async def prepare_all(model: Any, uploads: list[Upload]) -> list[np.ndarray | BadImageError]:
-    """Each upload decoded and prepared in a worker thread; a bad one becomes its error."""
+def decode_min_side(model: Any) -> int | None:
+    """The smallest side the model's decoder keeps (JPEG draft mode), where it says."""
+    side = ((getattr(model, "metadata", None) or {}).get("preprocessing") or {}).get("decode_min_side")
+    return int(side) if side else None
 
-    async def one(upload: Upload) -> np.ndarray | BadImageError:
+
+async def prepare_all(
+    model: Any, uploads: list[Upload], admission: DecodeAdmission
+) -> list[np.ndarray | BadImageError]:
+    """Each upload decoded and prepared on the admission's pools; a bad one becomes its error.
+
+    Raises:
+        Refused: the request's pixels do not fit now (503) or ever (413); nothing was decoded.
+    """
+    min_side = decode_min_side(model)
+    costs = [decoded_pixels(u.data, min_side) for u in uploads]
+    total = admission.admit(costs)
+
+    async def one(upload: Upload, cost: int) -> np.ndarray | BadImageError:
         try:
-            return await asyncio.to_thread(prepare_upload, model, upload.data)
+            return await admission.run(cost, lambda: prepare_upload(model, upload.data))
         except BadImageError as e:
             return e
 
-    return list(await asyncio.gather(*(one(u) for u in uploads)))
+    try:
+        return list(await asyncio.gather(*(one(u, c) for u, c in zip(uploads, costs))))
+    finally:
+        admission.release(total, len(uploads))
