@@ -120,7 +120,7 @@ def main() -> None:
             name = f"{'onnxruntime' if fmt == 'onnx' else 'openvino'} {precision}"
             predictors[name] = load_exported(path, threads=args.threads).predict_proba
             sizes[name] = file_size_mb(path)
-        pixels, labels, split = test_pixels(bundle.meta, load_exported(path).preprocessing)
+        pixels, labels, split = test_pixels(bundle.card, load_exported(path).preprocessing)
         print(f"exports and {len(pixels)} {split} images ready in {time.perf_counter() - t:.0f}s")
         figures = measure_all(predictors, pixels, labels, args.latency_images, args.rounds)
     rows = [(*name.split(" "), sizes[name], figures[name]) for name in predictors]

@@ -165,3 +165,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """A ``browser`` test needs the browser before it spends time building a report."""
     if item.get_closest_marker("browser") is not None:
         require_chromium()
+
+
+def bundle_parts(path: Path) -> tuple[dict, dict, dict]:
+    """A bundle's header as a plain dict (from its model card), its backbone and head arrays:
+    tests edit the dict and write it back with ``models.bundle.write_bundle`` to craft files."""
+    from headstart.models.bundle import load_bundle
+
+    card, state, head = load_bundle(path)
+    return card.to_meta(), state, head

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import bundle_parts
 
 import headstart
 from headstart.estimator.classifier import ImageClassifier
@@ -16,7 +17,7 @@ from headstart.evaluation.calibration import (
     fit_temperature,
     negative_log_likelihood,
 )
-from headstart.models.bundle import load_bundle, save_bundle
+from headstart.models.bundle import write_bundle
 
 
 def noisy_logits(n: int = 2000, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -98,10 +99,10 @@ def test_temperature_is_applied_and_kept_by_the_bundle(fitted, tmp_path):
     loaded = headstart.load(run, verbose=False)
     assert loaded.temperature_ == pytest.approx(clf.temperature_)
     np.testing.assert_allclose(loaded.predict_proba(files), clf.predict_proba(files), atol=1e-5)
-    meta, state, head = load_bundle(run)
+    meta, state, head = bundle_parts(run)
     assert meta["head"]["calibration"] == {"temperature": clf.temperature_}
     del meta["head"]["calibration"]  # a model saved before calibration existed
-    old = save_bundle(tmp_path / "old.safetensors", meta, state, head)
+    old = write_bundle(tmp_path / "old.safetensors", meta, state, head)
     old_model = headstart.load(old, verbose=False)
     assert old_model.temperature_ == 1.0
     np.testing.assert_allclose(old_model.predict_proba(files), raw, atol=1e-5)
@@ -109,9 +110,9 @@ def test_temperature_is_applied_and_kept_by_the_bundle(fitted, tmp_path):
 
 def test_a_crafted_temperature_is_refused(fitted, tmp_path):
     _, run, _ = fitted
-    meta, state, head = load_bundle(run)
+    meta, state, head = bundle_parts(run)
     meta["head"]["calibration"] = {"temperature": -1}
-    bad = save_bundle(tmp_path / "bad.safetensors", meta, state, head)
+    bad = write_bundle(tmp_path / "bad.safetensors", meta, state, head)
     with pytest.raises(headstart.HeadstartError, match="temperature"):
         headstart.load(bad)
 

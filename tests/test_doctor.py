@@ -246,6 +246,50 @@ def test_rank_label_issues_confident_learning():
     assert issue.sum() == 1 and not issue[15]
 
 
+def test_cleanlab_queue_flags_a_flip_and_suggests_its_class():
+    """cleanlab's find_label_issues on given probabilities; the suggested label is never the given one."""
+    from headstart.doctor import find_label_issues
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    proba = np.full((60, 3), 0.05)
+    proba[np.arange(60), y] = 0.9
+    proba += rng.uniform(0, 0.02, proba.shape)
+    proba[5] = [0.04, 0.06, 0.9]  # labelled 0, the model is sure it is 2
+    proba /= proba.sum(axis=1, keepdims=True)
+    order, issue, suggested = find_label_issues(proba, y)
+    assert order[0] == 5 and issue[5] and suggested[5] == 2
+    assert issue.sum() == 1 and sorted(order.tolist()) == list(range(60))
+
+
+def test_doctor_finds_planted_flips_in_generated_images(tmp_path):
+    """Six of 60 generated images get another class's label: the doctor flags most of them,
+    few others, suggests the true class, and names the confused pairs."""
+    from headstart.doctor import diagnose, report_dict
+
+    root = make_class_folders(tmp_path / "d", per_class=20)
+    files = sorted(root.rglob("*.jpg"))
+    truth = {str(f): f.parent.name for f in files}
+    flips = {
+        str(root / c / f"{c}_{i}.jpg"): wrong
+        for c, wrong in [("red", "green"), ("green", "blue"), ("blue", "red")]
+        for i in (3, 11)
+    }
+    noisy = tmp_path / "noisy.csv"
+    noisy.write_text("path,label\n" + "".join(f"{p},{flips.get(p, truth[p])}\n" for p in truth))
+
+    report = diagnose(noisy, verbose=False)
+    flagged = {r["path"]: r for r in report.label_issues}
+    found = set(flagged) & set(flips)
+    assert len(found) >= 5 and len(flagged) <= 10
+    assert all(flagged[p]["suggested_label"] == truth[p] for p in found)
+    assert len(set(flips) & {r["path"] for r in report.label_ranking[:8]}) >= 5
+    doc = report_dict(report)
+    assert doc["confused_pairs"] and {"a", "b", "images", "joint_probability"} <= set(
+        doc["confused_pairs"][0]
+    )
+
+
 def test_exclude_list_formats(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=4)
     from headstart.data.discovery import discover

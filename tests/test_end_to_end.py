@@ -147,7 +147,9 @@ def test_python_api_on_flower_photos(flowers_csv, tmp_path):
     clf = headstart.ImageClassifier(strategy="feature-extraction", head="logistic", seed=1, verbose=False)
     clf.fit(flowers_csv, out_dir=tmp_path / "run")
     assert clf.classes_ == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    assert clf.metrics_["test"]["n"] == 15
+    # stable splits: each image draws its split from its bytes, so a class's test share is ~10%
+    test_rows = [f for f, _label, g in clf.split_["files"] if g == "test"]
+    assert clf.metrics_["test"]["n"] == len(test_rows) and 5 <= len(test_rows) <= 30
     assert clf.metrics_["test"]["accuracy"] >= 0.7
     files = clf.test_["paths"]
     loaded = headstart.load(tmp_path / "run" / "model.safetensors")

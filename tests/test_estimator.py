@@ -126,11 +126,11 @@ def test_fitted_state_ends_in_underscore(fitted):
 
 
 def test_bundle_format_is_unchanged(fitted, tmp_path):
-    from headstart.models.bundle import load_bundle
+    from conftest import bundle_parts
 
     _, clf = fitted
     path = clf.save(tmp_path / "model.safetensors")
-    meta, _, _ = load_bundle(path)
+    meta, _, _ = bundle_parts(path)
     assert set(meta) == {
         "format",
         "format_version",

@@ -421,7 +421,7 @@ CRAFTED_META = [
     ("backbone.data_config.mean", ["a"], "mean"),
     ("head", DELETE, "'head'"),
     ("head.name", "pickle", "damaged or incomplete"),
-    ("head.params", "C=1", "'head'"),
+    ("head.params", "C=1", "head params"),
     ("settings.top_k", -5, "top_k"),
     ("split", [1, 2], "'split'"),
     ("split.files", [["a.jpg", "x"]], "split files"),

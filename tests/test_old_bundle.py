@@ -76,3 +76,55 @@ def test_old_bundle_loads_from_its_run_folder(old_bundle, tmp_path):
     clf = headstart.load(run_dir, engine="torch", verbose=False)
     assert clf.meta_["strategy"] == "feature-extraction"
     assert clf.meta_["head"]["name"] == "logistic"
+
+
+# --------------------------------------------------------------- bundles of today's format (274ab38)
+
+CURRENT = Path(__file__).resolve().parent / "fixtures" / "current_bundles"
+CURRENT_KINDS = ("probe", "finetune", "multilabel")
+
+
+def current_recorder():
+    """tests/fixtures/current_bundles/record.py: its ``rebuild`` and image makers, as recorded."""
+    spec = importlib.util.spec_from_file_location("current_bundles_record", CURRENT / "record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def current_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("current_images")
+    return root, current_recorder().make_images(root)
+
+
+@pytest.mark.parametrize("kind", CURRENT_KINDS)
+def test_a_bundle_of_todays_format_loads_and_predicts_the_same(kind, current_images, tmp_path):
+    """A linear probe, a fine-tuned network and a multi-label probe, as 274ab38 wrote them."""
+    root, images = current_images
+    recorded = json.loads((CURRENT / kind / "predictions.json").read_text())
+    assert [str(p.relative_to(root)) for p in images] == recorded["images"]
+    header = (CURRENT / kind / "header.json").read_text().strip()
+    with np.load(CURRENT / kind / "head.npz") as npz:
+        head = {k: npz[k] for k in npz.files}
+    path = tmp_path / "model.safetensors"
+    current_recorder().rebuild(path, header, head)
+    clf = headstart.load(path, engine=recorded["engine"], verbose=False, cache_dir=tmp_path / "cache")
+    assert list(clf.classes_) == recorded["classes"]
+    assert clf.strategy_ == json.loads(header)["strategy"]
+    assert clf.multi_label_ is (kind == "multilabel")
+    proba = clf.predict_proba(images)
+    np.testing.assert_allclose(proba, np.array(recorded["proba"]), atol=1e-5, rtol=1e-3)
+    assert clf.predict(images) == recorded["predict"]
+
+
+@pytest.mark.parametrize("kind", CURRENT_KINDS)
+def test_the_card_reads_and_writes_todays_header_unchanged(kind):
+    from headstart.models.card import parse_card
+
+    header = (CURRENT / kind / "header.json").read_text().strip()
+    card = parse_card(header, kind)
+    assert card.to_header() == header
+    meta = json.loads(header)
+    assert card.classes == meta["classes"] and card.head.name == meta["head"]["name"]
+    assert card.is_multilabel == ("multi_label" in meta)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import bundle_parts
 from typer.testing import CliRunner
 
 import headstart
@@ -14,7 +15,7 @@ from headstart.cli.app import app
 from headstart.core.errors import ParameterError
 from headstart.estimator.classifier import ImageClassifier
 from headstart.evaluation.reject import choose_threshold, selective_metrics
-from headstart.models.bundle import load_bundle, save_bundle
+from headstart.models.bundle import write_bundle
 
 
 def test_the_lowest_threshold_that_reaches_the_target():
@@ -84,9 +85,9 @@ def test_reject_one_answers_unknown_for_everything_and_off_never(fitted):
 
 def test_a_crafted_threshold_is_refused(fitted, tmp_path):
     _, run, _ = fitted
-    meta, state, head = load_bundle(run)
+    meta, state, head = bundle_parts(run)
     meta["head"]["reject"]["threshold"] = 7
-    bad = save_bundle(tmp_path / "bad.safetensors", meta, state, head)
+    bad = write_bundle(tmp_path / "bad.safetensors", meta, state, head)
     with pytest.raises(headstart.HeadstartError, match="reject threshold"):
         headstart.load(bad)
 

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import bundle_parts
 from PIL import Image
 
 import headstart
@@ -20,7 +21,7 @@ from headstart.evaluation.reject import (
     neighbour_bank,
     reject_scores,
 )
-from headstart.models.bundle import load_bundle, save_bundle
+from headstart.models.bundle import write_bundle
 
 
 def test_knn_similarity_is_the_nearest_cosine_and_nan_stays_nan():
@@ -82,7 +83,7 @@ def test_the_bank_is_the_train_and_val_features_and_the_bundle_keeps_it(fitted):
     assert clf.reject_bank_.dtype == np.float16
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["reject"]["score"] == KNN_SCORE_KIND
-    meta, _state, head = load_bundle(run)
+    meta, _state, head = bundle_parts(run)
     assert meta["head"]["reject"]["score"] == KNN_SCORE_KIND
     np.testing.assert_array_equal(head["reject_bank"], clf.reject_bank_)
     loaded = headstart.load(run, verbose=False)
@@ -120,17 +121,17 @@ def test_reject_off_keeps_the_bundle_without_a_bank(tmp_path):
     root = make_class_folders(tmp_path / "colors", per_class=6)
     clf = ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(root)
     assert clf.reject_bank_ is None
-    meta, _state, head = load_bundle(clf.save(tmp_path / "model.safetensors"))
+    meta, _state, head = bundle_parts(clf.save(tmp_path / "model.safetensors"))
     assert "reject_bank" not in head and "reject" not in meta["head"]
     assert set(head) == set(clf.head_.arrays())
 
 
 def test_a_bundle_scored_by_max_probability_keeps_it(fitted, tmp_path):
     root, run, clf, odd = fitted
-    meta, state, head = load_bundle(run)
+    meta, state, head = bundle_parts(run)
     head.pop("reject_bank")
     meta["head"]["reject"]["score"] = "max_probability"  # what every older bundle says
-    older = headstart.load(save_bundle(tmp_path / "older.safetensors", meta, state, head), verbose=False)
+    older = headstart.load(write_bundle(tmp_path / "older.safetensors", meta, state, head), verbose=False)
     assert older.reject_bank_ is None
     files = sorted(str(p) for p in root.rglob("*.jpg"))[:3] + [str(odd)]
     for item in older.predict_top_k(files, k=1):
@@ -160,20 +161,20 @@ def test_the_old_bundle_rejects_with_max_probability(tmp_path):
 )
 def test_a_crafted_bank_is_refused(fitted, tmp_path, damage, message):
     _, run, _, _ = fitted
-    meta, state, head = load_bundle(run)
+    meta, state, head = bundle_parts(run)
     bank = damage(head.pop("reject_bank"))
     if bank is not None:
         head["reject_bank"] = bank
-    bad = save_bundle(tmp_path / "bad.safetensors", meta, state, head)
+    bad = write_bundle(tmp_path / "bad.safetensors", meta, state, head)
     with pytest.raises(headstart.HeadstartError, match=message):
         headstart.load(bad)
 
 
 def test_a_bank_without_its_score_kind_is_refused(fitted, tmp_path):
     _, run, _, _ = fitted
-    meta, state, head = load_bundle(run)
+    meta, state, head = bundle_parts(run)
     meta["head"]["reject"]["score"] = "energy"
-    bad = save_bundle(tmp_path / "bad.safetensors", meta, state, head)
+    bad = write_bundle(tmp_path / "bad.safetensors", meta, state, head)
     with pytest.raises(headstart.HeadstartError, match="unknown reject score"):
         headstart.load(bad)
 

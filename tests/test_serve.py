@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import signal
@@ -132,6 +133,29 @@ def test_model_health_ready_and_offline_docs(client):
     page = client.get("/").text
     assert '<input type="file" id="files" name="files" accept="image/*" multiple>' in page
     assert '<button type="submit"' in page
+
+
+def test_model_answers_its_card_summary_and_nothing_about_the_server(fake):
+    fake.metadata = {
+        **FakeModel.metadata,
+        "source_model": "/home/someone/runs/flowers/model.safetensors",
+        "versions": {"headstart": "0.1.0", "torch": "2.14.1", "openvino": "2026.4.1"},
+        "headstart_version": "0.1.0",
+        "multi_label": True,
+        "thresholds": [0.5, 0.4, 0.6],
+        "reject": {"threshold": 0.3},
+    }
+    with TestClient(create_app(fake, tune_batch=False)) as c:
+        model = c.get("/v1/model").json()
+        schema = c.get("/openapi.json").json()
+    assert model["task"] == "multi-label" and model["thresholds"] == [0.5, 0.4, 0.6]
+    assert model["reject_threshold"] == 0.3 and model["headstart_version"] == "0.1.0"
+    assert "/home/someone" not in json.dumps(model) and "torch" not in json.dumps(model)
+    ok = schema["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/ModelSummary"}
+    assert {"classes", "task", "preprocessing"} <= set(
+        schema["components"]["schemas"]["ModelSummary"]["properties"]
+    )
 
 
 def test_a_partly_bad_request_answers_each_file(client):

@@ -27,6 +27,7 @@ from headstart.cli.options import (
     CacheDir,
     CheckData,
     ClassWeight,
+    CorrectionsFile,
     Engine,
     EngineChoice,
     Epochs,
@@ -43,6 +44,7 @@ from headstart.cli.options import (
     FeaturePrecisionChoice,
     FeaturesChoice,
     Format,
+    FromRun,
     HeadChoice,
     HeadName,
     InferencePrecision,
@@ -62,6 +64,7 @@ from headstart.cli.options import (
     ProcessCount,
     Quiet,
     RejectOption,
+    ReportHeatmaps,
     ResumeRun,
     RunOut,
     Seed,
@@ -200,6 +203,7 @@ def _check_train_values(batch_size: Optional[int], time_budget: Optional[float])
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: TrainData = None,
     out: RunOut = Path("runs/latest"),
     backbone: BackboneName = "tf_efficientnet_lite0",
@@ -230,11 +234,15 @@ def train(
     reject: RejectOption = "off",
     target_accuracy: TargetAccuracy = 0.95,
     target_coverage: TargetCoverage = 0.95,
+    report_heatmaps: ReportHeatmaps = False,
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
+    corrections: CorrectionsFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     flags = dict(locals())  # first: the flags only
+    del flags["ctx"]
     from headstart.estimator.classifier import ImageClassifier
     from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
@@ -246,7 +254,50 @@ def train(
         ImageClassifier.resume(resume, verbose=not quiet)
         return
     _check_train_values(batch_size, time_budget)
-    ImageClassifier(**_train_params(flags)).fit(_data_or_flowers(data, cache_dir), out_dir=out)
+    params = _train_params(flags)
+    if from_run is not None:
+        given = {name for name in flags if _given_on_command_line(ctx, name)}
+        clf = ImageClassifier.from_run(from_run, **_recipe_overrides(params, given))
+        data = data if data is not None else _run_data(from_run)
+    else:
+        clf = ImageClassifier(**params)
+    clf.fit(_data_or_flowers(data, cache_dir), out_dir=out)
+
+
+def _run_data(run: Path) -> Path:
+    """The data an earlier run trained on (``--from RUN`` without DATA)."""
+    from headstart.runs.recipe import run_folder
+
+    metrics = json.loads((run_folder(run) / "metrics.json").read_text())
+    return Path(metrics["data"]["source"])
+
+
+def _given_on_command_line(ctx: Any, name: str) -> bool:
+    """Whether the user typed the flag (a default does not override ``--from``'s recipe)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _recipe_overrides(params: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The parameters that replace ``--from``'s recipe: the flags given, and those that say how to
+    run rather than what to train (cache, verbosity, corrections, the extraction engine)."""
+    always = {
+        "verbose",
+        "cache_dir",
+        "corrections",
+        "engine",
+        "labels_from",
+        "check_data",
+        "exclude",
+        "weights",
+    }
+    out = {k: v for k, v in params.items() if k in given or k in always}
+    if "batch_size" in given:
+        out["train_batch_size"] = params["train_batch_size"]
+    if "time_budget" not in given:
+        out.pop("time_budget", None)
+    return out
 
 
 def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +305,7 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
     and the one ``--batch-size`` flag to the extraction or the fine-tuning batch."""
     from headstart.data.splits import parse_split
 
-    cli_only = {"data", "out", "quiet", "resume", "nproc"}
+    cli_only = {"data", "out", "quiet", "resume", "nproc", "from_run"}
     params = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if k not in cli_only}
     batch_size = flags["batch_size"]
     params.update(
@@ -287,7 +338,10 @@ def _reject_value(text: str) -> str | float:
 def doctor(
     data: LabelledData,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt.")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for doctor.json, doctor.html, exclude.txt, corrections.csv."
+        ),
     ] = Path("runs/doctor"),
     backbone: Annotated[
         str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")
@@ -586,6 +640,34 @@ def report(
             f"report: {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s",
             file=sys.stderr,
         )
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The earlier run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The later run folder (B).")],
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(help="Labelled images to compare on (default: RUN_B's test split with its labels)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Folder for compare.json and compare.html (default: RUN_B/compare)."
+        ),
+    ] = None,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Both models on the same images and labels: accuracies with 95% intervals, per-class changes,
+    the exact McNemar test, and the images B fixes and breaks (compare.json, compare.html)."""
+    from headstart.estimator.compare import COMPARE_HTML, compare_runs, summary_lines
+
+    result = compare_runs(run_a, run_b, data, out, cache_dir, verbose=not quiet)
+    if not quiet:
+        where = out if out is not None else Path(result["run_b"]) / "compare"
+        lines = [*summary_lines(result), f"page: {where / COMPARE_HTML}"]
+        print("\n".join(terminal_safe(line) for line in lines), file=sys.stderr)
 
 
 @app.command()

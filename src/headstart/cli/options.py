@@ -178,6 +178,14 @@ TargetCoverage = Annotated[
         "is accurate; 1: --target-accuracy alone)."
     ),
 ]
+ReportHeatmaps = Annotated[
+    bool,
+    typer.Option(
+        "--report-heatmaps",
+        help="Show each misclassified test image's class activation map in the report (runs the "
+        "network once more per error, in torch: seconds on a warm re-run).",
+    ),
+]
 ProcessCount = Annotated[
     int,
     typer.Option(
@@ -273,5 +281,21 @@ ServePrecision = Annotated[
     typer.Option(
         help="OpenVINO inference: auto (bf16 where the CPU has it natively, as predict's default engine) "
         "or fp32 (exact, slower)."
+    ),
+]
+CorrectionsFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A CSV path,action,label of relabels (action relabel, label the true class) and exclusions "
+        "(action exclude), e.g. the review app's or the doctor's corrections.csv. Your files are not touched."
+    ),
+]
+FromRun = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--from",
+        help="Train with this earlier run's recipe (its winner's strategy, backbone, features, head, "
+        "fine-tuning settings; no search) and keep its split for every image still there. Flags you give "
+        "override the recipe.",
     ),
 ]

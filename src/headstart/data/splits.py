@@ -1,11 +1,24 @@
 """Seeded, stratified train/val/test splits that keep duplicate groups on one side.
 
-A split depends only on the seed, the labels and the groups: per-class random streams mean
-adding a class never reshuffles the others.
+Stable splits (what ``fit`` uses, given each image's content hash): an image's split is a
+function of the seed and its own bytes only, so adding photos or a class, renaming or moving a
+file, or relabelling it moves no existing image between train, validation and test. Why the
+content and not the path: a rename or a move to another class folder keeps the bytes; two copies
+of one photo (even under two labels) land on the same side, never one in train and one in test;
+and the content hash is already known (the feature cache keys on it and remembers it by file
+stat), so it costs no extra read. An edited photo is a new image and may move.
+
+Each class is stratified in expectation (every image draws its own uniform number), then a
+class with no image in validation or test gets its one nearest candidate moved there.
+
+Without hashes (``keys=None``) the split is the older per-class permutation: a split depends
+only on the seed, the labels and the groups; per-class random streams mean adding a class never
+reshuffles the others, but adding an image to a class reshuffles that class.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -21,43 +34,87 @@ def _class_rng(seed: int, label: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(label.encode("utf-8", "surrogateescape"))])
 
 
+def hash_fraction(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) fixed by the seed and an image's key (its content hash)."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def make_split(
     labels: Sequence[str],
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     groups: Sequence[Sequence[int]] | None = None,
+    keys: Sequence[str | None] | None = None,
 ) -> list[str]:
     """Seeded, stratified train/val/test assignment: every class is in every split.
 
-    ``groups`` (lists of indices, e.g. duplicate images) are each kept on one side; see
-    :func:`keep_groups_together`. Without groups the split is what it always was.
+    ``keys`` (each image's content hash) make the split stable (see the module's docstring);
+    without them it is the older per-class permutation. ``groups`` (lists of indices, e.g.
+    near-duplicate images) are each kept on one side; see :func:`keep_groups_together`.
     """
-    f_train, f_val, f_test = _check_fractions(fractions)
+    fractions = _check_fractions(fractions)
     by_class: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         by_class.setdefault(label, []).append(i)
     out = ["train"] * len(labels)
-    need = 1 + (f_val > 0) + (f_test > 0)
+    need = 1 + (fractions[1] > 0) + (fractions[2] > 0)
     for label, idx in sorted(by_class.items()):
-        n = len(idx)
-        if n < need:
+        if len(idx) < need:
             raise HeadstartError(
-                f"class '{label}' has {n} usable image(s): at least {need} are needed to put one in "
+                f"class '{label}' has {len(idx)} usable image(s): at least {need} are needed to put one in "
                 "each of train/validation/test (add images, or remove the class)"
             )
-        order = _class_rng(seed, label).permutation(idx)
-        n_test = max(1, round(n * f_test)) if f_test > 0 else 0
-        n_val = max(1, round(n * f_val)) if f_val > 0 else 0
-        while n - n_test - n_val < 1:  # keep at least one training image
-            if n_val > 1:
-                n_val -= 1
-            else:
-                n_test -= 1
-        for i in order[:n_test]:
-            out[i] = "test"
-        for i in order[n_test : n_test + n_val]:
-            out[i] = "val"
+        if keys is None:
+            _permuted_class(out, idx, fractions, seed, label)
+        else:
+            _hashed_class(out, idx, fractions, [hash_fraction(seed, keys[i] or labels[i]) for i in idx])
     return keep_groups_together(out, groups, labels) if groups else out
+
+
+def _hashed_class(
+    out: list[str], idx: Sequence[int], fractions: tuple[float, float, float], draws: Sequence[float]
+) -> None:
+    """One class, stably: test below ``f_test``, validation up to ``f_test + f_val``, train above.
+
+    Rule for small classes: train keeps at least one image (the highest draw), and an empty
+    validation or test split takes one image from a split that has more than one (train first,
+    its lowest draw: the nearest to the held-out ranges), so a class only moves images when it
+    would otherwise miss a split.
+    """
+    _, f_val, f_test = fractions
+    for i, u in zip(idx, draws):
+        out[i] = "test" if u < f_test else "val" if u < f_test + f_val else "train"
+    ranked = sorted(zip(draws, idx))
+    if not any(out[i] == "train" for i in idx):
+        out[ranked[-1][1]] = "train"
+    for name, wanted in (("test", f_test), ("val", f_val)):
+        counts = Counter(out[i] for i in idx)
+        if wanted <= 0 or counts[name]:
+            continue
+        donors = [(out[i] != "train", u, i) for u, i in ranked if counts[out[i]] > 1]
+        if donors:
+            out[min(donors)[2]] = name
+
+
+def _permuted_class(
+    out: list[str], idx: Sequence[int], fractions: tuple[float, float, float], seed: int, label: str
+) -> None:
+    """One class, by its seeded permutation (the split of runs before stable splits)."""
+    _, f_val, f_test = fractions
+    n = len(idx)
+    order = _class_rng(seed, label).permutation(idx)
+    n_test = max(1, round(n * f_test)) if f_test > 0 else 0
+    n_val = max(1, round(n * f_val)) if f_val > 0 else 0
+    while n - n_test - n_val < 1:  # keep at least one training image
+        if n_val > 1:
+            n_val -= 1
+        else:
+            n_test -= 1
+    for i in order[:n_test]:
+        out[i] = "test"
+    for i in order[n_test : n_test + n_val]:
+        out[i] = "val"
 
 
 def keep_groups_together(
@@ -116,16 +173,27 @@ def assign_splits(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     groups: Sequence[Sequence[int]] | None = None,
+    keys: Sequence[str | None] | None = None,
+    recorded: Sequence[str | None] | None = None,
 ) -> tuple[list[str], str]:
     """Use predefined splits where given; fill a missing val/test from train, stratified.
 
+    ``keys`` (content hashes) make every split this draws stable (see the module's docstring).
+    ``recorded`` (a split per sample, None for an image an earlier run did not have) is kept
+    as it is, over all else: ``train --from RUN`` scores the images RUN held out as RUN did.
     ``groups`` (duplicate images) stay on one side of every split this makes; predefined
     splits are never changed (a group across them is a leak to report, not to fix silently).
     """
+    if recorded is not None and any(r is not None for r in recorded):
+        drawn, method = assign_splits(samples, fractions, seed, groups, keys)
+        kept = [r if r in ("train", "val", "test") else d for r, d in zip(recorded, drawn)]
+        n_kept = sum(r is not None for r in recorded)
+        return kept, f"recorded for {n_kept} image(s), {method} for the rest"
     given = [s.split for s in samples]
     if all(g is None for g in given):
-        method = "stratified" + (", duplicate groups kept together" if groups else "")
-        return make_split([s.label for s in samples], fractions, seed, groups), method
+        method = ("stable " if keys is not None else "") + "stratified"
+        method += ", duplicate groups kept together" if groups else ""
+        return make_split([s.label for s in samples], fractions, seed, groups, keys), method
     f_train, f_val, f_test = _check_fractions(fractions)
     out = [g or "train" for g in given]
     present = set(out)
@@ -140,7 +208,11 @@ def assign_splits(
         where = {i: k for k, i in enumerate(train_idx)}
         inner_groups = [[where[i] for i in g if i in where] for g in groups or ()]
         inner = make_split(
-            [samples[i].label for i in train_idx], sub, seed, [g for g in inner_groups if len(g) > 1]
+            [samples[i].label for i in train_idx],
+            sub,
+            seed,
+            [g for g in inner_groups if len(g) > 1],
+            None if keys is None else [keys[i] for i in train_idx],
         )
         for i, g in zip(train_idx, inner):
             out[i] = g

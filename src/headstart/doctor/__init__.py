@@ -1,6 +1,6 @@
 """The data doctor: bad files, duplicates, likely wrong labels, imbalance.
 
-``files`` judges each file, ``duplicates`` groups copies, ``labels`` finds likely wrong labels,
+``files`` judges each file, ``duplicates`` groups copies, ``labels`` finds likely wrong labels (confident learning, through cleanlab),
 ``report`` holds what was found (and the ``doctor.json`` document), ``diagnosis`` runs every
 check, ``quick`` is the cheap subset ``train`` runs. Every check only reads the user's files.
 """
@@ -14,7 +14,13 @@ from headstart.doctor.duplicates import (
     similar_pairs,
 )
 from headstart.doctor.files import FileCheck, check_file, check_files, dhash
-from headstart.doctor.labels import label_records, out_of_fold_proba, rank_label_issues
+from headstart.doctor.labels import (
+    LabelFindings,
+    find_label_issues,
+    label_records,
+    out_of_fold_proba,
+    rank_label_issues,
+)
 from headstart.doctor.quick import check_summary, quick_check
 from headstart.doctor.report import CheckReport, exclude_copies, report_dict
 
@@ -23,6 +29,7 @@ __all__ = [
     "CheckReport",
     "DuplicateGroup",
     "FileCheck",
+    "LabelFindings",
     "check_file",
     "check_files",
     "check_summary",
@@ -30,6 +37,7 @@ __all__ = [
     "diagnose",
     "exclude_copies",
     "find_duplicates",
+    "find_label_issues",
     "hash_pairs",
     "label_records",
     "out_of_fold_proba",

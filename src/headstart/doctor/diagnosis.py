@@ -4,7 +4,7 @@ Small transfer-learning data sets are scraped and hand-sorted, and their flaws d
 accuracy more than the backbone does. ``diagnose`` looks at every file (decoding it, a
 perceptual hash), reuses the cached backbone features (exact duplicates by content hash, near
 duplicates by feature cosine similarity, label issues by out-of-fold probabilities: the
-confident-learning idea). Nothing here writes to the user's data: every check only reads.
+confident learning, through cleanlab). Nothing here writes to the user's data: every check only reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from headstart.core.progress import ConsoleProgress, NullProgress
 from headstart.data.discovery import Dataset, discover
 from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
 from headstart.doctor.files import FileCheck, check_files
-from headstart.doctor.labels import label_records
+from headstart.doctor.labels import LABEL_NEIGHBOURS, LabelFindings, label_records
 from headstart.doctor.report import CheckReport
 from headstart.features.extractor import ExtractionResult, build_extractor
 
@@ -69,20 +69,29 @@ def diagnose(
 
     t = time.perf_counter()
     groups, nn_idx, nn_sim, notes = find_duplicates(
-        [result.hashes[i] for i in usable], features, [checks[i].dhash for i in usable], near_cosine
+        [result.hashes[i] for i in usable],
+        features,
+        [checks[i].dhash for i in usable],
+        near_cosine,
+        neighbours=LABEL_NEIGHBOURS,
     )
     seconds["duplicates"] = time.perf_counter() - t
     counts = dict(sorted(Counter(s.label for s in samples).items()))
     report = CheckReport(samples, groups, counts, bad, notes=notes, dataset=dataset)
 
     t = time.perf_counter()
-    labels = label_records(samples, features, nn_idx, nn_sim, folds, seed)
-    if labels is not None:
-        report.label_ranking, report.label_issues = labels
-        report.cross_validated = True
+    _add_label_findings(report, label_records(samples, features, nn_idx, nn_sim, folds, seed))
     seconds["label_issues"] = time.perf_counter() - t
     report.seconds = seconds
     return report
+
+
+def _add_label_findings(report: CheckReport, labels: LabelFindings | None) -> None:
+    """The label check's findings into the report (None: the labels could not be cross-validated)."""
+    if labels is not None:
+        report.label_ranking, report.label_issues = labels.ranking, labels.issues
+        report.confused_pairs = labels.confused_pairs
+        report.cross_validated = True
 
 
 def _usable_rows(

@@ -33,6 +33,7 @@ class CheckReport:
     bad_files: list[dict[str, Any]] = field(default_factory=list)
     label_issues: list[dict[str, Any]] = field(default_factory=list)
     label_ranking: list[dict[str, Any]] = field(default_factory=list)
+    confused_pairs: list[dict[str, Any]] = field(default_factory=list)  # classes a, b; images; joint
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     dataset: Dataset | None = None  # what the full doctor discovered (None for train's quick check)
@@ -185,6 +186,7 @@ def report_dict(report: CheckReport, settings: dict[str, Any] | None = None) -> 
         "bad_files": report.bad_files,
         "duplicates": groups,
         "label_issues": report.label_issues,
+        "confused_pairs": report.confused_pairs,
         "class_counts": report.class_counts,
         "imbalance": report.imbalance(),
         "exclude_suggested": exclude,

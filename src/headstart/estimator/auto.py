@@ -63,6 +63,7 @@ from headstart.core.errors import HeadstartError
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
 from headstart.estimator.fitting import Log, Split, Usable, fit_head
 from headstart.estimator.layers import choose_layers
+from headstart.estimator.paired import prefer_cheaper
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.composite import FeatureSpec, create_feature_spec
 from headstart.features.extractor import ExtractionResult
@@ -667,10 +668,12 @@ def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
 def finish(search: Search) -> AutoResult:
     """The winner becomes the model: its head refitted (probe) or its tuned network kept
     (fine-tuning), its parameters the result's ``best_params`` (the user's are never changed);
-    the test split is evaluated afterwards."""
+    the winner over the probe only when better beyond noise on the same validation images; the
+    test split is evaluated afterwards."""
     split = search.split
-    winner = search.best()
-    reason = _why(search, winner)
+    best, y_val = search.best(), search.usable.y[split.mask("val")]
+    winner, paired = prefer_cheaper(best, search.candidates[0], y_val)
+    reason = _why(search, best) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")
     search.log(f"auto: the winner is {winner.name} {winner.params.record()}: {reason}")
@@ -688,14 +691,15 @@ def finish(search: Search) -> AutoResult:
         "winner": winner.name,
         "winner_params": winner.params.record(),
         "why": reason,
+        "paired": paired,
     }
     members = [search.named(n) for n in winner.params.members or (winner.name,)]
     if winner.kind == "probe":
         assert winner.fitted is not None
         return _probe_winner(search, winner.fitted, record, winner.params.record())
-    best = {k: v for k, v in winner.params.record().items() if k not in ("members", "epochs")}
-    best.update(unfreeze=members[0].params.unfreeze, epochs=members[0].params.epochs)
-    return _finetune_winner(search, winner, members, record, best)
+    best_params = {k: v for k, v in winner.params.record().items() if k not in ("members", "epochs")}
+    best_params.update(unfreeze=members[0].params.unfreeze, epochs=members[0].params.epochs)
+    return _finetune_winner(search, winner, members, record, best_params)
 
 
 def _summary_line(c: Candidate) -> str:
@@ -718,6 +722,18 @@ def _why(search: Search, winner: Candidate) -> str:
         f"highest validation accuracy {winner.val_accuracy:.4f} (next: {runner.name} {runner.val_accuracy:.4f}"
         + ("; a tie goes to the candidate tried first" if tie else "")
         + ")"
+    )
+
+
+def _paired_note(paired: dict[str, Any]) -> str:
+    """The paired test in the winner's line: how sure, and whether it kept the probe."""
+    if "p_value" not in paired:
+        return ""
+    verdict = "beyond noise" if paired["beyond_noise"] else "not beyond noise: the cheaper probe is kept"
+    return (
+        f"; against {paired['against']} on the same {paired['n_val']} validation images {paired['best']} "
+        f"fixes {paired['best_fixes']}, breaks {paired['best_breaks']} (exact McNemar p = {paired['p_value']:.3g}, "
+        f"{verdict})"
     )
 
 

@@ -64,6 +64,7 @@ from headstart.estimator.fitting import (
     split_samples,
     usable_samples,
 )
+from headstart.estimator.iteration import corrected_data, kept_splits
 from headstart.estimator.layers import check_feature_options, model_features_info
 from headstart.estimator.multilabel import (
     MultiLabelSettings,
@@ -94,13 +95,11 @@ from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precisi
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
-from headstart.models.bundle import (
-    library_versions,
-    load_bundle,
-    save_bundle,
-)
+from headstart.models.bundle import library_versions, load_bundle, save_bundle
+from headstart.models.card import ModelCard
 from headstart.models.heads import Head
 from headstart.runs.multilabel import write_multilabel_run
+from headstart.runs.recipe import read_recipe
 from headstart.runs.writer import (
     Predictions,
     ReportSettings,
@@ -157,6 +156,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "exclude": Optional(AnyOf(PATH, Check(_is_exclude_list, "a list of paths"))),
     "check_data": InstanceOf((bool,), "True or False"),
     "report_map": Options("tsne", "pca", "none"),
+    "report_heatmaps": InstanceOf((bool,), "True or False"),
     "unfreeze": Pattern(r"head|half|all|last:\d+", "head, last:N, half or all"),
     "epochs": Interval(int, 1),
     "lr": Interval(float, 0, low_open=True),
@@ -171,6 +171,8 @@ CONSTRAINTS: dict[str, Constraint] = {
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
     "target_accuracy": Interval(float, 0, 1, low_open=True),
     "target_coverage": Interval(float, 0, 1, low_open=True),
+    "corrections": Optional(PATH),
+    "split_from": Optional(PATH),
 }
 
 
@@ -213,6 +215,10 @@ class ImageClassifier(BaseEstimator):
         exclude: files to leave out: a text/CSV file of paths, a ``doctor.json``, or a list.
         check_data: quick data check; duplicate groups stay on one side of the split.
         report_map: the map in ``RUN_DIR/report.html``: ``tsne``, ``pca`` or ``none``.
+        report_heatmaps: the report's misclassified gallery shows each error's class activation
+            map (``explain``). Off by default: the network runs once more per error in torch,
+            which costs a warm re-run several times its other work; the nearest training photos
+            are shown either way.
         unfreeze: fine-tuning: ``head``, ``last:N`` (block groups), ``half`` or ``all``.
         epochs: fine-tuning: most epochs (early stopping may end sooner).
         lr: fine-tuning: the head's learning rate; backbone layers get less.
@@ -236,6 +242,10 @@ class ImageClassifier(BaseEstimator):
         target_coverage: ``reject="auto"``: the least share of known validation images accepted;
             the threshold rises to turn down the rest even when the accuracy target needs none
             (1: the accuracy target alone, the rule before this parameter).
+        corrections: a CSV ``path,action,label`` of relabels and exclusions, applied to the
+            data as discovered (the files are untouched; see ``data.corrections``).
+        split_from: an earlier run folder: every image it recorded keeps its split there (see
+            :meth:`from_run`, which also takes its recipe).
     """
 
     # Fitted state (set by ``fit`` or ``load``, through ``_adopt``).
@@ -270,6 +280,7 @@ class ImageClassifier(BaseEstimator):
         exclude: str | Path | Sequence[str] | None = None,
         check_data: bool = True,
         report_map: str = "tsne",
+        report_heatmaps: bool = False,
         unfreeze: str = "last:2",
         epochs: int = 4,
         lr: float = 1e-3,
@@ -284,6 +295,8 @@ class ImageClassifier(BaseEstimator):
         reject: str | float = "off",
         target_accuracy: float = 0.95,
         target_coverage: float = 0.95,
+        corrections: str | Path | None = None,
+        split_from: str | Path | None = None,
     ) -> None:
         # scikit-learn's contract: store every parameter as given, under its own name; check in fit
         _store_parameters(self, locals())
@@ -324,7 +337,7 @@ class ImageClassifier(BaseEstimator):
         from another working folder."""
         out: dict[str, Any] = {}
         for name, value in self.get_params().items():
-            if isinstance(value, (str, Path)) and name == "exclude":
+            if isinstance(value, (str, Path)) and name in ("exclude", "corrections", "split_from"):
                 value = str(Path(value).expanduser().resolve())
             elif isinstance(value, Path):
                 value = str(value)
@@ -412,6 +425,14 @@ class ImageClassifier(BaseEstimator):
             params["split"] = tuple(params["split"])
         return cls(**params)._fit(config["data"], run_dir, resume=True, on_epoch_end=on_epoch_end)
 
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **overrides: Any) -> ImageClassifier:
+        """A classifier with ``run_dir``'s recipe (auto's winner, resolved: strategy, backbone,
+        features, head and its C, fine-tuning settings; no search) that keeps its split for
+        every image still in the data; ``overrides`` replace any parameter."""
+        recipe = read_recipe(run_dir)
+        return cls(**{**recipe.params, "split_from": recipe.run_dir, **overrides})
+
     @in_process_group  # under torchrun: every rank fits, rank 0 writes (see training.distributed)
     def _fit(
         self,
@@ -438,7 +459,8 @@ class ImageClassifier(BaseEstimator):
             with clock("data_check"):
                 checks = check_data(usable, writer)
         with clock("split"):
-            split = split_samples(usable.samples, self.split, self.seed, checks)
+            recorded = kept_splits(self.split_from, dataset, usable.samples)
+            split = split_samples(usable.samples, self.split, self.seed, checks, usable.hashes, recorded)
         ctx = FitContext(usable, split, writer, clock, self._extract_with, self.seed)
         stage = self._head_stage(ctx, prep, started, on_epoch_end)
         if self.strategy == FINETUNE:
@@ -511,7 +533,14 @@ class ImageClassifier(BaseEstimator):
         )
         if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
             with clock("explain_errors"):
-                write_error_gallery(self._explain_source(), writer.run_dir, test.paths, test.y, test.proba)
+                write_error_gallery(
+                    self._explain_source(),
+                    writer.run_dir,
+                    test.paths,
+                    test.y,
+                    test.proba,
+                    heatmaps=self.report_heatmaps,
+                )
         writer.write_training_run(run, self.save, self._report_settings())
 
     def _head_stage(
@@ -604,6 +633,8 @@ class ImageClassifier(BaseEstimator):
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
+            dataset, dropped = corrected_data(dataset, self.corrections, writer)
+            excluded += dropped
         with clock("backbone"):
             root = FeatureCache(self.cache_dir).root
             spec = create_feature_spec(self.backbone, self.weights, self.features, self.tta, root)
@@ -785,7 +816,7 @@ class ImageClassifier(BaseEstimator):
         bank = self._reject_bank()
         if bank is not None:
             head_arrays[BANK_ARRAY] = bank
-        return save_bundle(path, meta, state, head_arrays)
+        return save_bundle(path, ModelCard.from_meta(meta), state, head_arrays)
 
     def _reliability(self) -> Reliability:
         """The fitted temperature and the reject threshold in force."""
@@ -822,12 +853,13 @@ class ImageClassifier(BaseEstimator):
     def load(cls, path: str | Path, **overrides: Any) -> ImageClassifier:
         """A saved bundle (``model.safetensors`` or its run folder); ``overrides`` set parameters
         such as ``cache_dir``, ``engine`` or ``verbose``."""
-        meta, state, head_arrays = load_bundle(path)
-        fitted = fitted_from_bundle(meta, state, head_arrays, path)
-        params = {**saved_parameters(meta), **saved_reject_params(meta)}
+        card, state, head_arrays = load_bundle(path)
+        fitted = fitted_from_bundle(card, state, head_arrays, path)
+        params = {**saved_parameters(card), **saved_reject_params(card)}
         params.update(backbone=fitted.spec.name, features=fitted.spec.layers, tta=fitted.spec.tta)
         clf = cls(**{**params, **overrides})
         clf._adopt(fitted)
+        clf.card_ = card
         return clf
 
 

@@ -115,12 +115,18 @@ def nearest_training_images(
 
 
 def write_error_gallery(
-    src: ExplainSource, run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray
+    src: ExplainSource,
+    run_dir: Path,
+    paths: Sequence[str],
+    y: np.ndarray,
+    proba: np.ndarray,
+    heatmaps: bool = True,
 ) -> int:
     """For the report's misclassified gallery: each shown error's heatmap overlay (of the class
     it was taken for) in ``run_dir/errors/`` and its nearest training photos, listed in
     ``run_dir/errors.csv``; the report reads them (it never loads a model). A head with no exact
-    map gets no overlay, a model with no neighbour bank no neighbours. The number of errors."""
+    map (or ``heatmaps`` False) gets no overlay, a model with no neighbour bank no neighbours. The
+    number of errors."""
     import json
 
     from headstart.core.io import write_rows
@@ -137,7 +143,7 @@ def write_error_gallery(
     chosen = [str(paths[i]) for i in wrong[:MAX_MISCLASSIFIED]]
     if not chosen:
         return 0
-    linear = hasattr(src.model.head, "coef") and hasattr(src.model.head, "scale")
+    linear = heatmaps and hasattr(src.model.head, "coef") and hasattr(src.model.head, "scale")
     explained: list[Explanation | None] = [None] * len(chosen)
     if linear:  # each error explained for the class it was taken for (known: no second pass)
         taken_for = [int(predicted[i]) for i in wrong[: len(chosen)]]

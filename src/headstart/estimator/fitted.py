@@ -22,7 +22,7 @@ from headstart.evaluation.reject import restore_bank
 from headstart.evaluation.tasks import MultiLabel, SingleLabel, Task, task_of
 from headstart.features.composite import FeatureSpec, spec_from_bundle
 from headstart.models.backbones import Backbone
-from headstart.models.bundle import bundle_reject, bundle_temperature
+from headstart.models.card import ModelCard
 from headstart.models.heads import Head, restore_head
 
 FEATURE_EXTRACTION = "feature-extraction"
@@ -87,49 +87,51 @@ def model_info(
     }
 
 
-def saved_parameters(meta: dict[str, Any]) -> dict[str, Any]:
+def saved_parameters(card: ModelCard) -> dict[str, Any]:
     """The estimator parameters a bundle fixes (strategy, backbone, head, seed, split, top_k,
     feature precision); features, TTA and the reject option are read with the model."""
-    settings = meta.get("settings", {})
+    settings = card.settings
     return {
-        "strategy": meta.get("strategy", FEATURE_EXTRACTION),
-        "backbone": meta["backbone"]["name"],
-        "head": meta["head"]["name"],
-        "seed": settings.get("seed", 0),
-        "split": tuple(settings.get("split", (0.8, 0.1, 0.1))),
-        "top_k": settings.get("top_k", 3),
-        "feature_precision": settings.get("feature_precision", "auto"),
+        "strategy": card.strategy,
+        "backbone": card.backbone.name,
+        "head": card.head.name,
+        "seed": settings.seed,
+        "split": tuple(settings.split),
+        "top_k": settings.top_k,
+        "feature_precision": settings.feature_precision,
     }
 
 
 def fitted_from_bundle(
-    meta: dict[str, Any], state: dict[str, Any], head_arrays: dict[str, Any], path: str | Path
+    card: ModelCard, state: dict[str, Any], head_arrays: dict[str, Any], path: str | Path
 ) -> FittedModel:
-    """The ``FittedModel`` a bundle holds (``models.bundle.load_bundle``'s three parts); a file
-    whose parts do not fit together is a ``HeadstartError`` naming ``path``."""
+    """The ``FittedModel`` a bundle holds (``models.bundle.load_bundle``'s three parts, its
+    metadata read as a ``ModelCard``); a file whose parts do not fit together is a
+    ``HeadstartError`` naming ``path``."""
     try:
-        spec = spec_from_bundle(meta, state)
-        bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
-        head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
-        _check_head_shape(head, spec.width, len(meta["classes"]))
+        spec = spec_from_bundle(card, state)
+        bank = restore_bank(card.reject_score, head_arrays, spec.width)
+        head = restore_head(card.head.name, head_arrays, card.head.params)
+        _check_head_shape(head, spec.width, len(card.classes))
     except HeadstartError:
         raise
     except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
         raise HeadstartError(
             f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
         ) from e
-    entry = meta.get("multi_label")
+    meta = card.to_meta()
+    entry = card.multi_label
     return FittedModel(
         spec=spec,
         head=head,
-        classes=list(meta["classes"]),
-        strategy=meta.get("strategy", FEATURE_EXTRACTION),
+        classes=list(card.classes),
+        strategy=card.strategy,
         split=meta.get("split") or {},
         metrics=meta.get("metrics", {}),
-        temperature=bundle_temperature(meta),
-        reject_threshold=bundle_reject(meta).get("threshold"),
+        temperature=card.temperature,
+        reject_threshold=card.reject_threshold,
         reject_bank=bank,
-        task=task_of(entry["thresholds"] if isinstance(entry, dict) else None),
+        task=task_of(np.asarray(entry.thresholds, dtype=np.float64) if entry is not None else None),
         meta=meta,
     )
 

@@ -32,7 +32,7 @@ from headstart.models.heads import Head, make_head
 from headstart.models.streaming import StreamingLogisticHead
 
 Log = Callable[[str], None]
-SUMMARY_KEYS = ("accuracy", "n", "top_k", "top_k_accuracy", "macro_f1")
+SUMMARY_KEYS = ("accuracy", "accuracy_ci95", "n", "top_k", "top_k_accuracy", "macro_f1")
 
 
 @dataclass
@@ -133,10 +133,18 @@ def check_data(usable: Usable, log: Log) -> CheckReport:
 
 
 def split_samples(
-    samples: Sequence[Sample], fractions: Sequence[float], seed: int, checks: CheckReport | None
+    samples: Sequence[Sample],
+    fractions: Sequence[float],
+    seed: int,
+    checks: CheckReport | None,
+    keys: Sequence[str | None] | None = None,
+    recorded: Sequence[str | None] | None = None,
 ) -> Split:
-    """Predefined splits as given, the rest stratified and seeded (duplicate groups kept together)."""
-    names, method = assign_splits(samples, fractions, seed, checks.group_indices if checks else None)
+    """Predefined splits as given, the rest stratified and seeded (duplicate groups kept
+    together); stable across data versions given each sample's content hash as ``keys``;
+    ``recorded`` splits (an earlier run's, per sample) kept as they are."""
+    groups = checks.group_indices if checks else None
+    names, method = assign_splits(samples, fractions, seed, groups, keys, recorded)
     return nonempty_split(names, method)
 
 
@@ -158,9 +166,10 @@ def data_check_summary(
     fractions: Sequence[float],
     seed: int,
     excluded,
+    keys: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """metrics.json's ``data_checks``: which duplicate groups the plain split would have cut."""
-    plain, _ = assign_splits(samples, fractions, seed)
+    plain, _ = assign_splits(samples, fractions, seed, keys=keys)
     return check_summary(checks, plain, split.names, excluded)
 
 

@@ -35,7 +35,7 @@ from headstart.evaluation.calibration import (
     negative_log_likelihood,
 )
 from headstart.evaluation.reject import choose_threshold, reject_scores, score_kind, selective_metrics
-from headstart.models.bundle import bundle_reject
+from headstart.models.card import ModelCard
 from headstart.models.heads import Head, KNNHead, LogisticHead
 
 Log = Callable[[str], None]
@@ -69,6 +69,9 @@ def held_out_val_proba(head: Head, usable: Usable, split: Split, tuned_val_proba
     tr, va = split.mask("train"), split.mask("val")
     x, y, n = usable.features, usable.y, len(usable.classes)
     if isinstance(head, LogisticHead) and head.refit:
+        kept = getattr(head, "held_out_val_proba_", None)  # the sweep's own, at the chosen C
+        if kept is not None and len(kept) == int(va.sum()):
+            return np.asarray(kept)
         train_only = LogisticHead(cs=(head.C,), refit=False)
         train_only.fit(x[tr], y[tr], x[va], y[va], n)
         return train_only.predict_proba(x[va])
@@ -209,15 +212,14 @@ def reliability_sections(
     return out
 
 
-def saved_reject_params(meta: dict[str, Any]) -> dict[str, Any]:
+def saved_reject_params(card: ModelCard) -> dict[str, Any]:
     """``reject``, ``target_accuracy`` and ``target_coverage`` of a saved model (a bundle without
     them: off; one saved before the coverage target: 1, the accuracy rule its threshold came from)."""
-    saved = bundle_reject(meta)
-    if saved.get("threshold") is None:
+    saved = card.head.reject
+    if saved.threshold is None:
         return {}
-    mode = saved.get("mode", "auto")
     return {
-        "reject": mode if mode in ("auto", "off") else float(mode),
-        "target_accuracy": float(saved.get("target_accuracy", 0.95)),
-        "target_coverage": float(saved.get("target_coverage", 1.0)),
+        "reject": saved.mode,
+        "target_accuracy": saved.target_accuracy,
+        "target_coverage": saved.target_coverage,
     }

@@ -225,7 +225,7 @@ def _metrics(
             model["head"]["fit"] = {**fit_info, "refit_on_train_val": True}
     if record.checks is not None:
         extra["data_checks"] = data_check_summary(
-            record.checks, usable.samples, split, record.fractions, ctx.seed, record.excluded
+            record.checks, usable.samples, split, record.fractions, ctx.seed, record.excluded, usable.hashes
         )
     return build_metrics(
         scores, split.evaluated_on, split.evaluated_on, model, data, ctx.clock.timings, extra

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from headstart.evaluation.intervals import accuracy_ci95
+
 
 def top_k_accuracy(proba: np.ndarray, y: np.ndarray, k: int) -> float:
     if len(y) == 0:
@@ -20,7 +22,8 @@ def top_k_accuracy(proba: np.ndarray, y: np.ndarray, k: int) -> float:
 def classification_metrics(
     y: np.ndarray, proba: np.ndarray, classes: list[str], top_k: int = 3
 ) -> dict[str, Any]:
-    """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix."""
+    """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix; every accuracy
+    (a class's is its recall) with its 95% Wilson interval (``evaluation.intervals``)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(len(classes)))
@@ -30,6 +33,7 @@ def classification_metrics(
     k = min(top_k, len(classes))
     return {
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "accuracy_ci95": accuracy_ci95(pred == y),
         "n": int(len(y)),
         "top_k": k,
         "top_k_accuracy": top_k_accuracy(proba, y, k),
@@ -40,6 +44,7 @@ def classification_metrics(
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),
                 "support": int(support[i]),
+                "accuracy_ci95": accuracy_ci95(int(cm[i, i]) if len(y) else 0, int(support[i])),
             }
             for i, name in enumerate(classes)
         },

@@ -29,7 +29,6 @@ alone (models saved before the coverage target keep the threshold they were save
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -225,18 +224,17 @@ def selective_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float)
     }
 
 
-def restore_bank(reject: dict[str, Any], head_arrays: dict[str, np.ndarray], width: int) -> np.ndarray | None:
+def restore_bank(kind: str | None, head_arrays: dict[str, np.ndarray], width: int) -> np.ndarray | None:
     """A bundle's bank, taken out of its head arrays (the head restores from the rest), checked
     against the bundle's ``reject`` entry: a ``max_probability*knn`` model needs one, any other
     has none. Raises ValueError for a damaged or crafted file.
 
     Args:
-        reject: the bundle's ``head.reject`` ({} without the reject option).
+        kind: the bundle's reject score kind (None without the reject option).
         head_arrays: the bundle's head arrays; ``BANK_ARRAY`` is removed from them.
         width: the number of features the model's head takes.
     """
     bank = head_arrays.pop(BANK_ARRAY, None)
-    kind = reject.get("score", SCORE_KIND) if reject.get("threshold") is not None else None
     if kind is not None and kind not in SCORE_KINDS:
         raise ValueError(f"unknown reject score {str(kind)[:40]!r}")
     if (kind == KNN_SCORE_KIND) != (bank is not None):

@@ -32,7 +32,8 @@ from headstart.export.runtime import (
 )
 from headstart.features.composite import spec_from_bundle
 from headstart.features.engines import export_pixels_module
-from headstart.models.bundle import bundle_reject, bundle_temperature, library_versions, load_bundle
+from headstart.models.bundle import library_versions, load_bundle
+from headstart.models.card import ExportCard, ModelCard
 from headstart.models.heads import restore_head
 
 FORMATS = ("onnx", "openvino")
@@ -44,9 +45,9 @@ EXPORT_FILES = frozenset({*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT
 
 @dataclass
 class Bundle:
-    """A loaded headstart model: its metadata, backbone and head."""
+    """A loaded headstart model: its card, backbone and head."""
 
-    meta: dict[str, Any]
+    card: ModelCard
     backbone: Any
     head: Any
     source: Path
@@ -56,14 +57,14 @@ class Bundle:
 
 def read_bundle(source: str | Path) -> Bundle:
     """A bundle (``model.safetensors`` or its run folder) ready to export."""
-    meta, state, head_arrays = load_bundle(source)
+    card, state, head_arrays = load_bundle(source)
     try:
-        spec = spec_from_bundle(meta, state)
-        bank = restore_bank(bundle_reject(meta), head_arrays, spec.width)
-        head = restore_head(meta["head"]["name"], head_arrays, meta["head"]["params"])
+        spec = spec_from_bundle(card, state)
+        bank = restore_bank(card.reject_score, head_arrays, spec.width)
+        head = restore_head(card.head.name, head_arrays, card.head.params)
     except (KeyError, RuntimeError, ValueError) as e:
         raise HeadstartError(f"model file {source} is damaged or incomplete ({type(e).__name__})") from e
-    return Bundle(meta, spec.members[0], head, Path(source), spec, bank)
+    return Bundle(card, spec.members[0], head, Path(source), spec, bank)
 
 
 def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
     with a neighbour bank, the reject score is its second output."""
     _, h, w = bundle.backbone.data_config["input_size"]
     module = classifier_module(
-        bundle.features or bundle.backbone, bundle.head, bundle_temperature(bundle.meta), bundle.bank
+        bundle.features or bundle.backbone, bundle.head, bundle.card.temperature, bundle.bank
     )
     outputs = [OUTPUT] if bundle.bank is None else [OUTPUT, SCORE_OUTPUT]
     return export_pixels_module(module, (h, w), path, None, outputs)
@@ -107,17 +108,17 @@ def export_fp32_onnx(bundle: Bundle, path: Path) -> Path:
 
 def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, Any]) -> dict[str, Any]:
     """``export.json`` (accuracy figures are added once measured)."""
-    meta = bundle.meta
-    test = (meta.get("metrics") or {}).get("test") or {}
+    card = bundle.card
+    test = card.test_metrics
     _, h, w = bundle.backbone.data_config["input_size"]
     return {
         "format_version": EXPORT_FORMAT_VERSION,
         "format": fmt,
         "precision": precision,
         "model_file": MODEL_FILES[fmt],
-        "classes": list(meta["classes"]),
+        "classes": list(card.classes),
         "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
-        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", len(meta["classes"])]},
+        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", len(card.classes)]},
         **(
             {}
             if bundle.bank is None
@@ -125,17 +126,17 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, spec: dict[str, An
         ),
         "input_size": [h, w],
         "preprocessing": spec,
-        "backbone": meta["backbone"]["name"],
-        "strategy": meta.get("strategy", "feature-extraction"),
-        "head": meta["head"]["name"],
-        **({"features": meta["features"]} if "features" in meta else {}),
+        "backbone": card.backbone.name,
+        "strategy": card.strategy,
+        "head": card.head.name,
+        **({"features": card.features.model_dump(exclude_unset=True)} if card.features else {}),
         "source_model": str(bundle.source),
         "test_metrics": {k: test[k] for k in ("accuracy", "top_k_accuracy", "n") if k in test},
         "accuracy": {"fp32_headstart": test.get("accuracy")},
         "headstart_version": library_versions().get("headstart", "unknown"),
         "versions": library_versions(),
-        **export_entries(meta),
-        **reliability_info(meta),
+        **export_entries(card),
+        **reliability_info(card),
     }
 
 
@@ -197,7 +198,7 @@ def _export_file(name: str) -> bool:
 
 def write_beside(out_dir: Path, info: dict[str, Any]) -> None:
     write_text(out_dir / LABELS_TXT, "".join(f"{c}\n" for c in info["classes"]))
-    write_json(out_dir / EXPORT_JSON, info)
+    write_json(out_dir / EXPORT_JSON, ExportCard.model_validate(info).to_json())
 
 
 def _fp16_onnx(src: Path, dst: Path) -> Path:
@@ -249,7 +250,7 @@ def export_model(
     bundle = read_bundle(source)
     if bundle.head.name == "knn":
         raise HeadstartError(KNN_REFUSAL)
-    check_precision(bundle.meta, precision)
+    check_precision(bundle.card, precision)
     spec = preprocessing_spec(bundle.backbone.data_config)
     info = describe_export(bundle, format, precision, spec)
     out = Path(out_dir).expanduser()

@@ -13,22 +13,19 @@ import json
 from typing import Any
 
 from headstart.core.errors import HeadstartError
+from headstart.models.card import ModelCard
 
 
-def is_multilabel(meta: dict[str, Any]) -> bool:
-    return isinstance(meta.get("multi_label"), dict)
-
-
-def export_entries(meta: dict[str, Any]) -> dict[str, Any]:
+def export_entries(card: ModelCard) -> dict[str, Any]:
     """``export.json``'s multi-label keys ({} for a single-label bundle)."""
-    if not is_multilabel(meta):
+    if card.multi_label is None:
         return {}
-    test = (meta.get("metrics") or {}).get("test") or {}
+    test = card.test_metrics
     return {
         "multi_label": True,
         "output_activation": "sigmoid",
-        "thresholds": [float(t) for t in meta["multi_label"]["thresholds"]],
-        "threshold_metric": meta["multi_label"].get("threshold_metric", "f1"),
+        "thresholds": [float(t) for t in card.multi_label.thresholds],
+        "threshold_metric": card.multi_label.threshold_metric,
         "test_metrics": {
             k: test[k] for k in ("mAP", "macro_f1", "micro_f1", "subset_accuracy", "n") if k in test
         },
@@ -42,7 +39,7 @@ def file_entries(info: dict[str, Any]) -> dict[str, str]:
     return {"multi_label": "true", "thresholds": json.dumps(info["thresholds"])}
 
 
-def check_precision(meta: dict[str, Any], precision: str) -> None:
+def check_precision(card: ModelCard, precision: str) -> None:
     """int8 is checked against test accuracy, which a multi-label model has not: refused."""
-    if is_multilabel(meta) and precision == "int8":
+    if card.is_multilabel and precision == "int8":
         raise HeadstartError("int8 export of a multi-label model is not supported yet: use fp32 or fp16")

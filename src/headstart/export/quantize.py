@@ -33,21 +33,22 @@ from headstart.data.images import decode_image, read_bytes
 from headstart.export.graph import HEAD_SCOPE
 from headstart.export.runtime import prepare_pixels
 from headstart.features.quantize import quantize_qdq
+from headstart.models.card import ModelCard
 
 CALIBRATION_IMAGES = 300
 MAX_INT8_LOSS_POINTS = 1.0
 
 
-def split_files(meta: dict[str, Any], split: str) -> list[tuple[Path, str]]:
+def split_files(card: ModelCard, split: str) -> list[tuple[Path, str]]:
     """(path, label) of the bundle's files in ``split``; a clear error when the images are gone."""
-    record = meta.get("split") or {}
-    root, files = record.get("root"), record.get("files") or []
-    if not root or not files:
+    record = card.split
+    root = record.root if record is not None else None
+    if record is None or not root or not record.files:
         raise HeadstartError(
             "int8 needs calibration images, and this model records no training split (a model saved "
             "without one): export fp32 or fp16, or retrain with headstart train to record it"
         )
-    chosen = [(Path(root) / rel, label) for rel, label, name in files if name == split]
+    chosen = [(Path(root) / rel, label) for rel, label in record.rows(split)]
     if chosen and not any(p.is_file() for p, _ in chosen[:20]):
         raise HeadstartError(
             f"int8 needs the model's {split} images for calibration and checking, and they are not under "
@@ -74,9 +75,9 @@ def load_pixels(paths: Sequence[Path], preprocessing: dict[str, Any]) -> tuple[n
     return (np.stack(kept) if kept else np.zeros((0, h, w, 3), np.uint8)), ok
 
 
-def calibration_pixels(meta: dict[str, Any], preprocessing: dict[str, Any], limit: int) -> np.ndarray:
+def calibration_pixels(card: ModelCard, preprocessing: dict[str, Any], limit: int) -> np.ndarray:
     """Up to ``limit`` training images, drawn evenly at random (fixed seed) so every class is seen."""
-    train = split_files(meta, "train")
+    train = split_files(card, "train")
     random.Random(0).shuffle(train)
     pixels, _ = load_pixels([p for p, _ in train[:limit]], preprocessing)
     if len(pixels) == 0:
@@ -126,16 +127,15 @@ def score_drift(
     return out
 
 
-def test_pixels(meta: dict[str, Any], preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+def test_pixels(card: ModelCard, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     """The bundle's evaluation images (test split; val where it has none) and their class indices."""
-    evaluated = (meta.get("metrics") or {}).get("evaluated_on") or "test"
-    split = evaluated if evaluated in ("test", "val") else "test"
-    files = split_files(meta, split)
+    split = card.evaluated_on if card.evaluated_on in ("test", "val") else "test"
+    files = split_files(card, split)
     if not files:
         raise HeadstartError(
             f"int8 needs test images to check its accuracy: the model's {split} split is empty"
         )
-    index = {c: i for i, c in enumerate(meta["classes"])}
+    index = {c: i for i, c in enumerate(card.classes)}
     pixels, ok = load_pixels([p for p, _ in files], preprocessing)
     labels = np.array([index[label] for (_, label), good in zip(files, ok) if good], dtype=np.int64)
     return pixels, labels, split
@@ -150,11 +150,11 @@ def quantize_checked(
     ``info["calibration"]``; raises when int8 loses more than ``MAX_INT8_LOSS_POINTS`` unless ``force``.
     """
     spec = info["preprocessing"]
-    calibration = calibration_pixels(bundle.meta, spec, CALIBRATION_IMAGES)
+    calibration = calibration_pixels(bundle.card, spec, CALIBRATION_IMAGES)
     int8 = quantize_onnx(fp32, work / "int8.onnx", calibration)
     checked_int8 = int8 if fmt == "onnx" else _openvino_ir(int8, work / "int8.xml")
-    pixels, labels, split = test_pixels(bundle.meta, spec)
-    n_classes = len(bundle.meta["classes"])
+    pixels, labels, split = test_pixels(bundle.card, spec)
+    n_classes = len(bundle.card.classes)
     fp32_acc = accuracy(fp32, "onnx", pixels, labels, n_classes)
     int8_acc = accuracy(checked_int8, fmt, pixels, labels, n_classes)
     info["accuracy"].update({"fp32": fp32_acc, "int8": int8_acc, "split": split, "n": int(len(labels))})

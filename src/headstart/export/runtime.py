@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from headstart.core.errors import HeadstartError, ParameterError
+from headstart.core.runtimes import compile_openvino, onnx_session
 from headstart.data.images import decode_image, read_bytes, to_rgb
 from headstart.evaluation.answers import answer
 from headstart.evaluation.reject import KNN_SCORE_KIND, SCORE_KIND, reject_scores
-from headstart.models.bundle import bundle_reject, bundle_temperature
+from headstart.models.card import ExportCard, ModelCard, field_problem
 
 EXPORT_JSON = "export.json"
 LABELS_TXT = "labels.txt"
@@ -67,17 +69,16 @@ def prepare_pixels(image: Image.Image, preprocessing: dict[str, Any]) -> np.ndar
     return np.asarray(img, dtype=np.uint8)
 
 
-def reliability_info(meta: dict[str, Any]) -> dict[str, Any]:
+def reliability_info(card: ModelCard) -> dict[str, Any]:
     """``export.json``'s ``calibration`` (the temperature, already applied inside the graph) and,
     when the model has the reject option on, ``reject`` (threshold and score kind)."""
-    out: dict[str, Any] = {"calibration": {"temperature": bundle_temperature(meta), "in_graph": True}}
-    reject = bundle_reject(meta)
-    if reject.get("threshold") is not None:
-        out["reject"] = {
-            k: reject[k]
-            for k in ("mode", "threshold", "score", "target_accuracy", "target_coverage")
-            if k in reject
-        }
+    out: dict[str, Any] = {"calibration": {"temperature": card.temperature, "in_graph": True}}
+    if card.reject_threshold is not None:
+        out["reject"] = card.head.reject.model_dump(
+            mode="json",
+            exclude_unset=True,
+            include={"mode", "threshold", "score", "target_accuracy", "target_coverage"},
+        )
     return out
 
 
@@ -92,12 +93,6 @@ def reliability_props(info: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def reject_threshold_of(metadata: dict[str, Any]) -> float | None:
-    """The reject threshold an export carries (None: the option is off)."""
-    threshold = (metadata.get("reject") or {}).get("threshold")
-    return None if threshold is None else float(threshold)
-
-
 class _Runner:
     """One runtime's session: ``run(uint8 NHWC) -> float32 (N, C)``; ``run_all``: every output."""
 
@@ -110,12 +105,7 @@ class _Runner:
 
 class _OnnxRunner(_Runner):
     def __init__(self, path: Path, threads: int | None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.input = self.session.get_inputs()[0].name
 
     def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
@@ -124,9 +114,6 @@ class _OnnxRunner(_Runner):
 
 class _OpenVinoRunner(_Runner):
     def __init__(self, path: Path, threads: int | None, precision: str = "fp32") -> None:
-        import openvino as ov
-
-        core = ov.Core()
         # fp32: exact, what parity is checked with. "auto": OpenVINO's own choice, bf16 where the
         # CPU has it natively (as headstart predict's default engine), which moves probabilities by
         # ~1e-2 and runs ~1.4x faster; an fp16 or int8 file keeps its own weights' precision.
@@ -135,7 +122,7 @@ class _OpenVinoRunner(_Runner):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.compiled = compile_openvino(path, config)
         self.request = self.compiled.create_infer_request()
 
     def run_all(self, pixels: np.ndarray) -> list[np.ndarray]:
@@ -152,6 +139,7 @@ class ExportedModel:
         format: ``onnx`` or ``openvino``.
         classes: class names, index-aligned with the probabilities.
         metadata: ``export.json`` as a dict.
+        card: ``export.json`` as read (``models.card.ExportCard``).
         input_size: (H, W) of the images ``predict_proba`` takes.
     """
 
@@ -161,6 +149,7 @@ class ExportedModel:
     metadata: dict[str, Any]
     input_size: tuple[int, int]
     _runner: _Runner = field(repr=False)
+    card: ExportCard = field(repr=False)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -169,13 +158,13 @@ class ExportedModel:
     @property
     def reject_threshold(self) -> float | None:
         """The model's reject threshold (None when its reject option is off)."""
-        return reject_threshold_of(self.metadata)
+        return self.card.reject_threshold
 
     @property
     def score_kind(self) -> str | None:
         """The reject score's kind (``evaluation.reject``; None when the option is off)."""
-        reject = self.metadata.get("reject") or {}
-        return None if reject.get("threshold") is None else str(reject.get("score", SCORE_KIND))
+        reject = self.card.reject
+        return None if reject is None or reject.threshold is None else reject.score or SCORE_KIND
 
     def answer(self, proba_row: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
         """One image's answer (``evaluation.answers.answer``): top-k, labels, unknown, score.
@@ -208,8 +197,8 @@ class ExportedModel:
     def thresholds(self) -> list[float] | None:
         """A multi-label model's per-class thresholds (its outputs are independent sigmoids); None
         for a single-label model."""
-        values = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
-        return [float(t) for t in values] if values is not None else None
+        thresholds = self.card.thresholds if self.card.multi_label else None
+        return list(thresholds) if thresholds is not None else None
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB -> (N, C) float32 probabilities."""
@@ -286,11 +275,12 @@ def load_exported(
     meta_path = model_path.parent / EXPORT_JSON
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        classes = list(metadata["classes"])
-        input_size = (int(metadata["input_size"][0]), int(metadata["input_size"][1]))
+        card = ExportCard.model_validate(metadata)
     except FileNotFoundError as e:
         raise HeadstartError(f"{meta_path} is missing: export the model again with headstart export") from e
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except ValidationError as e:
+        raise HeadstartError(f"{meta_path} is damaged ({field_problem(e)}): export the model again") from None
+    except ValueError as e:
         raise HeadstartError(f"{meta_path} is damaged ({type(e).__name__}): export the model again") from e
     try:
         runner: _Runner = (
@@ -302,4 +292,4 @@ def load_exported(
         raise HeadstartError(
             f"cannot load {model_path} ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})"
         ) from e
-    return ExportedModel(model_path, fmt, classes, metadata, input_size, runner)
+    return ExportedModel(model_path, fmt, list(card.classes), metadata, card.input_size, runner, card)

@@ -23,10 +23,9 @@ from headstart.features.cache import FeatureCache
 from headstart.features.engines import pixels_to_features
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
-from headstart.models.bundle import MAX_FEATURES, meta_problem
-from headstart.models.taps import LAYER_CHOICES, layer_group_widths
+from headstart.models.card import ModelCard
+from headstart.models.taps import LAYER_CHOICES, TTA_CHOICES, layer_group_widths
 
-TTA_CHOICES = ("none", "flip")
 MEMBER_PREFIX = "+"  # bundle tensors of ensemble member i > 0 are backbone.+i.<name>
 
 
@@ -141,66 +140,19 @@ def create_feature_spec(
     return FeatureSpec(members, layers, tta)
 
 
-def spec_from_bundle(meta: dict[str, Any], state: dict[str, Any]) -> FeatureSpec:
-    """A saved model's features: a bundle without a ``features`` entry is one backbone's last
+def spec_from_bundle(card: ModelCard, state: dict[str, Any]) -> FeatureSpec:
+    """A saved model's features: a card without a ``features`` entry is one backbone's last
     features (every bundle written before the entry existed)."""
-    info = meta.get("features")
     first = {k: v for k, v in state.items() if not k.startswith(MEMBER_PREFIX)}
-    b = meta["backbone"]
+    members = [backbone_from_state(card.backbone.name, first, card.backbone.describe())]
+    info = card.features
     if info is None:
-        return FeatureSpec([backbone_from_state(b["name"], first, b)])
-    problem = _features_problem(info, meta)
-    if problem:
-        raise HeadstartError(f"the model's 'features' entry is damaged or crafted: {problem}")
-    members = [backbone_from_state(b["name"], first, b)]
-    for i, d in enumerate(info["members"][1:], start=1):
+        return FeatureSpec(members)
+    for i, d in enumerate(info.members[1:], start=1):
         prefix = f"{MEMBER_PREFIX}{i}."
         member_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        members.append(backbone_from_state(d["name"], member_state, d))
-    widths = [[int(w) for w in ws] for ws in info.get("group_widths") or []]
-    selected = info.get("selected_groups")
-    return FeatureSpec(
-        members,
-        str(info.get("layers", "last")),
-        str(info.get("tta", "none")),
-        [int(g) for g in selected] if selected is not None else None,
-        widths,
-    )
-
-
-MAX_MEMBERS = 8
-
-
-def _features_problem(info: Any, meta: dict[str, Any]) -> str:
-    """What is wrong with a bundle's ``features`` entry ('' when nothing): types, and every size
-    bounded, as ``models.bundle.meta_problem`` does for the rest of the header."""
-    if not isinstance(info, dict) or not isinstance(info.get("members"), list):
-        return "it must list its backbones"
-    members = info["members"]
-    if not 1 <= len(members) <= MAX_MEMBERS:
-        return f"it must list 1 to {MAX_MEMBERS} backbones"
-    for d in members:
-        problem = meta_problem({**meta, "backbone": d, "features": None})
-        if problem:
-            return problem
-    if info.get("layers", "last") not in LAYER_CHOICES or info.get("tta", "none") not in TTA_CHOICES:
-        return "unknown layers or tta"
-    widths = info.get("group_widths") or []
-    flat = [w for ws in widths if isinstance(ws, list) for w in ws]
-    if (
-        not isinstance(widths, list)
-        or len(widths) not in (0, len(members))
-        or not all(isinstance(w, int) and 0 < w <= MAX_FEATURES for w in flat)
-    ):
-        return "group_widths must be a list of feature widths per backbone"
-    if sum(flat) > MAX_FEATURES:
-        return f"more than {MAX_FEATURES} features"
-    selected = info.get("selected_groups")
-    if selected is not None and not (
-        isinstance(selected, list) and all(isinstance(g, int) and 0 <= g < len(flat) for g in selected)
-    ):
-        return "selected_groups must index its feature groups"
-    return ""
+        members.append(backbone_from_state(d.name, member_state, d.describe()))
+    return FeatureSpec(members, info.layers, info.tta, info.selected_groups, info.group_widths)
 
 
 class CompositeExtractor:

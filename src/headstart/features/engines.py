@@ -8,7 +8,6 @@ OpenVINO overlaps several batches in asynchronous requests.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import threading
 import warnings
@@ -21,6 +20,7 @@ import numpy as np
 
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path
+from headstart.core.runtimes import compile_openvino, onnx_session, openvino_precision
 from headstart.features.quantize import quantize_qdq
 from headstart.models.backbones import Backbone
 from headstart.models.taps import multi_layer_module
@@ -148,30 +148,11 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, batch_size: int, threads: int) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_path, threads)
         self.static_batch = batch_size
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"pixels": pixels})[0]
-
-
-def _compile_locked(core: Any, onnx_path: Path, config: dict[str, Any], blobs: Path) -> Any:
-    """``core.compile_model`` holding a lock file in OpenVINO's cache folder.
-
-    Rule: one compile at a time per cache folder, across processes. OpenVINO writes a compiled
-    blob straight to its final name, so a second process (torchrun's other rank, a parallel
-    run) compiling the same graph at the same moment could import half a blob; under the lock
-    it waits and then imports the finished one.
-    """
-    from filelock import FileLock
-
-    blobs.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(blobs / ".compile.lock")):
-        return core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
 
 
 class OpenVinoEngine(Engine):
@@ -181,11 +162,7 @@ class OpenVinoEngine(Engine):
     name = "openvino"
 
     def __init__(self, onnx_path: Path, batch_size: int, threads: int, cache_dir: Path) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self.precision = "bf16" if "BF16" in caps else "fp32"
+        self.precision = openvino_precision()
         # THROUGHPUT: several single-threaded streams instead of one multi-threaded one, so
         # no inference thread spins at a barrier while a decode thread holds its core
         # (~15% more images/s end to end on 2 cores than LATENCY).
@@ -193,9 +170,8 @@ class OpenVinoEngine(Engine):
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "THROUGHPUT",
-            "CACHE_DIR": str(cache_dir / "openvino"),
         }
-        self.compiled = _compile_locked(core, onnx_path, config, cache_dir / "openvino")
+        self.compiled = compile_openvino(onnx_path, config, cache_dir / "openvino")
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.request = self.compiled.create_infer_request()
         self.static_batch = batch_size
@@ -260,17 +236,9 @@ def check_feature_precision(precision: str, engine: str) -> None:
 
 def engine_precision(engine: str, precision: str = "auto") -> str:
     """What numerics an engine will use here, known without building it (part of the cache key)."""
-    return "int8" if precision == "int8" else _native_precision(engine)
-
-
-@functools.cache
-def _native_precision(engine: str) -> str:
-    if engine == "openvino":
-        import openvino as ov
-
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        return "bf16" if "BF16" in caps else "fp32"
-    return "fp32"
+    if precision == "int8":
+        return "int8"
+    return openvino_precision() if engine == "openvino" else "fp32"
 
 
 def resolve_engine(engine: str) -> str:

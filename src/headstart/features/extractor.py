@@ -227,13 +227,13 @@ class FeatureExtractor:
         errors: dict[int, str] = {}
         damaged_before = self.cache.damaged
         self._calibration_paths = files
-        self.preprocess  # noqa: B018 - built here: timm's lazy imports are not safe from several threads at once
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as builder:
             known = self.cache.known_hashes(files)
             # Files never hashed before are most likely not cached either: start exporting and
             # compiling the network now, on its own thread, while they are hashed and decoded.
             engine_future = None
             if not self._engine_ready and len(known) < len(files):
+                self.preprocess  # noqa: B018 - built first: timm's lazy imports are not thread-safe
                 engine_future = builder.submit(lambda: self.engine)
             hashes = self._content_hashes(pool, files, known, errors)
             clock["hash"] = time.perf_counter()
@@ -242,8 +242,9 @@ class FeatureExtractor:
             clock["lookup"] = time.perf_counter()
             extracted = 0
             if todo:
-                # Built lazily (a warm run never exports or compiles), and on its own thread so
-                # the first batches decode while the network is exported and compiled.
+                # Built lazily (a warm run never imports timm, exports or compiles), the network
+                # on its own thread so the first batches decode while it is exported and compiled.
+                self.preprocess  # noqa: B018 - before the builder thread imports timm too
                 if engine_future is None:
                     engine_future = builder.submit(lambda: self.engine)
                 extracted = self._extract_missing(

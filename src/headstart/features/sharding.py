@@ -17,6 +17,7 @@ extracted, so rank 0 extracts them all (one calibration, as one process makes it
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from headstart.features.extractor import ExtractionResult, FeatureExtractor
 
 def process_rank() -> tuple[int, int]:
     """(rank, world size) of this process's torch.distributed group; (0, 1) without one."""
+    if "torch.distributed" not in sys.modules:  # no group without it: a warm run never imports torch
+        return 0, 1
     try:
         import torch.distributed as dist
     except ImportError:  # torch without distributed support

@@ -171,6 +171,9 @@ class LogisticHead(LinearOnStandardised, Head):
                 break
         widened = sweep.widen(self.C_LIMITS)
         self.C = sweep.best["C"]
+        # the train-only model's validation probabilities at the chosen C: calibration's input,
+        # kept so it need not fit that model again (fitted state of this fit, never saved)
+        self.held_out_val_proba_ = sweep.best_val_proba
         if self.refit:
             x_all = np.concatenate([x, x_val])
             y_all = np.concatenate([y, y_val])
@@ -227,6 +230,7 @@ class _Sweep:
         self.rows: list[dict[str, Any]] = []
         self.last_model: Any = None
         self.best_model: Any = None
+        self.best_val_proba: np.ndarray | None = None
 
     @property
     def best(self) -> dict[str, Any]:
@@ -248,7 +252,7 @@ class _Sweep:
         )
         self.last_model = model
         if self.best is self.rows[-1]:
-            self.best_model = copy.deepcopy(model)
+            self.best_model, self.best_val_proba = copy.deepcopy(model), proba
             return True
         return False
 

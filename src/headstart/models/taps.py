@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 LAYER_CHOICES = ("last", "multi")
+TTA_CHOICES = ("none", "flip")  # test-time views: the image alone, or with its mirror
 
 
 def stage_widths(model: Any) -> list[int]:

@@ -84,6 +84,7 @@ def write_doctor_page(doc: dict[str, Any], path: Path, max_items: int = 200) -> 
         bad_files=bad_files,
         n_duplicates=len(doc["duplicates"]),
         duplicates=[_duplicate_group(g, thumbs) for g in doc["duplicates"][:max_items]],
+        confused_pairs=doc.get("confused_pairs", []),
         n_label_issues=len(doc["label_issues"]),
         label_issues=[_label_issue(r, thumbs) for r in doc["label_issues"][:max_items]],
     )

@@ -279,6 +279,27 @@ def _pct(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.1%}"
 
 
+def _class_row(name: str, pc: dict[str, Any]) -> list[str]:
+    """One row of the per-class table (a class without test images: dashes)."""
+    support = pc.get("support", 0)
+    cell = (lambda v: _pct(v)) if support else (lambda v: "–")
+    return [
+        esc(name),
+        cell(pc.get("precision")),
+        cell(pc.get("recall")),
+        _interval(pc.get("accuracy_ci95")) if support else "–",
+        cell(pc.get("f1")),
+        f"{support:,}",
+    ]
+
+
+def _interval(ci: Any) -> str:
+    """A 95% interval ``[low, high]`` as ``low–high`` (runs written before intervals: a dash)."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return "–"
+    return f"{_pct(ci[0])}–{_pct(ci[1])}"
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -300,6 +321,7 @@ def _header(run: dict[str, Any]) -> str:
     head = (m.get("head") or {}).get("name", "")
     cards = [
         ("main", f"{split_word} accuracy", _pct(s.get("accuracy")), "accuracy"),
+        ("", "95% interval", _interval(s.get("accuracy_ci95")), "accuracy-ci95"),
         ("", f"top-{s.get('top_k', '?')} accuracy", _pct(s.get("top_k_accuracy")), ""),
         ("", "macro F1", _pct(s.get("macro_f1")), ""),
         ("", f"{split_word.lower()} images", f"{s.get('n', 0):,}", ""),
@@ -446,18 +468,13 @@ def _metrics_section(run: dict[str, Any]) -> str:
         '<h2 id="metrics">Test metrics</h2>' if key == "test" else '<h2 id="metrics">Validation metrics</h2>'
     ]
     parts.append(
-        f"<p>Accuracy <b>{_pct(s.get('accuracy'))}</b> on {s.get('n', 0):,} images ({esc(evaluated_on)}); "
+        f"<p>Accuracy <b>{_pct(s.get('accuracy'))}</b> (95% interval {_interval(s.get('accuracy_ci95'))}, "
+        f"Wilson) on {s.get('n', 0):,} images ({esc(evaluated_on)}); "
         f"top-{s.get('top_k', '?')} accuracy {_pct(s.get('top_k_accuracy'))}; macro F1 {_pct(s.get('macro_f1'))}.</p>"
     )
-    rows = []
-    for c in classes:
-        pc = per_class.get(c) or {}
-        support = pc.get("support", 0)
-        cell = (lambda v: _pct(v)) if support else (lambda v: "–")
-        rows.append(
-            [esc(c), cell(pc.get("precision")), cell(pc.get("recall")), cell(pc.get("f1")), f"{support:,}"]
-        )
-    table = _table(["class", "precision", "recall", "F1", "test images"], rows, numeric=(1, 2, 3, 4))
+    rows = [_class_row(c, per_class.get(c) or {}) for c in classes]
+    header = ["class", "precision", "recall", "recall 95% interval", "F1", "test images"]
+    table = _table(header, rows, numeric=(1, 2, 3, 4, 5))
     parts.append("<h3>Per class</h3>")
     parts.append(table if len(classes) <= 30 else table.replace('class="scroll"', 'class="scroll tall"', 1))
     cm = np.asarray(m.get("confusion_matrix") or np.zeros((len(classes),) * 2), dtype=int)

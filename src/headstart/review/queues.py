@@ -25,7 +25,7 @@ import numpy as np
 
 from headstart.core.io import read_rows
 from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
-from headstart.doctor.labels import out_of_fold_proba, rank_label_issues
+from headstart.doctor.labels import LABEL_NEIGHBOURS, find_label_issues, label_proba
 from headstart.review.run import ReviewRun
 
 UNSURE_PROBABILITY = 0.6  # a top probability below this puts an image in the unsure queue
@@ -50,15 +50,22 @@ class Queue:
 
 
 def label_issue_queue(run: ReviewRun, folds: int = 5, seed: int = 0) -> Queue:
-    """Confident learning on out-of-fold probabilities of the run's features (as the doctor)."""
-    title, about = "Likely wrong labels", "confident learning on out-of-fold probabilities (the doctor's)"
+    """The doctor's label check on the run's features: the same queue `headstart doctor` gives."""
+    title, about = (
+        "Likely wrong labels",
+        "the doctor's check: cleanlab on out-of-fold and neighbour probabilities",
+    )
     y = run.labels()
     rows = np.flatnonzero(run.outputs.readable & (y >= 0))
     k = len(run.classes)
-    proba = out_of_fold_proba(run.outputs.features[rows], y[rows], k, folds, seed) if len(rows) else None
+    proba = None
+    if len(rows):
+        features = run.outputs.features[rows]
+        _, nn_idx, nn_sim, _ = find_duplicates([None] * len(rows), features, neighbours=LABEL_NEIGHBOURS)
+        proba = label_proba(features, y[rows], k, nn_idx, nn_sim, folds, seed)
     if proba is None:
         return Queue("label_issues", title, about + ": not possible (a class with under two images)", [])
-    order, issue, suggested = rank_label_issues(proba, y[rows])
+    order, issue, suggested = find_label_issues(proba, y[rows])
     items = []
     for i in order:
         if not issue[i]:

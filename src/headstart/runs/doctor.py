@@ -1,8 +1,10 @@
 """``headstart doctor``'s run: diagnose a data set, then write its files, each once and atomically.
 
 The run folder holds ``doctor.json`` (everything found, with timings), ``doctor.html`` (the same,
-to look at), ``exclude.txt`` (ready for ``train``'s ``exclude``) and ``label_ranking.csv`` (every
-image by self-confidence, most suspicious first).
+to look at), ``exclude.txt`` (ready for ``train``'s ``exclude``), ``corrections.csv`` (every
+suggestion as an editable proposal for ``train --corrections``: a likely wrong label a relabel to
+the suggested class, a bad file or copy an exclusion) and ``label_ranking.csv`` (every image by
+self-confidence, most suspicious first).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.core.io import write_json, write_rows, write_text
+from headstart.data.corrections import Correction, proposed_corrections, write_corrections
 from headstart.data.discovery import Dataset, check_out_dir
 from headstart.doctor.diagnosis import diagnose
 from headstart.doctor.duplicates import NEAR_COSINE
@@ -23,6 +26,9 @@ EXCLUDE_HEADER = (
     "# headstart doctor: files to leave out. Delete the lines you disagree with, then\n"
     "# headstart train DATA --exclude exclude.txt\n"
 )
+
+
+CORRECTIONS_FILE = "corrections.csv"
 
 
 def run_doctor(
@@ -87,6 +93,7 @@ def write_doctor_files(
     doc = report_dict(report, settings)
     write_doctor_page(doc, out / "doctor.html")
     write_text(out / "exclude.txt", exclude_text(doc), errors="surrogateescape")
+    write_corrections(out / CORRECTIONS_FILE, doctor_corrections(doc))
     write_rows(
         out / "label_ranking.csv",
         LABEL_RANKING_COLUMNS,
@@ -98,6 +105,12 @@ def write_doctor_files(
         timings["total"] = time.perf_counter() - started
     write_json(out / "doctor.json", doc)
     return doc
+
+
+def doctor_corrections(doc: dict[str, Any]) -> list[Correction]:
+    """``corrections.csv``: every suggestion as a proposal (``train --corrections``; edit it first)."""
+    issues = [(r["path"], r["suggested_label"]) for r in doc["label_issues"]]
+    return proposed_corrections(issues, [e["path"] for e in doc["exclude_suggested"]])
 
 
 def exclude_text(doc: dict[str, Any]) -> str:
@@ -114,5 +127,6 @@ def summary_lines(report: CheckReport, doc: dict[str, Any], out: Path) -> list[s
         f"  {s['bad_files']} unusable file(s), {s['warnings']} warning(s) (tiny, extreme aspect, huge)",
         f"  {s['label_issues']} likely label issue(s), most suspicious first in {out / 'doctor.html'}",
         f"  suggested exclusions: {len(doc['exclude_suggested'])} in {out / 'exclude.txt'} (train --exclude)",
+        f"  every suggestion as an editable proposal: {out / CORRECTIONS_FILE} (train --corrections)",
         f"doctor done in {total:.1f}s: {out / 'doctor.json'}",
     ]

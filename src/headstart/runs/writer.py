@@ -63,6 +63,7 @@ STALE_FILES = (
     TENSORBOARD_DIR,
     "duplicate_groups.csv",
     "excluded.csv",
+    "corrections_applied.csv",
 )
 
 

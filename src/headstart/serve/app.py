@@ -24,6 +24,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from headstart.core.errors import BadImageError, HeadstartError, ParameterError
 from headstart.evaluation.answers import answer
 from headstart.evaluation.multilabel import multilabel_answer
+from headstart.models.card import ModelSummary
 from headstart.serve.admission import DecodeAdmission, DecodeLimits, Refused
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 from headstart.serve.guards import BodyGuard, ConnectionLimits
@@ -40,21 +41,12 @@ def rss_mb() -> float:
     return round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1)
 
 
-def model_info(model: Any) -> dict[str, Any]:
-    """What ``GET /v1/model`` tells: classes, backbone, preprocessing, test metrics, version."""
+def model_info(model: Any) -> ModelSummary:
+    """What ``GET /v1/model`` tells a client (``models.card.ModelSummary``): classes, task,
+    preprocessing, test metrics, version; no server paths or library versions."""
     meta = dict(getattr(model, "metadata", {}) or {})
-    return {
-        "classes": list(model.classes),
-        "input_size": list(model.input_size),
-        "backbone": meta.get("backbone"),
-        "head": meta.get("head"),
-        "format": meta.get("format", getattr(model, "format", None)),
-        "precision": meta.get("precision"),
-        "preprocessing": meta.get("preprocessing"),
-        "test_metrics": meta.get("test_metrics", meta.get("metrics")),
-        "headstart_version": meta.get("headstart_version", meta.get("version")),
-        "metadata": meta,
-    }
+    meta.setdefault("format", getattr(model, "format", None))
+    return ModelSummary.of(list(model.classes), model.input_size, meta)
 
 
 def top_k_predictions(classes: list[str], proba: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -249,7 +241,10 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         }
 
     @app.get(
-        "/v1/model", summary="Classes, backbone, preprocessing, test metrics, version", response_model=None
+        "/v1/model",
+        summary="Classes, task, preprocessing, test metrics, version",
+        response_model=ModelSummary,
+        responses={503: {"description": "the model is still loading"}},
     )
     async def get_model() -> Any:
         if state.model is None:

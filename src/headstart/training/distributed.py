@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,6 +141,12 @@ class Distributed:
         return DistributedDataParallel(network, device_ids=ids)
 
 
+def in_a_group() -> bool:
+    """Whether this process may be in a torch.distributed group: never while torch.distributed
+    was not even imported (so a single process need not import torch to know it is alone)."""
+    return "torch.distributed" in sys.modules or launched_by_torchrun()
+
+
 def current() -> Distributed:
     """The job this process is part of (the process group, if one is initialised)."""
     try:
@@ -177,10 +184,13 @@ def timeout_s() -> float:
 def process_group() -> Iterator[Distributed]:
     """Join torchrun's job for the duration of the block (NCCL where every rank has a GPU, else
     gloo); a process that torchrun did not start, or that already belongs to a group, is left as is."""
+    if not launched_by_torchrun():  # alone, or in a group someone else made: left as is
+        yield current() if in_a_group() else Distributed(device="")  # device: not looked up
+        return
     import torch
     import torch.distributed as dist
 
-    if not launched_by_torchrun() or dist.is_initialized():
+    if dist.is_initialized():
         yield current()
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -207,7 +217,7 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
 
 def writer_args(out_dir: Any, verbose: bool) -> tuple[Any, bool]:
     """The run folder and verbosity of this rank's run writer: rank 0's, or none and quiet."""
-    return (out_dir, verbose) if current().is_main else (None, False)
+    return (out_dir, verbose) if not in_a_group() or current().is_main else (None, False)
 
 
 class DistributedEpochSampler:

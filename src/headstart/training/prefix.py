@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.core.runtimes import compile_openvino
 
 FROZEN_PREFIX_MODES = ("auto", "openvino", "torch", "off")
 
@@ -86,7 +87,6 @@ class OpenVinoPrefixRunner(PrefixRunner):
     def __init__(
         self, stages: list[Any], precision: str, batch_size: int, size: tuple[int, int], threads: int
     ):
-        import openvino as ov
         import torch
 
         self.precision, self.batch_size = precision, batch_size
@@ -104,8 +104,7 @@ class OpenVinoPrefixRunner(PrefixRunner):
                 torch.onnx.export(
                     prefix, (example,), str(path), input_names=["x"], opset_version=17, dynamo=False
                 )
-            core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            self.compiled = compile_openvino(path, config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: Any) -> Any:
