@@ -226,37 +226,52 @@ def train_one_epoch(
         The epoch's mean training loss and accuracy, or None when a callback stopped the run
         during the epoch (which is then incomplete).
     """
-    import torch
 
     callbacks = callbacks or Callback()
     progress = progress or NullProgress()
-    network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
+    network = state.network
     set_train_mode(network, state.settings.freeze_bn_stats)
     loss_sum, correct, seen = 0.0, 0.0, 0
     device = next(network.parameters()).device  # the CPU, or a rank's GPU
     for pixels, labels in loader:
         pixels, labels = pixels.to(device), labels.to(device)
-        ok = labels >= 0
-        with autocast(state.precision, device.type):
-            logits = (state.forward or network)(pixels).float()
-        if ok.any():
-            loss = objective(network, logits[ok], labels[ok])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            k = int(ok.sum())
-            loss_sum += float(loss.detach()) * k
-            correct += correct_count(objective.loss_fn, logits.detach()[ok], labels[ok])
-            seen += k
+        step = train_step(state, objective, pixels, labels)
+        if step is not None:
+            loss_sum += step[0] * step[2]
+            correct += step[1]
+            seen += step[2]
         state.scheduler.step()
         progress.advance(len(labels))
         callbacks.on_batch_end(state)
         if state.stop:
             return None
     return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+def train_step(
+    state: TrainState, objective: Objective, pixels: Any, labels: Any
+) -> tuple[float, float, int] | None:
+    """One optimiser step on a batch already on the network's device (images labelled -100
+    left out): the batch's mean loss, its images right and its images counted; None when no
+    image of the batch has a label. The training loop's step and the one ``strategy="auto"``
+    times (``training.throughput``)."""
+    import torch
+
+    network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
+    ok = labels >= 0
+    with autocast(state.precision, pixels.device.type):
+        logits = (state.forward or network)(pixels).float()
+    if not ok.any():
+        return None
+    loss = objective(network, logits[ok], labels[ok])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    k = int(ok.sum())
+    return float(loss.detach()), correct_count(objective.loss_fn, logits.detach()[ok], labels[ok]), k
 
 
 def run_epoch(
