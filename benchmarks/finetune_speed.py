@@ -66,7 +66,7 @@ def make_run(
     from headstart.training.settings import resolve_precision
 
     torch.manual_seed(settings.seed)
-    tuner = FineTuner(settings, log=lambda _: None, verbose=False)
+    tuner = FineTuner(settings, verbose=False)
     tuner.precision, tuner.threads = resolve_precision(settings.precision), torch.get_num_threads()
     model = copy.deepcopy(backbone.model)
     freeze_info = freeze(model, settings.unfreeze)

@@ -95,3 +95,27 @@ def test_no_function_is_longer_than_about_60_lines():
     too_long = sorted(s for s in spans if s[0] > 60)
     assert not too_long, too_long
     assert len(spans) > 300  # the walk found the package's functions
+
+
+def test_estimator_helpers_neither_take_the_classifier_nor_call_its_private_methods():
+    """Only ``classifier.py`` touches the classifier: the stages, the auto search and the
+    multi-label fit take typed values and return a ``FittedModel`` (no ``clf: Any``, no
+    ``clf._extract``), and no fit path calls ``set_params``."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "src" / PACKAGE / "estimator").glob("*.py")):
+        if path.name == "classifier.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg) and node.arg == "clf":
+                found.append(f"{path.name}:{node.lineno} takes clf")
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "clf" and node.attr.startswith("_"):
+                    found.append(f"{path.name}:{node.lineno} calls clf.{node.attr}")
+                if node.attr in ("set_params", "clone"):
+                    found.append(f"{path.name}:{node.lineno} calls {node.attr}")
+            if isinstance(node, ast.Name) and node.id in ("ImageClassifier", "clone"):
+                found.append(f"{path.name}:{node.lineno} names {node.id}")
+    assert found == []

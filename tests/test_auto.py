@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import COLORS, make_class_folders, make_image
+from sklearn.base import clone
 
 import headstart
 from headstart.estimator import auto
@@ -73,6 +74,39 @@ def test_the_test_split_is_not_scored_before_the_winner_is_chosen(tmp_path, monk
     assert clf.auto_["n_val"] == 12 and clf.metrics_["evaluated_on"] == "test"
 
 
+def test_auto_leaves_the_parameters_as_given_and_keeps_the_winner_in_best_params(tmp_path, monkeypatch):
+    """scikit-learn's search contract: ``fit`` never rewrites the user's parameters, so
+    ``clone`` after ``fit`` is the estimator before it; the winner's are ``best_params_`` and the
+    fitted model (its features, predictions and bundle) is the winner's."""
+    data = make_class_folders(tmp_path / "colors", per_class=8)
+    monkeypatch.setattr(auto, "FINETUNE_DEPTHS", ())
+    real_best = auto.Search.best
+
+    def best(self):  # probe-tta forced to win: its parameters differ from the user's
+        tta = [c for c in self.eligible() if c.name == "probe-tta"]
+        return tta[0] if tta else real_best(self)
+
+    monkeypatch.setattr(auto.Search, "best", best)
+    # and kept: the paired test would keep the probe, which ties with it on these colours
+    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, y_val: (best, {"test": "none"}))
+    monkeypatch.setattr(
+        auto,
+        "_planned",
+        lambda search: [auto.Candidate("probe-tta", "probe", auto.CandidateParams(tta="flip"), 1.0)],
+    )
+    clf = ImageClassifier(strategy="auto", time_budget=600.0, **FAST)  # ends when the candidates do
+    before = clone(clf).get_params()
+    clf.fit(data, out_dir=tmp_path / "run")
+    assert clone(clf).get_params() == before == clf.get_params()
+    assert clf.auto_["winner"] == "probe-tta", statuses(clf)
+    assert clf.best_params_ == {"tta": "flip"}
+    assert clf.features_.tta == "flip" and clf.tta == "none"
+    files = sorted(data.rglob("*.jpg"))[:4]
+    loaded = headstart.load(tmp_path / "run", verbose=False)  # the winner's features, as fitted
+    assert loaded.features_.tta == "flip"
+    assert np.allclose(loaded.predict_proba(files), clf.predict_proba(files), atol=1e-4)
+
+
 @pytest.mark.slow  # extracts with a second backbone and the ensemble
 def test_every_candidate_is_recorded_with_its_validation_score_and_time(tmp_path, monkeypatch):
     data = make_class_folders(tmp_path / "colors", per_class=8)
@@ -98,7 +132,9 @@ def test_an_interrupt_during_a_finetuning_candidate_keeps_the_best_so_far(tmp_pa
         auto,
         "_planned",
         lambda search: [
-            auto.Candidate("finetune:last:2", "finetune", {"unfreeze": "last:2", "epochs": 1}, 1.0)
+            auto.Candidate(
+                "finetune:last:2", "finetune", auto.CandidateParams(unfreeze="last:2", epochs=1), 1.0
+            )
         ],
     )
 
@@ -137,7 +173,7 @@ def test_auto_is_the_default_of_the_library_and_the_cli():
     from headstart.cli.app import train
 
     assert ImageClassifier().strategy == "auto"
-    assert inspect.signature(train).parameters["strategy"].default.value == "auto"
+    assert inspect.signature(train).parameters["strategy"].default == "auto"
 
 
 @pytest.mark.cli
@@ -172,7 +208,8 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
         auto,
         "_planned",
         lambda search: [
-            auto.Candidate(f"finetune:{d}", "finetune", {"unfreeze": d, "epochs": 1}, 1.0) for d in depths
+            auto.Candidate(f"finetune:{d}", "finetune", auto.CandidateParams(unfreeze=d, epochs=1), 1.0)
+            for d in depths
         ],
     )
     monkeypatch.setattr(
@@ -181,11 +218,7 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     real_best = auto.Search.best
 
     def best(self):
-        combined = [
-            c
-            for c in self.eligible()
-            if c.params.get("tta") == "flip" and len(c.params.get("members", [])) == 2
-        ]
+        combined = [c for c in self.eligible() if c.params.tta == "flip" and len(c.params.members or ()) == 2]
         return combined[0] if combined else real_best(self)
 
     monkeypatch.setattr(auto.Search, "best", best)
@@ -201,7 +234,8 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     winner = next(c for c in combined if c["name"] == clf.auto_["winner"])
     assert set(winner["params"]["members"]) == names and winner["params"]["tta"] == "flip"
     spec = clf.features_
-    assert len(spec.members) == 2 and spec.tta == "flip" and clf.tta == "flip"
+    assert len(spec.members) == 2 and spec.tta == "flip" and clf.best_params_["tta"] == "flip"
+    assert clf.tta == "none"  # the user's parameter, as given
     assert spec.members[0].key != spec.members[1].key  # two different tuned networks
     test_paths = clf.test_["paths"]
     np.testing.assert_allclose(clf.predict_proba(test_paths), clf.test_["proba"], atol=2e-3)

@@ -4,6 +4,7 @@ loop's functions without a run folder (tiny generated images, one or two short e
 import copy
 import csv
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -45,10 +46,6 @@ def settings(**kw):
     return FineTuneSettings(**{**base, **kw})
 
 
-def quiet(_msg):
-    pass
-
-
 class Recorder(Callback):
     """Keeps (name, hook, epoch) for every hook it gets."""
 
@@ -84,15 +81,15 @@ class StopAfter(Callback):
             state.request_stop("enough", "stopped by StopAfter")
 
 
-def test_a_callback_stops_the_run_with_its_reason(tiny, tmp_path):
-    lines = []
-    result = FineTuner(
-        settings(epochs=3, patience=5),
-        tmp_path / "run",
-        log=lines.append,
-        verbose=False,
-        callbacks=[StopAfter(1)],
-    ).fit(*tiny["args"])
+def test_a_callback_stops_the_run_with_its_reason(tiny, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        result = FineTuner(
+            settings(epochs=3, patience=5),
+            tmp_path / "run",
+            verbose=False,
+            callbacks=[StopAfter(1)],
+        ).fit(*tiny["args"])
+    lines = caplog.messages
     assert result.info["stopped_because"] == "enough" and result.info["epochs_run"] == 1
     assert [r["epoch"] for r in result.history] == [1]
     epoch_line = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/3"))
@@ -105,7 +102,6 @@ def test_hooks_fire_in_order_after_the_built_in_callbacks(tiny):
     calls = []
     FineTuner(
         settings(epochs=2, patience=5),
-        log=quiet,
         verbose=False,
         on_epoch_end=lambda epoch, row: calls.append(("fn", "epoch_end", epoch)),
         callbacks=[Recorder("a", calls), Recorder("b", calls)],
@@ -128,7 +124,7 @@ def test_hooks_fire_in_order_after_the_built_in_callbacks(tiny):
     ]
 
 
-def test_an_interrupt_reaches_every_callback_then_propagates(tiny):
+def test_an_interrupt_reaches_every_callback_then_propagates(tiny, caplog):
     class Interrupt(KeyboardInterrupt):
         pass
 
@@ -136,17 +132,16 @@ def test_an_interrupt_reaches_every_callback_then_propagates(tiny):
         def on_epoch_start(self, state):
             raise Interrupt
 
-    calls, lines = [], []
+    calls = []
     tuner = FineTuner(
         settings(),
-        log=lines.append,
         verbose=False,
         callbacks=[InterruptAtStart(), Recorder("a", calls)],
     )
-    with pytest.raises(Interrupt):
+    with caplog.at_level(logging.INFO, logger="headstart"), pytest.raises(Interrupt):
         tuner.fit(*tiny["args"])
     assert calls == [("a", "fit_start", 0), ("a", "exception:Interrupt", 1)]
-    assert lines[-1] == "interrupted during epoch 1: 0 epoch(s) saved"
+    assert caplog.messages[-1] == "interrupted during epoch 1: 0 epoch(s) saved"
 
 
 def scripted(losses, patience, epochs):
@@ -223,7 +218,7 @@ def test_history_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 def test_without_a_run_folder_nothing_is_written(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = FineTuner(settings(), None, log=quiet, verbose=False).fit(*tiny["args"])
+    result = FineTuner(settings(), None, verbose=False).fit(*tiny["args"])
     assert result.info["epochs_run"] == 1 and result.info["stopped_because"] == "completed"
     assert list(tmp_path.iterdir()) == []
 
@@ -241,7 +236,7 @@ def test_the_loop_runs_from_its_parts(tiny):
     loader, sampler = train_loader(train, "none", config, 8, 0, seed=0)
     data = EpochData(loader, sampler, eval_loader(val, config, 8, 0))
     optimizer = torch.optim.SGD(param_groups(network, [], s), lr=s.lr)
-    state = TrainState(s, network, optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0), log=quiet)
+    state = TrainState(s, network, optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0))
     state.best["state"] = contiguous_state(network)
     loss_fn = torch.nn.CrossEntropyLoss()
     before = evaluate(network, data.val, loss_fn)

@@ -74,7 +74,9 @@ def bad_values(name: str) -> list[tuple[str, str]]:
         flag = max(p.opts, key=len)
         if kind in (int, float):
             cases.append((flag, "abc"))
-        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        elif typing.get_origin(kind) is typing.Literal or (
+            isinstance(kind, type) and issubclass(kind, enum.Enum)
+        ):
             cases.append((flag, "nope"))
     return cases
 

@@ -152,6 +152,33 @@ def test_bundle_format_is_unchanged(fitted, tmp_path):
     assert clone(loaded).get_params() == loaded.get_params()
 
 
+def test_fit_and_load_give_the_same_typed_fitted_model(fitted, tmp_path):
+    """``fit`` stores the FittedModel its stages return; ``load`` builds the same value from
+    the bundle; the classifier's fitted attributes are views of it; clone after fit is clone
+    before it (fit never rewrites parameters)."""
+    from headstart.estimator.fitted import FittedModel
+    from headstart.evaluation.tasks import SingleLabel
+
+    root, clf = fitted
+    model = clf.fitted_
+    assert isinstance(model, FittedModel) and isinstance(model.task, SingleLabel)
+    assert clf.head_ is model.head and clf.backbone_ is model.backbone and clf.features_ is model.spec
+    assert clf.metrics_ is model.metrics and clf.split_ is model.split
+    assert model.reliability is not None and model.meta is None
+    loaded = headstart.load(clf.save(tmp_path / "model.safetensors"), verbose=False).fitted_
+    assert loaded.meta is not None and loaded.reliability is None
+    for name in ("classes", "strategy", "split", "temperature", "reject_threshold"):
+        assert getattr(loaded, name) == getattr(model, name), name
+    assert (loaded.spec.name, loaded.spec.layers, loaded.spec.tta) == (
+        model.spec.name,
+        model.spec.layers,
+        model.spec.tta,
+    )
+    assert loaded.task == model.task and loaded.head.params() == model.head.params()
+    fresh = ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none")
+    assert clone(clf).get_params() == clone(fresh).get_params()
+
+
 def test_finetune_params_are_json(tmp_path):
     clf = FineTuneClassifier(exclude=Path("x.txt"), cache_dir=tmp_path, split=(0.7, 0.2, 0.1))
     params = json.loads(json.dumps(clf._json_params()))

@@ -45,10 +45,6 @@ def settings(**kw):
     return FineTuneSettings(**{**base, **kw})
 
 
-def quiet(_msg):
-    pass
-
-
 def test_unfreeze_specs_follow_timm_block_groups(tiny):
     groups = block_groups(tiny["backbone"].model)
     assert (
@@ -72,7 +68,6 @@ def test_frozen_parts_and_their_batchnorm_do_not_move(tiny):
 
     tuner = FineTuner(
         settings(unfreeze="last:1", lr=5e-3, freeze_bn_stats=False),
-        log=quiet,
         verbose=False,
         on_epoch_end=keep_state,
     )
@@ -107,7 +102,7 @@ def test_head_only_keeps_the_whole_backbone(tiny):
         seen["net"] = {k: v.clone() for k, v in tuner.network_.net.state_dict().items()}
         seen["fc"] = tuner.network_.fc.weight.detach().clone().numpy()
 
-    tuner = FineTuner(settings(unfreeze="head", lr=1e-2), log=quiet, verbose=False, on_epoch_end=keep_state)
+    tuner = FineTuner(settings(unfreeze="head", lr=1e-2), verbose=False, on_epoch_end=keep_state)
     result = tuner.fit(
         tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"]
     )
@@ -123,9 +118,7 @@ class Interrupt(KeyboardInterrupt):
 @pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
     args = (tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"])
-    full = FineTuner(settings(epochs=2), tmp_path / "full", log=quiet, verbose=False).fit(
-        *args, fingerprint="f"
-    )
+    full = FineTuner(settings(epochs=2), tmp_path / "full", verbose=False).fit(*args, fingerprint="f")
 
     def stop_after_first(epoch, _row):
         if epoch == 1:
@@ -133,17 +126,13 @@ def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
 
     run = tmp_path / "cut"
     with pytest.raises(Interrupt):
-        FineTuner(settings(epochs=2), run, log=quiet, verbose=False, on_epoch_end=stop_after_first).fit(
+        FineTuner(settings(epochs=2), run, verbose=False, on_epoch_end=stop_after_first).fit(
             *args, fingerprint="f"
         )
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     with pytest.raises(HeadstartError, match="different data or settings"):
-        FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(
-            *args, resume=True, fingerprint="other"
-        )
-    resumed = FineTuner(settings(epochs=2), run, log=quiet, verbose=False).fit(
-        *args, resume=True, fingerprint="f"
-    )
+        FineTuner(settings(epochs=2), run, verbose=False).fit(*args, resume=True, fingerprint="other")
+    resumed = FineTuner(settings(epochs=2), run, verbose=False).fit(*args, resume=True, fingerprint="f")
     assert resumed.info["resumed_from_epoch"] == 1 and resumed.info["epochs_run"] == 2
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     for a, b in zip(full.history, resumed.history):
@@ -167,7 +156,7 @@ def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
     ]
     assert [r["epoch"] for r in rows] == ["1", "2"]
     with pytest.raises(HeadstartError, match="no checkpoint"):
-        FineTuner(settings(), tmp_path / "empty", log=quiet, verbose=False).fit(*args, resume=True)
+        FineTuner(settings(), tmp_path / "empty", verbose=False).fit(*args, resume=True)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -235,9 +224,7 @@ def test_time_budget_stops_cleanly_with_the_best_model(tiny, tmp_path):
     import time
 
     original = tiny["backbone"].model.state_dict()
-    result = FineTuner(
-        settings(epochs=3, class_weight="balanced"), tmp_path / "run", log=quiet, verbose=False
-    ).fit(
+    result = FineTuner(settings(epochs=3, class_weight="balanced"), tmp_path / "run", verbose=False).fit(
         tiny["backbone"].model,
         tiny["config"],
         tiny["head"],
@@ -305,7 +292,7 @@ def test_tensorboard_gets_every_epoch_where_installed(tiny, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    result = FineTuner(settings(epochs=2, patience=5), run, log=quiet, verbose=False).fit(
+    result = FineTuner(settings(epochs=2, patience=5), run, verbose=False).fit(
         tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"]
     )
     events = EventAccumulator(str(run / "tensorboard"))

@@ -216,7 +216,7 @@ def test_single_label_metrics_keys_are_unchanged(colors_dir, tmp_path):
     clf.fit(colors_dir, out_dir=tmp_path / "single")
     metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert "multi_label" not in metrics and "mAP" not in metrics["test"]
-    assert set(metrics["test"]) == {"accuracy", "n", "top_k", "top_k_accuracy", "macro_f1"}
+    assert set(metrics["test"]) == {"accuracy", "accuracy_ci95", "n", "top_k", "top_k_accuracy", "macro_f1"}
     assert "confusion_matrix" in metrics
     item = clf.predict_top_k([str(next(colors_dir.rglob("*.jpg")))])[0]
     assert "labels" not in item or item["labels"]  # single-label items: as before (or the shared shape)

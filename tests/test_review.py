@@ -26,6 +26,7 @@ from headstart.review.queues import label_issue_queue
 
 FLIPPED = "green/red_0.jpg"  # a red photo filed under green
 COPIES = ("blue/blue_1.jpg", "red/copy_of_blue_1.jpg")  # one picture under two labels
+MORE_FLIPPED = ("red/red_9.jpg", "blue/red_9.jpg"), ("green/green_10.jpg", "red/green_10.jpg")  # (from, to)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,8 @@ def trained(tmp_path_factory):
 
     root = make_class_folders(tmp_path_factory.mktemp("review") / "colors", per_class=12)
     shutil.move(root / "red" / "red_0.jpg", root / FLIPPED)
+    for source, target in MORE_FLIPPED:  # enough for the keyboard flow's four images in one queue
+        shutil.move(root / source, root / target)
     shutil.copy(root / COPIES[0], root / COPIES[1])
     run = tmp_path_factory.mktemp("review_run")
     ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(root, out_dir=run)

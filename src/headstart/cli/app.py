@@ -7,11 +7,12 @@ A mistyped command or flag gets the usage line and a one-line ``Error: ...`` fro
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
 import sys
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -28,33 +29,23 @@ from headstart.cli.options import (
     CheckData,
     ClassWeight,
     CorrectionsFile,
-    Engine,
     EngineChoice,
     Epochs,
     ExcludeFile,
     ExportForce,
-    ExportFormat,
     ExportFormatChoice,
     ExportOut,
-    ExportPrecision,
     ExportPrecisionChoice,
     ExportSource,
-    FeatureLayers,
-    FeaturePrecision,
     FeaturePrecisionChoice,
     FeaturesChoice,
     Format,
     FromRun,
     HeadChoice,
-    HeadName,
-    InferencePrecision,
     LabelledData,
     LabelsFrom,
     LearningRate,
-    ListFormat,
     ListFormatChoice,
-    MapMethod,
-    MapPoints,
     MaxBatch,
     MaxUploadMb,
     MeasureSpeed,
@@ -72,11 +63,9 @@ from headstart.cli.options import (
     ServePort,
     ServePrecision,
     SplitFractions,
-    Strategy,
     StrategyChoice,
     TargetAccuracy,
     TargetCoverage,
-    TestTimeAugmentation,
     TimeBudgetMinutes,
     TimedBatches,
     TopK,
@@ -87,9 +76,15 @@ from headstart.cli.options import (
     WeightsFile,
 )
 from headstart.cli.review import review
+from headstart.core.choices import MapMethod, MapPoints, class_weight_value
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import terminal_safe
+from headstart.estimator.classifier import ImageClassifier
+from headstart.models.backbones import DEFAULT_BACKBONE
+from headstart.runs.sort import SortMode
 
+# The estimator's defaults are the flags' defaults: its signature is their one source.
+DEFAULTS = {name: p.default for name, p in inspect.signature(ImageClassifier).parameters.items()}
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -105,7 +100,7 @@ PARAMETER_FLAGS = {
 }
 
 
-def flag_for(param: str, command: Any = None) -> str:
+def flag_for(param: str, command: object = None) -> str:
     """The CLI flag (or ARGUMENT) that sets the library parameter ``param`` of ``command``.
 
     Library errors name Python parameters; the user typed flags, so the message names the flag.
@@ -120,7 +115,7 @@ def flag_for(param: str, command: Any = None) -> str:
     return param
 
 
-def user_message(error: HeadstartError, command: Any = None) -> str:
+def user_message(error: HeadstartError, command: object = None) -> str:
     """``error`` as the one line the CLI prints, with a parameter's name replaced by its flag."""
     if isinstance(error, ParameterError):
         return f"{flag_for(error.param, command)}: {error.message}"
@@ -135,7 +130,7 @@ class HeadstartGroup(TyperGroup):
     every typer/click version handles in standalone mode.
     """
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Any) -> object:  # typer's own Context class is private (typer._click)
         try:
             return super().invoke(ctx)
         except HeadstartError as error:
@@ -206,35 +201,35 @@ def train(
     ctx: typer.Context,
     data: TrainData = None,
     out: RunOut = Path("runs/latest"),
-    backbone: BackboneName = "tf_efficientnet_lite0",
+    backbone: BackboneName = DEFAULTS["backbone"],
     weights: WeightsFile = None,
-    head: HeadChoice = HeadName.logistic,
-    seed: Seed = 0,
-    split: SplitFractions = "0.8,0.1,0.1",
-    labels_from: LabelsFrom = "auto",
-    top_k: TopK = 3,
-    engine: EngineChoice = Engine.auto,
-    feature_precision: FeaturePrecisionChoice = FeaturePrecision.auto,
-    features: FeaturesChoice = FeatureLayers.last,
-    tta: TTAChoice = TestTimeAugmentation.none,
+    head: HeadChoice = DEFAULTS["head"],
+    seed: Seed = DEFAULTS["seed"],
+    split: SplitFractions = ",".join(str(f) for f in DEFAULTS["split"]),
+    labels_from: LabelsFrom = DEFAULTS["labels_from"],
+    top_k: TopK = DEFAULTS["top_k"],
+    engine: EngineChoice = DEFAULTS["engine"],
+    feature_precision: FeaturePrecisionChoice = DEFAULTS["feature_precision"],
+    features: FeaturesChoice = DEFAULTS["features"],
+    tta: TTAChoice = DEFAULTS["tta"],
     batch_size: BatchSize = None,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     exclude: ExcludeFile = None,
-    check_data: CheckData = True,
-    strategy: StrategyChoice = Strategy.auto,
-    unfreeze: Unfreeze = "last:2",
-    epochs: Epochs = 4,
-    lr: LearningRate = 1e-3,
-    augment: Augment = "default",
-    class_weight: ClassWeight = "none",
-    patience: Patience = 3,
+    check_data: CheckData = DEFAULTS["check_data"],
+    strategy: StrategyChoice = DEFAULTS["strategy"],
+    unfreeze: Unfreeze = DEFAULTS["unfreeze"],
+    epochs: Epochs = DEFAULTS["epochs"],
+    lr: LearningRate = DEFAULTS["lr"],
+    augment: Augment = DEFAULTS["augment"],
+    class_weight: ClassWeight = DEFAULTS["class_weight"] or "none",
+    patience: Patience = DEFAULTS["patience"],
     time_budget: TimeBudgetMinutes = None,
-    multi_label: MultiLabel = None,
-    reject: RejectOption = "off",
-    target_accuracy: TargetAccuracy = 0.95,
-    target_coverage: TargetCoverage = 0.95,
-    report_heatmaps: ReportHeatmaps = False,
+    multi_label: MultiLabel = DEFAULTS["multi_label"],
+    reject: RejectOption = DEFAULTS["reject"],
+    target_accuracy: TargetAccuracy = DEFAULTS["target_accuracy"],
+    target_coverage: TargetCoverage = DEFAULTS["target_coverage"],
+    report_heatmaps: ReportHeatmaps = DEFAULTS["report_heatmaps"],
     nproc: ProcessCount = 1,
     resume: ResumeRun = None,
     corrections: CorrectionsFile = None,
@@ -243,7 +238,6 @@ def train(
     """Train a classifier on DATA; write RUN_DIR/model.safetensors and RUN_DIR/metrics.json."""
     flags = dict(locals())  # first: the flags only
     del flags["ctx"]
-    from headstart.estimator.classifier import ImageClassifier
     from headstart.training.distributed import launch, launched_by_torchrun, without_flag
 
     if nproc < 1:
@@ -306,15 +300,17 @@ def _train_params(flags: dict[str, Any]) -> dict[str, Any]:
     from headstart.data.splits import parse_split
 
     cli_only = {"data", "out", "quiet", "resume", "nproc", "from_run"}
-    params = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if k not in cli_only}
+    params = {k: v for k, v in flags.items() if k not in cli_only}
     batch_size = flags["batch_size"]
     params.update(
         split=parse_split(flags["split"]),
         verbose=not flags["quiet"],
         # fine-tuning (and auto, whose expensive candidates fine-tune) keep the extraction batch
-        batch_size=8 if flags["strategy"] in (Strategy.finetune, Strategy.auto) else (batch_size or 8),
-        train_batch_size=batch_size or 32,
-        class_weight=None if flags["class_weight"] == "none" else flags["class_weight"],
+        batch_size=DEFAULTS["batch_size"]
+        if flags["strategy"] in ("finetune", "auto")
+        else (batch_size or DEFAULTS["batch_size"]),
+        train_batch_size=batch_size or DEFAULTS["train_batch_size"],
+        class_weight=class_weight_value(flags["class_weight"]),
         # the flag is in minutes, the API in seconds
         time_budget=flags["time_budget"] * 60 if flags["time_budget"] else None,
         reject=_reject_value(flags["reject"]),
@@ -345,15 +341,15 @@ def doctor(
     ] = Path("runs/doctor"),
     backbone: Annotated[
         str, typer.Option(help="Backbone whose (cached) features judge similarity and labels.")
-    ] = "tf_efficientnet_lite0",
+    ] = DEFAULT_BACKBONE,
     weights: WeightsFile = None,
-    labels_from: LabelsFrom = "auto",
+    labels_from: LabelsFrom = DEFAULTS["labels_from"],
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the out-of-fold label check.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
     near: Annotated[
         float, typer.Option(help="Feature cosine similarity from which two images are near duplicates.")
     ] = 0.95,
-    engine: EngineChoice = Engine.auto,
+    engine: EngineChoice = DEFAULTS["engine"],
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -367,7 +363,7 @@ def doctor(
         weights=weights,
         labels_from=labels_from,
         cache_dir=cache_dir,
-        engine=engine.value,
+        engine=engine,
         folds=folds,
         seed=seed,
         near_cosine=near,
@@ -405,7 +401,7 @@ def predict(
     model: ModelFile,
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    format: Annotated[Format, typer.Option("--format", "-f")] = "table",
     cache_dir: CacheDir = None,
     annotate: Annotated[
         Optional[Path],
@@ -425,10 +421,10 @@ def predict(
         raise ParameterError("k", f"must be at least 1 (got {top_k})")
     clf = load(model, cache_dir=cache_dir, verbose=False)
     results = clf.predict_top_k(paths, k=top_k)
-    if format is Format.json:
+    if format == "json":
         # a non-UTF-8 file name becomes a \\udcXX escape: valid JSON that reads back exact
         _write_stdout(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "backslashreplace")
-    elif format is Format.csv:
+    elif format == "csv":
         _write_stdout(_predictions_csv(results), "surrogateescape")
     else:
         _print_table(results, min(top_k, len(clf.classes_)))
@@ -451,7 +447,7 @@ def predict(
         _write_explanations(clf, [r["path"] for r in results if not r.get("error")], explain)
 
 
-def _write_explanations(clf: Any, paths: list[str], out_dir: Path) -> None:
+def _write_explanations(clf: ImageClassifier, paths: list[str], out_dir: Path) -> None:
     """``predict --explain DIR``: an overlay PNG per image, of the model's most probable class."""
     from headstart.data.images import decode_image, read_bytes
     from headstart.reporting.overlay import overlay_name, write_overlay
@@ -533,18 +529,12 @@ def _print_table(results: list[dict[str, Any]], columns: int) -> None:
     Console(width=max(100, Console().width), emoji=False, highlight=False).print(table)
 
 
-def _answer_cell(result: dict[str, Any], shown: Any) -> str:
+def _answer_cell(result: dict[str, Any], shown: Callable[[str], str]) -> str:
     """The table's answer: the accepted labels, or unknown (with the score that turned it down)."""
     score = f" (score {result['score']:.2f})" if result.get("score") is not None else ""
     if result.get("unknown"):
         return f"[yellow]unknown{score}[/yellow]"
     return ", ".join(shown(label) for label in result.get("labels", [])) + score
-
-
-class SortModeChoice(str, Enum):
-    link = "link"
-    copy = "copy"
-    symlink = "symlink"
 
 
 @app.command()
@@ -553,9 +543,9 @@ def sort(
     photos: Annotated[Path, typer.Argument(help="Folder of photos to sort (read only, never written).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the class folders and sorted.csv.")],
     mode: Annotated[
-        SortModeChoice,
+        SortMode,
         typer.Option(help="link: hard links (a copy where the file system cannot), copy, or symlink."),
-    ] = SortModeChoice.link,
+    ] = "link",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write sorted.csv only; place no file.")] = False,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
@@ -575,7 +565,7 @@ def sort(
         raise typer.Exit(launch(nproc, without_flag(sys.argv[1:], "--nproc")))
     clf = load(model, cache_dir=cache_dir, verbose=False)
     k = len(clf.classes_)
-    job = SortJob(photos, out, mode.value, dry_run)
+    job = SortJob(photos, out, mode, dry_run)
     if launched_by_torchrun():  # every rank extracts its share of each batch; rank 0 writes
         with process_group() as group:
             job.writes = group.is_main
@@ -623,8 +613,8 @@ def report(
         saved = json.loads((run_dir / MAP_JSON).read_text()) if (run_dir / MAP_JSON).is_file() else {}
         info = remap_run(
             run_dir,
-            (method or MapMethod(saved.get("method", "tsne"))).value,
-            (points or MapPoints(saved.get("points", "test"))).value,
+            method or saved.get("method", "tsne"),
+            points or saved.get("points", "test"),
             seed,
             cache_dir,
             not quiet,
@@ -678,10 +668,10 @@ def embed(
     ] = Path("runs/embed"),
     backbone: Annotated[
         str, typer.Option(help="Any timm model name; the default works offline.")
-    ] = "tf_efficientnet_lite0",
+    ] = DEFAULT_BACKBONE,
     weights: WeightsFile = None,
-    method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = MapMethod.tsne,
-    labels_from: LabelsFrom = "auto",
+    method: Annotated[MapMethod, typer.Option(help="tsne (openTSNE) or pca (fast).")] = "tsne",
+    labels_from: LabelsFrom = DEFAULTS["labels_from"],
     seed: Annotated[int, typer.Option()] = 0,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
@@ -689,26 +679,24 @@ def embed(
     """A 2-D map of every image's backbone features, coloured by class (features from the cache)."""
     from headstart.runs.embed import embed_map
 
-    embed_map(data, out, backbone, weights, method.value, labels_from, seed, cache_dir, not quiet)
+    embed_map(data, out, backbone, weights, method, labels_from, seed, cache_dir, not quiet)
 
 
 @app.command()
 def export(
     model: ExportSource,
     out: ExportOut,
-    format: ExportFormatChoice = ExportFormat.onnx,  # noqa: A002 - the flag's name
-    precision: ExportPrecisionChoice = ExportPrecision.fp32,
+    format: ExportFormatChoice = "onnx",  # noqa: A002 - the flag's name
+    precision: ExportPrecisionChoice = "fp32",
     force: ExportForce = False,
     quiet: Quiet = False,
 ) -> None:
     """Export a model to ONNX, OpenVINO, a web page, TFLite or Core ML: uint8 RGB images in, probabilities out."""
+    from headstart.core.logs import log_run
     from headstart.export.exporter import export_model
 
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr)
-
-    export_model(model, out, format.value, precision.value, force, say)
+    with log_run(None, verbose=not quiet):
+        export_model(model, out, format, precision, force)
 
 
 @app.command()
@@ -723,7 +711,7 @@ def serve(
     max_upload_mb: MaxUploadMb = 20,
     api_key: ApiKey = None,
     cache_dir: CacheDir = None,
-    precision: ServePrecision = InferencePrecision.auto,
+    precision: ServePrecision = "auto",
     allowed_hosts: AllowedHosts = None,
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1/predict, /v1/model) and a web page at /.
@@ -733,16 +721,11 @@ def serve(
     """
     import uvicorn
 
-    from headstart.serve import create_app
+    from headstart.serve import check_serve_settings, create_app
     from headstart.serve.guards import ConnectionLimits, default_allowed_hosts, server_config
     from headstart.serve.source import resolve_model
 
-    if max_batch < 1:
-        raise ParameterError("max_batch", "must be at least 1")
-    if max_upload_mb <= 0:
-        raise ParameterError("max_upload_mb", "must be positive")
-    if api_key is not None and not api_key.strip():
-        raise ParameterError("api_key", "is empty (an unset variable?): give a key, or leave the option out")
+    check_serve_settings(max_batch, max_upload_mb, precision, api_key)
     export_dir = resolve_model(model, cache_dir)
     print(
         f"serving {export_dir} on http://{host}:{port}/ (API docs: /docs; memory: GET /healthz)",
@@ -753,7 +736,7 @@ def serve(
         max_batch=max_batch,
         max_upload_mb=max_upload_mb,
         api_key=api_key,
-        precision=precision.value,
+        precision=precision,
         allowed_hosts=allowed_hosts or default_allowed_hosts(host),
     )
     uvicorn.Server(server_config(asgi, host, port, ConnectionLimits())).run()
@@ -765,17 +748,17 @@ def backbones(
     batches: TimedBatches = 8,
     warmup: WarmupBatches = 2,
     batch_size: BatchSize = None,
-    engine: EngineChoice = Engine.auto,
-    format: ListFormatChoice = ListFormat.table,  # noqa: A002 - the flag's name
+    engine: EngineChoice = DEFAULTS["engine"],
+    format: ListFormatChoice = "table",  # noqa: A002 - the flag's name
     cache_dir: CacheDir = None,
 ) -> None:
     """The backbones headstart knows: offline or hub, input size, parameters, ImageNet top-1, and
     images/s of the feature engine on this machine (synthetic pixels, after a warm-up)."""
     from headstart.features.zoo import SpeedTrial, backbone_table, list_backbones
 
-    trial = SpeedTrial(batches=batches, warmup=warmup, batch_size=batch_size or 8, engine=engine.value)
+    trial = SpeedTrial(batches=batches, warmup=warmup, batch_size=batch_size or 8, engine=engine)
     listing = list_backbones(measure, trial, cache_dir)
-    if format == ListFormat.json:
+    if format == "json":
         _write_stdout(json.dumps(listing, indent=2) + "\n", "strict")
     else:
         _write_stdout(backbone_table(listing) + "\n", "replace")

@@ -3,61 +3,26 @@ per flag and two commands that share a flag share its name, type and help."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
+from headstart.core.choices import (
+    Engine,
+    ExportFormat,
+    ExportPrecision,
+    FeatureLayers,
+    FeaturePrecision,
+    HeadName,
+    InferencePrecision,
+    Strategy,
+    TestTimeAugmentation,
+)
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-class ListFormat(str, Enum):
-    table = "table"
-    json = "json"
-
-
-class HeadName(str, Enum):
-    logistic = "logistic"
-    mlp = "mlp"
-    knn = "knn"
-
-
-class Strategy(str, Enum):
-    auto = "auto"
-    feature_extraction = "feature-extraction"
-    finetune = "finetune"
-
-
-class FeatureLayers(str, Enum):
-    last = "last"
-    multi = "multi"
-
-
-class TestTimeAugmentation(str, Enum):
-    none = "none"
-    flip = "flip"
-
-
-class MapMethod(str, Enum):
-    tsne = "tsne"
-    pca = "pca"
-
-
-class MapPoints(str, Enum):
-    test = "test"
-    all = "all"
-
-
-class Engine(str, Enum):
-    auto = "auto"
-    openvino = "openvino"
-    onnxruntime = "onnxruntime"
-    torch = "torch"
+# Output formats are the CLI's own choices (the library returns values, not text).
+Format = Literal["table", "json", "csv"]
+ListFormat = Literal["table", "json"]
 
 
 TrainData = Annotated[
@@ -84,11 +49,6 @@ SplitFractions = Annotated[
 LabelsFrom = Annotated[str, typer.Option(help="auto, folder, filename or csv.")]
 TopK = Annotated[int, typer.Option(help="k of the top-k accuracy.")]
 EngineChoice = Annotated[Engine, typer.Option(help="Runtime for feature extraction.")]
-
-
-class FeaturePrecision(str, Enum):
-    auto = "auto"
-    int8 = "int8"
 
 
 FeaturePrecisionChoice = Annotated[
@@ -216,20 +176,6 @@ ResumeRun = Annotated[
 ]
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    openvino = "openvino"
-    web = "web"
-    tflite = "tflite"
-    coreml = "coreml"
-
-
-class ExportPrecision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
 ExportSource = Annotated[Path, typer.Argument(help="A model.safetensors file or the run folder holding it.")]
 ExportFormatChoice = Annotated[
     ExportFormat,
@@ -276,11 +222,6 @@ AllowedHosts = Annotated[
         "listens on and localhost, so a web page whose DNS name is rebound to this machine cannot use it.",
     ),
 ]
-
-
-class InferencePrecision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
 
 
 ServePrecision = Annotated[

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from headstart.cli.options import CacheDir, Engine, EngineChoice, Quiet, ServePort
+from headstart.cli.options import CacheDir, EngineChoice, Quiet, ServePort
 
 REVIEW_HOST = "127.0.0.1"  # the app has no login and shows the user's photos: this machine only
 
@@ -21,7 +21,7 @@ def review(
     run: Annotated[Path, typer.Argument(help="A run folder (headstart train --out).")],
     port: ServePort = 8765,
     cache_dir: CacheDir = None,
-    engine: EngineChoice = Engine.auto,
+    engine: EngineChoice = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Review what a run got wrong, image by image, in a local web page (127.0.0.1).
@@ -40,7 +40,7 @@ def review(
         if not quiet:
             print(message, file=sys.stderr)
 
-    loaded = load_review_run(run, cache_dir, engine.value, say)
+    loaded = load_review_run(run, cache_dir, engine, say)
     app = create_review_app(loaded, background=True, log=say)
     queues = app.state.review.meta()["queues"]
     say(

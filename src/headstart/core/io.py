@@ -7,14 +7,12 @@ import json
 import math
 import os
 import re
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 
 def terminal_safe(text: str, keep: str = "\n") -> str:
@@ -29,27 +27,7 @@ def terminal_safe(text: str, keep: str = "\n") -> str:
     )
 
 
-class RunLog:
-    """Prints a line for the user and keeps the same line in ``RUN_DIR/log.txt``."""
-
-    def __init__(self, run_dir: Path | None, verbose: bool = True) -> None:
-        self.run_dir = run_dir
-        self.verbose = verbose
-        self.lines: list[str] = []
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, message: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        self.lines.append(f"{stamp} {message}")
-        if self.verbose:
-            print(terminal_safe(message), file=sys.stderr, flush=True)
-        if self.run_dir is not None:
-            with open(self.run_dir / "log.txt", "a", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(f"{stamp} {message}\n")
-
-
-def _clean(value: Any) -> Any:
+def _clean(value: object) -> object:
     """JSON without NaN/inf (which many readers reject): they become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -92,7 +70,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
+def write_json(path: str | Path, data: object) -> Path:
     """JSON, atomically; NaN/inf become null; a non-UTF-8 file name becomes a \\udcXX escape
     (valid JSON that reads back exact)."""
     text = json.dumps(_clean(data), indent=2, ensure_ascii=False)
@@ -110,7 +88,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def protect_cell(value: Any) -> Any:
+def protect_cell(value: object) -> object:
     """A CSV cell a spreadsheet shows as text, never runs as a formula.
 
     Rule (round-trips through ``unprotect_cell``): a text cell that starts like a formula
@@ -132,7 +110,7 @@ def unprotect_cell(value: str) -> str:
     return value
 
 
-def write_rows(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+def write_rows(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
     """CSV, atomically; a non-UTF-8 file name is written back as the bytes it has on disk, and
     text cells are protected against formula injection (``protect_cell``; read back with
     ``read_rows``)."""

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard, cast
 
 from headstart.core.errors import ParameterError
 
@@ -32,14 +32,14 @@ class Constraint(Protocol):
     @property
     def description(self) -> str: ...
 
-    def accepts(self, value: Any) -> bool: ...
+    def accepts(self, value: object) -> bool: ...
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[Integral]:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
+def _is_real(value: object) -> TypeGuard[Real]:
     return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(float(value))
 
 
@@ -52,12 +52,13 @@ class Interval:
     high: float | None = None
     low_open: bool = False
 
-    def accepts(self, value: Any) -> bool:
+    def accepts(self, value: object) -> bool:
         if not (_is_int(value) if self.kind is int else _is_real(value)):
             return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+        number = cast(Real, value)  # checked just above (Integral is a Real)
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or number <= self.high
 
     @property
     def description(self) -> str:
@@ -73,10 +74,10 @@ class Interval:
 class Options:
     """One of a fixed set of values (compared with ==)."""
 
-    def __init__(self, *values: Any) -> None:
+    def __init__(self, *values: object) -> None:
         self.values = values
 
-    def accepts(self, value: Any) -> bool:
+    def accepts(self, value: object) -> bool:
         return any(isinstance(value, type(v)) and value == v for v in self.values)
 
     @property
@@ -92,7 +93,7 @@ class Pattern:
     regex: str
     description: str
 
-    def accepts(self, value: Any) -> bool:
+    def accepts(self, value: object) -> bool:
         return isinstance(value, str) and re.fullmatch(self.regex, value, re.IGNORECASE) is not None
 
 
@@ -103,7 +104,7 @@ class InstanceOf:
     types: tuple[type, ...]
     description: str
 
-    def accepts(self, value: Any) -> bool:
+    def accepts(self, value: object) -> bool:
         if bool not in self.types and isinstance(value, bool):
             return False
         return isinstance(value, self.types)
@@ -116,7 +117,7 @@ class Check:
     test: Callable[[Any], bool]
     description: str
 
-    def accepts(self, value: Any) -> bool:
+    def accepts(self, value: object) -> bool:
         try:
             return bool(self.test(value))
         except (TypeError, ValueError):
@@ -129,7 +130,7 @@ class AnyOf:
     def __init__(self, *constraints: Constraint) -> None:
         self.constraints = constraints
 
-    def accepts(self, value: Any) -> bool:
+    def accepts(self, value: object) -> bool:
         return any(c.accepts(value) for c in self.constraints)
 
     @property
@@ -142,7 +143,7 @@ def Optional(constraint: Constraint) -> AnyOf:  # noqa: N802 - reads like typing
     return AnyOf(Options(None), constraint)
 
 
-def validate_params(values: Mapping[str, Any], constraints: Mapping[str, Constraint]) -> None:
+def validate_params(values: Mapping[str, object], constraints: Mapping[str, Constraint]) -> None:
     """Raise :class:`ParameterError` for the first value its constraint does not accept.
 
     Args:

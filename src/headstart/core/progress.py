@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class ProgressSink(Protocol):
@@ -36,7 +39,7 @@ class ConsoleProgress:
         self.stream = stream or sys.stderr
         self.every_s = every_s
         self.unit = unit
-        self._bar: Any = None  # rich.progress.Progress on a terminal
+        self._bar: Progress | None = None  # on a terminal
 
     def start(self, stage: str, total: int) -> None:
         self.stage, self.total, self.done = stage, total, 0

@@ -7,21 +7,28 @@ test images always get the backbone's own eval transform (resize + centre crop),
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.data.images import DataConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
+    from torchvision.transforms import InterpolationMode
 
 PRESETS = ("default", "keras", "randaugment", "trivialaugment", "none")
 
 
-def _size(data_config: dict[str, Any]) -> tuple[int, int]:
+def _size(data_config: DataConfig) -> tuple[int, int]:
     _, h, w = data_config["input_size"]
     return int(h), int(w)
 
 
-def _interpolation(data_config: dict[str, Any]) -> Any:
+def _interpolation(data_config: DataConfig) -> InterpolationMode:
     from torchvision.transforms import InterpolationMode
 
     return {
@@ -31,7 +38,7 @@ def _interpolation(data_config: dict[str, Any]) -> Any:
     }.get(str(data_config.get("interpolation", "bilinear")), InterpolationMode.BILINEAR)
 
 
-def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
+def train_transform(preset: str, data_config: DataConfig) -> Callable[[Image.Image], Tensor]:
     """The named augmentation pipeline.
 
     - ``default``: random resized crop (35-100% of the area) and horizontal flip;
@@ -80,12 +87,12 @@ def train_transform(preset: str, data_config: dict[str, Any]) -> Any:
 class EvalTransform:
     """The backbone's eval preprocessing (the same as the feature path's), as a uint8 CHW tensor."""
 
-    def __init__(self, data_config: dict[str, Any]) -> None:
+    def __init__(self, data_config: DataConfig) -> None:
         from headstart.data.images import Preprocessor
 
         self.preprocess = Preprocessor(data_config)
 
-    def __call__(self, img: Any) -> Any:
+    def __call__(self, img: Image.Image) -> Tensor:
         import torch
 
         return torch.from_numpy(np.array(self.preprocess(img))).permute(2, 0, 1).contiguous()

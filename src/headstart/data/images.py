@@ -12,13 +12,27 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart.core.errors import BadImageError
+
+
+class DataConfig(TypedDict, total=False):
+    """A backbone's preprocessing, as timm resolves it (``resolve_model_data_config``) and a
+    bundle saves it: what every pixel path (extraction, training, export) reads."""
+
+    input_size: Sequence[int]  # channels, height, width
+    interpolation: str
+    mean: Sequence[float]
+    std: Sequence[float]
+    crop_pct: float
+    crop_mode: str
+
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # The only decoders a file reaches, whatever its name: never PostScript (Ghostscript), PDF, SVG...
@@ -198,12 +212,12 @@ class Preprocessor:
     arrays and the model does the float work.
     """
 
-    def __init__(self, data_config: dict[str, Any]) -> None:
+    def __init__(self, data_config: DataConfig) -> None:
         from timm.data import create_transform
         from torchvision import transforms as T
 
-        self.data_config = dict(data_config)
-        full = create_transform(**self.data_config, is_training=False)
+        self.data_config = data_config.copy()
+        full = create_transform(**cast(dict[str, Any], self.data_config), is_training=False)
         steps = []
         for step in full.transforms:
             if isinstance(step, (T.ToTensor, T.Normalize)) or type(step).__name__ in (
@@ -215,7 +229,8 @@ class Preprocessor:
                 break
             steps.append(step)
         self._steps = steps
-        _, self.height, self.width = self.data_config["input_size"]
+        _, height, width = self.data_config["input_size"]
+        self.height, self.width = int(height), int(width)
         crop_pct = float(self.data_config.get("crop_pct") or 1.0)
         self.min_side = int(max(self.height, self.width) / crop_pct)
         # The fast path covers timm's usual eval transform: Resize(int) + CenterCrop.

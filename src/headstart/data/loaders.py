@@ -7,13 +7,21 @@ workers pass small tensors. An unreadable file gets label -100, which every loss
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headstart.core.errors import BadImageError
 from headstart.core.system import usable_core_count
+from headstart.data.images import DataConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
+    from torch.utils.data import DataLoader
+
+    Loader = DataLoader[tuple[Tensor, Tensor]]  # batches of (uint8 images, labels)
 
 IGNORED_LABEL = -100
 
@@ -25,7 +33,13 @@ class ImageSet:
     from its own seed, so it is the same whatever the worker count or an interruption.
     """
 
-    def __init__(self, items: Sequence[tuple[str, int]], transform: Any, min_side: int, shape: tuple) -> None:
+    def __init__(
+        self,
+        items: Sequence[tuple[str, int]],
+        transform: Callable[[Image.Image], Tensor],
+        min_side: int,
+        shape: tuple[int, int, int],
+    ) -> None:
         self.items = list(items)
         self.transform = transform
         self.min_side = min_side
@@ -34,7 +48,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[Any, int]:
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[Tensor, int]:
         import torch
 
         from headstart.data.images import decode_image, read_bytes
@@ -85,7 +99,9 @@ def loader_workers(workers: int | None, accelerator: bool = False) -> int:
     return max(1, min(4, usable_core_count() // 2))
 
 
-def make_loader(dataset: ImageSet, sampler: EpochSampler, batch_size: int, workers: int) -> Any:
+def make_loader(
+    dataset: ImageSet, sampler: Iterable[tuple[int, int]], batch_size: int, workers: int
+) -> Loader:
     """A torch DataLoader over ``dataset`` in ``sampler``'s order; workers persist across epochs."""
     import torch
 
@@ -103,11 +119,11 @@ def make_loader(dataset: ImageSet, sampler: EpochSampler, batch_size: int, worke
 def train_loader(
     items: Sequence[tuple[str, int]],
     augment: str,
-    data_config: dict[str, Any],
+    data_config: DataConfig,
     batch_size: int,
     workers: int,
     seed: int,
-) -> tuple[Any, EpochSampler]:
+) -> tuple[Loader, EpochSampler]:
     """The shuffled, augmented training loader and its sampler (set ``sampler.epoch`` per epoch).
 
     Images are decoded at the input size plus a margin, so random crops keep detail.
@@ -121,8 +137,8 @@ def train_loader(
 
 
 def eval_loader(
-    items: Sequence[tuple[str, int]], data_config: dict[str, Any], batch_size: int, workers: int
-) -> Any:
+    items: Sequence[tuple[str, int]], data_config: DataConfig, batch_size: int, workers: int
+) -> Loader:
     """Images in order through the backbone's eval transform (the feature path's preprocessing)."""
     from headstart.data.augment import EvalTransform
 

@@ -13,14 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from headstart.core.progress import ConsoleProgress, NullProgress
 from headstart.data.discovery import Dataset, discover
 from headstart.doctor.duplicates import NEAR_COSINE, find_duplicates
 from headstart.doctor.files import FileCheck, check_files
 from headstart.doctor.labels import LABEL_NEIGHBOURS, LabelFindings, label_records
-from headstart.doctor.report import CheckReport
+from headstart.doctor.report import BadFile, CheckReport
 from headstart.features.extractor import ExtractionResult, build_extractor
 
 
@@ -96,10 +95,10 @@ def _add_label_findings(report: CheckReport, labels: LabelFindings | None) -> No
 
 def _usable_rows(
     dataset: Dataset, checks: Sequence[FileCheck], result: ExtractionResult
-) -> tuple[list[int], list[dict[str, Any]]]:
+) -> tuple[list[int], list[BadFile]]:
     """Which samples every later check uses, and the bad-file records: errors (discovery,
     decoding) leave a file out; warnings (tiny, extreme aspect, huge) keep it in."""
-    bad: list[dict[str, Any]] = [
+    bad: list[BadFile] = [
         {"path": p, "reason": r, "severity": "error", "stage": "discovery"} for p, r in dataset.ignored
     ]
     usable = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -18,6 +18,22 @@ from headstart.features.store import FeatureStore, is_store
 NEAR_COSINE = 0.95  # feature cosine similarity at or above which two images are near duplicates
 HASH_DISTANCE = 6  # dHash bits (of 64) within which two images look alike...
 HASH_COSINE = 0.85  # ...and are near duplicates when their features also agree this much
+
+
+class PairEvidence(TypedDict, total=False):
+    """Why two files are near duplicates: their features' cosine, their images' dhash distance."""
+
+    cosine: float
+    dhash_distance: int
+
+
+class GroupEvidence(PairEvidence, total=False):
+    """A pair of a duplicate group: members ``a`` and ``b`` (sample indices) and why."""
+
+    a: int
+    b: int
+
+
 NEIGHBOURS = 5  # nearest neighbours quoted as evidence for a label issue
 MAX_PAIRS_PER_IMAGE = 5  # more similar pairs than this per image: features are not discriminative
 ANN_FROM = 20_000  # beyond this many images, an index and hash buckets instead of all pairs
@@ -116,7 +132,7 @@ class DuplicateGroup:
 
     members: list[int]
     kind: str
-    evidence: list[dict[str, Any]] = field(default_factory=list)
+    evidence: list[GroupEvidence] = field(default_factory=list)
 
 
 def find_duplicates(
@@ -145,7 +161,7 @@ def find_duplicates(
         for j in same[1:]:
             uf.union(same[0], j)
     notes: list[str] = []
-    evidence: list[tuple[int, int, dict[str, Any]]] = []
+    evidence: list[tuple[int, int, PairEvidence]] = []
     nn_idx = np.zeros((n, 0), dtype=np.int64)
     nn_sim = np.zeros((n, 0), dtype=np.float32)
     if features is not None and n > 1:
@@ -165,7 +181,7 @@ def _near_pairs(
     hash_distance: int,
     hash_cosine: float,
     neighbours: int = NEIGHBOURS,
-) -> tuple[list[tuple[int, int, dict[str, Any]]], np.ndarray, np.ndarray, list[str]]:
+) -> tuple[list[tuple[int, int, PairEvidence]], np.ndarray, np.ndarray, list[str]]:
     """Pairs of different files that are near duplicates, each with its evidence (cosine, and
     dHash distance where the hashes are close), plus every row's nearest neighbours and notes."""
     n = len(content_hashes)
@@ -185,7 +201,7 @@ def _near_pairs(
         if content_hashes[i] is not None and content_hashes[i] == content_hashes[j]:
             continue
         if s >= near_cosine or ((i, j) in close and s >= hash_cosine):
-            info: dict[str, Any] = {"cosine": round(s, 4)}
+            info: PairEvidence = {"cosine": round(s, 4)}
             if (i, j) in close:
                 info["dhash_distance"] = close[(i, j)]
             evidence.append((i, j, info))
@@ -193,7 +209,7 @@ def _near_pairs(
 
 
 def _groups(
-    uf: _UnionFind, content_hashes: Sequence[str | None], evidence: list[tuple[int, int, dict[str, Any]]]
+    uf: _UnionFind, content_hashes: Sequence[str | None], evidence: list[tuple[int, int, PairEvidence]]
 ) -> list[DuplicateGroup]:
     """The union-find's components of two or more images, in order of their first member."""
     members: dict[int, list[int]] = {}
@@ -204,6 +220,6 @@ def _groups(
         if len(idx) < 2:
             continue
         exact = len({content_hashes[i] for i in idx}) == 1
-        ev = [{"a": i, "b": j, **info} for i, j, info in evidence if uf.find(i) == root]
+        ev = [GroupEvidence(a=i, b=j, **info) for i, j, info in evidence if uf.find(i) == root]
         groups.append(DuplicateGroup(idx, "exact" if exact else "near", ev))
     return groups

@@ -15,11 +15,16 @@ projected rows compactly, and k-means training in one library.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from headstart.features.store import iter_chunks
+from headstart.features.store import FeatureStore, iter_chunks
+
+if TYPE_CHECKING:
+    import faiss
+
+Features = np.ndarray | FeatureStore  # one row per image
 
 PROJECTED_DIM = 64  # PCA axes the index works in
 NPROBE = 24  # inverted lists searched per query
@@ -33,7 +38,7 @@ def _unit(chunk: np.ndarray) -> np.ndarray:
     return chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
 
 
-def _projection(features: Any, dim: int) -> np.ndarray:
+def _projection(features: Features, dim: int) -> np.ndarray:
     """Orthonormal axes (d, dim) of the largest variance of an even sample of unit rows."""
     n = len(features)
     step = max(1, n // TRAIN_ROWS)
@@ -43,11 +48,11 @@ def _projection(features: Any, dim: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
 
 
-def _projected(features: Any, axes: np.ndarray) -> np.ndarray:
+def _projected(features: Features, axes: np.ndarray) -> np.ndarray:
     return np.concatenate([_unit(c) @ axes for c in iter_chunks(features)]) if len(features) else axes[:0]
 
 
-def _index(projected: np.ndarray) -> Any:
+def _index(projected: np.ndarray) -> faiss.Index:
     import faiss
 
     n, d = projected.shape
@@ -64,13 +69,16 @@ def _index(projected: np.ndarray) -> Any:
     return index
 
 
-def _candidates(index: Any, projected: np.ndarray, radius2: float, limit: int | None) -> np.ndarray | None:
+def _candidates(
+    index: faiss.Index, projected: np.ndarray, radius2: float, limit: int | None
+) -> np.ndarray | None:
     """(i, j) pairs, i < j, within ``radius2`` (squared L2) in the projected space; None past ``limit``."""
     found = []
     total = 0
     for start in range(0, len(projected), QUERY_ROWS):
         lims, _, ids = index.range_search(projected[start : start + QUERY_ROWS], radius2)
-        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims.astype(np.int64)))
+        counts: np.ndarray = np.diff(np.asarray(lims, dtype=np.int64))  # results per query row
+        rows = np.repeat(np.arange(start, start + len(lims) - 1), counts)
         keep = rows < ids
         pairs = np.stack([rows[keep], ids[keep]], axis=1)
         total += len(pairs)
@@ -80,7 +88,7 @@ def _candidates(index: Any, projected: np.ndarray, radius2: float, limit: int | 
     return np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
 
 
-def _cosines(features: Any, pairs: np.ndarray) -> np.ndarray:
+def _cosines(features: Features, pairs: np.ndarray) -> np.ndarray:
     """Exact cosine of each (i, j) pair, reading the rows concerned a batch at a time."""
     out = np.empty(len(pairs), dtype=np.float32)
     for start in range(0, len(pairs), VERIFY_PAIRS):
@@ -92,7 +100,9 @@ def _cosines(features: Any, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _neighbours(index: Any, projected: np.ndarray, features: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _neighbours(
+    index: faiss.Index, projected: np.ndarray, features: Features, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k nearest other rows in the projected space, with their exact cosine."""
     n = len(projected)
     nn_idx = np.zeros((n, k), dtype=np.int64)
@@ -112,7 +122,7 @@ def _neighbours(index: Any, projected: np.ndarray, features: Any, k: int) -> tup
 
 
 def ann_similar_pairs(
-    features: Any, threshold: float, k: int, max_pairs: int | None = None
+    features: Features, threshold: float, k: int, max_pairs: int | None = None
 ) -> tuple[list[tuple[int, int, float]] | None, np.ndarray, np.ndarray]:
     """``duplicates.similar_pairs`` through the index: pairs with cosine >= threshold (None past
     ``max_pairs`` candidates), and each row's k nearest neighbours."""

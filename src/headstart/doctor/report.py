@@ -6,10 +6,25 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from headstart.data.discovery import Dataset, Sample
 from headstart.doctor.duplicates import DuplicateGroup
+
+
+class _BadFileFields(TypedDict):
+    path: str
+    reason: str
+    severity: str  # "error": left out; "warning": used, but worth a look
+
+
+class BadFile(_BadFileFields, total=False):
+    """A file the checks flagged: where (``stage``, the doctor's), and a warning's image size."""
+
+    stage: str  # discovery, decode or check
+    width: int | None
+    height: int | None
+
 
 IMBALANCE_RATIO = 1.5  # largest class / smallest class from which imbalance is reported
 LABEL_RANKING_COLUMNS = (
@@ -30,7 +45,7 @@ class CheckReport:
     samples: list[Sample]
     groups: list[DuplicateGroup]
     class_counts: dict[str, int]
-    bad_files: list[dict[str, Any]] = field(default_factory=list)
+    bad_files: list[BadFile] = field(default_factory=list)
     label_issues: list[dict[str, Any]] = field(default_factory=list)
     label_ranking: list[dict[str, Any]] = field(default_factory=list)
     confused_pairs: list[dict[str, Any]] = field(default_factory=list)  # classes a, b; images; joint

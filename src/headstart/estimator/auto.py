@@ -51,32 +51,28 @@ budget during a fine-tuning candidate), the search keeps the best candidate so f
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import clone
 
 from headstart.core.errors import HeadstartError
-from headstart.core.system import compute_threads
-from headstart.data.loaders import loader_workers, train_loader
+from headstart.core.probability import log_loss, softmax
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
 from headstart.estimator.fitting import Log, Split, Usable, fit_head
 from headstart.estimator.layers import choose_layers
 from headstart.estimator.paired import prefer_cheaper
 from headstart.evaluation.metrics import classification_metrics
-from headstart.features.cache import FeatureCache
 from headstart.features.composite import FeatureSpec, create_feature_spec
+from headstart.features.extractor import ExtractionResult
 from headstart.features.store import FeatureStore
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head, averaged_linear_head
-from headstart.training.distributed import current as current_job
-from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings, autocast
-from headstart.training.network import freeze, make_network, set_train_mode
-from headstart.training.settings import resolve_precision
+from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings
+from headstart.training.throughput import MEASURE_BATCH_SIZE, measure_training
 
 DEFAULT_TIME_BUDGET_S = 180.0  # strategy="auto" without a time_budget: the README's whole quick-start line
 # (pip install, train, evaluate, predict) must stay under 5 minutes on 2 cores; install and the
@@ -98,7 +94,6 @@ PRIORS = {
 EXTRACTION_COST = {"probe-multi": 1.0, "probe-tta": 2.0, "probe-backbone": 2.5, "probe-ensemble": 2.5}
 DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction came from the cache
 MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
-MEASURE_BATCH_SIZE = 16
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
 ENSEMBLE_MAX = 3  # fine-tuned networks averaged at most (each one more network at prediction)
 # Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
@@ -108,6 +103,61 @@ MEASURED_TO_EPOCH = 1.5
 
 class Unavailable(Exception):
     """A candidate whose parameters this build cannot run."""
+
+
+@dataclass(frozen=True)
+class CandidateParams:
+    """The ``ImageClassifier`` parameters a candidate sets (None: the user's own), and for a
+    combined candidate the fine-tuning candidates it is made of.
+
+    The field order is the order ``metrics.json`` lists them in (``record``)."""
+
+    members: tuple[str, ...] | None = None
+    features: str | None = None
+    tta: str | None = None
+    backbone: str | None = None
+    unfreeze: str | None = None
+    epochs: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The parameters set, as ``metrics.json`` and the log list them."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+Extract = Callable[[FeatureSpec, Sequence[str]], ExtractionResult]
+
+
+@dataclass(frozen=True)
+class AutoContext:
+    """What the search reads of the classifier being fitted: the user's parameters (the base of
+    every candidate, never changed), the fitted base features and how to extract others.
+
+    Args:
+        spec: the base probe's features (``usable.features`` are these).
+        extract: extracts ``paths`` with ``spec`` as the classifier does (its engine, cache,
+            batch size, precision).
+        finetune: the user's fine-tuning settings; a candidate replaces its depth, epochs and seed.
+    """
+
+    backbone: str
+    weights: str | Path | Sequence[str | Path | None] | None
+    features: str
+    tta: str
+    head: str
+    head_params: dict[str, Any] | None
+    seed: int
+    time_budget: float | None
+    cache_root: Path
+    finetune: FineTuneSettings
+    verbose: bool
+    spec: FeatureSpec
+    extract: Extract
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
 
 
 @dataclass
@@ -130,8 +180,8 @@ class Candidate:
     """One set of ``ImageClassifier`` parameters tried on the shared split."""
 
     name: str
-    kind: str  # "probe" or "finetune"
-    params: dict[str, Any]
+    kind: str  # "probe", "finetune" or "finetune-combined"
+    params: CandidateParams
     prior: float = 0.0
     status: str = "pending"
     estimate_s: float | None = None
@@ -148,7 +198,7 @@ class Candidate:
         return {
             "name": self.name,
             "kind": self.kind,
-            "params": self.params,
+            "params": self.params.record(),
             "status": self.status,
             "val_accuracy": self.val_accuracy,
             "val_log_loss": self.val_log_loss,
@@ -164,12 +214,11 @@ class Candidate:
 class Search:
     """The shared inputs of every candidate, the clock and what has been tried."""
 
-    clf: Any  # the ImageClassifier being fitted (its parameters are the base of every candidate)
+    ctx: AutoContext
     usable: Usable
     split: Split
     log: Log
     deadline: float  # time.time() by which the search must end
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
     candidates: list[Candidate] = field(default_factory=list)
     throughput: dict[str, dict[str, float]] = field(default_factory=dict)
     extraction_rate: float = DEFAULT_EXTRACTION_RATE
@@ -197,11 +246,13 @@ class Search:
         return next(c for c in self.candidates if c.name == name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AutoResult:
     """The winner as ``fit`` uses it: head (+ its fit info), the usable samples with the
     winner's features, the fine-tuning outcome (None for a probe winner), the strategy it
-    amounts to, and ``metrics.json``'s ``auto`` section."""
+    amounts to, ``metrics.json``'s ``auto`` section, the winner's features (``spec``; its first
+    member is the model's backbone), the pretrained backbone a tuned winner started from, and
+    the winner's parameters (scikit-learn's ``best_params_``: the user's stay as given)."""
 
     head: Head
     fit_info: dict[str, Any]
@@ -209,33 +260,36 @@ class AutoResult:
     outcome: FineTuneOutcome | None
     strategy: str
     record: dict[str, Any]
+    spec: FeatureSpec
+    probe_backbone: Backbone | None
+    best_params: dict[str, Any]
 
 
 def run_auto(
-    clf: Any,
+    ctx: AutoContext,
     usable: Usable,
     split: Split,
     log: Log,
     started: float,
     extraction_rate: float | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> AutoResult:
-    """The search (see the module docstring) from ``clf``'s fitted backbone and the shared split.
+    """The search (see the module docstring) from the base features and the shared split.
 
     Args:
-        clf: the ImageClassifier being fitted; ``backbone_`` is set and ``usable.features`` are
-            its last-layer features. Its parameters become the winner's.
+        ctx: the user's parameters and the fitted base features (``usable.features``).
         started: ``time.time()`` at the start of ``fit`` (the budget counts from there).
         extraction_rate: images/s of the first extraction where it extracted enough images to
             tell (None: ``DEFAULT_EXTRACTION_RATE``).
     """
-    budget = float(clf.time_budget or DEFAULT_TIME_BUDGET_S)
-    search = Search(clf, usable, split, log, started + budget - FINAL_RESERVE_S, on_epoch_end)
+    budget = float(ctx.time_budget or DEFAULT_TIME_BUDGET_S)
+    search = Search(ctx, usable, split, log, started + budget - FINAL_RESERVE_S)
     search.extraction_rate = extraction_rate or DEFAULT_EXTRACTION_RATE
     log(
         f"auto: searching for {budget / 60:.1f} min; candidates judged on {int(split.mask('val').sum())} val images"
     )
-    base = Candidate("probe", "probe", {"features": clf.features, "tta": clf.tta, "backbone": clf.backbone})
+    base = Candidate(
+        "probe", "probe", CandidateParams(features=ctx.features, tta=ctx.tta, backbone=ctx.backbone)
+    )
     search.candidates.append(base)
     run_candidate(search, base, required=True)
     try:
@@ -253,7 +307,7 @@ def run_auto(
 
 def _explore(search: Search) -> None:
     """The other cheap candidate, the throughput measure, then the rest by gain per minute."""
-    multi = Candidate("probe-multi", "probe", {"features": "multi"}, PRIORS["probe-multi"])
+    multi = Candidate("probe-multi", "probe", CandidateParams(features="multi"), PRIORS["probe-multi"])
     search.candidates.append(multi)
     _estimate(search, multi)
     run_candidate(search, multi)
@@ -280,24 +334,31 @@ def _explore(search: Search) -> None:
 
 def _planned(search: Search) -> list[Candidate]:
     """Fine-tuning depths, a second backbone, the ensemble and TTA, as parameter sets."""
-    clf = search.clf
+    ctx = search.ctx
     out = [
-        Candidate(f"finetune:{d}", "finetune", {"unfreeze": d, "epochs": clf.epochs}, PRIORS[f"finetune:{d}"])
+        Candidate(
+            f"finetune:{d}",
+            "finetune",
+            CandidateParams(unfreeze=d, epochs=ctx.finetune.epochs),
+            PRIORS[f"finetune:{d}"],
+        )
         for d in FINETUNE_DEPTHS
     ]
-    if clf.backbone != SECOND_BACKBONE:
+    if ctx.backbone != SECOND_BACKBONE:
         out.append(
-            Candidate("probe-backbone", "probe", {"backbone": SECOND_BACKBONE}, PRIORS["probe-backbone"])
+            Candidate(
+                "probe-backbone", "probe", CandidateParams(backbone=SECOND_BACKBONE), PRIORS["probe-backbone"]
+            )
         )
         out.append(
             Candidate(
                 "probe-ensemble",
                 "probe",
-                {"backbone": f"{clf.backbone}+{SECOND_BACKBONE}"},
+                CandidateParams(backbone=f"{ctx.backbone}+{SECOND_BACKBONE}"),
                 PRIORS["probe-ensemble"],
             )
         )
-    out.append(Candidate("probe-tta", "probe", {"tta": "flip"}, PRIORS["probe-tta"]))
+    out.append(Candidate("probe-tta", "probe", CandidateParams(tta="flip"), PRIORS["probe-tta"]))
     return out
 
 
@@ -332,17 +393,18 @@ def _estimate(search: Search, c: Candidate) -> None:
         c.estimate_s = n_images * EXTRACTION_COST.get(c.name, 2.0) / search.extraction_rate + 5.0
         c.expected_gain = c.prior * error_left
         return
-    rates = search.throughput.get(c.params["unfreeze"])
+    assert c.params.unfreeze is not None
+    rates = search.throughput.get(c.params.unfreeze)
     if rates is None:
         c.estimate_s = None
         return
     n_train = int(search.split.mask("train").sum())
     per_epoch = n_train * rates["train_s"] + n_val * rates["eval_s"]
     fixed = 2 * n_val * rates["eval_s"] + SETUP_S
-    wanted = int(search.clf.epochs)
+    wanted = int(search.ctx.finetune.epochs)
     epochs = min(wanted, int((search.left() - fixed) // per_epoch)) if per_epoch > 0 else wanted
     epochs = max(epochs, 1)
-    c.params["epochs"] = epochs
+    c.params = replace(c.params, epochs=epochs)
     c.estimate_s = fixed + epochs * per_epoch
     c.expected_gain = c.prior * error_left * epochs / wanted
 
@@ -352,14 +414,16 @@ def _measure_throughput(search: Search) -> None:
     forward, backward, step) and per evaluated image; stored in ``search.throughput``."""
     if search.left() <= 0:
         return
-    clf, base = search.clf, search.candidates[0]
+    base = search.candidates[0]
     assert base.fitted is not None
     t0 = time.time()
     search.log("auto: measuring fine-tuning throughput on a few batches")
     items = search.items("train")[: MEASURE_BATCHES * MEASURE_BATCH_SIZE]
     for depth in FINETUNE_DEPTHS:
         try:
-            rates = measure_training(base.fitted.backbone, base.fitted.head, items, depth, clf)
+            rates = measure_training(
+                base.fitted.backbone, base.fitted.head, items, depth, search.ctx.finetune
+            )
             search.throughput[depth] = {k: v * MEASURED_TO_EPOCH for k, v in rates.items()}
         except HeadstartError as e:  # a backbone without block groups cannot unfreeze by depth
             search.log(f"auto: fine-tuning {depth} unavailable: {e}")
@@ -373,53 +437,6 @@ def _measure_throughput(search: Search) -> None:
     )
 
 
-def measure_training(
-    backbone: Backbone, probe: Head, items: list[tuple[str, int]], unfreeze: str, clf: Any
-) -> dict[str, float]:
-    """``{"train_s", "eval_s"}``: seconds per image of training at depth ``unfreeze`` (the
-    median batch after the first, which pays for the loader's start and the kernels' warm-up)
-    and of evaluation (the faster of two batches). The first fine-tuning epochs then correct
-    these estimates (see ``_calibrate``). Measured where the fine-tuning will run (a GPU where
-    torch sees one)."""
-    import torch
-
-    torch.set_num_threads(compute_threads(None))
-    device = current_job().device
-    precision = resolve_precision(clf.precision, device)
-    model = copy.deepcopy(backbone.model)
-    freeze(model, unfreeze)
-    network = make_network(model, backbone.data_config, probe).to(device, memory_format=torch.channels_last)
-    set_train_mode(network, True)
-    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-6)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    workers = loader_workers(clf.loader_workers, accelerator=device != "cpu")
-    loader, _ = train_loader(items, clf.augment, backbone.data_config, MEASURE_BATCH_SIZE, workers, clf.seed)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    timed, last = [], time.perf_counter()
-    for pixels, labels in loader:
-        pixels, labels = pixels.to(device), labels.to(device)
-        with autocast(precision, device.split(":")[0]):
-            loss = loss_fn(network(pixels).float(), labels.clamp(min=0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sync()
-        now = time.perf_counter()
-        timed.append((now - last) / len(labels))
-        last = now
-    network.eval()
-    evaluated = []
-    with torch.inference_mode(), autocast(precision, device.split(":")[0]):
-        for _ in range(2):
-            t0 = time.perf_counter()
-            network(pixels)
-            sync()
-            evaluated.append((time.perf_counter() - t0) / len(pixels))
-    eval_s = min(evaluated)
-    train_s = float(np.median(timed[1:])) if len(timed) > 1 else 4 * eval_s
-    return {"train_s": train_s, "eval_s": eval_s}
-
-
 # ---------------------------------------------------------------------- running candidates
 
 
@@ -427,7 +444,8 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
     """Train ``c``, score it on validation, keep its model only while it is the best."""
     t0 = time.perf_counter()
     search.log(
-        f"auto: trying {c.name} {c.params}" + (f" (estimate {c.estimate_s:.0f} s)" if c.estimate_s else "")
+        f"auto: trying {c.name} {c.params.record()}"
+        + (f" (estimate {c.estimate_s:.0f} s)" if c.estimate_s else "")
     )
     try:
         c.fitted, proba = RUNNERS[c.kind](search, c)
@@ -465,48 +483,36 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
 def candidate_scores(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Validation accuracy and log-loss of a candidate (the only scores the search compares)."""
     metrics = classification_metrics(y, proba, classes, 1)
-    eps = 1e-12
-    log_loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))
-    return {"accuracy": float(metrics["accuracy"]), "log_loss": log_loss}
-
-
-def _trial(search: Search, c: Candidate) -> Any:
-    """A copy of the classifier with the candidate's parameters (the user's weights file only
-    for the user's backbone)."""
-    clf = search.clf
-    params = {k: v for k, v in c.params.items() if k in clf.get_params()}
-    trial = clone(clf).set_params(**params, strategy="feature-extraction")
-    if trial.backbone != clf.backbone:
-        trial.set_params(weights=None)
-    return trial
+    return {"accuracy": float(metrics["accuracy"]), "log_loss": log_loss(proba, y)}
 
 
 def _candidate_features(search: Search, c: Candidate) -> tuple[FeatureSpec, np.ndarray | FeatureStore]:
     """The candidate's feature spec and the features of every usable sample: the base
-    candidate's are those ``fit`` extracted; the others are extracted (cached) now."""
-    clf, usable = search.clf, search.usable
+    candidate's are those ``fit`` extracted; the others are extracted (cached) now, with the
+    user's weights file only for the user's backbone."""
+    ctx, usable = search.ctx, search.usable
     if c is search.candidates[0]:
-        return clf._feature_spec(), usable.features
-    trial = _trial(search, c)
-    root = FeatureCache(trial.cache_dir).root
-    spec = create_feature_spec(trial.backbone, trial.weights, trial.features, trial.tta, root)
-    trial.features_, trial.backbone_ = spec, spec.members[0]
-    result = trial._extract([s.path for s in usable.samples])
+        return ctx.spec, usable.features
+    backbone = c.params.backbone or ctx.backbone
+    weights = ctx.weights if backbone == ctx.backbone else None
+    features, tta = c.params.features or ctx.features, c.params.tta or ctx.tta
+    spec = create_feature_spec(backbone, weights, features, tta, ctx.cache_root)
+    result = ctx.extract(spec, [s.path for s in usable.samples])
     if not result.ok.all():
         raise Unavailable(f"{int((~result.ok).sum())} image(s) unreadable with these parameters")
     if result.features.shape == usable.features.shape and np.allclose(result.features, usable.features):
-        raise Unavailable(f"{c.params} gave the same features as the base probe's")
+        raise Unavailable(f"{c.params.record()} gave the same features as the base probe's")
     return spec, result.features
 
 
 def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     """A head on the candidate's features (fitted on train only; validation judges it);
     multi-layer features first keep the layer groups that predict validation best."""
-    clf, split = search.clf, search.split
+    ctx, split = search.ctx, search.split
     spec, features = _candidate_features(search, c)
     usable, layer_info = choose_layers(spec, replace(search.usable, features=features), split, search.log)
-    head_params = {**(clf.head_params or {}), "refit": False} if clf.head == "logistic" else clf.head_params
-    head, info = fit_head(clf.head, head_params or {}, clf.seed, usable, split)
+    head_params = {**(ctx.head_params or {}), "refit": False} if ctx.head == "logistic" else ctx.head_params
+    head, info = fit_head(ctx.head, head_params or {}, ctx.seed, usable, split)
     c.detail["head"] = {k: v for k, v in info.items() if k in ("C", "k", "best_epoch")}
     if spec.selected is not None:
         c.detail["layer_groups"] = list(spec.selected)
@@ -522,29 +528,26 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     augmentations): networks tuned from one start on the same batches make the same mistakes,
     and the combined candidates average them.
     """
-    clf, base = search.clf, search.candidates[0]
-    c.detail["seed"] = clf.seed + sum(
+    ctx, base = search.ctx, search.candidates[0]
+    c.detail["seed"] = ctx.seed + sum(
         1 for o in search.candidates if o.kind == "finetune" and "seed" in o.detail and o is not c
     )
     assert base.fitted is not None and base.fitted.spec is not None
-    if clf.head != "logistic":
+    if ctx.head != "logistic":
         raise Unavailable("fine-tuning starts from the linear probe: head='logistic'")
     if not base.fitted.spec.is_plain:
         raise Unavailable("fine-tuning starts from one backbone's last features: features='last', tta='none'")
-    settings = FineTuneSettings(
-        unfreeze=c.params["unfreeze"],
-        epochs=int(c.params["epochs"]),
-        lr=clf.lr,
-        batch_size=clf.train_batch_size,
-        augment=clf.augment,
-        class_weight=None if clf.class_weight == "none" else clf.class_weight,
-        patience=clf.patience,
-        workers=clf.loader_workers,
-        precision=clf.precision,
+    assert c.params.unfreeze is not None and c.params.epochs is not None
+    # the candidate's depth, epochs and seed; the wall-time budget is the search's deadline
+    settings = replace(
+        ctx.finetune,
+        unfreeze=c.params.unfreeze,
+        epochs=int(c.params.epochs),
+        time_budget=None,
         seed=c.detail["seed"],
     )
     backbone = base.fitted.backbone
-    tuner = FineTuner(settings, None, search.log, clf.verbose, search.on_epoch_end)
+    tuner = FineTuner(settings, None, ctx.verbose, ctx.on_epoch_end)
     result = tuner.fit(
         backbone.model,
         backbone.data_config,
@@ -562,7 +565,7 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         c.status = "stopped by budget"
 
     if result.history:
-        _calibrate(search, c.params["unfreeze"], float(np.mean([r["seconds"] for r in result.history])))
+        _calibrate(search, c.params.unfreeze, float(np.mean([r["seconds"] for r in result.history])))
     proba = tuner.predict_proba(search.items("val"), backbone.data_config)
     return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
 
@@ -586,7 +589,9 @@ def _combine_finetuned(search: Search) -> None:
             f"ensemble:{'+'.join(n.removeprefix('finetune:') for n in names)}" if len(names) > 1 else names[0]
         )
         c = Candidate(
-            name + (" tta" if tta == "flip" else ""), "finetune-combined", {"members": names, "tta": tta}
+            name + (" tta" if tta == "flip" else ""),
+            "finetune-combined",
+            CandidateParams(members=tuple(names), tta=tta),
         )
         c.detail["inference_cost"] = len(members) * (2 if tta == "flip" else 1)
         c.estimate_s = _combined_seconds(search, members, tta)
@@ -603,7 +608,7 @@ def _combined_seconds(search: Search, members: list[Candidate], tta: str) -> flo
     n_eval = int(search.split.mask(search.split.evaluated_on).sum())
     seconds = 0.0
     for i, m in enumerate(members):
-        eval_s = search.throughput.get(m.params["unfreeze"], {}).get("eval_s", 0.05)
+        eval_s = search.throughput.get(m.params.unfreeze or "", {}).get("eval_s", 0.05)
         if tta == "flip" and m.name not in search.flip_val:
             seconds += 2 * n_val * eval_s
         views = 2 if tta == "flip" else 1
@@ -613,10 +618,10 @@ def _combined_seconds(search: Search, members: list[Candidate], tta: str) -> flo
 
 def _run_combined(search: Search, c: Candidate) -> tuple[None, np.ndarray]:
     """A combined candidate's validation probabilities (its members' networks, kept in memory)."""
-    members = [search.named(n) for n in c.params["members"]]
+    members = [search.named(n) for n in c.params.members or ()]
     probas = []
     for m in members:
-        if c.params["tta"] == "none":
+        if c.params.tta == "none":
             probas.append(m.val_proba)
             continue
         if m.name not in search.flip_val:
@@ -634,9 +639,7 @@ def mean_logit_proba(probas: list[Any]) -> np.ndarray:
     if len(probas) == 1:
         return np.asarray(probas[0])
     logits = np.mean([np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-30, 1.0)) for p in probas], axis=0)
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(logits)
 
 
 def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
@@ -660,17 +663,19 @@ def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
 
 
 def finish(search: Search) -> AutoResult:
-    """The winner becomes the model: ``clf``'s parameters set to its own, its head refitted
-    (probe) or its tuned network kept (fine-tuning); the test split is evaluated afterwards."""
-    clf, split = search.clf, search.split
+    """The winner becomes the model: its head refitted (probe) or its tuned network kept
+    (fine-tuning), its parameters the result's ``best_params`` (the user's are never changed);
+    the winner over the probe only when better beyond noise on the same validation images; the
+    test split is evaluated afterwards."""
+    split = search.split
     best, y_val = search.best(), search.usable.y[split.mask("val")]
     winner, paired = prefer_cheaper(best, search.candidates[0], y_val)
     reason = _why(search, best) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")
-    search.log(f"auto: the winner is {winner.name} {winner.params}: {reason}")
+    search.log(f"auto: the winner is {winner.name} {winner.params.record()}: {reason}")
     record = {
-        "time_budget_s": float(clf.time_budget or DEFAULT_TIME_BUDGET_S),
+        "time_budget_s": float(search.ctx.time_budget or DEFAULT_TIME_BUDGET_S),
         "search_seconds": round(sum(c.seconds or 0.0 for c in search.candidates), 2),
         "stopped": search.stopped,
         "judged_on": "val",
@@ -681,19 +686,17 @@ def finish(search: Search) -> AutoResult:
         "extraction_images_per_s": search.extraction_rate,
         "candidates": [c.record() for c in search.candidates],
         "winner": winner.name,
-        "winner_params": winner.params,
+        "winner_params": winner.params.record(),
         "why": reason,
         "paired": paired,
     }
-    members = [search.named(n) for n in winner.params.get("members", [winner.name])]
-    params = {k: v for k, v in winner.params.items() if k in clf.get_params() and k != "epochs"}
-    if winner.kind != "probe":
-        params.update(unfreeze=members[0].params["unfreeze"], epochs=members[0].params["epochs"])
-    clf.set_params(**params)
+    members = [search.named(n) for n in winner.params.members or (winner.name,)]
     if winner.kind == "probe":
         assert winner.fitted is not None
-        return _probe_winner(search, winner.fitted, record)
-    return _finetune_winner(search, winner, members, record)
+        return _probe_winner(search, winner.fitted, record, winner.params.record())
+    best_params = {k: v for k, v in winner.params.record().items() if k not in ("members", "epochs")}
+    best_params.update(unfreeze=members[0].params.unfreeze, epochs=members[0].params.epochs)
+    return _finetune_winner(search, winner, members, record, best_params)
 
 
 def _summary_line(c: Candidate) -> str:
@@ -731,29 +734,28 @@ def _paired_note(paired: dict[str, Any]) -> str:
     )
 
 
-def _probe_winner(search: Search, fitted: Fitted, record: dict[str, Any]) -> AutoResult:
+def _probe_winner(search: Search, fitted: Fitted, record: dict[str, Any], best: dict[str, Any]) -> AutoResult:
     """The winning features' head refitted as ``feature-extraction`` fits it (C chosen on
     validation, then train + validation)."""
-    clf = search.clf
+    ctx = search.ctx
     assert fitted.features is not None and fitted.spec is not None
     usable = replace(search.usable, features=fitted.features)
-    clf.features_, clf.backbone_ = fitted.spec, fitted.backbone
-    head, info = fit_head(clf.head, dict(clf.head_params or {}), clf.seed, usable, search.split)
+    head, info = fit_head(ctx.head, dict(ctx.head_params or {}), ctx.seed, usable, search.split)
     info.update(fitted.layer_info)
-    return AutoResult(head, info, usable, None, "feature-extraction", record)
+    return AutoResult(head, info, usable, None, "feature-extraction", record, fitted.spec, None, best)
 
 
 def _finetune_winner(
-    search: Search, winner: Candidate, members: list[Candidate], record: dict[str, Any]
+    search: Search, winner: Candidate, members: list[Candidate], record: dict[str, Any], best: dict[str, Any]
 ) -> AutoResult:
     """The tuned network, or several averaged (one head on their concatenated features) and/or
     with flip TTA; ``fit`` scores it on the evaluated split through its saved feature path."""
-    clf, split, base = search.clf, search.split, search.candidates[0]
-    tta = winner.params.get("tta", "none")
+    split, base = search.split, search.candidates[0]
+    tta = winner.params.tta or "none"
     fitted = [m.fitted for m in members]
     assert all(f is not None and f.result is not None for f in fitted)
     tuned = [
-        _tuned_backbone(f.backbone, f.result, m.params["unfreeze"])  # type: ignore[union-attr, arg-type]
+        _tuned_backbone(f.backbone, f.result, m.params.unfreeze)  # type: ignore[union-attr, arg-type]
         for f, m in zip(fitted, members)
     ]
     heads = [_tuned_head(f.head, f.result) for f in fitted]  # type: ignore[union-attr, arg-type]
@@ -766,14 +768,13 @@ def _finetune_winner(
         "history": first.result.history,
     }
     if winner.kind == "finetune-combined":
-        info.update(combined={"members": winner.params["members"], "tta": tta}, **winner.detail)
+        info.update(combined={"members": list(winner.params.members or ()), "tta": tta}, **winner.detail)
     head = heads[0] if len(heads) == 1 else averaged_linear_head(heads)
     outcome = FineTuneOutcome(tuned[0], head, None, info, winner.val_proba)
-    clf.probe_backbone_, clf.backbone_ = first.backbone, tuned[0]
-    if len(tuned) > 1 or tta != "none":
-        clf.features_ = FeatureSpec(tuned, "last", tta)
+    # one tuned network's own last features; several (or with TTA) averaged by one head
+    spec = FeatureSpec(tuned, "last", tta) if len(tuned) > 1 or tta != "none" else FeatureSpec([tuned[0]])
     fit_info = dict(base.detail.get("head", {}))
-    return AutoResult(head, fit_info, search.usable, outcome, "finetune", record)
+    return AutoResult(head, fit_info, search.usable, outcome, "finetune", record, spec, first.backbone, best)
 
 
 RUNNERS: dict[str, Callable[[Search, Candidate], tuple[Any, np.ndarray]]] = {
@@ -783,4 +784,13 @@ RUNNERS: dict[str, Callable[[Search, Candidate], tuple[Any, np.ndarray]]] = {
 }
 
 
-__all__ = ["AutoResult", "Candidate", "DEFAULT_TIME_BUDGET_S", "PRIORS", "run_auto", "candidate_scores"]
+__all__ = [
+    "AutoContext",
+    "AutoResult",
+    "Candidate",
+    "CandidateParams",
+    "DEFAULT_TIME_BUDGET_S",
+    "PRIORS",
+    "run_auto",
+    "candidate_scores",
+]

@@ -21,8 +21,19 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from headstart.core.choices import (
+    CLASS_WEIGHTS,
+    ENGINES,
+    FEATURE_LAYERS,
+    FEATURE_PRECISIONS,
+    HEADS,
+    LABEL_SOURCES,
+    REPORT_MAPS,
+    STRATEGIES,
+    TRAINING_PRECISIONS,
+    TTA_CHOICES,
+)
 from headstart.core.errors import HeadstartError, ParameterError
-from headstart.core.io import summarize_skips
 from headstart.core.params import (
     AnyOf,
     Check,
@@ -43,68 +54,63 @@ from headstart.data.discovery import (
     expand_paths,
     require_data_path,
 )
-from headstart.estimator.auto import AutoResult, run_auto
+from headstart.estimator.auto import AutoContext, run_auto
 from headstart.estimator.explain import (
+    ExplainSource,
     Explanation,
     explain_images,
     nearest_training_images,
     write_error_gallery,
 )
-from headstart.estimator.finetune import FineTuneJob, FineTuneOutcome, finetune, scored_as_predicted
+from headstart.estimator.finetune import FineTuneJob
+from headstart.estimator.fitted import FittedModel, fitted_from_bundle, model_info, saved_parameters
 from headstart.estimator.fitting import (
+    PreparedData,
     Split,
     Stopwatch,
     Usable,
-    build_metrics,
     check_data,
-    data_check_summary,
-    data_info,
     discover_data,
-    extraction_info,
-    fit_head,
     head_summary,
     now_utc,
-    score,
-    split_record,
     split_samples,
     usable_samples,
 )
 from headstart.estimator.iteration import corrected_data, kept_splits
-from headstart.estimator.layers import check_feature_options, choose_layers, model_features_info
+from headstart.estimator.layers import check_feature_options, model_features_info
 from headstart.estimator.multilabel import (
-    bundle_entry,
+    MultiLabelSettings,
     evaluate_multilabel,
     fit_multilabel,
-    multilabel_items,
-    predicted_label_sets,
-    restore_bundle_entry,
 )
-from headstart.estimator.neighbours import build_neighbours, model_features
-from headstart.estimator.openset import held_out_class_report
-from headstart.estimator.reliability import (
-    Reliability,
-    fit_reliability,
-    reliability_sections,
-    saved_reject_params,
+from headstart.estimator.reliability import Reliability, saved_reject_params
+from headstart.estimator.scoring import evaluate_single_label, evaluation_samples
+from headstart.estimator.stages import (
+    FitContext,
+    RunRecord,
+    Stage,
+    auto_stage,
+    finetune_stage,
+    finish,
+    probe_stage,
 )
-from headstart.evaluation.answers import UNKNOWN, answer
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.reject import BANK_ARRAY, reject_scores, restore_bank, score_kind
+from headstart.evaluation.reject import BANK_ARRAY, reject_scores, score_kind
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.composite import (
     CompositeExtractor,
     FeatureSpec,
     build_extractor,
     create_feature_spec,
-    spec_from_bundle,
 )
-from headstart.features.engines import FEATURE_PRECISIONS, check_feature_precision, resolve_engine
+from headstart.features.engines import check_feature_precision, resolve_engine
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.features.sharding import extract_sharded
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone
 from headstart.models.bundle import library_versions, load_bundle, save_bundle
 from headstart.models.card import ModelCard
-from headstart.models.heads import Head, restore_head
+from headstart.models.heads import Head
+from headstart.runs.multilabel import write_multilabel_run
 from headstart.runs.recipe import read_recipe
 from headstart.runs.writer import (
     Predictions,
@@ -140,38 +146,38 @@ PATH = InstanceOf((str, Path), "a path")
 
 # What each parameter may be; checked once, at the start of ``fit``.
 CONSTRAINTS: dict[str, Constraint] = {
-    "strategy": Options(AUTO, FEATURE_EXTRACTION, FINETUNE),
+    "strategy": Options(*STRATEGIES),
     "backbone": InstanceOf((str,), "a timm model name"),
     "weights": Optional(
         AnyOf(PATH, Check(_is_weights_list, "a list of paths (None: default), one per member"))
     ),
-    "head": Options(*sorted(Head.registry)),
+    "head": Options(*HEADS),  # the public heads; internal ones are the library's to choose
     "head_params": Optional(InstanceOf((dict,), "a dict of the head's parameters")),
     "seed": Interval(int, 0),
     "split": Check(_is_fractions, "three fractions train, val, test like (0.8, 0.1, 0.1)"),
-    "labels_from": Options("auto", "folder", "filename", "csv"),
+    "labels_from": Options(*LABEL_SOURCES),
     "top_k": Interval(int, 1),
-    "engine": Options("auto", "openvino", "onnxruntime", "torch"),
+    "engine": Options(*ENGINES),
     "feature_precision": Options(*FEATURE_PRECISIONS),
-    "features": Options("last", "multi"),
-    "tta": Options("none", "flip"),
+    "features": Options(*FEATURE_LAYERS),
+    "tta": Options(*TTA_CHOICES),
     "batch_size": Interval(int, 1),
     "workers": Optional(Interval(int, 1)),
     "cache_dir": Optional(PATH),
     "verbose": InstanceOf((bool,), "True or False"),
     "exclude": Optional(AnyOf(PATH, Check(_is_exclude_list, "a list of paths"))),
     "check_data": InstanceOf((bool,), "True or False"),
-    "report_map": Options("tsne", "pca", "none"),
+    "report_map": Options(*REPORT_MAPS),
     "report_heatmaps": InstanceOf((bool,), "True or False"),
     "unfreeze": Pattern(r"head|half|all|last:\d+", "head, last:N, half or all"),
     "epochs": Interval(int, 1),
     "lr": Interval(float, 0, low_open=True),
     "train_batch_size": Interval(int, 1),
     "augment": Options(*PRESETS),
-    "class_weight": Options(None, "none", "balanced"),
+    "class_weight": Options(None, *CLASS_WEIGHTS),
     "patience": Interval(int, 1),
     "time_budget": Optional(Interval(float, 0, low_open=True)),
-    "precision": Options("auto", "bf16", "fp32"),
+    "precision": Options(*TRAINING_PRECISIONS),
     "loader_workers": Optional(Interval(int, 0)),
     "multi_label": Optional(InstanceOf((bool,), "True, False or None (detect)")),
     "reject": AnyOf(Options("off", "auto"), Interval(float, 0, 1)),
@@ -186,11 +192,14 @@ class ImageClassifier(BaseEstimator):
     """Pretrained backbone + cached bottleneck features + a small head; optionally fine-tuned.
 
     Parameters are stored as given (scikit-learn style: ``get_params``, ``set_params`` and
-    ``sklearn.base.clone`` work) and checked in ``fit``; fitted state ends in an underscore.
+    ``sklearn.base.clone`` work), checked in ``fit`` and never changed by it; fitted state ends
+    in an underscore, all of it read from one ``FittedModel`` (``fitted_``, see
+    ``estimator.fitted``) that ``fit`` and ``load`` produce.
 
     Args:
         strategy: ``auto`` (the default: a search over probes, fine-tuning depths, backbones
-            and TTA within ``time_budget``, judged on validation; see ``auto.py``),
+            and TTA within ``time_budget``, judged on validation; see ``auto.py``; the
+            parameters stay as given, the winner's are ``best_params_``, its record ``auto_``),
             ``feature-extraction`` (a head on cached features) or ``finetune`` (then the
             backbone and head train end to end on augmented images).
         backbone: any timm model name; the default works offline.
@@ -251,7 +260,8 @@ class ImageClassifier(BaseEstimator):
             :meth:`from_run`, which also takes its recipe).
     """
 
-    # Fitted state (set by ``fit`` or ``load``).
+    # Fitted state (set by ``fit`` or ``load``, through ``_adopt``).
+    fitted_: FittedModel
     backbone_: Backbone
     head_: Head
     classes_: list[str]
@@ -326,7 +336,7 @@ class ImageClassifier(BaseEstimator):
             lr=self.lr,
             batch_size=self.train_batch_size,
             augment=self.augment,
-            class_weight=None if self.class_weight == "none" else self.class_weight,
+            class_weight=self.class_weight,
             patience=self.patience,
             time_budget=self.time_budget,
             workers=self.loader_workers,
@@ -369,7 +379,11 @@ class ImageClassifier(BaseEstimator):
         )
 
     def _extract(self, paths: Sequence[str | Path]) -> ExtractionResult:
-        extractor = self._extractor(self._feature_spec())
+        return self._extract_with(self._feature_spec(), paths)
+
+    def _extract_with(self, spec: FeatureSpec, paths: Sequence[str | Path]) -> ExtractionResult:
+        """``paths`` extracted with ``spec`` by this classifier's engine, cache and batches."""
+        extractor = self._extractor(spec)
         files = [str(p) for p in paths]
         # one backbone's plain features are shared among torchrun's ranks; composites run whole
         return (
@@ -444,14 +458,26 @@ class ImageClassifier(BaseEstimator):
         check_out_dir(out_dir, data)
         require_data_path(data)  # before the run folder is touched
         writer = RunWriter(*writer_args(out_dir, self.verbose), staged=True, resume=resume)
+        with writer:  # the run's log lines, from every layer, while it runs
+            return self._fit_in_run(writer, data, resume, on_epoch_end, clock, started)
+
+    def _fit_in_run(
+        self,
+        writer: RunWriter,
+        data: str | Path | Dataset,
+        resume: bool,
+        on_epoch_end: EpochCallback | None,
+        clock: Stopwatch,
+        started: float,
+    ) -> ImageClassifier:
         if not resume:
             writer.remove_stale_files()
         if self.strategy == FINETUNE:
             self._start_finetune_run(data, writer, resume)
-        dataset, excluded, usable, result = self._prepare_data(data, writer, clock)
-        if dataset.multi_label:
-            prepared = (dataset, excluded, usable, result)
-            return self._fit_multilabel(prepared, writer, clock, resume, started, on_epoch_end)
+        prep = self._prepare_data(data, writer, clock)
+        if prep.dataset.multi_label:
+            return self._fit_multilabel(prep, writer, clock, resume, started, on_epoch_end)
+        dataset, excluded, usable, result = prep.dataset, prep.excluded, prep.usable, prep.extraction
         checks = None
         if self.check_data:
             with clock("data_check"):
@@ -459,37 +485,52 @@ class ImageClassifier(BaseEstimator):
         with clock("split"):
             recorded = kept_splits(self.split_from, dataset, usable.samples)
             split = split_samples(usable.samples, self.split, self.seed, checks, usable.hashes, recorded)
-        stage = self._first_stage(usable, split, writer, started, result, on_epoch_end, clock)
-        head, fit_info, usable, auto = stage
-        self.head_, self.classes_ = head, usable.classes
+        ctx = FitContext(usable, split, writer, clock, self._extract_with, self.seed)
+        stage = self._head_stage(ctx, prep, started, on_epoch_end)
+        if self.strategy == FINETUNE:
+            stage = finetune_stage(ctx, self._finetune_job(writer, resume, started, on_epoch_end), stage)
+        record = RunRecord(dataset, excluded, result, checks, self.split, self.top_k)
+        targets = (self.target_accuracy, self.target_coverage)
+        fitted, proba = finish(ctx, stage, record, self.reject, targets)
+        self._adopt(fitted)
+        self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
         evaluated = split.mask(split.evaluated_on)
-        with clock("evaluate"):
-            outcome = self._second_stage(writer, resume, started, on_epoch_end, usable, split, clock)
-            outcome = auto.outcome if auto else outcome
-            if outcome is not None and outcome.proba is None:  # a tuned network: scored as predict will
-                outcome = scored_as_predicted(outcome, self._extract, usable, split)
-            raw = (
-                outcome.proba
-                if outcome and outcome.proba is not None
-                else head.predict_proba(usable.features[evaluated])
-            )
-        with clock("calibrate"):
-            proba, reliability = self._fit_reliability(usable, split, outcome, raw, writer)
-        scores = score(usable.y[evaluated], proba, self.classes_, self.top_k)
-        self._record(dataset, excluded, usable, result, split, checks, fit_info, scores, outcome, clock)
-        self.metrics_.update(reliability)
-        self.test_ = {
-            "paths": [s.path for s, m in zip(usable.samples, evaluated) if m],
-            "y": usable.y[evaluated],
-            "proba": proba,
-        }
+        paths = [s.path for s, m in zip(stage.usable.samples, evaluated) if m]
+        self.test_ = {"paths": paths, "y": stage.usable.y[evaluated], "proba": proba}
+        scores = fitted.metrics[split.evaluated_on]
         writer(
             f"{split.evaluated_on} accuracy {scores['accuracy']:.4f} on {scores['n']} images (top-{scores['top_k']} "
-            f"{scores['top_k_accuracy']:.4f}); head {self.head} {head_summary(fit_info)}"
+            f"{scores['top_k_accuracy']:.4f}); head {self.head} {head_summary(stage.fit_info)}"
         )
-        test = Predictions(self.test_["paths"], self.test_["y"], proba, usable.features[evaluated])
-        self._write_run(writer, dataset, excluded, usable, split, checks, test, clock)
+        test = Predictions(paths, self.test_["y"], proba, stage.usable.features[evaluated])
+        self._write_run(writer, dataset, excluded, stage.usable, split, checks, test, clock)
         return self
+
+    def _adopt(self, fitted: FittedModel) -> None:
+        """Store a fitted model: the one place the classifier's fitted attributes are written
+        (by ``fit`` and ``load``); what a model does not have is removed, so a refit leaves
+        nothing of the model before it."""
+        self.fitted_ = fitted
+        self.features_, self.backbone_, self.head_ = fitted.spec, fitted.backbone, fitted.head
+        self.classes_, self.strategy_ = fitted.classes, fitted.strategy
+        self.split_, self.metrics_ = fitted.split, fitted.metrics
+        self.temperature_, self.reject_threshold_ = fitted.temperature, fitted.reject_threshold
+        self.reject_bank_, self.multi_label_ = fitted.reject_bank, fitted.multi_label
+        optional = {
+            "reliability_": fitted.reliability,
+            "thresholds_": fitted.thresholds,
+            "probe_backbone_": fitted.probe_backbone,
+            "finetune_": fitted.finetune,
+            "history_": fitted.finetune["history"] if fitted.finetune is not None else None,
+            "auto_": fitted.auto,
+            "best_params_": fitted.best_params,
+            "meta_": fitted.meta,
+        }
+        for name, value in optional.items():
+            if value is None:
+                self.__dict__.pop(name, None)
+            else:
+                setattr(self, name, value)
 
     def _write_run(
         self,
@@ -517,66 +558,48 @@ class ImageClassifier(BaseEstimator):
         if writer.run_dir is not None:  # the report's gallery: heatmaps and neighbours of the errors
             with clock("explain_errors"):
                 write_error_gallery(
-                    self, writer.run_dir, test.paths, test.y, test.proba, heatmaps=self.report_heatmaps
+                    self._explain_source(),
+                    writer.run_dir,
+                    test.paths,
+                    test.y,
+                    test.proba,
+                    heatmaps=self.report_heatmaps,
                 )
         writer.write_training_run(run, self.save, self._report_settings())
 
-    def _fit_reliability(
-        self, usable: Usable, split: Split, outcome: FineTuneOutcome | None, raw: np.ndarray, log: Any
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Temperature and reject threshold, chosen on validation (``estimator.reliability``);
-        the evaluated split's calibrated probabilities and metrics.json's sections about them."""
-        tuned_val = outcome.val_proba if outcome is not None else None
-        neighbours, model_x = None, None
-        if self.reject != "off":  # the score's neighbour bank: only a model that rejects pays for it
-            model_x = model_features(self, usable, outcome, log)
-            neighbours = build_neighbours(model_x, usable.y, split, self.seed)
-        rel = fit_reliability(
-            self.head_,
-            usable,
-            split,
-            self.reject,
-            self.target_accuracy,
-            log,
-            tuned_val,
-            neighbours,
-            self.target_coverage,
-        )
-        self.temperature_, self.reject_threshold_ = rel.temperature, rel.reject_threshold
-        self.reliability_, self.reject_bank_ = rel, rel.bank
-        evaluated = split.mask(split.evaluated_on)
-        features = neighbours.evaluated_features if neighbours is not None else None
-        sections = reliability_sections(rel, usable.y[evaluated], raw, split.evaluated_on, features)
-        if "reject" in sections and model_x is not None:
-            sections["reject"]["held_out_class"] = held_out_class_report(
-                self.head_, model_x, usable.y, split, self.classes_, rel, self.seed
-            )
-        return apply_temperature(raw, rel.temperature), sections
-
-    def _first_stage(
-        self,
-        usable: Usable,
-        split: Split,
-        writer: RunWriter,
-        started: float,
-        result: ExtractionResult,
-        on_epoch_end: EpochCallback | None,
-        clock: Stopwatch,
-    ) -> tuple[Head, dict[str, Any], Usable, AutoResult | None]:
+    def _head_stage(
+        self, ctx: FitContext, prep: PreparedData, started: float, on_epoch_end: EpochCallback | None
+    ) -> Stage:
         """The head on the cached features; with ``strategy="auto"``, the search (see
         ``auto.py``), whose winner brings its own head, features and fine-tuning outcome."""
         if self.strategy != AUTO:
-            with clock("fit_head"):
-                usable, layer_info = choose_layers(self._feature_spec(), usable, split, writer)
-                head, fit_info = fit_head(self.head, self._head_params(), self.seed, usable, split)
-                fit_info.update(layer_info)
-            self.strategy_ = self.strategy
-            return head, fit_info, usable, None
+            return probe_stage(ctx, prep.spec, self.head, self._head_params(), self.strategy)
+        result = prep.extraction
         rate = result.new_images_per_s if result.n_extracted >= 50 else None
-        with clock("auto"):
-            auto = run_auto(self, usable, split, writer, started, rate, on_epoch_end)
-        self.strategy_, self.auto_ = auto.strategy, auto.record
-        return auto.head, auto.fit_info, auto.usable, auto
+        context = self._auto_context(prep.spec, on_epoch_end)
+        with ctx.clock("auto"):
+            auto = run_auto(context, ctx.usable, ctx.split, ctx.log, started, rate)
+        return auto_stage(auto)
+
+    def _auto_context(self, spec: FeatureSpec, on_epoch_end: EpochCallback | None) -> AutoContext:
+        """The user's parameters, read once: the search builds its candidates from them and
+        never changes them (the winner's are ``best_params_``)."""
+        return AutoContext(
+            backbone=self.backbone,
+            weights=self.weights,
+            features=self.features,
+            tta=self.tta,
+            head=self.head,
+            head_params=self.head_params,
+            seed=self.seed,
+            time_budget=self.time_budget,
+            cache_root=FeatureCache(self.cache_dir).root,
+            finetune=self._finetune_settings(),
+            verbose=self.verbose,
+            spec=spec,
+            extract=self._extract_with,
+            on_epoch_end=on_epoch_end,
+        )
 
     def _start_finetune_run(self, data: str | Path | Dataset, writer: RunWriter, resume: bool) -> None:
         """A resume needs a checkpoint; a new run records its data and parameters first."""
@@ -594,28 +617,9 @@ class ImageClassifier(BaseEstimator):
             root = data.root if isinstance(data, Dataset) else Path(data).expanduser().resolve()
             writer.write_run_config(root, self._json_params())
 
-    def _second_stage(
-        self,
-        writer: RunWriter,
-        resume: bool,
-        started: float,
-        on_epoch_end: EpochCallback | None,
-        usable: Usable,
-        split: Split,
-        clock: Stopwatch,
-    ) -> FineTuneOutcome | None:
-        """Fine-tuning after the probe (None for feature extraction): the model becomes the
-        tuned backbone and head, or the probe refitted on train + val when no epoch beat it."""
-        if self.strategy != FINETUNE:
-            return None
-        job = self._finetune_job(writer, resume, started, on_epoch_end)
-        outcome = finetune(job, self.backbone_, self.head_, usable, split, clock)
-        self.probe_backbone_, self.backbone_, self.head_ = self.backbone_, outcome.backbone, outcome.head
-        return outcome
-
     def _fit_multilabel(
         self,
-        prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+        prep: PreparedData,
         writer: RunWriter,
         clock: Stopwatch,
         resume: bool,
@@ -624,7 +628,14 @@ class ImageClassifier(BaseEstimator):
     ) -> ImageClassifier:
         """The rest of ``fit`` for multi-label data (see ``estimator.multilabel``)."""
         job = self._finetune_job(writer, resume, started, on_epoch_end) if self.strategy == FINETUNE else None
-        fit_multilabel(self, prepared, writer, clock, job)
+        settings = MultiLabelSettings(
+            self.head, self._head_params(), self.check_data, tuple(self.split), self.seed, self.unfreeze
+        )
+        fit = fit_multilabel(settings, self.strategy, prep, writer, clock, job)
+        self._adopt(fit.fitted)
+        self.extraction_, self.dataset_ = prep.extraction, prep.dataset
+        self.checks_, self.test_ = fit.checks, fit.test
+        write_multilabel_run(writer, fit.run, self.save)
         return self
 
     def _finetune_job(
@@ -642,21 +653,17 @@ class ImageClassifier(BaseEstimator):
             on_epoch_end,
         )
 
-    def _prepare_data(
-        self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch
-    ) -> tuple[Dataset, list[Sample], Usable, ExtractionResult]:
+    def _prepare_data(self, data: str | Path | Dataset, writer: RunWriter, clock: Stopwatch) -> PreparedData:
         """Discovery and exclusion, the backbone, the (cached) features of every image."""
         with clock("discover"):
             dataset, excluded = discover_data(data, self.labels_from, self.exclude, writer, self.multi_label)
             dataset, dropped = corrected_data(dataset, self.corrections, writer)
             excluded += dropped
         with clock("backbone"):
-            self.features_ = create_feature_spec(
-                self.backbone, self.weights, self.features, self.tta, FeatureCache(self.cache_dir).root
-            )
-            self.backbone_ = self.features_.members[0]
+            root = FeatureCache(self.cache_dir).root
+            spec = create_feature_spec(self.backbone, self.weights, self.features, self.tta, root)
         with clock("extract"):
-            result = self._extract(dataset.paths)
+            result = self._extract_with(spec, dataset.paths)
         clock.timings["extract_images_per_s"] = result.images_per_s
         clock.timings["extract_new_images_per_s"] = result.new_images_per_s
         writer(
@@ -664,51 +671,11 @@ class ImageClassifier(BaseEstimator):
             f"({result.images_per_s:.0f} images/s, engine {result.engine})"
         )
         skipped_file = writer.path("skipped.csv") if writer.run_dir is not None else None
-        return dataset, excluded, usable_samples(dataset, result, writer, skipped_file), result
-
-    def _record(
-        self,
-        dataset: Dataset,
-        excluded: list[Sample],
-        usable: Usable,
-        result: ExtractionResult,
-        split: Split,
-        checks: Any,
-        fit_info: dict[str, Any],
-        scores: dict[str, Any],
-        outcome: FineTuneOutcome | None,
-        clock: Stopwatch,
-    ) -> None:
-        """The fitted state: split, extraction, checks and the metrics."""
-        self.multi_label_ = False
-        self.split_ = split_record(dataset, usable, split, self.split, self.seed)
-        self.extraction_, self.dataset_, self.checks_ = result, dataset, checks
-        data = data_info(dataset, result, usable, self.split_)
-        model = self._model_info({"fit": fit_info})
-        extra: dict[str, Any] = {"extraction": extraction_info(result), "created": now_utc()}
-        if self.strategy == AUTO:
-            extra["auto"] = self.auto_
-        if outcome is not None:
-            self.finetune_, self.history_ = outcome.info, outcome.info["history"]
-            extra["finetune"] = outcome.info
-            if outcome.info.get("probe_refit_on_train_val"):
-                model["head"]["fit"] = {**fit_info, "refit_on_train_val": True}
-        if checks is not None:
-            extra["data_checks"] = data_check_summary(
-                checks, usable.samples, split, self.split, self.seed, excluded, usable.hashes
-            )
-        self.metrics_ = build_metrics(
-            scores, split.evaluated_on, split.evaluated_on, model, data, clock.timings, extra
-        )
+        usable = usable_samples(dataset, result, writer, skipped_file)
+        return PreparedData(dataset, excluded, spec, result, usable)
 
     def _model_info(self, head_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
-            "classes": self.classes_,
-            "backbone": self.backbone_.describe(),
-            "strategy": self.strategy_,
-            "head": {"name": self.head_.name, "params": self.head_.params(), **(head_extra or {})},
-            **model_features_info(self._feature_spec()),
-        }
+        return model_info(self.classes_, self._feature_spec(), self.strategy_, self.head_, head_extra)
 
     # ------------------------------------------------------------------ inference
 
@@ -769,17 +736,7 @@ class ImageClassifier(BaseEstimator):
         ``predict_top_k`` tells the two apart where a class is itself named ``unknown``.
         """
         proba, scores, _errors = self._proba_scores_errors(paths)
-        if getattr(self, "multi_label_", False):
-            return predicted_label_sets(self, proba)
-        threshold = self._active_reject_threshold()
-        return [
-            None
-            if np.isnan(row).any()
-            else UNKNOWN
-            if threshold is not None and s <= threshold
-            else self.classes_[int(row.argmax())]
-            for row, s in zip(proba, scores)
-        ]
+        return self.fitted_.task.labels(self.classes_, proba, scores, self._active_reject_threshold())
 
     def predict_top_k(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
         """``[{"path", "predictions": [{"label", "probability"}...], "labels", "unknown"}]``, plus
@@ -793,32 +750,29 @@ class ImageClassifier(BaseEstimator):
             if files
             else (np.zeros((0, len(self.classes_))), np.zeros(0), {})
         )
-        out: list[dict[str, Any]] = []
-        k = min(k, len(self.classes_))
-        if getattr(self, "multi_label_", False):
-            return multilabel_items(self, files, proba, errors, k) + [
-                {"path": p, "predictions": [], "labels": [], "unknown": False, "error": r} for p, r in missing
-            ]
-        threshold = self._active_reject_threshold()
-        for i, (path, row) in enumerate(zip(files, proba)):
-            if i in errors:
-                out.append({"path": path, "predictions": [], "error": errors[i]})
-                continue
-            out.append({"path": path, **answer(self.classes_, row, k, threshold, float(scores[i]))})
-        out += [{"path": p, "predictions": [], "error": r} for p, r in missing]
-        return out
+        k, task, threshold = min(k, len(self.classes_)), self.fitted_.task, self._active_reject_threshold()
+        out = [
+            task.unreadable(path, errors[i])
+            if i in errors
+            else task.item(path, self.classes_, row, k, threshold, float(scores[i]))
+            for i, (path, row) in enumerate(zip(files, proba))
+        ]
+        return out + [task.unreadable(p, r) for p, r in missing]
 
     def explain(self, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
         """Per image, the label explained (``label``, or the most probable class) and its class
         activation map: (H, W) float32 in [0, 1] at the image's own size (``features.cam``)."""
         self._check_fitted()
-        return explain_images(self, paths, label)
+        return explain_images(self._explain_source(), paths, label)
 
     def neighbours(self, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
         """The ``k`` training photos most like each image (from the reject option's neighbour
         bank): ``[{"path", "label", "similarity"}]``, most similar first."""
         self._check_fitted()
-        return nearest_training_images(self, paths, k)
+        return nearest_training_images(self._explain_source(), paths, k)
+
+    def _explain_source(self) -> ExplainSource:
+        return ExplainSource(self.fitted_, self.predict_proba, self._extract, self.seed)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -833,75 +787,31 @@ class ImageClassifier(BaseEstimator):
         self._check_fitted()
         if split not in EVALUATION_SPLITS:
             raise ParameterError("split", f"must be one of {', '.join(EVALUATION_SPLITS)} (got {split!r})")
-        if getattr(self, "multi_label_", False):
-            return evaluate_multilabel(self, data, out_dir, split)
-        t0 = time.perf_counter()
-        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from)
+        multi_label = self.fitted_.multi_label
+        dataset = data if isinstance(data, Dataset) else discover(data, self.labels_from, multi_label or None)
         check_out_dir(out_dir, dataset)
         writer = RunWriter(out_dir, self.verbose)
-        samples, used = self._evaluation_samples(dataset, split)
-        known, skipped = self._known_samples(dataset, samples)
-        result = self._extract([s.path for s in known])
-        skipped += [(known[i].path, r, "decode") for i, r in result.errors.items()]
-        ok = result.ok
-        y = np.array([self.classes_.index(s.label) for s, good in zip(known, ok) if good])
-        raw = self.head_.predict_proba(result.features[ok])
-        proba = apply_temperature(raw, getattr(self, "temperature_", 1.0))
-        scores = score(y, proba, self.classes_, self.top_k)
-        timings = {
-            "extract": result.seconds.get("total", 0.0),
-            "extract_images_per_s": result.images_per_s,
-            "total": time.perf_counter() - t0,
-        }
-        data_info = {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)}
-        metrics = build_metrics(scores, "test", used, self._model_info(), data_info, timings)
-        metrics.update(reliability_sections(self._reliability(), y, raw, used, result.features[ok]))
-        if skipped:
-            writer(summarize_skips(skipped))
-        writer(
-            f"accuracy {scores['accuracy']:.4f} on {scores['n']} images ({used}); "
-            f"top-{scores['top_k']} {scores['top_k_accuracy']:.4f}"
-        )
-        paths = [s.path for s, good in zip(known, ok) if good]
-        writer.write_evaluation(
-            metrics, skipped, Predictions(paths, y, proba, result.features[ok]), self._report_settings()
-        )
-        return metrics
-
-    def _evaluation_samples(self, dataset: Dataset, split: str) -> tuple[list[Sample], str]:
-        """The saved split's images when ``dataset`` is the training data, else all of them."""
-        saved = getattr(self, "split_", None) or {}
-        same_data = saved.get("root") and Path(saved["root"]) == dataset.root
-        if split in ("auto", "test", "val", "train") and same_data:
-            wanted = "test" if split == "auto" else split
-            chosen = {f for f, _label, g in saved.get("files", []) if g == wanted}
-            if chosen:
-                return [
-                    s for s in dataset.samples if dataset.relative(s.path) in chosen
-                ], f"saved {wanted} split"
-        return list(dataset.samples), "all"
-
-    def _known_samples(
-        self, dataset: Dataset, samples: list[Sample]
-    ) -> tuple[list[Sample], list[tuple[str, str, str]]]:
-        """Samples with a class the model knows; the others (and discovery's leftovers) skipped."""
-        skipped = [(p, r, "discovery") for p, r in dataset.ignored]
-        known = [s for s in samples if s.label in self.classes_]
-        skipped += [
-            (s.path, f"label '{s.label}' unknown to the model", "labels")
-            for s in samples
-            if s.label not in self.classes_
-        ]
-        if not known:
-            raise HeadstartError(
-                f"no images in {dataset.root} carry one of the model's classes ({', '.join(self.classes_)})"
+        evaluated = evaluation_samples(getattr(self, "split_", None) or {}, dataset, split)
+        if multi_label:
+            return evaluate_multilabel(
+                self.fitted_, self._model_info(), dataset, evaluated, self._extract, writer
             )
-        return known, skipped
+        return evaluate_single_label(
+            self.fitted_,
+            self._model_info(),
+            getattr(self, "temperature_", 1.0),
+            self._reliability(),
+            dataset,
+            evaluated,
+            self._extract,
+            writer,
+            self.top_k,
+            self._report_settings(),
+        )
 
     def score(self, data: str | Path | Dataset) -> float:
         """Accuracy on ``data`` (scikit-learn's ``score``); mAP for a multi-label model."""
-        summary = self.evaluate(data)["test"]
-        return float(summary["mAP"] if "mAP" in summary else summary["accuracy"])
+        return self.fitted_.task.headline(self.evaluate(data)["test"])
 
     # ------------------------------------------------------------------ persistence
 
@@ -922,7 +832,7 @@ class ImageClassifier(BaseEstimator):
             },
             "versions": library_versions(),
             "created": now_utc(),
-            **bundle_entry(self),
+            **self.fitted_.task.card(),
             **model_features_info(self._feature_spec()),
         }
         state = self._feature_spec().state_arrays()
@@ -968,42 +878,12 @@ class ImageClassifier(BaseEstimator):
         """A saved bundle (``model.safetensors`` or its run folder); ``overrides`` set parameters
         such as ``cache_dir``, ``engine`` or ``verbose``."""
         card, state, head_arrays = load_bundle(path)
-        settings = card.settings
-        params = {
-            "strategy": card.strategy,
-            "backbone": card.backbone.name,
-            "head": card.head.name,
-            "seed": settings.seed,
-            "split": tuple(settings.split),
-            "top_k": settings.top_k,
-            "feature_precision": settings.feature_precision,
-            **saved_reject_params(card),
-        }
-        try:
-            spec = spec_from_bundle(card, state)
-            bank = restore_bank(card.reject_score, head_arrays, spec.width)
-            head = restore_head(card.head.name, head_arrays, card.head.params)
-            _check_head_shape(head, spec.width, len(card.classes))
-        except HeadstartError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a crafted or damaged file may fail anywhere here
-            raise HeadstartError(
-                f"model file {path} is damaged or incomplete ({type(e).__name__}: {str(e)[:100]})"
-            ) from e
-        params.update(backbone=spec.name, features=spec.layers, tta=spec.tta)
+        fitted = fitted_from_bundle(card, state, head_arrays, path)
+        params = {**saved_parameters(card), **saved_reject_params(card)}
+        params.update(backbone=fitted.spec.name, features=fitted.spec.layers, tta=fitted.spec.tta)
         clf = cls(**{**params, **overrides})
-        clf.features_, clf.backbone_, clf.head_ = spec, spec.members[0], head
-        clf.classes_ = list(card.classes)
-        clf.strategy_ = params["strategy"]
-        meta = card.to_meta()
-        clf.split_ = meta.get("split") or {}
-        clf.metrics_ = meta.get("metrics", {})
+        clf._adopt(fitted)
         clf.card_ = card
-        clf.meta_ = meta
-        restore_bundle_entry(clf, card)
-        clf.temperature_ = card.temperature
-        clf.reject_threshold_ = card.reject_threshold
-        clf.reject_bank_ = bank
         return clf
 
 
@@ -1012,17 +892,6 @@ def _store_parameters(estimator: BaseEstimator, values: dict[str, Any]) -> None:
     unchanged, so ``get_params`` reads back exactly what was passed."""
     for name in type(estimator)._get_param_names():
         setattr(estimator, name, values[name])
-
-
-def _check_head_shape(head: Head, num_features: int, n_classes: int) -> None:
-    """The head takes ``num_features`` inputs and gives one probability per class (a file whose
-    head and metadata disagree would otherwise fail at the first prediction)."""
-    with np.errstate(all="ignore"):
-        proba = np.asarray(head.predict_proba(np.zeros((1, num_features), dtype=np.float32)))
-    if proba.shape != (1, n_classes):
-        raise ValueError(
-            f"its head gives {proba.shape[-1] if proba.ndim else 0} outputs for {n_classes} classes"
-        )
 
 
 class FineTuneClassifier(ImageClassifier):

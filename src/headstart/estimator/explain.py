@@ -10,7 +10,7 @@ row count (a mismatch is refused rather than guessed).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ from PIL import Image
 
 from headstart.core.errors import HeadstartError
 from headstart.data.images import decode_image, read_bytes
+from headstart.estimator.fitted import FittedModel
 from headstart.evaluation.reject import MAX_BANK_ROWS, bank_rows, unit_rows
 from headstart.features.cam import class_map, class_weights
+from headstart.features.extractor import ExtractionResult
 
 
 @dataclass
@@ -35,19 +37,33 @@ class Explanation:
     error: str = ""
 
 
-def explain_images(clf: Any, paths: Sequence[str | Path], label: str | None = None) -> list[Explanation]:
+@dataclass(frozen=True)
+class ExplainSource:
+    """What explanations read of a fitted model: the model, its calibrated ``predict_proba``,
+    its feature ``extract``ion, and the seed its neighbour bank was drawn with (where its split
+    record has none)."""
+
+    model: FittedModel
+    predict_proba: Callable[[list[str]], np.ndarray]
+    extract: Callable[[list[str]], ExtractionResult]
+    seed: int
+
+
+def explain_images(
+    src: ExplainSource, paths: Sequence[str | Path], label: str | None = None
+) -> list[Explanation]:
     """The class map of each image for ``label`` (None: the model's most probable class).
 
     Raises HeadstartError for a head with no exact map (``mlp``, ``knn``) or an unknown label.
     """
-    head = clf.head_
+    head, classes = src.model.head, src.model.classes
     if not (hasattr(head, "coef") and hasattr(head, "scale")):
         raise HeadstartError(f"explanations need a linear head (logistic); this model's head is {head.name}")
-    if label is not None and label not in clf.classes_:
-        raise HeadstartError(f"label {label!r} is not one of the model's classes ({', '.join(clf.classes_)})")
-    weights = class_weights(head.coef, head.scale, centre=not getattr(clf, "multi_label_", False))
+    if label is not None and label not in classes:
+        raise HeadstartError(f"label {label!r} is not one of the model's classes ({', '.join(classes)})")
+    weights = class_weights(head.coef, head.scale, centre=not src.model.multi_label)
     files = [str(p) for p in paths]
-    proba = clf.predict_proba(files) if label is None else None
+    proba = src.predict_proba(files) if label is None else None
     out = []
     for i, path in enumerate(files):
         try:
@@ -55,18 +71,20 @@ def explain_images(clf: Any, paths: Sequence[str | Path], label: str | None = No
         except Exception as e:  # noqa: BLE001 - one unreadable file is that file's problem
             out.append(Explanation(path, None, None, str(e)[:200]))
             continue
-        index = clf.classes_.index(label) if proba is None else int(np.nan_to_num(proba[i]).argmax())
-        heatmap = class_map(clf._feature_spec(), weights[index], image)
-        out.append(Explanation(path, clf.classes_[index], heatmap))
+        index = (
+            classes.index(label) if label is not None else int(np.nan_to_num(np.asarray(proba)[i]).argmax())
+        )
+        heatmap = class_map(src.model.spec, weights[index], image)
+        out.append(Explanation(path, classes[index], heatmap))
     return out
 
 
-def bank_paths(clf: Any, bank: np.ndarray) -> list[tuple[str, str]]:
+def bank_paths(src: ExplainSource, bank: np.ndarray) -> list[tuple[str, str]]:
     """(path, label) of each bank row, from the saved split (see the module's rule)."""
-    split = getattr(clf, "split_", None) or {}
+    split, classes = src.model.split or {}, src.model.classes
     known = [(f, lab) for f, lab, g in split.get("files", []) if g in ("train", "val")]
-    y = np.array([clf.classes_.index(lab) if lab in clf.classes_ else -1 for _, lab in known])
-    rows = bank_rows(y, MAX_BANK_ROWS, int(split.get("seed", clf.seed))) if len(y) else np.zeros(0, int)
+    y = np.array([classes.index(lab) if lab in classes else -1 for _, lab in known])
+    rows = bank_rows(y, MAX_BANK_ROWS, int(split.get("seed", src.seed))) if len(y) else np.zeros(0, int)
     if len(rows) != len(bank):
         raise HeadstartError(
             "the model's split record does not match its neighbour bank: no neighbours to show"
@@ -75,14 +93,16 @@ def bank_paths(clf: Any, bank: np.ndarray) -> list[tuple[str, str]]:
     return [(os.path.normpath(root / known[r][0]), known[r][1]) for r in rows]
 
 
-def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -> list[list[dict[str, Any]]]:
+def nearest_training_images(
+    src: ExplainSource, paths: Sequence[str | Path], k: int = 5
+) -> list[list[dict[str, Any]]]:
     """The ``k`` most similar training photos of each image: ``{"path", "label", "similarity"}``
     (cosine of the model's features), most similar first; [] for an unreadable file."""
-    bank = getattr(clf, "reject_bank_", None)
+    bank = src.model.reject_bank
     if bank is None:
         raise HeadstartError("this model keeps no neighbour bank: train it with --reject auto for neighbours")
-    names = bank_paths(clf, bank)
-    features = clf._extract([str(p) for p in paths]).features
+    names = bank_paths(src, bank)
+    features = src.extract([str(p) for p in paths]).features
     x = unit_rows(np.nan_to_num(np.asarray(features, dtype=np.float32)))
     sims = x @ np.asarray(bank, dtype=np.float32).T
     finite = np.asarray(np.isfinite(np.asarray(features, dtype=np.float32)).all(axis=1), dtype=bool)
@@ -95,7 +115,12 @@ def nearest_training_images(clf: Any, paths: Sequence[str | Path], k: int = 5) -
 
 
 def write_error_gallery(
-    clf: Any, run_dir: Path, paths: Sequence[str], y: np.ndarray, proba: np.ndarray, heatmaps: bool = True
+    src: ExplainSource,
+    run_dir: Path,
+    paths: Sequence[str],
+    y: np.ndarray,
+    proba: np.ndarray,
+    heatmaps: bool = True,
 ) -> int:
     """For the report's misclassified gallery: each shown error's heatmap overlay (of the class
     it was taken for) in ``run_dir/errors/`` and its nearest training photos, listed in
@@ -118,15 +143,15 @@ def write_error_gallery(
     chosen = [str(paths[i]) for i in wrong[:MAX_MISCLASSIFIED]]
     if not chosen:
         return 0
-    linear = heatmaps and hasattr(clf.head_, "coef") and hasattr(clf.head_, "scale")
+    linear = heatmaps and hasattr(src.model.head, "coef") and hasattr(src.model.head, "scale")
     explained: list[Explanation | None] = [None] * len(chosen)
     if linear:  # each error explained for the class it was taken for (known: no second pass)
         taken_for = [int(predicted[i]) for i in wrong[: len(chosen)]]
         for c in sorted(set(taken_for)):
             at = [j for j, t in enumerate(taken_for) if t == c]
-            for j, done in zip(at, explain_images(clf, [chosen[j] for j in at], clf.classes_[c])):
+            for j, done in zip(at, explain_images(src, [chosen[j] for j in at], src.model.classes[c])):
                 explained[j] = done
-    near = nearest_training_images(clf, chosen, 3) if getattr(clf, "reject_bank_", None) is not None else None
+    near = nearest_training_images(src, chosen, 3) if src.model.reject_bank is not None else None
     rows = []
     for j, (path, shown) in enumerate(zip(chosen, explained)):
         overlay = ""

@@ -64,7 +64,7 @@ def finetune(
     fingerprint = settings_fingerprint(
         job.settings, train, {"backbone": backbone.key, "val": len(val), "classes": usable.classes}
     )
-    tuner = FineTuner(job.settings, job.run_dir, job.log, job.verbose, job.on_epoch_end)
+    tuner = FineTuner(job.settings, job.run_dir, job.verbose, job.on_epoch_end)
     with clock("finetune"):
         result = tuner.fit(
             backbone.model,
@@ -141,7 +141,7 @@ def _tuned_backbone(base: Backbone, result: FineTuneResult, unfreeze: str) -> Ba
     weights, so its features never mix with the pretrained backbone's cached ones."""
     return Backbone(
         name=base.name,
-        data_config=dict(base.data_config),
+        data_config=base.data_config.copy(),
         weights_source=f"{base.weights_source}, fine-tuned ({unfreeze})",
         _model=result.backbone_model,
     )

@@ -24,6 +24,7 @@ from headstart.data.exclusions import exclude_samples, read_exclude_list
 from headstart.data.splits import assign_splits
 from headstart.doctor import CheckReport, check_summary, quick_check
 from headstart.evaluation.metrics import classification_metrics
+from headstart.features.composite import FeatureSpec
 from headstart.features.extractor import ExtractionResult
 from headstart.features.store import FeatureStore, is_store, select_rows
 from headstart.models.bundle import library_versions
@@ -44,6 +45,18 @@ class Usable:
     classes: list[str]
     y: np.ndarray  # class index of each sample
     skipped: list[tuple[str, str, str]]  # path, reason, stage
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What every fit starts from: the data and what was excluded from it, the base features
+    (``spec``) and their extraction, and the samples whose features could be extracted."""
+
+    dataset: Dataset
+    excluded: list[Sample]
+    spec: FeatureSpec
+    extraction: ExtractionResult
+    usable: Usable
 
 
 @dataclass

@@ -6,27 +6,30 @@ what differs is here: targets are multi-hot rows, the split is iterative stratif
 fine-tuning trains a sigmoid/BCE head (``training.multilabel``), per-class thresholds are chosen
 on validation (F1), and the metrics are mAP, per-class AP, micro/macro F1 and subset accuracy.
 
-The estimator keeps ``multi_label_`` (True) and ``thresholds_`` (one per class), saved in the
-bundle's ``multi_label`` entry.
+The fitted model's task is ``evaluation.tasks.MultiLabel`` (its per-label thresholds), which answers
+``predict`` and writes the bundle's ``multi_label`` entry; the estimator also keeps
+``multi_label_`` (True) and ``thresholds_`` (one per class).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import summarize_skips
-from headstart.data.discovery import Dataset, Sample, check_out_dir, discover
+from headstart.data.discovery import Dataset, Sample
 from headstart.data.multilabel import assign_multilabel_splits, label_names, make_multilabel_split, multi_hot
 from headstart.doctor import CheckReport, check_summary, quick_check
 from headstart.estimator.finetune import FineTuneJob, _tuned_backbone
+from headstart.estimator.fitted import FittedModel, model_info
 from headstart.estimator.fitting import (
     Log,
+    PreparedData,
     Split,
     Stopwatch,
     Usable,
@@ -39,24 +42,41 @@ from headstart.estimator.fitting import (
 from headstart.evaluation.multilabel import (
     choose_thresholds,
     co_occurrence,
-    labels_above,
-    multilabel_answer,
     multilabel_metrics,
 )
+from headstart.evaluation.tasks import THRESHOLD_METRIC, MultiLabel
+from headstart.features.composite import FeatureSpec
 from headstart.features.extractor import ExtractionResult
 from headstart.models.backbones import Backbone
 from headstart.models.bundle import library_versions
-from headstart.models.card import ModelCard
 from headstart.models.multilabel import MULTILABEL_HEAD, MultiLabelLogisticHead
-from headstart.runs.multilabel import write_multilabel_evaluation, write_multilabel_run
+from headstart.runs.multilabel import write_multilabel_evaluation
 from headstart.runs.writer import Predictions, RunWriter, TrainingRun
 from headstart.training.loop import settings_fingerprint
 from headstart.training.multilabel import MultiLabelFineTuner
 
-# The estimator these functions work on: an ImageClassifier (not imported: it imports this module).
-ImageClassifier = Any
 
-THRESHOLD_METRIC = "f1"
+@dataclass(frozen=True)
+class MultiLabelSettings:
+    """The estimator parameters a multi-label fit reads (``head_params`` as resolved)."""
+
+    head: str
+    head_params: dict[str, Any]
+    check_data: bool
+    fractions: tuple[float, ...]
+    seed: int
+    unfreeze: str
+
+
+@dataclass(frozen=True)
+class MultiLabelFit:
+    """A multi-label fit: the model, what the run folder gets, and the evaluated split's
+    paths, targets and probabilities (the classifier's ``test_``)."""
+
+    fitted: FittedModel
+    run: TrainingRun
+    test: dict[str, Any]
+    checks: CheckReport | None
 
 
 def as_multilabel(usable: Usable) -> Usable:
@@ -78,10 +98,12 @@ def check_multilabel_data(usable: Usable, log: Log) -> CheckReport:
     return checks
 
 
-def multilabel_split(clf: ImageClassifier, usable: Usable, checks: Any) -> Split:
+def multilabel_split(settings: MultiLabelSettings, usable: Usable, checks: Any) -> Split:
     """Iterative stratification (predefined splits as given); train and val must not be empty."""
     groups = checks.group_indices if checks is not None else None
-    names, method = assign_multilabel_splits(usable.samples, usable.classes, clf.split, clf.seed, groups)
+    names, method = assign_multilabel_splits(
+        usable.samples, usable.classes, settings.fractions, settings.seed, groups
+    )
     return nonempty_split(names, method)
 
 
@@ -97,19 +119,20 @@ class MultiLabelModel:
     finetune: dict[str, Any] | None = None
 
 
-def fit_probe(clf: ImageClassifier, usable: Usable, split: Split) -> MultiLabelModel:
+def fit_probe(
+    head_params: dict[str, Any], backbone: Backbone, usable: Usable, split: Split
+) -> MultiLabelModel:
     """The one-vs-rest head on train features (C chosen on val), thresholds on val."""
-    head = MultiLabelLogisticHead(**clf._head_params())
+    head = MultiLabelLogisticHead(**head_params)
     tr, va = split.mask("train"), split.mask("val")
     x, y = usable.features, usable.y
     info = head.fit(x[tr], y[tr], x[va], y[va], len(usable.classes))
     thresholds = choose_thresholds(y[va], head.val_proba, THRESHOLD_METRIC)
     proba = head.predict_proba(x[split.mask(split.evaluated_on)])
-    return MultiLabelModel(clf.backbone_, head, thresholds, proba, info)
+    return MultiLabelModel(backbone, head, thresholds, proba, info)
 
 
 def finetune_multilabel(
-    clf: ImageClassifier,
     job: FineTuneJob,
     probe: MultiLabelModel,
     usable: Usable,
@@ -125,7 +148,7 @@ def finetune_multilabel(
 
     train, val = items("train"), items("val")
     extra = {"backbone": probe.backbone.key, "val": len(val), "classes": usable.classes, "multi_label": True}
-    tuner = MultiLabelFineTuner(usable.y, job.settings, job.run_dir, job.log, job.verbose, job.on_epoch_end)
+    tuner = MultiLabelFineTuner(usable.y, job.settings, job.run_dir, job.verbose, job.on_epoch_end)
     with clock("finetune"):
         result = tuner.fit(
             probe.backbone.model,
@@ -146,42 +169,46 @@ def finetune_multilabel(
         val_proba = tuner.predict_proba(val, probe.backbone.data_config)
         proba = tuner.predict_proba(items(split.evaluated_on), probe.backbone.data_config)
     thresholds = choose_thresholds(usable.y[split.mask("val")], val_proba, THRESHOLD_METRIC)
-    backbone = _tuned_backbone(probe.backbone, result, clf.unfreeze)
+    backbone = _tuned_backbone(probe.backbone, result, job.unfreeze)
     return MultiLabelModel(backbone, head, thresholds, proba, probe.fit_info, info)
 
 
 def fit_multilabel(
-    clf: ImageClassifier,
-    prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
-    writer: RunWriter,
+    settings: MultiLabelSettings,
+    strategy: str,
+    prep: PreparedData,
+    log: Log,
     clock: Stopwatch,
     job: FineTuneJob | None,
-) -> None:
+) -> MultiLabelFit:
     """Everything of ``fit`` after feature extraction, for multi-label data (``job``: fine-tuning)."""
-    dataset, excluded, usable, result = prepared
-    if clf.head not in ("logistic", MULTILABEL_HEAD):
+    dataset, excluded, usable, spec = prep.dataset, prep.excluded, prep.usable, prep.spec
+    if settings.head not in ("logistic", MULTILABEL_HEAD):
         raise ParameterError(
             "head", "multi-label data takes the one-vs-rest logistic head: use head='logistic'"
         )
     usable = as_multilabel(usable)
     checks = None
-    if clf.check_data:
+    if settings.check_data:
         with clock("data_check"):
-            checks = check_multilabel_data(usable, writer)
+            checks = check_multilabel_data(usable, log)
     with clock("split"):
-        split = multilabel_split(clf, usable, checks)
+        split = multilabel_split(settings, usable, checks)
     with clock("fit_head"):
-        model = fit_probe(clf, usable, split)
-    writer(f"multi-label: {len(usable.classes)} labels, one-vs-rest logistic head (C={model.head.C})")
+        model = fit_probe(settings.head_params, spec.members[0], usable, split)
+    log(f"multi-label: {len(usable.classes)} labels, one-vs-rest logistic head (C={model.head.C})")
     if job is not None:
-        model = finetune_multilabel(clf, job, model, usable, split, clock)
-    _record(clf, prepared, usable, split, checks, model, clock, writer)
+        model = finetune_multilabel(job, model, usable, split, clock)
+    pretrained = spec.members[0]
+    spec = spec if model.backbone is pretrained else FeatureSpec([model.backbone])
+    fitted = _fitted(settings, strategy, prep, spec, usable, split, checks, model, clock, pretrained)
     evaluated = split.mask(split.evaluated_on)
-    test = Predictions(clf.test_["paths"], clf.test_["y"], model.proba, usable.features[evaluated])
+    paths = [s.path for s, m in zip(usable.samples, evaluated) if m]
+    test = Predictions(paths, usable.y[evaluated], model.proba, usable.features[evaluated])
     run = TrainingRun(
-        clf.metrics_,
+        fitted.metrics,
         dataset,
-        clf.split_["files"],
+        fitted.split["files"],
         split.names,
         usable.skipped,
         test,
@@ -189,40 +216,48 @@ def fit_multilabel(
         checks,
         excluded,
     )
-    write_multilabel_run(writer, run, clf.save)
+    scores = fitted.metrics[split.evaluated_on]
+    log(
+        f"{split.evaluated_on} mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f}, micro F1 "
+        f"{scores['micro_f1']:.4f}, subset accuracy {scores['subset_accuracy']:.4f} on {scores['n']} images"
+    )
+    return MultiLabelFit(
+        fitted, run, {"paths": paths, "y": usable.y[evaluated], "proba": model.proba}, checks
+    )
 
 
-def _record(
-    clf: ImageClassifier,
-    prepared: tuple[Dataset, list[Sample], Usable, ExtractionResult],
+def _fitted(
+    settings: MultiLabelSettings,
+    strategy: str,
+    prep: PreparedData,
+    spec: FeatureSpec,
     usable: Usable,
     split: Split,
     checks: Any,
     model: MultiLabelModel,
     clock: Stopwatch,
-    log: Log,
-) -> None:
-    """The fitted state of a multi-label estimator, its metrics and the log line of its scores."""
-    dataset, excluded, _, result = prepared
-    evaluated = split.mask(split.evaluated_on)
-    y_eval = usable.y[evaluated]
+    pretrained: Backbone,
+) -> FittedModel:
+    """The fitted multi-label model and its metrics."""
+    dataset, excluded, result = prep.dataset, prep.excluded, prep.extraction
+    y_eval = usable.y[split.mask(split.evaluated_on)]
     scores = multilabel_metrics(y_eval, model.proba, model.thresholds, usable.classes)
-    clf.probe_backbone_, clf.backbone_, clf.head_ = clf.backbone_, model.backbone, model.head
-    clf.classes_, clf.strategy_ = usable.classes, clf.strategy
-    clf.multi_label_, clf.thresholds_ = True, model.thresholds
-    clf.split_ = split_record(dataset, usable, split, clf.split, clf.seed)
-    clf.extraction_, clf.dataset_, clf.checks_ = result, dataset, checks
-    clf.metrics_ = _metrics(clf, scores, split, usable, dataset, model, result, clock)
+    split_rec = split_record(dataset, usable, split, settings.fractions, settings.seed)
+    info = model_info(usable.classes, spec, strategy, model.head, {"fit": model.fit_info})
+    metrics = _metrics(info, scores, split, usable, dataset, model, result, clock, split_rec)
     if checks is not None:
-        plain = make_multilabel_split(usable.y, clf.split, clf.seed)
-        clf.metrics_["data_checks"] = check_summary(checks, plain, split.names, excluded)
-    if model.finetune is not None:
-        clf.finetune_, clf.history_ = model.finetune, model.finetune["history"]
-    paths = [s.path for s, m in zip(usable.samples, evaluated) if m]
-    clf.test_ = {"paths": paths, "y": y_eval, "proba": model.proba}
-    log(
-        f"{split.evaluated_on} mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f}, micro F1 "
-        f"{scores['micro_f1']:.4f}, subset accuracy {scores['subset_accuracy']:.4f} on {scores['n']} images"
+        plain = make_multilabel_split(usable.y, settings.fractions, settings.seed)
+        metrics["data_checks"] = check_summary(checks, plain, split.names, excluded)
+    return FittedModel(
+        spec=spec,
+        head=model.head,
+        classes=usable.classes,
+        strategy=strategy,
+        split=split_rec,
+        metrics=metrics,
+        task=MultiLabel(model.thresholds),
+        probe_backbone=pretrained,
+        finetune=model.finetune,
     )
 
 
@@ -233,7 +268,7 @@ def summary(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def _metrics(
-    clf: ImageClassifier,
+    info: dict[str, Any],
     scores: dict[str, Any],
     split: Split,
     usable: Usable,
@@ -241,9 +276,10 @@ def _metrics(
     model: MultiLabelModel,
     result: ExtractionResult,
     clock: Stopwatch,
+    split_rec: dict[str, Any],
 ) -> dict[str, Any]:
     data = {
-        **data_info(dataset, result, usable, clf.split_),
+        **data_info(dataset, result, usable, split_rec),
         "label_counts": {
             name: {g: int(usable.y[split.mask(g), i].sum()) for g in ("train", "val", "test")}
             for i, name in enumerate(usable.classes)
@@ -257,7 +293,7 @@ def _metrics(
         "per_class": scores["per_class"],
         "thresholds": {"metric": THRESHOLD_METRIC, "chosen_on": "val", "values": model.thresholds.tolist()},
         "co_occurrence": co_occurrence(usable.y[split.mask(split.evaluated_on)]).tolist(),
-        **clf._model_info({"fit": model.fit_info}),
+        **info,
         "data": data,
         "timings": clock.timings,
         "versions": library_versions(),
@@ -273,86 +309,49 @@ def _metrics(
 
 
 def evaluate_multilabel(
-    clf: ImageClassifier, data: str | Path | Dataset, out_dir: str | Path | None, split: str
+    fitted: FittedModel,
+    info: dict[str, Any],
+    dataset: Dataset,
+    evaluated: tuple[list[Sample], str],
+    extract: Callable[[list[str]], ExtractionResult],
+    writer: RunWriter,
 ) -> dict[str, Any]:
-    """``evaluate`` for a multi-label model: mAP, F1 and subset accuracy at the saved thresholds."""
+    """``evaluate`` for a multi-label model: mAP, F1 and subset accuracy at the saved thresholds
+    (``evaluated``: the samples to score and what they are; ``info``: the model's metrics entries)."""
     t0 = time.perf_counter()
-    dataset = data if isinstance(data, Dataset) else discover(data, clf.labels_from, multi_label=True)
-    check_out_dir(out_dir, dataset)
-    writer = RunWriter(out_dir, clf.verbose)
-    samples, used = clf._evaluation_samples(dataset, split)
+    samples, used = evaluated
     skipped = [(p, r, "discovery") for p, r in dataset.ignored]
-    result = clf._extract([s.path for s in samples])
+    result = extract([s.path for s in samples])
     skipped += [(samples[i].path, r, "decode") for i, r in result.errors.items()]
     ok = result.ok
     kept = [s for s, good in zip(samples, ok) if good]
     if not kept:
         raise HeadstartError(f"none of the images in {dataset.root} could be read")
-    y = multi_hot(kept, clf.classes_)
-    proba = clf.head_.predict_proba(result.features[ok])
-    scores = multilabel_metrics(y, proba, clf.thresholds_, clf.classes_)
+    thresholds = fitted.thresholds
+    assert thresholds is not None
+    y = multi_hot(kept, fitted.classes)
+    proba = fitted.head.predict_proba(result.features[ok])
+    scores = multilabel_metrics(y, proba, thresholds, fitted.classes)
     metrics = {
         "test": summary(scores),
         "evaluated_on": used,
         "multi_label": True,
-        "classes": clf.classes_,
+        "classes": fitted.classes,
         "per_class": scores["per_class"],
         "thresholds": {
             "metric": THRESHOLD_METRIC,
             "chosen_on": "val",
-            "values": list(map(float, clf.thresholds_)),
+            "values": list(map(float, thresholds)),
         },
         "co_occurrence": co_occurrence(y).tolist(),
-        **clf._model_info(),
+        **info,
         "data": {"source": str(dataset.root), "kind": dataset.kind, "n_skipped": len(skipped)},
         "timings": {"extract": result.seconds.get("total", 0.0), "total": time.perf_counter() - t0},
         "versions": library_versions(),
     }
-    if skipped:
-        writer(summarize_skips(skipped))
-    writer(f"mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f} on {scores['n']} images ({used})")
-    write_multilabel_evaluation(writer, metrics, skipped, [s.path for s in kept], y, proba)
+    with writer:
+        if skipped:
+            writer(summarize_skips(skipped))
+        writer(f"mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f} on {scores['n']} images ({used})")
+        write_multilabel_evaluation(writer, metrics, skipped, [s.path for s in kept], y, proba)
     return metrics
-
-
-def multilabel_items(
-    clf: ImageClassifier, files: list[str], proba: np.ndarray, errors: dict[int, str], k: int
-) -> list[dict[str, Any]]:
-    """``predict_top_k``'s items for a multi-label model (see ``evaluation.multilabel.multilabel_answer``)."""
-    return [
-        {"path": path, "predictions": [], "labels": [], "unknown": False, "error": errors[i]}
-        if i in errors
-        else multilabel_answer(path, row, clf.classes_, clf.thresholds_, k)
-        for i, (path, row) in enumerate(zip(files, proba))
-    ]
-
-
-def predicted_label_sets(clf: ImageClassifier, proba: np.ndarray) -> list[list[str] | None]:
-    """``predict`` of a multi-label model: each image's labels above their thresholds (None for
-    a file that cannot be read)."""
-    return [
-        None
-        if np.isnan(row).any()
-        else [a["label"] for a in labels_above(row, clf.classes_, clf.thresholds_)]
-        for row in proba
-    ]
-
-
-def bundle_entry(clf: ImageClassifier) -> dict[str, Any]:
-    """The bundle's ``multi_label`` entry ({} for a single-label model, so its file is unchanged)."""
-    if not getattr(clf, "multi_label_", False):
-        return {}
-    return {
-        "multi_label": {
-            "thresholds": [float(t) for t in clf.thresholds_],
-            "threshold_metric": THRESHOLD_METRIC,
-        }
-    }
-
-
-def restore_bundle_entry(clf: ImageClassifier, card: ModelCard) -> None:
-    """``multi_label_`` and ``thresholds_`` of a loaded bundle."""
-    entry = card.multi_label
-    clf.multi_label_ = entry is not None
-    if entry is not None:
-        clf.thresholds_ = np.asarray(entry.thresholds, dtype=np.float64)

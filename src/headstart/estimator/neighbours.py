@@ -13,14 +13,15 @@ holds train + validation images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from headstart.estimator.finetune import FineTuneOutcome
 from headstart.estimator.fitting import Log, Split, Usable
 from headstart.evaluation.reject import neighbour_bank
+from headstart.features.extractor import ExtractionResult
 
 
 @dataclass
@@ -33,14 +34,16 @@ class Neighbours:
     evaluated_features: np.ndarray  # of the evaluated split, for metrics.json's reject section
 
 
-def model_features(clf: Any, usable: Usable, outcome: FineTuneOutcome | None, log: Log) -> Any:
+def model_features(
+    extract: Callable[[list[str]], ExtractionResult], tuned: bool, usable: Usable, log: Log
+) -> Any:
     """Every usable image's features as the final model's head takes them: ``usable.features``
-    unless the model is a tuned network (then extracted by ``clf``'s own extractor, cached)."""
-    tuned = outcome is not None and outcome.backbone is not getattr(clf, "probe_backbone_", None)
+    unless the model is a tuned network (then extracted by ``extract``, the model's own feature
+    path, cached)."""
     if not tuned:
         return usable.features
     log(f"reject: the tuned network's features of {len(usable.samples)} images, for its neighbour bank")
-    return clf._extract([s.path for s in usable.samples]).features
+    return extract([s.path for s in usable.samples]).features
 
 
 def build_neighbours(features: Any, y: np.ndarray, split: Split, seed: int) -> Neighbours:

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from headstart.estimator.fitting import Split
+from headstart.estimator.reliability import Reliability
 from headstart.evaluation.calibration import apply_temperature
 from headstart.evaluation.heldout import FoldScorer, held_out_folds, held_out_summary
 from headstart.evaluation.reject import neighbour_bank, reject_scores
+from headstart.features.store import FeatureStore
 from headstart.models.heads import Head, LogisticHead
 
 
@@ -41,11 +43,11 @@ def fold_scorer(c: float, temperature: float, with_bank: bool, seed: int) -> Fol
 
 def held_out_class_report(
     head: Head,
-    features: Any,
+    features: np.ndarray | FeatureStore,
     y: np.ndarray,
     split: Split,
     classes: list[str],
-    rel: Any,
+    rel: Reliability,
     seed: int,
 ) -> dict[str, Any]:
     """``reject.held_out_class`` for a model whose reject threshold is ``rel.reject_threshold``.
@@ -63,8 +65,10 @@ def held_out_class_report(
     x_train = np.asarray(features[tr], dtype=np.float32)
     x_val = np.asarray(features[va], dtype=np.float32)
     ok_train, ok_val = np.isfinite(x_train).all(axis=1), np.isfinite(x_val).all(axis=1)
-    c = float(head.C) if isinstance(head, LogisticHead) else 1.0
+    c = float(head.C) if isinstance(head, LogisticHead) and head.C is not None else 1.0
     scorer = fold_scorer(c, rel.temperature, rel.bank is not None, seed)
     x_train, y_train, x_val, y_val = x_train[ok_train], y[tr][ok_train], x_val[ok_val], y[va][ok_val]
-    folds = held_out_folds(x_train, y_train, x_val, y_val, classes, rel.reject_threshold, scorer)
-    return held_out_summary(folds, rel.reject_threshold)
+    threshold = rel.reject_threshold
+    assert threshold is not None, "only a model with a reject threshold has this report"
+    folds = held_out_folds(x_train, y_train, x_val, y_val, classes, threshold, scorer)
+    return held_out_summary(folds, threshold)

@@ -68,7 +68,7 @@ def held_out_val_proba(head: Head, usable: Usable, split: Split, tuned_val_proba
         return np.asarray(tuned_val_proba)
     tr, va = split.mask("train"), split.mask("val")
     x, y, n = usable.features, usable.y, len(usable.classes)
-    if isinstance(head, LogisticHead) and head.refit:
+    if isinstance(head, LogisticHead) and head.refit and head.C is not None:
         kept = getattr(head, "held_out_val_proba_", None)  # the sweep's own, at the chosen C
         if kept is not None and len(kept) == int(va.sum()):
             return np.asarray(kept)

@@ -39,13 +39,13 @@ def remap_run(
         )
     run = load_run(run_dir)
     if points == "all":
-        if not run["split_rows"]:
+        if not run.split_rows:
             raise HeadstartError(
                 f"{run_dir} has no split.csv: a map of all images needs a training run folder"
             )
-        rows = run["split_rows"]
+        rows = run.split_rows
     else:
-        rows = [{"path": r["path"], "label": r["label"], "split": "test"} for r in run["predictions"]]
+        rows = [{"path": r["path"], "label": r["label"], "split": "test"} for r in run.predictions]
     clf = load(model, cache_dir=cache_dir, verbose=verbose)
     features = clf.transform([r["path"] for r in rows])
     ok = np.isfinite(features).all(axis=1) if len(features) else np.zeros(0, dtype=bool)

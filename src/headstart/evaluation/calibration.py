@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headstart.core.probability import log_loss, softmax
+
 CALIBRATION_BINS = 10
 
 
@@ -84,18 +86,14 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     proba = np.asarray(proba)
     if temperature == 1.0 or proba.size == 0:
         return proba
-    z = log_probabilities(proba) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(proba.dtype, copy=False)
+    return softmax(log_probabilities(proba) / temperature).astype(proba.dtype, copy=False)
 
 
 def negative_log_likelihood(proba: np.ndarray, y: np.ndarray) -> float:
     """Mean -log p(true class) (NaN when empty)."""
     if len(y) == 0:
         return float("nan")
-    picked = np.asarray(proba, dtype=np.float64)[np.arange(len(y)), np.asarray(y, dtype=int)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+    return log_loss(np.asarray(proba, dtype=np.float64), y)
 
 
 def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:

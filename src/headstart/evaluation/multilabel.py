@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from headstart.core.probability import binary_log_loss as mean_binary_cross_entropy
+
 THRESHOLD_METRICS = ("f1",)
 DEFAULT_THRESHOLD = 0.5  # a class with no positive validation image
 
 
 def binary_log_loss(y: np.ndarray, proba: np.ndarray) -> float:
     """Mean binary cross-entropy over every (image, class) cell."""
-    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return mean_binary_cross_entropy(y, np.asarray(proba, dtype=np.float64))
 
 
 def average_precisions(y: np.ndarray, proba: np.ndarray) -> np.ndarray:

@@ -10,16 +10,20 @@ fp16 and int8 files are derived from the fp32 ONNX graph (see ``export.quantize`
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from headstart.core.choices import EXPORT_FORMATS, EXPORT_PRECISIONS
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.folders import staging_folder, swap_in
 from headstart.core.io import atomic_path, write_json, write_text
-from headstart.data.images import Preprocessor
+from headstart.data.images import DataConfig, Preprocessor
 from headstart.evaluation.reject import restore_bank
 from headstart.export.coreml import COREML_FILE, write_coreml
 from headstart.export.graph import KNN_REFUSAL, OUTPUT, SCORE_OUTPUT, classifier_module
@@ -33,16 +37,18 @@ from headstart.export.runtime import (
 )
 from headstart.export.tflite import TFLITE_FILE, build_tflite
 from headstart.export.web import WEB_FILES, write_web
-from headstart.features.composite import spec_from_bundle
+from headstart.features.composite import FeatureSpec, spec_from_bundle
 from headstart.features.engines import export_pixels_module
+from headstart.models.backbones import Backbone
 from headstart.models.bundle import library_versions, load_bundle
 from headstart.models.card import ExportCard, ModelCard
-from headstart.models.heads import restore_head
+from headstart.models.heads import Head, restore_head
 
-FORMATS = ("onnx", "openvino", "web", "tflite", "coreml")
+FORMATS = EXPORT_FORMATS
 EDGE_FILES = {"tflite": TFLITE_FILE, "coreml": COREML_FILE}  # formats converted from the torch module
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = EXPORT_PRECISIONS
 EXPORT_FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
 # What an export folder holds: an earlier export alone is replaced whole by the next one.
 EXPORT_FILES = frozenset(
     {*MODEL_FILES.values(), "model.bin", LABELS_TXT, EXPORT_JSON, *WEB_FILES, *EDGE_FILES.values()}
@@ -54,11 +60,11 @@ class Bundle:
     """A loaded headstart model: its card, backbone and head."""
 
     card: ModelCard
-    backbone: Any
-    head: Any
+    backbone: Backbone
+    head: Head
     source: Path
-    features: Any = None  # the FeatureSpec: multi-layer features, TTA, ensemble members
-    bank: Any = None  # the reject score's neighbour bank (None: the score is max_probability)
+    features: FeatureSpec | None = None  # the FeatureSpec: multi-layer features, TTA, ensemble members
+    bank: np.ndarray | None = None  # the reject score's neighbour bank (None: the score is max_probability)
 
 
 def read_bundle(source: str | Path) -> Bundle:
@@ -73,7 +79,7 @@ def read_bundle(source: str | Path) -> Bundle:
     return Bundle(card, spec.members[0], head, Path(source), spec, bank)
 
 
-def preprocessing_spec(data_config: dict[str, Any]) -> dict[str, Any]:
+def preprocessing_spec(data_config: DataConfig) -> dict[str, Any]:
     """The exact eval transform headstart applies before the network (``data.images.Preprocessor``),
     as plain values a runtime without timm can follow; normalisation is inside the graph."""
     pre = Preprocessor(data_config)
@@ -271,7 +277,6 @@ def export_model(
     format: str = "onnx",  # noqa: A002 - the CLI's word for it
     precision: str = "fp32",
     force: bool = False,
-    log: Any = None,
 ) -> Path:
     """Export a headstart model to ``out_dir``: the model file, ``labels.txt`` and ``export.json``.
 
@@ -283,13 +288,11 @@ def export_model(
         precision: ``fp32``, ``fp16`` or ``int8`` (post-training static quantisation calibrated on the
             model's training images; refused if it loses over 1 point of test accuracy).
         force: keep an int8 model even when it loses more than that.
-        log: called with one line per step (default: silent).
 
     Returns:
         The model file's path.
     """
     _check_choices(format, precision)
-    say = log or (lambda message: None)
     bundle = read_bundle(source)
     if bundle.head.name == "knn":
         raise HeadstartError(KNN_REFUSAL)
@@ -299,7 +302,9 @@ def export_model(
     out = Path(out_dir).expanduser()
     stage = export_stage(out)
     target = stage / (EDGE_FILES.get(format) or MODEL_FILES[model_format(format)])
-    say(f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {out} in {precision}")
+    logger.info(
+        f"exporting {bundle.source} ({info['backbone']}, {info['head']} head) to {out} in {precision}"
+    )
     with tempfile.TemporaryDirectory(dir=stage, prefix=".export-") as tmp:
         if format in EDGE_FILES:
             _write_edge(bundle, format, precision, Path(tmp), info, force)
@@ -311,9 +316,9 @@ def export_model(
     _remove_other_models(stage, target.name)
     write_beside(stage, info)
     if format == "web":
-        write_web(stage, target, info, say)
+        write_web(stage, target, info, logger.info)
     if stage != out:
         swap_in(stage, out)
         target = out / target.name
-    say(f"wrote {target}, {LABELS_TXT} and {EXPORT_JSON}")
+    logger.info(f"wrote {target}, {LABELS_TXT} and {EXPORT_JSON}")
     return target

@@ -7,7 +7,7 @@ and the head's saved arrays), so the exported graph computes what ``headstart pr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -18,13 +18,18 @@ from headstart.models.backbones import Backbone
 from headstart.models.heads import Head
 from headstart.models.multilabel import MULTILABEL_HEAD
 
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Linear, Module
+
+
 KNN_REFUSAL = (
     "a kNN head cannot be exported: it would carry every training feature inside the file and its "
     "distance ties break differently in fp16/int8; retrain with --head logistic or mlp to export"
 )
 
 
-def head_module(head: Head, temperature: float = 1.0) -> Any:
+def head_module(head: Head, temperature: float = 1.0) -> Module:
     """The head as torch layers on features, softmax included (a sigmoid for the multi-label head).
 
     The model's calibration temperature divides the last layer's weights and bias, so the
@@ -43,7 +48,7 @@ def head_module(head: Head, temperature: float = 1.0) -> Any:
         linear = _standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)
         return torch.nn.Sequential(linear, torch.nn.Sigmoid())
     if head.name in ("logistic", "logistic-sgd"):  # logistic-sgd: the same model, fitted in mini-batches
-        layers: list[Any] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
+        layers: list[Module] = [_standardised_linear(arrays["coef"], arrays["intercept"], mean, scale)]
     elif head.name == "mlp":
         layers = [
             _standardised_linear(arrays["net.0.weight"], arrays["net.0.bias"], mean, scale),
@@ -56,19 +61,20 @@ def head_module(head: Head, temperature: float = 1.0) -> Any:
         raise HeadstartError(f"cannot export a '{head.name}' head: only logistic and mlp heads export")
     if temperature != 1.0:
         with torch.no_grad():
-            layers[-1].weight.div_(temperature)
-            layers[-1].bias.div_(temperature)
+            last = cast("Linear", layers[-1])  # every head ends in its linear layer
+            last.weight.div_(temperature)
+            last.bias.div_(temperature)
     return torch.nn.Sequential(*layers, torch.nn.Softmax(dim=1))
 
 
-def _standardised_linear(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> Any:
+def _standardised_linear(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> Module:
     """``Linear`` of ``(x - mean) / scale``, computed in float64 before rounding to float32."""
     w = np.asarray(weight, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
     b = np.asarray(bias, dtype=np.float64) - w @ np.asarray(mean, dtype=np.float64)
     return _linear(w, b)
 
 
-def _linear(weight: np.ndarray, bias: np.ndarray) -> Any:
+def _linear(weight: np.ndarray, bias: np.ndarray) -> Module:
     import torch
 
     weight = np.asarray(weight, dtype=np.float32)
@@ -85,7 +91,7 @@ SCORE_OUTPUT = "score"  # the reject score, the graph's second output when the m
 UNIT_EPS = 1e-12  # a feature row's norm is at least this before dividing (an all-zero row stays 0)
 
 
-def scored_head(classify: Any, bank: np.ndarray) -> Any:
+def scored_head(classify: Module, bank: np.ndarray) -> Module:
     """``classify`` (features -> calibrated probabilities) followed by the ``max_probability*knn``
     score: the top probability times the largest cosine similarity of the unit features to the
     neighbour bank, clipped to [0, 1] (``evaluation.reject.reject_scores``).
@@ -102,7 +108,7 @@ def scored_head(classify: Any, bank: np.ndarray) -> Any:
             self.classify = classify
             self.register_buffer("bank", torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float16)))
 
-        def forward(self, features: Any) -> tuple[Any, Any]:
+        def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
             proba = self.classify(features)
             unit = features / features.norm(dim=1, keepdim=True).clamp_min(UNIT_EPS)
             similarity = (unit @ self.bank.float().T).amax(dim=1).clamp(0.0, 1.0)
@@ -113,7 +119,7 @@ def scored_head(classify: Any, bank: np.ndarray) -> Any:
 
 def classifier_module(
     backbone: Backbone | FeatureSpec, head: Head, temperature: float = 1.0, bank: np.ndarray | None = None
-) -> Any:
+) -> Module:
     """uint8 (N, H, W, 3) pixels -> (N, C) calibrated probabilities, in eval mode; its parts are
     named ``features`` and ``head`` (so are the exported graph's nodes). A ``FeatureSpec`` brings its
     multi-layer features, mirror (TTA) and ensemble members into the graph. With a neighbour

@@ -31,18 +31,24 @@ not cropped, so the map covers the whole photo; it is then resized to the photo'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from headstart.data.images import DataConfig
 from headstart.features.composite import FeatureSpec
 from headstart.models.taps import stage_widths
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from headstart.models.backbones import TimmModel
 
 MAX_ASPECT = 3.0  # a panorama is resized to at most 3x the input size on its long side
 
 
-def network_input(image: Image.Image, data_config: dict[str, Any]) -> Any:
+def network_input(image: Image.Image, data_config: DataConfig) -> Tensor:
     """The normalised (1, 3, h, w) tensor of a whole RGB image, shorter side at the input size."""
     import torch
 
@@ -57,7 +63,7 @@ def network_input(image: Image.Image, data_config: dict[str, Any]) -> Any:
     return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1)[None].copy())
 
 
-def group_maps(model: Any, x: Any, layers: str) -> list[Any]:
+def group_maps(model: TimmModel, x: Tensor, layers: str) -> list[Tensor]:
     """The (1, D_g, h_g, w_g) feature maps whose global averages are the features, in order."""
     if layers == "last":
         return [model.forward_features(x)]
@@ -65,7 +71,9 @@ def group_maps(model: Any, x: Any, layers: str) -> list[Any]:
     return [*stages, final]
 
 
-def member_map(model: Any, x: Any, layers: str, weights: np.ndarray, grid: tuple[int, int]) -> Any:
+def member_map(
+    model: TimmModel, x: Tensor, layers: str, weights: np.ndarray, grid: tuple[int, int]
+) -> Tensor:
     """One network's class map on ``grid`` for one view: each group's maps weighted and summed.
 
     Args:
@@ -99,7 +107,7 @@ def class_map(spec: FeatureSpec, weights: np.ndarray, image: Image.Image) -> np.
     columns = spec.columns
     full[np.arange(len(full)) if columns is None else columns] = weights
     grid: tuple[int, int] | None = None
-    total: Any = None
+    total: Tensor | None = None
     offset = 0
     with torch.no_grad():
         for i, member in enumerate(spec.members):
@@ -116,6 +124,7 @@ def class_map(spec: FeatureSpec, weights: np.ndarray, image: Image.Image) -> np.
                 views.append(torch.flip(mirrored, dims=[1]))
             view_mean = torch.stack(views).mean(0)
             total = view_mean if total is None else total + view_mean
+    assert total is not None, "a feature spec has at least one member"
     return to_unit_heatmap(total.numpy(), image.size)
 
 

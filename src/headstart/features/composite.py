@@ -13,18 +13,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.progress import ConsoleProgress, NullProgress
+from headstart.data.images import DataConfig
 from headstart.features.cache import FeatureCache
 from headstart.features.engines import pixels_to_features
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
 from headstart.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_from_state, create_backbone
 from headstart.models.card import ModelCard
 from headstart.models.taps import LAYER_CHOICES, TTA_CHOICES, layer_group_widths
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
 
 MEMBER_PREFIX = "+"  # bundle tensors of ensemble member i > 0 are backbone.+i.<name>
 
@@ -258,7 +263,7 @@ def build_extractor(
     return CompositeExtractor(spec, views)
 
 
-def feature_module(spec: FeatureSpec) -> Any:
+def feature_module(spec: FeatureSpec) -> Module:
     """uint8 NHWC pixels -> the model's features, as one torch module (the export's first part):
     each member's network on the same pixels, the mirror's features averaged in (TTA), members
     concatenated, the selected groups kept.
@@ -296,5 +301,5 @@ def feature_module(spec: FeatureSpec) -> Any:
     return Features().eval()
 
 
-def _pixels_spec(cfg: dict[str, Any]) -> tuple[Any, ...]:
+def _pixels_spec(cfg: DataConfig) -> tuple[object, ...]:
     return (tuple(cfg["input_size"]), cfg.get("crop_pct"), cfg.get("crop_mode"), cfg.get("interpolation"))

@@ -14,10 +14,11 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from headstart.core.choices import FEATURE_PRECISIONS
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.core.io import atomic_path
 from headstart.core.runtimes import compile_openvino, onnx_session, openvino_precision
@@ -25,8 +26,13 @@ from headstart.features.quantize import quantize_qdq
 from headstart.models.backbones import Backbone
 from headstart.models.taps import multi_layer_module
 
+if TYPE_CHECKING:
+    from torch.nn import Module
 
-def pixels_to_features(backbone: Backbone, layers: str = "last", flip: bool = False) -> Any:
+Tag = TypeVar("Tag")  # what a caller attaches to a batch to know its features again
+
+
+def pixels_to_features(backbone: Backbone, layers: str = "last", flip: bool = False) -> Module:
     """uint8 NHWC pixels -> normalised NCHW floats -> pooled features, as one torch module.
 
     Args:
@@ -64,7 +70,7 @@ def export_onnx(backbone: Backbone, path: Path, batch_size: int | None, layers: 
 
 
 def export_pixels_module(
-    module: Any, size: tuple[int, int], path: Path, batch_size: int | None, output: str | Sequence[str]
+    module: Module, size: tuple[int, int], path: Path, batch_size: int | None, output: str | Sequence[str]
 ) -> Path:
     """Export a torch module that takes uint8 NHWC ``pixels`` of ``size`` (H, W) to ONNX.
 
@@ -114,7 +120,7 @@ class Engine:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self.run(self._pad(pixels))[: len(pixels)]
 
-    def stream(self, batches: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+    def stream(self, batches: Iterable[tuple[Tag, np.ndarray]]) -> Iterator[tuple[Tag, np.ndarray]]:
         """Run ``(tag, pixels)`` batches, yielding ``(tag, features)`` in the same order.
 
         This one runs them one after another; runtimes with asynchronous requests overlap
@@ -179,7 +185,7 @@ class OpenVinoEngine(Engine):
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return np.array(self.request.infer({0: pixels})[0], dtype=np.float32, copy=True)
 
-    def stream(self, batches: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+    def stream(self, batches: Iterable[tuple[Tag, np.ndarray]]) -> Iterator[tuple[Tag, np.ndarray]]:
         import openvino as ov
 
         queue = ov.AsyncInferQueue(self.compiled, self.requests)
@@ -192,9 +198,9 @@ class OpenVinoEngine(Engine):
                 done[seq] = out
 
         queue.set_callback(finished)
-        waiting: deque[tuple[int, Any, int]] = deque()
+        waiting: deque[tuple[int, Tag, int]] = deque()
 
-        def ready() -> Iterator[tuple[Any, np.ndarray]]:
+        def ready() -> Iterator[tuple[Tag, np.ndarray]]:
             while waiting:
                 seq, tag, n = waiting[0]
                 with lock:
@@ -221,9 +227,6 @@ def available_engines() -> list[str]:
     """The engines installed here, fastest first. All three are required dependencies, but an
     install without a wheel for this platform (or a broken one) must fall back, not fail."""
     return [name for name, module in ENGINE_MODULES.items() if importlib.util.find_spec(module) is not None]
-
-
-FEATURE_PRECISIONS = ("auto", "int8")
 
 
 def check_feature_precision(precision: str, engine: str) -> None:

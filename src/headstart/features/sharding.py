@@ -21,12 +21,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from headstart.core.progress import NullProgress
 from headstart.features.extractor import ExtractionResult, FeatureExtractor
+
+T = TypeVar("T")
 
 
 def process_rank() -> tuple[int, int]:
@@ -47,11 +49,11 @@ def owner(content_hash: str, world_size: int) -> int:
     return int(content_hash[:8], 16) % world_size
 
 
-def all_gather(obj: Any, world_size: int) -> list[Any]:
+def all_gather(obj: T, world_size: int) -> list[T]:
     """Every rank's ``obj``, in rank order."""
     import torch.distributed as dist
 
-    out: list[Any] = [None] * world_size
+    out: list[T] = [obj] * world_size  # all_gather_object replaces each
     dist.all_gather_object(out, obj)
     return out
 
@@ -71,7 +73,9 @@ def extract_sharded(
     if rank:
         extractor.progress = NullProgress()  # one progress line: rank 0's
     if extractor.numerics == "int8":  # one calibration, from every image, as one process makes it
-        return all_gather(extractor.extract(files, stage) if rank == 0 else None, world)[0]
+        whole = all_gather(extractor.extract(files, stage) if rank == 0 else None, world)[0]
+        assert whole is not None, "rank 0 extracts every image"
+        return whole
     start = time.perf_counter()
     hashes, errors = _gathered_hashes(extractor, files, rank, world)
     mine: dict[str, str] = {}

@@ -17,12 +17,15 @@ import tempfile
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 DEFAULT_BUDGET_MB = 128  # float32 features above this many MiB go to a FeatureStore (26,000 images of 1,280)
 STORE_DTYPE = np.float16  # on flowers, float16 features score as float32 ones (see README)
+# what numpy takes to pick rows (and, in a tuple, columns)
+RowIndex = int | slice | np.ndarray | list[int] | tuple[int | slice | np.ndarray | None, ...]
 CHUNK_ROWS = 8192  # rows per read: ~20 MB of float16 at 1280 features
 REMAP_BYTES = 64 << 20  # the writer's mapping is renewed after this many bytes (bounds its resident pages)
 
@@ -39,7 +42,7 @@ def feature_matrix(n_rows: int, dim: int) -> np.ndarray | FeatureStore:
     return FeatureStore(n_rows, dim)
 
 
-def is_store(x: Any) -> bool:
+def is_store(x: object) -> bool:
     return isinstance(x, FeatureStore)
 
 
@@ -53,7 +56,7 @@ def select_rows(features: np.ndarray | FeatureStore, mask: np.ndarray) -> np.nda
 class _Scratch:
     """The store's file and folder; removed with the last store sharing it, or at exit."""
 
-    def __init__(self, n_rows: int, dim: int, dtype: Any) -> None:
+    def __init__(self, n_rows: int, dim: int, dtype: npt.DTypeLike) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="headstart-features-"))
         self.path = self.folder / "features.f16" if dtype == np.float16 else self.folder / "features.bin"
         self.shape, self.dtype = (n_rows, dim), np.dtype(dtype)
@@ -79,7 +82,7 @@ class FeatureStore:
     """
 
     def __init__(
-        self, n_rows: int, dim: int, dtype: Any = STORE_DTYPE, *, _scratch: _Scratch | None = None
+        self, n_rows: int, dim: int, dtype: npt.DTypeLike = STORE_DTYPE, *, _scratch: _Scratch | None = None
     ) -> None:
         self._scratch = _scratch or _Scratch(n_rows, dim, dtype)
         self._rows: np.ndarray | None = None  # row numbers in the file (None: all, in order)
@@ -121,7 +124,7 @@ class FeatureStore:
             part.flush()
             del part
 
-    def __setitem__(self, index: Any, value: Any) -> None:
+    def __setitem__(self, index: RowIndex, value: npt.ArrayLike) -> None:
         """Write rows (file row numbers of an unselected store); the mapping is renewed now and then."""
         if self._rows is not None:
             raise TypeError("a selected view of a FeatureStore is read-only")
@@ -163,7 +166,7 @@ class FeatureStore:
             del mapped
         return out
 
-    def __getitem__(self, index: Any) -> np.ndarray:
+    def __getitem__(self, index: RowIndex) -> np.ndarray:
         rows = self.file_rows()
         if isinstance(index, (int, np.integer)):
             return self._read(rows[[int(index)]])[0]
@@ -171,7 +174,7 @@ class FeatureStore:
             raise TypeError("a FeatureStore is indexed by rows only")
         return self._read(rows[index])
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         data = self._read(self.file_rows())
         return data if dtype is None else data.astype(dtype)
 

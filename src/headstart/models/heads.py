@@ -10,19 +10,31 @@ import copy
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
 
 import numpy as np
 
+from headstart.core.probability import log_loss, softmax
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+L = TypeVar("L", bound="LinearOnStandardised")
 
 
-def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0))))
+class _SweepFigures(TypedDict):
+    C: float
+    val_log_loss: float
+    val_accuracy: float
+    seconds: float
+
+
+class SweepRow(_SweepFigures, total=False):
+    """One regularisation strength a linear head tried: its validation figures and time
+    (``widened``: tried beyond the grid's edge)."""
+
+    widened: bool
 
 
 class Head:
@@ -31,7 +43,7 @@ class Head:
     name: ClassVar[str] = "head"
     registry: ClassVar[dict[str, type[Head]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         Head.registry[cls.name] = cls
 
@@ -83,7 +95,7 @@ class LinearOnStandardised:
     scale: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
-    C: Any  # float once fitted; None in a bundle saved without one
+    C: float | None  # float once fitted; None in a bundle saved without one
     cs: tuple[float, ...]
     refit: bool
 
@@ -100,7 +112,7 @@ class LinearOnStandardised:
         return {"C": self.C, "cs": list(self.cs), "refit": self.refit}
 
     @classmethod
-    def restore(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Any:
+    def restore(cls: type[L], arrays: dict[str, np.ndarray], params: dict[str, Any]) -> L:
         head = cls(cs=tuple(params.get("cs", ())), refit=params.get("refit", True))
         head.C = params.get("C")
         for key in ("mean", "scale", "coef", "intercept"):
@@ -108,19 +120,24 @@ class LinearOnStandardised:
         return head
 
 
-def averaged_linear_head(heads: Sequence[Any]) -> Any:
+def averaged_linear_head(heads: Sequence[Head]) -> Head:
     """One head, on the members' features concatenated in order, whose logits are the mean of
     ``heads``' logits (softmax of the mean logits: an ensemble of fine-tuned networks saved,
     exported and served as one model). Standardising is per column, so each member keeps its
     own means and scales; each member's weights are divided by the number of members."""
-    first, n = heads[0], len(heads)
+    linear = [h for h in heads if isinstance(h, LinearOnStandardised)]
+    if len(linear) != len(heads):
+        raise ValueError("only linear heads on standardised features can be averaged")
+    first, n = linear[0], len(linear)
     arrays = {
-        "mean": np.concatenate([h.mean for h in heads]),
-        "scale": np.concatenate([h.scale for h in heads]),
-        "coef": np.concatenate([h.coef for h in heads], axis=1) / n,
-        "intercept": np.mean([h.intercept for h in heads], axis=0),
+        "mean": np.concatenate([h.mean for h in linear]),
+        "scale": np.concatenate([h.scale for h in linear]),
+        "coef": np.concatenate([h.coef for h in linear], axis=1) / n,
+        "intercept": np.mean([h.intercept for h in linear], axis=0),
     }
-    return type(first).restore(arrays, first.params())
+    averaged = type(first).restore(arrays, first.params())
+    assert isinstance(averaged, Head)  # a linear head class is a Head too
+    return averaged
 
 
 class LogisticHead(LinearOnStandardised, Head):
@@ -145,7 +162,9 @@ class LogisticHead(LinearOnStandardised, Head):
     TOL_FLOOR = 1e-6
     MAX_ITER = 1000
 
-    def _fit_one(self, x: np.ndarray, y: np.ndarray, c: float, warm: Any = None) -> Any:
+    def _fit_one(
+        self, x: np.ndarray, y: np.ndarray, c: float, warm: LogisticRegression | None = None
+    ) -> LogisticRegression:
         from sklearn.linear_model import LogisticRegression
 
         model = warm or LogisticRegression(warm_start=True)
@@ -186,11 +205,11 @@ class LogisticHead(LinearOnStandardised, Head):
         return {"C": self.C, "sweep": sweep.rows, "widened": widened, "refit_on_train_val": self.refit}
 
     @staticmethod
-    def _rank(row: dict[str, Any]) -> tuple[float, float]:
+    def _rank(row: SweepRow) -> tuple[float, float]:
         return (row["val_log_loss"], -row["val_accuracy"])
 
     @staticmethod
-    def _full_weights(model: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    def _full_weights(model: LogisticRegression, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """Weights for all classes (a class absent from training gets -inf logits)."""
         coef = np.zeros((n_classes, model.coef_.shape[1]), dtype=np.float32)
         intercept = np.full(n_classes, -1e4, dtype=np.float32)
@@ -205,7 +224,7 @@ class LogisticHead(LinearOnStandardised, Head):
             intercept[classes] = model.intercept_
         return coef, intercept
 
-    def _full_proba(self, model: Any, xs: np.ndarray, n_classes: int) -> np.ndarray:
+    def _full_proba(self, model: LogisticRegression, xs: np.ndarray, n_classes: int) -> np.ndarray:
         coef, intercept = self._full_weights(model, n_classes)
         return softmax(xs @ coef.T + intercept)
 
@@ -227,16 +246,16 @@ class _Sweep:
     ) -> None:
         self.head, self.xs, self.y, self.xvs, self.y_val = head, xs, y, xvs, y_val
         self.n_classes = n_classes
-        self.rows: list[dict[str, Any]] = []
-        self.last_model: Any = None
-        self.best_model: Any = None
+        self.rows: list[SweepRow] = []
+        self.last_model: LogisticRegression | None = None
+        self.best_model: LogisticRegression | None = None
         self.best_val_proba: np.ndarray | None = None
 
     @property
-    def best(self) -> dict[str, Any]:
+    def best(self) -> SweepRow:
         return min(self.rows, key=LogisticHead._rank)
 
-    def try_c(self, c: float, warm: Any) -> bool:
+    def try_c(self, c: float, warm: LogisticRegression | None) -> bool:
         """Fit at ``c`` (warm-started from ``warm``, which it updates) and score on validation;
         whether it is the best so far."""
         t0 = time.perf_counter()
@@ -402,7 +421,7 @@ class KNNHead(Head):
     def _normalise(x: np.ndarray) -> np.ndarray:
         return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
-    def _model(self, x: np.ndarray, y: np.ndarray, k: int) -> Any:
+    def _model(self, x: np.ndarray, y: np.ndarray, k: int) -> KNeighborsClassifier:
         from sklearn.neighbors import KNeighborsClassifier
 
         k = min(k, len(x))
@@ -410,7 +429,7 @@ class KNNHead(Head):
             self._normalise(x), y
         )
 
-    def _proba(self, model: Any, x: np.ndarray) -> np.ndarray:
+    def _proba(self, model: KNeighborsClassifier, x: np.ndarray) -> np.ndarray:
         proba = np.zeros((len(x), self.n_classes), dtype=np.float64)
         proba[:, model.classes_.astype(int)] = model.predict_proba(self._normalise(x))
         return proba
@@ -421,7 +440,7 @@ class KNNHead(Head):
         for k in self.ks:
             proba = self._proba(self._model(x, y, k), x_val)
             sweep.append({"k": k, "val_accuracy": float((proba.argmax(1) == y_val).mean())})
-        self.k = max(sweep, key=lambda r: (r["val_accuracy"], -r["k"]))["k"]
+        self.k = int(max(sweep, key=lambda r: (r["val_accuracy"], -r["k"]))["k"])
         self.x = np.concatenate([x, x_val]).astype(np.float32)
         self.y = np.concatenate([y, y_val]).astype(np.int64)
         self._fitted = self._model(self.x, self.y, self.k)

@@ -15,18 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from headstart.core.probability import binary_log_loss, sigmoid
 from headstart.models.heads import Head, LinearOnStandardised
 
 MULTILABEL_HEAD = "multilabel-logistic"
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
-
-
-def _mean_bce(y: np.ndarray, proba: np.ndarray) -> float:
-    p = np.clip(proba, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def _fit_binary(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
@@ -74,7 +66,7 @@ class MultiLabelLogisticHead(LinearOnStandardised, Head):
             coef, intercept = self._fit_all(xs, y, c)
             proba = sigmoid(xvs @ coef.T + intercept)
             sweep.append(
-                {"C": c, "val_log_loss": _mean_bce(y_val, proba), "seconds": time.perf_counter() - t0}
+                {"C": c, "val_log_loss": binary_log_loss(y_val, proba), "seconds": time.perf_counter() - t0}
             )
             if min(sweep, key=lambda r: r["val_log_loss"]) is sweep[-1]:
                 best, self.val_proba, rises = (coef, intercept), proba, 0

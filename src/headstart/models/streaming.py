@@ -14,16 +14,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from headstart.models.heads import LogisticHead, log_loss, softmax
+from headstart.models.heads import LogisticHead, SweepRow, log_loss, softmax
+
+
+class Rows(Protocol):
+    """Features a row range at a time: a numpy array, or a feature store (which also streams
+    ``chunks``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> np.ndarray: ...
+
 
 CHUNK_ROWS = 8192
 
 
-def _chunks(x: Any, rows: int | None = None) -> Iterator[np.ndarray]:
+def _chunks(x: Rows, rows: int | None = None) -> Iterator[np.ndarray]:
     """float32 rows of an array, or of anything with ``chunks(rows)`` (a feature store)."""
     rows = rows or CHUNK_ROWS
     if hasattr(x, "chunks"):
@@ -33,7 +43,7 @@ def _chunks(x: Any, rows: int | None = None) -> Iterator[np.ndarray]:
         yield np.asarray(x[start : start + rows], dtype=np.float32)
 
 
-def _moments(sources: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _moments(sources: list[Rows]) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and standard deviation over the rows of every source, a chunk at a time."""
     total: Any = 0.0
     squares: Any = 0.0
@@ -88,7 +98,7 @@ class StreamingLogisticHead(LogisticHead):
         losses = self._val_scores(x_val, np.asarray(y_val), weights)
         seconds = (time.perf_counter() - t0) / len(cs)
         sweep = [
-            {"C": c, "val_log_loss": loss, "val_accuracy": acc, "seconds": seconds}
+            SweepRow(C=c, val_log_loss=loss, val_accuracy=acc, seconds=seconds)
             for c, (loss, acc) in zip(cs, losses)
         ]
         best = min(range(len(cs)), key=lambda i: self._rank(sweep[i]))
@@ -100,7 +110,9 @@ class StreamingLogisticHead(LogisticHead):
         self.coef, self.intercept = weights[0][best], weights[1][best]
         return {"C": self.C, "sweep": sweep, "refit_on_train_val": self.refit, "streaming": True}
 
-    def _batches(self, sources: list[Any], labels: list[np.ndarray], rng: np.random.Generator):
+    def _batches(
+        self, sources: list[Rows], labels: list[np.ndarray], rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Standardised mini-batches of every source, chunk by chunk, shuffled within a chunk."""
         for source, y in zip(sources, labels):
             start = 0
@@ -114,7 +126,7 @@ class StreamingLogisticHead(LogisticHead):
                     yield xs[idx], ys[idx]
 
     def _train(
-        self, sources: list[Any], labels: list[np.ndarray], cs: list[float], n_classes: int
+        self, sources: list[Rows], labels: list[np.ndarray], cs: list[float], n_classes: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Coefficients and intercepts, one per ``C``, of mean cross-entropy + ||W||^2 / (2 C n)."""
         import torch
@@ -127,7 +139,7 @@ class StreamingLogisticHead(LogisticHead):
             torch.set_num_threads(threads)
 
     def _descend(
-        self, sources: list[Any], labels: list[np.ndarray], cs: list[float], n_classes: int
+        self, sources: list[Rows], labels: list[np.ndarray], cs: list[float], n_classes: int
     ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
@@ -159,7 +171,7 @@ class StreamingLogisticHead(LogisticHead):
         return coef, bias.detach().numpy()[:, 0, :].astype(np.float32)
 
     def _val_scores(
-        self, x_val: Any, y_val: np.ndarray, weights: tuple[np.ndarray, np.ndarray]
+        self, x_val: Rows, y_val: np.ndarray, weights: tuple[np.ndarray, np.ndarray]
     ) -> list[tuple[float, float]]:
         """(log-loss, accuracy) on validation of each ``C``'s model, a chunk at a time."""
         coef, intercept = weights

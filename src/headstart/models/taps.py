@@ -10,15 +10,23 @@ vector ends with exactly the ``last`` features.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-LAYER_CHOICES = ("last", "multi")
-TTA_CHOICES = ("none", "flip")  # test-time views: the image alone, or with its mirror
+from headstart.core.choices import FEATURE_LAYERS
+from headstart.core.choices import TTA_CHOICES as TTA_CHOICES  # callers import it from here too
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from headstart.models.backbones import TimmModel
 
 
-def stage_widths(model: Any) -> list[int]:
+LAYER_CHOICES = FEATURE_LAYERS
+
+
+def stage_widths(model: TimmModel) -> list[int]:
     """Channels of each intermediate block group timm reports for ``model``."""
     info = model.feature_info
     if hasattr(info, "channels"):
@@ -26,13 +34,13 @@ def stage_widths(model: Any) -> list[int]:
     return [int(f["num_chs"]) for f in info]
 
 
-def layer_group_widths(model: Any) -> list[int]:
+def layer_group_widths(model: TimmModel) -> list[int]:
     """Width of each group of a multi-layer vector: every block group's channels, then the
     pooled last features."""
     return [*stage_widths(model), int(model.num_features)]
 
 
-def multi_layer_module(model: Any) -> Any:
+def multi_layer_module(model: TimmModel) -> Module:
     """A torch module: images -> concat(global-average-pool of each block group's output, the
     usual pooled last features), one forward pass."""
     import torch
@@ -67,7 +75,7 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
 
 
 def choose_layer_groups(
-    x_train: Any, y_train: Any, x_val: Any, y_val: Any, group_widths: list[int]
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, group_widths: list[int]
 ) -> tuple[list[int], dict[str, Any]]:
     """The feature groups that predict the validation split best, and the search's record.
 

@@ -19,7 +19,6 @@ import functools
 import html
 import io
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from markupsafe import Markup
@@ -31,7 +30,7 @@ from headstart.data.images import decode_image, read_bytes
 THUMB = 112  # px, longest side of embedded thumbnails
 
 
-def esc(text: Any) -> str:
+def esc(text: object) -> str:
     """``text`` escaped for HTML text and attribute values (quotes included)."""
     return html.escape(str(text), quote=True)
 
@@ -62,7 +61,7 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render(template: str, **context: Any) -> str:
+def render(template: str, **context: object) -> str:
     """The page ``template`` (a file in ``reporting/templates/``) filled in with ``context``."""
     return environment().get_template(template).render(**context)
 
@@ -72,7 +71,7 @@ def page(title: str, body: str) -> str:
     return render("page.html", title=title, body=Markup(body))
 
 
-def write_page(path: str | Path, template: str, **context: Any) -> Path:
+def write_page(path: str | Path, template: str, **context: object) -> Path:
     """Render ``template`` and write it to ``path`` atomically.
 
     A file name that is not valid UTF-8 is written as ``\\udcXX`` text rather than failing.

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.core.errors import HeadstartError
+from headstart.core.choices import MAP_METHODS
+from headstart.core.errors import ParameterError
 from headstart.core.io import atomic_path
 from headstart.core.system import usable_core_count
 
-METHODS = ("tsne", "pca")
+METHODS = MAP_METHODS
 MAP_FORMAT = 1  # bump when the map for given features changes
 PARALLEL_FROM = 5000
 PCA_DIMS = 50  # t-SNE runs on the top principal components (the usual de-noising step)
@@ -74,7 +75,9 @@ def embed_features(
     a single point sits at the origin.
     """
     if method not in METHODS:
-        raise HeadstartError(f"unknown map method '{method}': choose tsne or pca (or none for no map)")
+        raise ParameterError(
+            "method", f"unknown map method '{method}': choose tsne or pca (or none for no map)"
+        )
     t0 = time.perf_counter()
     features = np.asarray(features, dtype=np.float32)
     n = len(features)

@@ -24,7 +24,7 @@ LABEL_SEPARATOR = ";"
 MAX_WORST = 36
 
 
-def _num(x: Any, fmt: str = "{:.3f}") -> str:
+def _num(x: object, fmt: str = "{:.3f}") -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else fmt.format(x)
 
 

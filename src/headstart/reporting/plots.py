@@ -105,7 +105,7 @@ def styled(draw: Callable[..., bytes]) -> Callable[..., bytes]:
     """Run a figure function under STYLE without changing the caller's matplotlib settings."""
 
     @functools.wraps(draw)
-    def wrapper(*args: Any, **kwargs: Any) -> bytes:
+    def wrapper(*args: object, **kwargs: object) -> bytes:
         with _plt().rc_context(style()):
             return draw(*args, **kwargs)
 

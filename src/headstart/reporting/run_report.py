@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ MAP_CSV = "map.csv"
 MAP_JSON = "map.json"
 MAX_MISCLASSIFIED = 48
 MAX_SAMPLE_THUMBS = 600  # sample grid budget across all classes
+logger = logging.getLogger(__name__)
 MAX_MAP_POINTS = 5000  # the run report maps a seeded sample beyond this (embed maps everything)
 
 
@@ -126,7 +128,6 @@ def write_run_report(
     method: str = "tsne",
     seed: int = 0,
     cache_dir: Path | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> float:
     """What ``train``/``evaluate`` call at the end: save the report's inputs, build the page.
 
@@ -134,7 +135,6 @@ def write_run_report(
     never loses the run (the model and metrics are already saved). Returns the seconds spent.
     """
     t0 = time.perf_counter()
-    log = log or (lambda message: None)
     try:
         classes = metrics["classes"]
         save_predictions(run_dir, test["paths"], np.asarray(test["y"]), np.asarray(test["proba"]), classes)
@@ -151,7 +151,7 @@ def write_run_report(
                 seed,
                 cache_dir,
             )
-            log(
+            logger.info(
                 f"feature map: {info['method']} of {info['n']} test images in {info['seconds']:.1f}s"
                 + (" (cached)" if info["from_cache"] else "")
             )
@@ -159,14 +159,13 @@ def write_run_report(
             for name in (MAP_CSV, MAP_JSON):
                 (run_dir / name).unlink(missing_ok=True)
         path = build_report(run_dir, metrics)
-        log(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
+        logger.info(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
     except Exception as e:  # the report must never cost the user a trained model
-        log(
+        logger.info(
             f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            f"try `headstart report {run_dir}`"
+            f"try `headstart report {run_dir}`",
+            exc_info=True,  # the traceback goes to log.txt only
         )
-        with open(run_dir / "log.txt", "a", encoding="utf-8") as f:
-            f.write(traceback.format_exc())
     return time.perf_counter() - t0
 
 
@@ -186,7 +185,24 @@ def _resolve(path: str, root: str | None) -> str:
     return str(Path(root) / p)
 
 
-def load_run(run_dir: Path, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+@dataclass
+class LoadedRun:
+    """A run folder's files, read once, as the report's sections use them."""
+
+    run_dir: Path
+    metrics: dict[str, Any]  # metrics.json as written by the run
+    classes: list[str]
+    predictions: list[dict[str, str]]  # test_predictions.csv rows (paths resolved)
+    proba: np.ndarray | None  # test_probabilities.npy, when it matches the predictions
+    split_rows: list[dict[str, str]]  # split.csv rows (paths resolved)
+    skipped: list[dict[str, str]]  # skipped.csv rows
+    history: list[dict[str, float]]  # history.csv rows (fine-tuning)
+    map_rows: list[dict[str, str]]  # map.csv rows
+    map_info: dict[str, Any]  # map.json
+    doctor: dict[str, Any] | None  # doctor.json, when the folder has one
+
+
+def load_run(run_dir: Path, metrics: dict[str, Any] | None = None) -> LoadedRun:
     """Everything the page shows, from the run folder's files."""
     run_dir = Path(run_dir)
     if metrics is None:
@@ -223,19 +239,19 @@ def load_run(run_dir: Path, metrics: dict[str, Any] | None = None) -> dict[str, 
             doctor = json.loads((run_dir / "doctor.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             doctor = None
-    return {
-        "run_dir": run_dir,
-        "metrics": metrics,
-        "classes": classes,
-        "predictions": predictions,
-        "proba": proba,
-        "split_rows": split_rows,
-        "skipped": _read_csv(run_dir / "skipped.csv"),
-        "history": history,
-        "map_rows": map_rows,
-        "map_info": map_info,
-        "doctor": doctor,
-    }
+    return LoadedRun(
+        run_dir=run_dir,
+        metrics=metrics,
+        classes=classes,
+        predictions=predictions,
+        proba=proba,
+        split_rows=split_rows,
+        skipped=_read_csv(run_dir / "skipped.csv"),
+        history=history,
+        map_rows=map_rows,
+        map_info=map_info,
+        doctor=doctor,
+    )
 
 
 def _float(text: str | None) -> float:
@@ -263,7 +279,7 @@ def _tile(path: str, caption_html: str, cls: str = "") -> str:
 
 
 def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = (), tall: bool = False
+    headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = (), tall: bool = False
 ) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
@@ -275,7 +291,7 @@ def _table(
     return f'<div class="scroll{" tall" if tall else ""}"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _pct(x: Any) -> str:
+def _pct(x: object) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.1%}"
 
 
@@ -303,20 +319,20 @@ def _interval(ci: Any) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _summary(run: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
-    m = run["metrics"]
+def _summary(run: LoadedRun) -> tuple[str, dict[str, Any], str]:
+    m = run.metrics
     key = "test" if "test" in m else m.get("evaluated_on", "val")
     return key, m.get(key) or {}, m.get("evaluated_on", key)
 
 
-def _header(run: dict[str, Any]) -> str:
-    m = run["metrics"]
+def _header(run: LoadedRun) -> str:
+    m = run.metrics
     key, s, evaluated_on = _summary(run)
     data = m.get("data") or {}
     source = data.get("source", "")
     kind = "evaluation" if "split" not in data else "training run"
     split_word = "Test" if key == "test" else "Validation"
-    n_classes = len(run["classes"])
+    n_classes = len(run.classes)
     backbone = (m.get("backbone") or {}).get("name", "?")
     head = (m.get("head") or {}).get("name", "")
     cards = [
@@ -340,27 +356,27 @@ def _header(run: dict[str, Any]) -> str:
     if m.get("created"):
         facts.append(esc(m["created"]))
     return (
-        f"<h1>headstart report: {esc(Path(source).name or run['run_dir'].name)}</h1>"
-        f'<p class="muted">{" · ".join(facts)}<br>source <code>{esc(source)}</code> · run folder <code>{esc(run["run_dir"])}</code></p>'
+        f"<h1>headstart report: {esc(Path(source).name or run.run_dir.name)}</h1>"
+        f'<p class="muted">{" · ".join(facts)}<br>source <code>{esc(source)}</code> · run folder <code>{esc(run.run_dir)}</code></p>'
         f'<div class="cards">{card_html}</div>'
     )
 
 
-def _counts(run: dict[str, Any]) -> dict[str, dict[str, int]]:
-    m = run["metrics"]
+def _counts(run: LoadedRun) -> dict[str, dict[str, int]]:
+    m = run.metrics
     split_counts = ((m.get("data") or {}).get("split") or {}).get("counts")
     if split_counts:
         return {k: dict(v) for k, v in split_counts.items()}
-    if run["split_rows"]:
+    if run.split_rows:
         out: dict[str, Counter] = {}
-        for r in run["split_rows"]:
+        for r in run.split_rows:
             out.setdefault(r["split"], Counter())[r["label"]] += 1
         return {k: dict(v) for k, v in out.items()}
-    return {"evaluated": dict(Counter(r["label"] for r in run["predictions"]))}
+    return {"evaluated": dict(Counter(r["label"] for r in run.predictions))}
 
 
-def _dataset_section(run: dict[str, Any]) -> str:
-    classes = run["classes"]
+def _dataset_section(run: LoadedRun) -> str:
+    classes = run.classes
     counts = _counts(run)
     splits = list(counts)
     total = {c: sum(counts[s].get(c, 0) for s in splits) for c in classes}
@@ -397,8 +413,8 @@ def _dataset_section(run: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _skipped_section(run: dict[str, Any]) -> str:
-    skipped = run["skipped"]
+def _skipped_section(run: LoadedRun) -> str:
+    skipped = run.skipped
     if not skipped:
         return "<h3>Skipped files</h3><p>None: every file found was used.</p>"
     reasons = Counter(r.get("reason", "").split(":")[0] for r in skipped)
@@ -418,9 +434,9 @@ def _skipped_section(run: dict[str, Any]) -> str:
     )
 
 
-def _sample_grid(run: dict[str, Any]) -> str:
-    classes = run["classes"]
-    rows = run["split_rows"] or run["predictions"]
+def _sample_grid(run: LoadedRun) -> str:
+    classes = run.classes
+    rows = run.split_rows or run.predictions
     by_class: dict[str, list[str]] = {}
     for r in rows:
         by_class.setdefault(r["label"], []).append(r["path"])
@@ -445,8 +461,8 @@ def _sample_grid(run: dict[str, Any]) -> str:
     return title + inner
 
 
-def _curves_section(run: dict[str, Any]) -> str:
-    history = run["history"]
+def _curves_section(run: LoadedRun) -> str:
+    history = run.history
     if not history:
         return ""
     last = history[-1]
@@ -459,9 +475,9 @@ def _curves_section(run: dict[str, Any]) -> str:
     )
 
 
-def _metrics_section(run: dict[str, Any]) -> str:
-    m = run["metrics"]
-    classes = run["classes"]
+def _metrics_section(run: LoadedRun) -> str:
+    m = run.metrics
+    classes = run.classes
     key, s, evaluated_on = _summary(run)
     per_class = m.get("per_class") or {}
     parts = [
@@ -508,10 +524,10 @@ def _metrics_section(run: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _misclassified_section(run: dict[str, Any]) -> str:
-    preds = run["predictions"]
-    classes = run["classes"]
-    proba = run["proba"]
+def _misclassified_section(run: LoadedRun) -> str:
+    preds = run.predictions
+    classes = run.classes
+    proba = run.proba
     wrong = [(i, r) for i, r in enumerate(preds) if r["label"] != r["predicted"]]
     wrong.sort(key=lambda ir: -_float(ir[1]["probability"]))
     parts = ['<h2 id="errors">Misclassified images</h2>']
@@ -530,7 +546,7 @@ def _misclassified_section(run: dict[str, Any]) -> str:
     )
     tiles = []
     index = {c: i for i, c in enumerate(classes)}
-    extras = error_extras(run["run_dir"])
+    extras = error_extras(run.run_dir)
     for i, r in wrong[:MAX_MISCLASSIFIED]:
         true_p = ""
         if proba is not None and r["label"] in index:
@@ -545,8 +561,8 @@ def _misclassified_section(run: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _calibration_section(run: dict[str, Any]) -> str:
-    preds = run["predictions"]
+def _calibration_section(run: LoadedRun) -> str:
+    preds = run.predictions
     if not preds:
         return ""
     conf = np.array([_float(r["probability"]) for r in preds])
@@ -569,16 +585,16 @@ def _calibration_section(run: dict[str, Any]) -> str:
     )
 
 
-def _before_scaling(run: dict[str, Any], ok: np.ndarray) -> tuple[np.ndarray | None, str]:
+def _before_scaling(run: LoadedRun, ok: np.ndarray) -> tuple[np.ndarray | None, str]:
     """The confidences before temperature scaling (the saved probabilities are calibrated:
     T applied backwards recovers them exactly) and a line with the ECE before and after."""
-    calibration = run["metrics"].get("calibration") or {}
+    calibration = run.metrics.get("calibration") or {}
     temperature = calibration.get("temperature")
-    proba = run["proba"]
+    proba = run.proba
     if not isinstance(temperature, (int, float)) or temperature <= 0 or proba is None:
         return None, ""
     before = apply_temperature(np.asarray(proba, dtype=np.float64), 1.0 / temperature).max(axis=1)[ok]
-    correct = np.array([r["label"] == r["predicted"] for r in run["predictions"]], dtype=float)[ok]
+    correct = np.array([r["label"] == r["predicted"] for r in run.predictions], dtype=float)[ok]
     ece_before = expected_calibration_error(before, correct)
     ece_after = expected_calibration_error(proba.max(axis=1)[ok], correct)
     line = (
@@ -589,21 +605,21 @@ def _before_scaling(run: dict[str, Any], ok: np.ndarray) -> tuple[np.ndarray | N
     return before, line
 
 
-def _map_section(run: dict[str, Any]) -> str:
-    rows = run["map_rows"]
+def _map_section(run: LoadedRun) -> str:
+    rows = run.map_rows
     if not rows:
         return (
             '<h2 id="map">Feature map</h2><p>No map was saved for this run '
             "(<code>headstart report RUN_DIR --method tsne</code> makes one).</p>"
         )
-    classes = run["classes"]
+    classes = run.classes
     index = {c: i for i, c in enumerate(classes)}
     extra = sorted({r["label"] for r in rows} - set(index))
     names = classes + extra
     index.update({c: len(classes) + k for k, c in enumerate(extra)})
     xy = np.array([[_float(r["x"]), _float(r["y"])] for r in rows])
     labels = [index[r["label"]] for r in rows]
-    info = run["map_info"]
+    info = run.map_info
     method = {"tsne": "t-SNE (openTSNE)", "pca": "PCA"}.get(info.get("method", ""), info.get("method", "?"))
     which = {"test": "test images", "all": "images (all splits)"}.get(info.get("points", ""), "images")
     sample = (
@@ -630,8 +646,8 @@ def _map_section(run: dict[str, Any]) -> str:
     )
 
 
-def _doctor_section(run: dict[str, Any]) -> str:
-    doctor = run["doctor"]
+def _doctor_section(run: LoadedRun) -> str:
+    doctor = run.doctor
     if not isinstance(doctor, dict):
         return ""
     items = []
@@ -643,15 +659,15 @@ def _doctor_section(run: dict[str, Any]) -> str:
         value = doctor.get(key)
         if isinstance(value, (list, dict)):
             items.append(f"<li>{len(value):,} {label}</li>")
-    link = ' See <a href="doctor.html">doctor.html</a>.' if (run["run_dir"] / "doctor.html").is_file() else ""
+    link = ' See <a href="doctor.html">doctor.html</a>.' if (run.run_dir / "doctor.html").is_file() else ""
     return f'<h2 id="doctor">Data doctor</h2><p>From <code>doctor.json</code>.{link}</p><ul>{"".join(items)}</ul>'
 
 
-def _details_section(run: dict[str, Any]) -> str:
-    m = run["metrics"]
+def _details_section(run: LoadedRun) -> str:
+    m = run.metrics
     timings = m.get("timings") or {}
     rows = [[esc(k), f"{v:.2f}" if isinstance(v, (int, float)) else esc(v)] for k, v in timings.items()]
-    files = sorted(p.name for p in run["run_dir"].iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(p.name for p in run.run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     versions = m.get("versions") or {}
     return (
         '<h2 id="details">Run details</h2>'
@@ -679,24 +695,24 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> 
     sections = [
         _header(run),
         '<nav><a href="#data">Data</a>'
-        + ('<a href="#training">Training curves</a>' if run["history"] else "")
+        + ('<a href="#training">Training curves</a>' if run.history else "")
         + '<a href="#metrics">Metrics</a><a href="#errors">Misclassified</a>'
         '<a href="#calibration">Calibration</a><a href="#map">Feature map</a>'
-        + ('<a href="#doctor">Data doctor</a>' if run["doctor"] else "")
+        + ('<a href="#doctor">Data doctor</a>' if run.doctor else "")
         + '<a href="#details">Run details</a></nav>',
         _dataset_section(run),
         _curves_section(run),
         _metrics_section(run),
         _misclassified_section(run),
         _calibration_section(run),
-        unknown_section(run["metrics"]),
+        unknown_section(run.metrics),
         _map_section(run),
         _doctor_section(run),
         _details_section(run),
     ]
-    name = Path((run["metrics"].get("data") or {}).get("source", "") or run["run_dir"]).name
+    name = Path((run.metrics.get("data") or {}).get("source", "") or run.run_dir).name
     return write_page(
-        run["run_dir"] / REPORT_NAME,
+        run.run_dir / REPORT_NAME,
         "report.html",
         title=f"headstart report: {name}",
         sections=[Markup(section) for section in sections if section],
@@ -715,10 +731,10 @@ def map_inputs(run_dir: Path, points: str) -> list[dict[str, str]]:
     """
     run = load_run(run_dir)
     if points == "all":
-        if not run["split_rows"]:
+        if not run.split_rows:
             raise HeadstartError(f"{run_dir} has no split.csv: --points all needs a training run folder")
-        return [{"path": r["path"], "label": r["label"], "split": r["split"]} for r in run["split_rows"]]
-    return [{"path": r["path"], "label": r["label"], "split": "test"} for r in run["predictions"]]
+        return [{"path": r["path"], "label": r["label"], "split": r["split"]} for r in run.split_rows]
+    return [{"path": r["path"], "label": r["label"], "split": "test"} for r in run.predictions]
 
 
 def write_map_page(

@@ -17,7 +17,7 @@ from headstart.reporting.html import esc, thumbnail_uri
 ERRORS_CSV = "errors.csv"
 
 
-def _pct(x: Any) -> str:
+def _pct(x: object) -> str:
     return "–" if not isinstance(x, (int, float)) or x != x else f"{x:.1%}"
 
 

@@ -11,26 +11,30 @@ too) and write the outputs, each file atomically through ``core.io``:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from headstart.core.errors import HeadstartError
-from headstart.core.io import RunLog, summarize_skips, write_json, write_rows
+from headstart.core.io import summarize_skips, write_json, write_rows
+from headstart.core.logs import log_run
 from headstart.data.discovery import Dataset, Sample, check_out_dir, discover
 from headstart.features.extractor import ExtractionResult, build_extractor
 from headstart.reporting.maps import FeatureMap, embed_features
 from headstart.reporting.run_report import write_map_page
 
+logger = logging.getLogger(__name__)
 
-def _write_skipped(out: Path, dataset: Dataset, result: ExtractionResult, log: RunLog) -> None:
+
+def _write_skipped(out: Path, dataset: Dataset, result: ExtractionResult) -> None:
     """``skipped.csv``: files discovery passed over and images that could not be decoded."""
     skipped = [(p, r, "discovery") for p, r in dataset.ignored]
     skipped += [(dataset.samples[i].path, r, "decode") for i, r in result.errors.items()]
     write_rows(out / "skipped.csv", ["path", "reason", "stage"], skipped)
     if skipped:
-        log(summarize_skips(skipped))
+        logger.info(summarize_skips(skipped))
 
 
 def _write_map_files(out: Path, samples: Sequence[Sample], fmap: FeatureMap, info: dict[str, Any]) -> None:
@@ -69,18 +73,33 @@ def embed_map(
     t0 = time.perf_counter()
     out = Path(out_dir)
     check_out_dir(out, data)
-    log = RunLog(out, verbose)
+    with log_run(out, verbose):
+        return _embed(data, out, backbone, weights, method, labels_from, seed, cache_dir, verbose, t0)
+
+
+def _embed(
+    data: str | Path,
+    out: Path,
+    backbone: str | None,
+    weights: str | Path | None,
+    method: str,
+    labels_from: str,
+    seed: int,
+    cache_dir: str | Path | None,
+    verbose: bool,
+    t0: float,
+) -> Path:
     dataset = discover(data, labels_from)
-    log(f"found {len(dataset.samples)} images in {len(dataset.classes)} classes in {dataset.root}")
+    logger.info(f"found {len(dataset.samples)} images in {len(dataset.classes)} classes in {dataset.root}")
     extractor = build_extractor(backbone, weights, cache_dir, batch_size=8, verbose=verbose)
     result = extractor.extract(dataset.paths)
-    log(f"features: {result.n_extracted} extracted, {result.n_cached} from cache")
-    _write_skipped(out, dataset, result, log)
+    logger.info(f"features: {result.n_extracted} extracted, {result.n_cached} from cache")
+    _write_skipped(out, dataset, result)
     ok = result.ok
     samples = [s for s, good in zip(dataset.samples, ok) if good]
     if not samples:
         raise HeadstartError(f"none of the {len(dataset.samples)} images in {dataset.root} could be read")
-    log(f"mapping {len(samples)} images with {method}...")
+    logger.info(f"mapping {len(samples)} images with {method}...")
     fmap = embed_features(result.features[ok], method, seed, extractor.cache.root)
     info = {
         "method": fmap.method,
@@ -94,7 +113,7 @@ def embed_map(
     }
     _write_map_files(out, samples, fmap, info)
     page = write_map_page(out, fmap.xy, [s.label for s in samples], info, str(dataset.root))
-    log(
+    logger.info(
         f"{fmap.method} map of {len(samples)} images in {fmap.seconds:.1f}s"
         + (" (cached)" if fmap.cached else "")
         + f"; {page} and map.png written in {time.perf_counter() - t0:.1f}s"

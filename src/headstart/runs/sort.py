@@ -186,7 +186,7 @@ def sort_photos(predict: Predictor, classes: Sequence[str], job: SortJob) -> Sor
     previous = read_rows(job.out / SORTED_CSV) if job.writes else []
     if job.writes:  # a killed run's half-placed files (their process gone) go first
         clean_stale_temporaries(job.out, depth=1)
-    rows: list[list[Any]] = []
+    rows: list[list[object]] = []
     skipped: list[list[str]] = [[p, reason] for p, reason in missing]
     summary = SortSummary(n_images=len(files))
     job.progress.start("sorting", len(files))
@@ -211,7 +211,7 @@ def _sort_one(
     names: dict[str, str],
     folders: dict[str, str],
     job: SortJob,
-    rows: list[list[Any]],
+    rows: list[list[object]],
     skipped: list[list[str]],
     summary: SortSummary,
 ) -> None:

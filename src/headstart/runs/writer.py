@@ -11,8 +11,9 @@ which writes each file once, atomically (through ``headstart.core.io``):
   and ``report.html`` (``reporting.run_report.build_report``, from the files above), a failure
   of either logged as a warning;
 - ``metrics.json`` LAST, with the seconds spent saving and drawing;
-- ``log.txt``: every line the run printed (``RunWriter.log``, also the ``log`` callable handed
-  to lower layers);
+- ``log.txt``: every line the run logged, from any layer (``logging`` under ``headstart``): while
+  the writer is open (``with RunWriter(...) as writer``) it attaches the console and ``log.txt``
+  handlers (``headstart.core.logs.log_run``) with a filter that passes rank 0's lines only;
 - ``finetune.json`` (fine-tuning): the data and parameters, written before training starts so
   ``ImageClassifier.resume`` can continue a killed run.
 
@@ -25,20 +26,23 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import time
-import traceback
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from headstart.core.errors import ParameterError
 from headstart.core.folders import owner_alive, recover, staging_folder, staging_folders, swap_in
-from headstart.core.io import RunLog, clean_stale_temporaries, write_bytes, write_json, write_rows
+from headstart.core.io import clean_stale_temporaries, write_bytes, write_json, write_rows
+from headstart.core.logs import RunFileHandler, log_run
 from headstart.data.discovery import Dataset, Sample
 from headstart.doctor import CheckReport
 from headstart.reporting.plots import write_confusion_matrix
@@ -50,6 +54,7 @@ from headstart.reporting.run_report import (
     build_report,
     save_map,
 )
+from headstart.training.distributed import RankZeroFilter
 from headstart.training.loop import CHECKPOINT_DIR, HISTORY_FILE, TENSORBOARD_DIR
 
 MODEL_FILE = "model.safetensors"
@@ -65,6 +70,7 @@ STALE_FILES = (
     "excluded.csv",
     "corrections_applied.csv",
 )
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,8 +110,9 @@ class TrainingRun:
 class RunWriter:
     """Writes a run folder (``run_dir``; None: nothing is written, lines are only printed).
 
-    Call the writer (or its ``log``) with a message to print it (when ``verbose``) and keep it in
-    ``log.txt``.
+    Use it as a context manager for the run's duration: inside, every ``headstart`` log line (of
+    any layer) is printed (when ``verbose``) and kept in ``log.txt``. Calling the writer with a
+    message logs it.
 
     ``staged`` (training): the run is written into a staging folder beside ``final_dir`` and
     swapped in whole by :meth:`commit` (``core.folders``), so a failed or killed run leaves the
@@ -118,20 +125,37 @@ class RunWriter:
     ) -> None:
         self.final_dir = Path(run_dir).expanduser() if run_dir is not None else None
         self.run_dir = self.final_dir
+        self.verbose = verbose
         if self.final_dir is not None and staged:
             recover(self.final_dir)
             sweep_failed_runs(self.final_dir)
             self.run_dir = resumed_staging(self.final_dir) if resume else staging_folder(self.final_dir)
         if self.run_dir is not None:
             clean_stale_temporaries(self.run_dir)
-        self.log = RunLog(self.run_dir, verbose)
+        self._logging = ExitStack()
+        self._file: RunFileHandler | None = None
+
+    def __enter__(self) -> RunWriter:
+        self._file = self._logging.enter_context(log_run(self.run_dir, self.verbose, [RankZeroFilter()]))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._logging.close()
+
+    def log(self, message: str) -> None:
+        """One line of the run: printed (when verbose) and kept in ``log.txt``, while open."""
+        logger.info(message)
 
     def commit(self) -> None:
         """A staged run becomes ``final_dir``, whole (nothing to do for an unstaged one)."""
         if self.run_dir is None or self.final_dir is None or self.run_dir == self.final_dir:
             return
         swap_in(self.run_dir, self.final_dir)
-        self.run_dir = self.log.run_dir = self.final_dir
+        self.run_dir = self.final_dir
+        if self._file is not None:  # the run's later lines go to its final log.txt
+            self._file.path = self.final_dir / self._file.path.name
 
     def shown(self, path: Path) -> Path:
         """``path`` as it will be named once the run is committed (for messages)."""
@@ -293,14 +317,15 @@ class RunWriter:
         try:
             draw()
         except Exception as e:  # noqa: BLE001 - any drawing error must leave the saved model alone
-            self.log(f"warning: the {what} could not be written ({type(e).__name__}: {e}){hint}")
-            with open(self.path("log.txt"), "a", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
+            # the traceback goes to log.txt only: the console handler prints the message
+            logger.info(
+                f"warning: the {what} could not be written ({type(e).__name__}: {e}){hint}", exc_info=True
+            )
 
 
 def duplicate_group_rows(
     checks: CheckReport, splits: Sequence[str], merged: set[int], relative: Callable[[str], str]
-) -> list[list[Any]]:
+) -> list[list[object]]:
     """One row per member of each duplicate group (groups numbered from 1, as in metrics.json)."""
     rows = []
     for n, group in enumerate(checks.groups, start=1):

@@ -7,6 +7,6 @@
 Nothing here imports torch: the server runs the exported ONNX/OpenVINO file with its runtime.
 """
 
-from headstart.serve.app import create_app
+from headstart.serve.app import check_serve_settings, create_app
 
-__all__ = ["create_app"]
+__all__ = ["check_serve_settings", "create_app"]

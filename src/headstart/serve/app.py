@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -21,7 +21,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from headstart.core.errors import BadImageError, HeadstartError, ParameterError
+from headstart.core.choices import INFERENCE_PRECISIONS, check_choice
+from headstart.core.errors import BadImageError, ParameterError
 from headstart.evaluation.answers import answer
 from headstart.evaluation.multilabel import multilabel_answer
 from headstart.models.card import ModelSummary
@@ -29,7 +30,21 @@ from headstart.serve.admission import DecodeAdmission, DecodeLimits, Refused
 from headstart.serve.batching import MicroBatcher, QueueFull, fastest_batch_size
 from headstart.serve.guards import BodyGuard, ConnectionLimits
 from headstart.serve.page import docs_page, index_page
-from headstart.serve.uploads import UploadError, prepare_all, read_uploads
+from headstart.serve.uploads import ImagePreparer, UploadError, prepare_all, read_uploads
+
+
+class ServedModel(ImagePreparer, Protocol):
+    """What the server needs of a model: ``export.runtime.ExportedModel`` (its ``metadata``,
+    ``predict_scored`` and a multi-label model's ``thresholds`` are read where present)."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray: ...
+
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
 RETRY_AFTER_S = 1
@@ -54,7 +69,7 @@ def top_k_predictions(classes: list[str], proba: np.ndarray, k: int) -> list[dic
     return answer(classes, proba, k, decimals=6)["predictions"]
 
 
-def image_answer(model: Any, proba: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
+def image_answer(model: ServedModel, proba: np.ndarray, k: int, score: float | None = None) -> dict[str, Any]:
     """One image's answer, shaped as ``headstart predict --format json``'s items: top-k
     ``predictions``, ``labels``, ``unknown`` and, with the model's reject option on, ``score``
     (the model's own, from ``predict_scored``; the top probability where none is given)."""
@@ -70,7 +85,7 @@ def image_answer(model: Any, proba: np.ndarray, k: int, score: float | None = No
     )
 
 
-def model_call(model: Any) -> Callable[[np.ndarray], Any]:
+def model_call(model: ServedModel) -> Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]:
     """What the batcher runs: ``predict_scored`` ((probabilities, reject scores), so ``unknown``
     agrees with ``headstart predict`` whatever the score kind) where the model has it, else
     ``predict_proba``."""
@@ -81,7 +96,7 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-def _load(model: Any, precision: str) -> Any:
+def _load(model: ServedModel | str | os.PathLike[str], precision: str) -> ServedModel:
     if isinstance(model, (str, os.PathLike)):
         from headstart.export.runtime import load_exported
 
@@ -89,14 +104,14 @@ def _load(model: Any, precision: str) -> Any:
     return model
 
 
-def _tune(model: Any, max_batch: int, tune: bool) -> tuple[int, dict[int, float]]:
+def _tune(model: ServedModel, max_batch: int, tune: bool) -> tuple[int, dict[int, float]]:
     """The batch size to use, measured on this machine (``tune``) or ``max_batch`` as given.
 
     Either way the model runs a full batch before the server reports ready: the runtime sizes its
     memory for the largest batch now, so memory stays flat under load."""
-    if tune and max_batch > 1:
-        return fastest_batch_size(model.predict_proba, tuple(model.input_size), max_batch)
     height, width = model.input_size
+    if tune and max_batch > 1:
+        return fastest_batch_size(model.predict_proba, (height, width), max_batch)
     model.predict_proba(np.zeros((max_batch, height, width, 3), dtype=np.uint8))
     return max_batch, {}
 
@@ -104,7 +119,7 @@ def _tune(model: Any, max_batch: int, tune: bool) -> tuple[int, dict[int, float]
 class _State:
     """The loaded model and its batcher (set by the app's startup)."""
 
-    model: Any = None
+    model: ServedModel | None = None
     batcher: MicroBatcher | None = None
     admission: DecodeAdmission
     batch_rates: dict[int, float] = {}
@@ -138,19 +153,22 @@ def _api_key_middleware(api_key: str) -> Callable[[Request, Callable[..., Awaita
     return check
 
 
-def _check_settings(max_batch: int, max_upload_mb: float, precision: str, api_key: str | None) -> None:
-    if api_key is not None and not api_key:
-        raise ParameterError("api_key", "is empty: give a key, or leave the option out for an open server")
+def check_serve_settings(
+    max_batch: int, max_upload_mb: float, precision: str, api_key: str | None = None
+) -> None:
+    """The server's settings, checked once (by ``create_app``, and by ``headstart serve`` before
+    it exports a model): a :class:`ParameterError` naming the first bad one."""
+    if api_key is not None and not api_key.strip():
+        raise ParameterError("api_key", "is empty (an unset variable?): give a key, or leave the option out")
     if max_batch < 1:
-        raise HeadstartError("max_batch must be at least 1")
+        raise ParameterError("max_batch", "must be at least 1")
     if max_upload_mb <= 0:
-        raise HeadstartError("max_upload_mb must be positive")
-    if precision not in ("auto", "fp32"):
-        raise HeadstartError(f"precision must be auto or fp32 (got {precision!r})")
+        raise ParameterError("max_upload_mb", "must be positive")
+    check_choice("precision", precision, INFERENCE_PRECISIONS)
 
 
 def create_app(
-    model: Any,
+    model: ServedModel | str | os.PathLike[str],
     max_batch: int = 16,
     max_upload_mb: float = 20,
     api_key: str | None = None,
@@ -183,7 +201,7 @@ def create_app(
         allowed_hosts: ``Host`` values accepted, checked before routing (DNS rebinding); None: any.
         body_timeout_s: longest pause inside a request body before the server answers 408.
     """
-    _check_settings(max_batch, max_upload_mb, precision, api_key)
+    check_serve_settings(max_batch, max_upload_mb, precision, api_key)
     state = _State()
     limit = int(max_upload_mb * 2**20)
 
@@ -228,7 +246,7 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         return {"status": "ok", "rss_mb": rss_mb()}
 
     @app.get("/readyz", summary="The model is loaded", response_model=None)
-    async def readyz() -> Any:
+    async def readyz() -> JSONResponse | dict[str, object]:
         if state.batcher is None:
             return _error(503, "the model is still loading")
         return {
@@ -256,7 +274,9 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         summary="Top-k labels of each image (multipart field 'files', repeated, or one raw image body)",
         response_model=None,
     )
-    async def predict(request: Request, top_k: int = Query(3, ge=1, le=1000)) -> Any:
+    async def predict(
+        request: Request, top_k: int = Query(3, ge=1, le=1000)
+    ) -> JSONResponse | list[dict[str, Any]]:
         return await _predict(request, state, top_k, limit, max_files)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -268,16 +288,19 @@ def _add_routes(app: FastAPI, state: _State, limit: int, max_files: int, needs_k
         return docs_page(app.openapi())
 
 
-async def _predict(request: Request, state: _State, top_k: int, limit: int, max_files: int) -> Any:
+async def _predict(
+    request: Request, state: _State, top_k: int, limit: int, max_files: int
+) -> JSONResponse | list[dict[str, Any]]:
     """One request: read, decode and prepare its images, queue them, shape the answer."""
-    if state.batcher is None:
+    model = state.model  # set before the batcher
+    if state.batcher is None or model is None:
         return _error(503, "the model is still loading", **{"Retry-After": str(RETRY_AFTER_S)})
     try:
         uploads = await read_uploads(request, limit, max_files)
     except UploadError as e:
         return _error(e.status, str(e))
     try:
-        prepared = await prepare_all(state.model, uploads, state.admission)
+        prepared = await prepare_all(model, uploads, state.admission)
     except Refused as e:
         retry = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 503 else {}
         return _error(e.status, str(e), **retry)
@@ -287,7 +310,7 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
     except QueueFull as e:
         return _error(503, str(e), **{"Retry-After": str(RETRY_AFTER_S)})
     results: list[dict[str, Any]] = []
-    thresholds = getattr(state.model, "thresholds", None)  # a multi-label model's
+    thresholds = getattr(model, "thresholds", None)  # a multi-label model's
     for upload, item in zip(uploads, prepared):
         if isinstance(item, BadImageError):
             results.append({"path": upload.name, "predictions": [], "error": str(item)})
@@ -295,10 +318,10 @@ async def _predict(request: Request, state: _State, top_k: int, limit: int, max_
         output = next(probabilities)
         proba, score = output if isinstance(output, tuple) else (output, None)
         if thresholds is not None:
-            results.append(multilabel_answer(upload.name, proba, state.model.classes, thresholds, top_k))
+            results.append(multilabel_answer(upload.name, proba, model.classes, thresholds, top_k))
         else:
             score = None if score is None else float(score)
-            results.append({"path": upload.name, **image_answer(state.model, proba, top_k, score)})
+            results.append({"path": upload.name, **image_answer(model, proba, top_k, score)})
     if not good:
         reasons = "; ".join(f"{r['path']}: {r['error']}" for r in results)
         return JSONResponse({"error": f"no readable image: {reasons}", "results": results}, status_code=422)

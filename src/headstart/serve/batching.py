@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -73,10 +72,10 @@ class QueueFull(HeadstartError):
 @dataclass
 class _Item:
     image: np.ndarray
-    future: asyncio.Future[Any]
+    future: asyncio.Future[object]
 
 
-def per_image(outputs: np.ndarray | tuple[np.ndarray, ...]) -> Sequence[Any]:
+def per_image(outputs: np.ndarray | tuple[np.ndarray, ...]) -> Sequence[object]:
     """A model call's result as one entry per image: its row, or (a tuple of outputs) the tuple
     of its rows in each, such as (probabilities, reject score)."""
     return list(zip(*outputs)) if isinstance(outputs, tuple) else list(outputs)
@@ -96,7 +95,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        predict_proba: Callable[[np.ndarray], Any],
+        predict_proba: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]],
         max_batch: int = 16,
         max_wait_s: float = 0.005,
         queue_size: int = 256,
@@ -133,7 +132,7 @@ class MicroBatcher:
         """Images in the queue now."""
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def predict(self, images: list[np.ndarray]) -> list[Any]:
+    async def predict(self, images: list[np.ndarray]) -> list[object]:
         """Probabilities (or the tuple of outputs) for each prepared image, computed in whatever
         batches form.
 

@@ -151,7 +151,7 @@ async def _send_json(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def server_config(app: Any, host: str, port: int, limits: ConnectionLimits) -> uvicorn.Config:
+def server_config(app: ASGIApp, host: str, port: int, limits: ConnectionLimits) -> uvicorn.Config:
     """uvicorn's settings for ``headstart serve``: the limits above, quiet logs."""
     return uvicorn.Config(
         app,

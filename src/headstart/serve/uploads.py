@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
+from PIL import Image
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -111,7 +112,14 @@ async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upl
     return [Upload(name, body)]
 
 
-def prepare_upload(model: Any, data: bytes) -> np.ndarray:
+class ImagePreparer(Protocol):
+    """A model's own step from a decoded image to its (H, W, 3) uint8 input (``decode``, where a
+    model has one, replaces headstart's decoding)."""
+
+    def prepare(self, image: Image.Image) -> np.ndarray: ...
+
+
+def prepare_upload(model: ImagePreparer, data: bytes) -> np.ndarray:
     """Bytes -> the model's (H, W, 3) uint8 input: headstart's decoding, then ``model.prepare``.
 
     Raises:
@@ -122,14 +130,14 @@ def prepare_upload(model: Any, data: bytes) -> np.ndarray:
     return np.asarray(model.prepare(image), dtype=np.uint8)
 
 
-def decode_min_side(model: Any) -> int | None:
+def decode_min_side(model: object) -> int | None:
     """The smallest side the model's decoder keeps (JPEG draft mode), where it says."""
     side = ((getattr(model, "metadata", None) or {}).get("preprocessing") or {}).get("decode_min_side")
     return int(side) if side else None
 
 
 async def prepare_all(
-    model: Any, uploads: list[Upload], admission: DecodeAdmission
+    model: ImagePreparer, uploads: list[Upload], admission: DecodeAdmission
 ) -> list[np.ndarray | BadImageError]:
     """Each upload decoded and prepared on the admission's pools; a bad one becomes its error.
 

@@ -21,11 +21,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from headstart.core.io import write_rows
-from headstart.training.checkpoints import BEST, LAST, last_checkpoint, save_checkpoint
+from headstart.training.checkpoints import BEST, LAST, Checkpoint, last_checkpoint, save_checkpoint
 from headstart.training.state import MIN_DELTA, TrainState
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
 SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s")
@@ -150,8 +154,9 @@ class Checkpointing(Callback):
         self.directory = Path(directory)
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
-        if state.improved:
-            save_checkpoint(self.directory / BEST, {"network": state.best["state"], "epoch": state.epoch})
+        best = state.best["state"]
+        if state.improved and best is not None:  # an improved epoch has just become the best
+            save_checkpoint(self.directory / BEST, Checkpoint(network=best, epoch=state.epoch))
         save_checkpoint(self.directory / LAST, last_checkpoint(state))
 
 
@@ -178,7 +183,7 @@ class TensorBoard(Callback):
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = Path(log_dir)
-        self.writer: Any = None
+        self.writer: SummaryWriter | None = None
 
     @staticmethod
     def available() -> bool:
@@ -194,6 +199,7 @@ class TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.log_dir))
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
+        assert self.writer is not None, "on_fit_start opens the writer"
         for key in SCALARS:
             self.writer.add_scalar(key, row[key], state.epoch)
         self.writer.flush()

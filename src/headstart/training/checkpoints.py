@@ -8,12 +8,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from headstart.core.errors import HeadstartError
 from headstart.core.io import atomic_path
 from headstart.training.settings import FineTuneSettings
 from headstart.training.state import TrainState
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
@@ -21,7 +24,32 @@ LAST, BEST = "last.pt", "best.pt"
 RESUMABLE_CHANGES = ("workers", "threads", "time_budget", "patience", "frozen_prefix")
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+class Checkpoint(TypedDict, total=False):
+    """``last.pt``: everything resuming needs after ``epoch`` (``best.pt`` holds ``network`` and
+    ``epoch`` only). Keys a checkpoint of an older version may lack are read with defaults."""
+
+    epoch: int
+    network: dict[str, Tensor]
+    optimizer: dict[str, Any]  # torch's own state dicts: nested, of many kinds
+    scheduler: dict[str, Any]
+    history: list[dict[str, float]]
+    best_val_loss: float
+    best_val_accuracy: float
+    best_epoch: int
+    start_val: dict[str, float] | None
+    waited: int
+    trained_s: float
+    fingerprint: str
+
+
+class ReadCheckpoint(Checkpoint, total=False):
+    """A checkpoint as :func:`read_checkpoints` returns it: with its file and the best weights."""
+
+    path: str
+    best_state: dict[str, Tensor] | None
+
+
+def save_checkpoint(path: Path, state: Checkpoint) -> None:
     """torch.save through a temporary file: a kill while writing never leaves half a file."""
     import torch
 
@@ -29,12 +57,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint's contents (tensors on the CPU); a damaged file is a user error."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return cast(Checkpoint, torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # noqa: BLE001 - any failure means an unusable file
         raise HeadstartError(f"checkpoint {path} is damaged ({type(e).__name__}): start a new run") from e
 
@@ -49,7 +77,7 @@ def settings_fingerprint(
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def last_checkpoint(state: TrainState) -> dict[str, Any]:
+def last_checkpoint(state: TrainState) -> Checkpoint:
     """Everything resuming needs after ``state.epoch``: weights, optimiser, schedule, history and
     the early-stopping and time-budget counters."""
     return {
@@ -79,7 +107,7 @@ def restore(state: TrainState, directory: Path | None) -> Path:
     return Path(saved["path"])
 
 
-def read_checkpoints(state: TrainState, directory: Path | None) -> dict[str, Any]:
+def read_checkpoints(state: TrainState, directory: Path | None) -> ReadCheckpoint:
     """``directory``'s last checkpoint, checked against ``state``'s fingerprint, with its path
     (``path``) and the best model's weights (``best_state``, None when no epoch was best).
 
@@ -100,14 +128,13 @@ def read_checkpoints(state: TrainState, directory: Path | None) -> dict[str, Any
         )
     best_path = directory / BEST
     found = best_path.is_file() and saved["best_epoch"]
-    return {
-        **saved,
-        "path": str(last),
-        "best_state": load_checkpoint(best_path)["network"] if found else None,
-    }
+    read = ReadCheckpoint(**saved)
+    read["path"] = str(last)
+    read["best_state"] = load_checkpoint(best_path)["network"] if found else None
+    return read
 
 
-def apply_checkpoint(state: TrainState, saved: dict[str, Any]) -> None:
+def apply_checkpoint(state: TrainState, saved: ReadCheckpoint) -> None:
     """Put a checkpoint read by :func:`read_checkpoints` into ``state``."""
     state.network.load_state_dict(saved["network"])
     state.optimizer.load_state_dict(saved["optimizer"])

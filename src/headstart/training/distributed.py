@@ -25,19 +25,27 @@ soon as one fails.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from headstart.core.errors import HeadstartError, ParameterError
 from headstart.training.callbacks import Callback
 from headstart.training.state import TrainState
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from headstart.data.loaders import EpochSampler, Loader
+
 
 TIMEOUT_ENV = "HEADSTART_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
@@ -68,7 +76,7 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, int | str]:
         """What ``metrics.json`` records (``finetune.distributed``)."""
         return {"world_size": self.world_size, "backend": self.backend or "none", "device": self.device}
 
@@ -96,7 +104,7 @@ class Distributed:
             return part
         import torch.distributed as dist
 
-        parts: list[Any] = [None] * self.world_size
+        parts: list[np.ndarray] = [part] * self.world_size  # all_gather_object replaces each
         dist.all_gather_object(parts, part)
         widest = max(parts, key=len)  # a rank with no rows has no columns either
         full = np.zeros((n, *widest.shape[1:]), dtype=widest.dtype)
@@ -130,7 +138,7 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def wrap(self, network: Any) -> Any:
+    def wrap(self, network: Module) -> Module:
         """The module that runs the training forward: ``network`` itself, or its
         DistributedDataParallel wrapper, which averages the gradients across ranks."""
         if not self.active:
@@ -208,16 +216,31 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn`` inside :func:`process_group` (a decorator for the estimator's fit)."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
+    def wrapper(*args: object, **kwargs: object) -> T:
         with process_group():
             return fn(*args, **kwargs)
 
     return wrapper
 
 
-def writer_args(out_dir: Any, verbose: bool) -> tuple[Any, bool]:
-    """The run folder and verbosity of this rank's run writer: rank 0's, or none and quiet."""
-    return (out_dir, verbose) if not in_a_group() or current().is_main else (None, False)
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its job (a process torchrun did not start always is).
+
+    Read from torchrun's ``RANK``, so asking never imports torch."""
+    return not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+
+
+class RankZeroFilter(logging.Filter):
+    """Passes log lines on rank 0 only, so a job of N processes prints and logs each line once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return is_main_process()
+
+
+def writer_args(out_dir: str | Path | None, verbose: bool) -> tuple[str | Path | None, bool]:
+    """The run folder and verbosity of this rank's run writer: rank 0's folder, or none (what
+    reaches the console is :class:`RankZeroFilter`'s to decide)."""
+    return (out_dir if is_main_process() else None), verbose
 
 
 class DistributedEpochSampler:
@@ -229,7 +252,7 @@ class DistributedEpochSampler:
     batches together are exactly one process's k-th batch.
     """
 
-    def __init__(self, inner: Any, world_size: int, rank: int) -> None:
+    def __init__(self, inner: EpochSampler, world_size: int, rank: int) -> None:
         from torch.utils.data import DistributedSampler
 
         self.inner = inner
@@ -255,7 +278,9 @@ class DistributedEpochSampler:
         return iter([order[p] for p in self.positions])
 
 
-def shard_train_loader(loader: Any, sampler: Any, dist: Distributed, batch_size: int) -> tuple[Any, Any]:
+def shard_train_loader(
+    loader: Loader, sampler: EpochSampler, dist: Distributed, batch_size: int
+) -> tuple[Loader, EpochSampler | DistributedEpochSampler]:
     """This rank's training loader and sampler (the one-process ones when not distributed)."""
     if not dist.active:
         return loader, sampler

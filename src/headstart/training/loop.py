@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
-from headstart.core.errors import ParameterError
+from headstart.core.choices import class_weight_value
 from headstart.core.progress import ConsoleProgress, NullProgress, ProgressSink, _fmt_eta
 from headstart.core.system import compute_threads
+from headstart.data.images import DataConfig
 from headstart.data.loaders import eval_loader, loader_workers, train_loader
 from headstart.training.callbacks import (
     Callback,
@@ -55,6 +57,7 @@ from headstart.training.distributed import (
     shard_train_loader,
 )
 from headstart.training.network import (
+    FreezeInfo,
     contiguous_state,
     freeze,
     head_arrays,
@@ -64,7 +67,22 @@ from headstart.training.network import (
 )
 from headstart.training.prefix import build_prefix, network_stages
 from headstart.training.settings import FineTuneSettings, resolve_precision
-from headstart.training.state import MIN_DELTA, TrainState
+from headstart.training.state import MIN_DELTA, Best, TrainState
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+    from torch.utils.data import DataLoader
+
+    from headstart.data.loaders import EpochSampler
+    from headstart.models.backbones import TimmModel
+    from headstart.models.heads import Head
+    from headstart.training.distributed import DistributedEpochSampler
+    from headstart.training.network import Network
+
+    Loader = DataLoader[tuple[Tensor, Tensor]]
+    EpochOrder = EpochSampler | DistributedEpochSampler
+    LossFn = Callable[[Tensor, Tensor], Tensor]  # a torch loss, or training.multilabel's MultiHotLoss
 
 # settings_fingerprint is part of this module's interface: the estimator imports it from here.
 __all__ = [
@@ -80,7 +98,16 @@ __all__ = [
 ]
 
 HISTORY_FILE = "history.csv"
+logger = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
+
+
+class PrefixInfo(TypedDict):
+    """How the frozen leading stages ran: ``mode`` and how many of the ``stages`` were frozen."""
+
+    mode: str
+    frozen_stages: int
+    stages: int | None
 
 
 @dataclass
@@ -89,7 +116,7 @@ class FineTuneResult:
     per complete epoch, and what the run did (``info``: epochs_run, best_epoch, probe_kept,
     stopped_because...)."""
 
-    backbone_model: Any
+    backbone_model: TimmModel
     head_arrays: dict[str, np.ndarray]
     history: list[dict[str, float]]
     info: dict[str, Any] = field(default_factory=dict)
@@ -100,24 +127,24 @@ class Objective:
     """The training loss: cross-entropy (class-weighted, label-smoothed) plus the probe's L2
     penalty ``l2 * ||W||^2`` on the head's weights."""
 
-    loss_fn: Any
+    loss_fn: LossFn
     l2: float = 0.0
 
-    def __call__(self, network: Any, logits: Any, labels: Any) -> Any:
+    def __call__(self, network: Network, logits: Tensor, labels: Tensor) -> Tensor:
         loss = self.loss_fn(logits, labels)
         if self.l2:
             loss = loss + self.l2 * network.fc.weight.square().sum()
         return loss
 
 
-def correct_count(loss_fn: Any, logits: Any, labels: Any) -> float:
+def correct_count(loss_fn: LossFn, logits: Tensor, labels: Tensor) -> float:
     """Images ``logits`` get right: the top-1 class, unless the loss defines its own ``correct``
     (a multi-label loss: see ``training.multilabel``)."""
     own = getattr(loss_fn, "correct", None)
     return float(own(logits, labels)) if own is not None else int((logits.argmax(1) == labels).sum())
 
 
-def output_proba(loss_fn: Any, logits: Any) -> np.ndarray:
+def output_proba(loss_fn: LossFn, logits: Tensor) -> np.ndarray:
     """Probabilities of ``logits``: softmax, unless the loss defines its own ``proba`` (sigmoid)."""
     import torch
 
@@ -130,20 +157,22 @@ class EpochData:
     """The loaders of a fit: training (and its sampler, set to each epoch) and validation, and
     the job they are this process's share of (``dist``)."""
 
-    train: Any
-    sampler: Any
-    val: Any
+    train: Loader
+    sampler: EpochOrder
+    val: Loader
     dist: Distributed = field(default_factory=Distributed)
 
 
-def evaluate_shared(network: Any, data: EpochData, loss_fn: Any, precision: str) -> tuple[float, float]:
+def evaluate_shared(
+    network: Network, data: EpochData, loss_fn: LossFn, precision: str
+) -> tuple[float, float]:
     """Validation loss and accuracy over every rank's share of the validation images."""
     loss, accuracy, proba = evaluate(network, data.val, loss_fn, precision)
     loss, accuracy = data.dist.average([loss, accuracy], len(proba))
     return loss, accuracy
 
 
-def autocast(precision: str, device_type: str = "cpu") -> Any:
+def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[object]:
     """bf16 autocast (on the CPU, or ``device_type``) for ``bf16``; nothing for ``fp32``."""
     import torch
 
@@ -153,7 +182,7 @@ def autocast(precision: str, device_type: str = "cpu") -> Any:
 
 
 def evaluate(
-    network: Any, loader: Any, loss_fn: Any, precision: str = "fp32", tta: str = "none"
+    network: Network, loader: Loader, loss_fn: LossFn, precision: str = "fp32", tta: str = "none"
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and the probabilities (softmax, or the loss's own ``proba``) of every
     image (in order) of ``loader``, in eval mode;
@@ -185,7 +214,7 @@ def evaluate(
 
 def train_one_epoch(
     state: TrainState,
-    loader: Any,
+    loader: Loader,
     objective: Objective,
     callbacks: Callback | None = None,
     progress: ProgressSink | None = None,
@@ -197,31 +226,20 @@ def train_one_epoch(
         The epoch's mean training loss and accuracy, or None when a callback stopped the run
         during the epoch (which is then incomplete).
     """
-    import torch
 
     callbacks = callbacks or Callback()
     progress = progress or NullProgress()
-    network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
+    network = state.network
     set_train_mode(network, state.settings.freeze_bn_stats)
     loss_sum, correct, seen = 0.0, 0.0, 0
     device = next(network.parameters()).device  # the CPU, or a rank's GPU
     for pixels, labels in loader:
         pixels, labels = pixels.to(device), labels.to(device)
-        ok = labels >= 0
-        with autocast(state.precision, device.type):
-            logits = (state.forward or network)(pixels).float()
-        if ok.any():
-            loss = objective(network, logits[ok], labels[ok])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            k = int(ok.sum())
-            loss_sum += float(loss.detach()) * k
-            correct += correct_count(objective.loss_fn, logits.detach()[ok], labels[ok])
-            seen += k
+        step = train_step(state, objective, pixels, labels)
+        if step is not None:
+            loss_sum += step[0] * step[2]
+            correct += step[1]
+            seen += step[2]
         state.scheduler.step()
         progress.advance(len(labels))
         callbacks.on_batch_end(state)
@@ -230,11 +248,37 @@ def train_one_epoch(
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
+def train_step(
+    state: TrainState, objective: Objective, pixels: Any, labels: Any
+) -> tuple[float, float, int] | None:
+    """One optimiser step on a batch already on the network's device (images labelled -100
+    left out): the batch's mean loss, its images right and its images counted; None when no
+    image of the batch has a label. The training loop's step and the one ``strategy="auto"``
+    times (``training.throughput``)."""
+    import torch
+
+    network, optimizer, grad_clip = state.network, state.optimizer, state.settings.grad_clip
+    ok = labels >= 0
+    with autocast(state.precision, pixels.device.type):
+        logits = (state.forward or network)(pixels).float()
+    if not ok.any():
+        return None
+    loss = objective(network, logits[ok], labels[ok])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    k = int(ok.sum())
+    return float(loss.detach()), correct_count(objective.loss_fn, logits.detach()[ok], labels[ok]), k
+
+
 def run_epoch(
     state: TrainState,
     data: EpochData,
     objective: Objective,
-    val_loss_fn: Any,
+    val_loss_fn: LossFn,
     callbacks: Callback,
     verbose: bool,
 ) -> dict[str, float] | None:
@@ -246,7 +290,7 @@ def run_epoch(
     data.sampler.epoch = state.epoch
     torch.manual_seed(state.settings.seed * 1_000_003 + state.epoch)  # dropout / drop-path of this epoch
     progress = ConsoleProgress() if verbose else NullProgress()
-    n_images = len(data.train.dataset)
+    n_images = len(cast("Sized", data.train.dataset))
     progress.start(f"epoch {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
     progress.finish()
@@ -298,7 +342,7 @@ def run_epochs(
     state: TrainState,
     data: EpochData,
     objective: Objective,
-    val_loss_fn: Any,
+    val_loss_fn: LossFn,
     callbacks: Callback,
     verbose: bool = False,
 ) -> str:
@@ -315,7 +359,7 @@ def run_epochs(
             if row is None:
                 break
             record_epoch(state, row)
-            state.log(epoch_line(state, row))
+            logger.info(epoch_line(state, row))
             callbacks.on_epoch_end(state, row)
             if state.stop:
                 break
@@ -323,11 +367,11 @@ def run_epochs(
         if isinstance(error, KeyboardInterrupt):
             done = state.history[-1]["epoch"] if state.history else 0
             where = f" in {state.run_dir}" if state.run_dir and done else ""
-            state.log(f"interrupted during epoch {done + 1}: {done} epoch(s) saved{where}")
+            logger.info(f"interrupted during epoch {done + 1}: {done} epoch(s) saved{where}")
         callbacks.on_exception(state, error)
         raise
     if state.stop_message:
-        state.log(state.stop_message)
+        logger.info(state.stop_message)
     callbacks.on_fit_end(state)
     return state.stop or "completed"
 
@@ -344,14 +388,14 @@ def warmup_cosine(warmup: int, total_steps: int) -> Callable[[int], float]:
     return schedule
 
 
-def class_weights(train: Sequence[tuple[str, int]], n_classes: int, class_weight: str | None) -> Any:
+def class_weights(
+    train: Sequence[tuple[str, int]], n_classes: int, class_weight: str | None
+) -> Tensor | None:
     """Loss weights per class: None, or for ``balanced`` n / (n_classes * count) (0 if absent)."""
     import torch
 
-    if class_weight in (None, "none"):
+    if class_weight_value(class_weight) is None:
         return None
-    if class_weight != "balanced":
-        raise ParameterError("class_weight", f"unknown value '{class_weight}': use balanced or none")
     counts = np.bincount([y for _, y in train], minlength=n_classes).astype(np.float64)
     weight = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weight, dtype=torch.float32)
@@ -363,7 +407,6 @@ class FineTuner:
     Args:
         settings: what decides the run.
         run_dir: where checkpoints, history.csv and TensorBoard events go; None writes nothing.
-        log: called with each log line.
         verbose: show a progress line per epoch.
         on_epoch_end: ``fn(epoch, row)`` after each complete epoch (after its checkpoint).
         callbacks: more :class:`Callback` objects, called after the built-in ones.
@@ -373,23 +416,21 @@ class FineTuner:
         self,
         settings: FineTuneSettings,
         run_dir: Path | None = None,
-        log: Callable[[str], None] = print,
         verbose: bool = True,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
         callbacks: Iterable[Callback] = (),
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
-        self.log = log
         self.verbose = verbose
         self.on_epoch_end = on_epoch_end
         self.callbacks = list(callbacks)
 
     def fit(
         self,
-        backbone_model: Any,
-        data_config: dict[str, Any],
-        head: Any,
+        backbone_model: TimmModel,
+        data_config: DataConfig,
+        head: Head,
         train: Sequence[tuple[str, int]],
         val: Sequence[tuple[str, int]],
         n_classes: int,
@@ -414,7 +455,7 @@ class FineTuner:
         torch.set_num_threads(self.threads)
         model = copy.deepcopy(backbone_model)
         freeze_info = freeze(model, s.unfreeze)
-        network = make_network(model, data_config, head).to(dist.device, memory_format=torch.channels_last)
+        network = make_network(model, data_config, head).to(dist.device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack this overload
         self.frozen_prefix = self._use_prefix(network, model, data_config, dist)
         self.network_ = network
         self.workers = (
@@ -422,8 +463,8 @@ class FineTuner:
             if s.workers is not None
             else dist.share(loader_workers(None, accelerator=dist.device != "cpu"))
         )
-        loader, sampler = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
-        loader, sampler = shard_train_loader(loader, sampler, dist, s.batch_size)
+        loader, whole = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
+        loader, sampler = shard_train_loader(loader, whole, dist, s.batch_size)
         val_loader = eval_loader(dist.shard(val), data_config, s.batch_size, self.workers)
         data = EpochData(loader, sampler, val_loader, dist)
         objective, val_loss_fn = self._losses(head, train, n_classes)
@@ -436,8 +477,8 @@ class FineTuner:
         return self._result(state, probe_state, freeze_info, stopped, resume)
 
     def _use_prefix(
-        self, network: Any, model: Any, data_config: dict[str, Any], dist: Distributed
-    ) -> dict[str, Any]:
+        self, network: Network, model: Module, data_config: DataConfig, dist: Distributed
+    ) -> PrefixInfo:
         """Run the frozen leading stages as inference (see ``prefix.py``); what was done.
 
         Rules: frozen weights are the pretrained ones in every checkpoint of the run, so a prefix
@@ -453,10 +494,10 @@ class FineTuner:
         network.use_prefix(runner, rest)
         stages = network_stages(model)
         n_frozen = len(stages) - len(rest) if runner is not None and stages else 0
-        return {"mode": how, "frozen_stages": n_frozen, "stages": len(stages) if stages else None}
+        return PrefixInfo(mode=how, frozen_stages=n_frozen, stages=len(stages) if stages else None)
 
     def predict_proba(
-        self, items: Sequence[tuple[str, int]], data_config: dict[str, Any], tta: str = "none"
+        self, items: Sequence[tuple[str, int]], data_config: DataConfig, tta: str = "none"
     ) -> np.ndarray:
         """Probabilities of the fine-tuned network (eval transform; ``tta="flip"``: the image's
         and its mirror's logits averaged), one row per item."""
@@ -466,13 +507,15 @@ class FineTuner:
             evaluate(self.network_, loader, self.output_loss(), self.precision, tta)[2], len(items)
         )
 
-    def output_loss(self) -> Any:
+    def output_loss(self) -> LossFn:
         """The loss ``predict_proba`` evaluates with (it decides softmax or sigmoid outputs)."""
         import torch
 
         return torch.nn.CrossEntropyLoss()
 
-    def _losses(self, head: Any, train: Sequence[tuple[str, int]], n_classes: int) -> tuple[Objective, Any]:
+    def _losses(
+        self, head: Head, train: Sequence[tuple[str, int]], n_classes: int
+    ) -> tuple[Objective, LossFn]:
         """The training objective and the validation loss.
 
         val_loss is the training objective on validation images (as Keras reports it), with the
@@ -489,7 +532,7 @@ class FineTuner:
         l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
         return Objective(train_loss_fn, l2), val_loss_fn
 
-    def _state(self, network: Any, freeze_info: dict[str, Any], n_train: int, fingerprint: str) -> TrainState:
+    def _state(self, network: Network, freeze_info: FreezeInfo, n_train: int, fingerprint: str) -> TrainState:
         """A fresh state: AdamW over the trainable groups, a warm-up + cosine schedule per step,
         and the probe's weights as the best model so far."""
         import torch
@@ -508,14 +551,18 @@ class FineTuner:
             scheduler=scheduler,
             precision=self.precision,
             run_dir=self.run_dir,
-            log=self.log,
             fingerprint=fingerprint,
         )
         state.best["state"] = contiguous_state(network)
         return state
 
     def _start(
-        self, state: TrainState, freeze_info: dict[str, Any], resume: bool, data: EpochData, val_loss_fn: Any
+        self,
+        state: TrainState,
+        freeze_info: FreezeInfo,
+        resume: bool,
+        data: EpochData,
+        val_loss_fn: LossFn,
     ) -> None:
         """Resume if asked, log what trains, and evaluate the probe before a first epoch."""
         s = self.settings
@@ -523,17 +570,18 @@ class FineTuner:
         if resume:
             saved = broadcast_checkpoint(data.dist, lambda: read_checkpoints(state, ckpt_dir))
             apply_checkpoint(state, saved)
-            self.log(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {saved['path']})")
+            logger.info(f"resuming from epoch {state.epoch} of {s.epochs} (checkpoint {saved['path']})")
         remove_leftovers(ckpt_dir)
         if data.dist.active:
-            self.log(
+            logger.info(
                 f"distributed: world size {data.dist.world_size}, backend {data.dist.backend}, batch "
                 f"{data.train.batch_size} per process ({s.batch_size} in all); only rank 0 writes files"
             )
-        self.log(
+        n_train = len(cast("Sized", data.train.dataset))
+        logger.info(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
-            f"trainable) for {s.epochs} epoch(s) on {len(data.train.dataset)} images, {data.dist.device}, {self.precision}, "
+            f"trainable) for {s.epochs} epoch(s) on {n_train} images, {data.dist.device}, {self.precision}, "
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
             f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
@@ -543,7 +591,7 @@ class FineTuner:
             # and the best one must then match the probe's val accuracy (see _result).
             val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
-            self.log(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
+            logger.info(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
     def _prefix_line(self) -> str:
         p = self.frozen_prefix
@@ -570,8 +618,8 @@ class FineTuner:
     def _result(
         self,
         state: TrainState,
-        probe_state: dict[str, Any],
-        freeze_info: dict[str, Any],
+        probe_state: dict[str, Tensor] | None,
+        freeze_info: FreezeInfo,
         stopped: str,
         resume: bool,
     ) -> FineTuneResult:
@@ -581,12 +629,13 @@ class FineTuner:
         best, start = state.best, state.start_val or {}
         kept_probe = bool(best["epoch"]) and best["val_accuracy"] < start.get("val_accuracy", 0.0)
         if kept_probe:
-            self.log(
+            logger.info(
                 f"the best epoch ({best['epoch']}, val_accuracy {best['val_accuracy']:.4f}) is below the linear "
                 f"probe's val_accuracy {start['val_accuracy']:.4f}: the model is the probe on the pretrained backbone"
             )
-            best = {**best, "epoch": 0, "state": probe_state}
+            best = Best(**{**best, "epoch": 0, "state": probe_state})
         network = state.network.cpu()  # the bundle, and the test predictions, are the CPU's
+        assert best["state"] is not None, "the probe's weights are the best before any epoch"
         network.load_state_dict(best["state"])
         network.eval()
         self.precision = resolve_precision(self.settings.precision)
@@ -596,14 +645,14 @@ class FineTuner:
         model.eval()
         info = self._info(state, best, freeze_info, kept_probe, stopped, resume)
         if not best["epoch"] and not kept_probe:
-            self.log("no epoch ran: the model is the linear probe on the pretrained backbone")
+            logger.info("no epoch ran: the model is the linear probe on the pretrained backbone")
         return FineTuneResult(model, head_arrays(network), state.history, info)
 
     def _info(
         self,
         state: TrainState,
-        best: dict[str, Any],
-        freeze_info: dict[str, Any],
+        best: Best,
+        freeze_info: FreezeInfo,
         kept_probe: bool,
         stopped: str,
         resume: bool,

@@ -9,11 +9,17 @@ is the single-label loop's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from headstart.training.loop import FineTuner, Objective
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from headstart.models.heads import Head
+    from headstart.training.loop import LossFn
 
 
 class MultiHotLoss:
@@ -30,7 +36,7 @@ class MultiHotLoss:
 
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
 
-    def __call__(self, logits: Any, labels: Any) -> Any:
+    def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
         import torch
 
         target = self.targets[labels.long()]
@@ -40,11 +46,11 @@ class MultiHotLoss:
             .mean()
         )
 
-    def correct(self, logits: Any, labels: Any) -> float:
+    def correct(self, logits: Tensor, labels: Tensor) -> float:
         target = self.targets[labels.long()]
         return float(((logits > 0).float() == target).float().mean(1).sum())
 
-    def proba(self, logits: Any) -> Any:
+    def proba(self, logits: Tensor) -> Tensor:
         import torch
 
         return torch.sigmoid(logits)
@@ -62,12 +68,14 @@ class MultiLabelFineTuner(FineTuner):
         super().__init__(*args, **kwargs)
         self.targets = np.asarray(targets, dtype=np.float32)
 
-    def _losses(self, head: Any, train: Sequence[tuple[str, int]], n_classes: int) -> tuple[Objective, Any]:
+    def _losses(
+        self, head: Head, train: Sequence[tuple[str, int]], n_classes: int
+    ) -> tuple[Objective, LossFn]:
         """BCE for training and validation alike (no label smoothing, no class weights)."""
         loss = MultiHotLoss(self.targets)
         c = getattr(head, "C", None)
         l2 = 0.5 / (float(c) * len(train)) if (self.settings.keep_probe_l2 and c) else 0.0
         return Objective(loss, l2), loss
 
-    def output_loss(self) -> Any:
+    def output_loss(self) -> LossFn:
         return MultiHotLoss(self.targets)

@@ -13,17 +13,37 @@ so autograd stores nothing for them and a partial fine-tune costs little more th
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
 from headstart.core.errors import ParameterError
+from headstart.data.images import DataConfig
+from headstart.models.heads import Head, LinearOnStandardised
 from headstart.training.settings import FineTuneSettings
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Linear, Module
+
+    from headstart.models.backbones import TimmModel
+
+    class Network(Module):
+        """What :func:`make_network` returns, as the loop and the estimator use it."""
+
+        net: TimmModel
+        fc: Linear
+        feature_mean: Tensor
+        feature_scale: Tensor
+
+        def use_prefix(self, prefix: Callable[[Tensor], Tensor] | None, rest: list[Module]) -> None: ...
+
 
 UNFREEZE_HELP = "use head, last:N, half or all"
 
 
-def block_groups(model: Any) -> list[list[str]]:
+def block_groups(model: Module) -> list[list[str]]:
     """Parameter names of the backbone's block groups, first to last (timm's coarse grouping)."""
     from timm.models._manipulate import group_parameters
 
@@ -34,6 +54,16 @@ def block_groups(model: Any) -> list[list[str]]:
         )
     grouped = group_parameters(model, matcher(coarse=True))
     return [list(names) for _, names in sorted(grouped.items())]
+
+
+class FreezeInfo(TypedDict):
+    """What :func:`freeze` did: the parameter names of each training group (last first), and counts."""
+
+    groups: list[list[str]]
+    n_groups: int
+    n_trainable_groups: int
+    trainable_params: int
+    total_params: int
 
 
 def trainable_groups(spec: str, n_groups: int) -> int:
@@ -56,7 +86,7 @@ def trainable_groups(spec: str, n_groups: int) -> int:
     raise ParameterError("unfreeze", f"unknown value '{spec}': {UNFREEZE_HELP}")
 
 
-def freeze(model: Any, spec: str) -> dict[str, Any]:
+def freeze(model: Module, spec: str) -> FreezeInfo:
     """Set ``requires_grad`` per ``spec``; return the groups that train (last first) and counts."""
     groups = block_groups(model)
     n = trainable_groups(spec, len(groups))
@@ -73,7 +103,7 @@ def freeze(model: Any, spec: str) -> dict[str, Any]:
     }
 
 
-def set_train_mode(model: Any, freeze_bn_stats: bool = False) -> None:
+def set_train_mode(model: Module, freeze_bn_stats: bool = False) -> None:
     """Train mode only where something trains: frozen modules (and their BatchNorm) stay in eval;
     with ``freeze_bn_stats`` every BatchNorm does (its affine weights still train)."""
     import torch
@@ -90,11 +120,20 @@ def set_train_mode(model: Any, freeze_bn_stats: bool = False) -> None:
             module.eval()
 
 
-def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) -> Any:
+def linear_head(head: Head) -> LinearOnStandardised:
+    """``head`` as the linear head on standardised features that fine-tuning starts from."""
+    if not isinstance(head, LinearOnStandardised):
+        raise ParameterError("head", f"fine-tuning starts from a linear head, not {head.name!r}")
+    return head
+
+
+def make_network(backbone_model: Module, data_config: DataConfig, head: Head) -> Network:
     """uint8 NCHW pixels -> normalise -> backbone -> standardise -> linear (the probe's weights)."""
     import torch
 
-    class Network(torch.nn.Module):
+    linear = linear_head(head)
+
+    class PixelsToLogits(torch.nn.Module):
         pixel_mean: torch.Tensor
         pixel_std: torch.Tensor
         feature_mean: torch.Tensor
@@ -107,22 +146,22 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
             std = torch.tensor(data_config["std"], dtype=torch.float32) * 255.0
             self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1))
             self.register_buffer("pixel_std", std.view(1, 3, 1, 1))
-            self.register_buffer("feature_mean", torch.as_tensor(np.asarray(head.mean, dtype=np.float32)))
+            self.register_buffer("feature_mean", torch.as_tensor(np.asarray(linear.mean, dtype=np.float32)))
             # A feature that barely varied in the probe's data must not blow up once the backbone
             # moves: its scale gets a floor (a tenth of the median feature's).
-            scale = np.asarray(head.scale, dtype=np.float32)
+            scale = np.asarray(linear.scale, dtype=np.float32)
             scale = np.maximum(scale, 0.1 * float(np.median(scale)))
             self.register_buffer("feature_scale", torch.as_tensor(scale))
-            coef = np.asarray(head.coef, dtype=np.float32)
+            coef = np.asarray(linear.coef, dtype=np.float32)
             self.fc = torch.nn.Linear(coef.shape[1], coef.shape[0])
             with torch.no_grad():
                 self.fc.weight.copy_(torch.from_numpy(coef))
-                self.fc.bias.copy_(torch.from_numpy(np.asarray(head.intercept, dtype=np.float32)))
+                self.fc.bias.copy_(torch.from_numpy(np.asarray(linear.intercept, dtype=np.float32)))
             # Not submodules (a plain object and a list): the state dict stays the network's own.
-            self.prefix: Any = None
-            self.rest: list[Any] = []
+            self.prefix: Callable[[Tensor], Tensor] | None = None
+            self.rest: list[Module] = []
 
-        def use_prefix(self, prefix: Any, rest: list[Any]) -> None:
+        def use_prefix(self, prefix: Callable[[Tensor], Tensor] | None, rest: list[Module]) -> None:
             """Run the frozen leading stages with ``prefix`` (see ``prefix.py``), then ``rest``
             and the backbone's pooling; None runs the backbone whole."""
             self.prefix, self.rest = prefix, rest
@@ -136,14 +175,14 @@ def make_network(backbone_model: Any, data_config: dict[str, Any], head: Any) ->
                 x = self.prefix(x).contiguous(memory_format=torch.channels_last)
                 for stage in self.rest:
                     x = stage(x)
-                features = self.net.forward_head(x).float()
+                features = cast("Callable[[Tensor], Tensor]", self.net.forward_head)(x).float()
             return self.fc((features - self.feature_mean) / self.feature_scale)
 
-    return Network()
+    return cast("Network", PixelsToLogits())
 
 
 def param_groups(
-    network: Any, trainable: list[list[str]], settings: FineTuneSettings
+    network: Network, trainable: list[list[str]], settings: FineTuneSettings
 ) -> list[dict[str, Any]]:
     """Optimiser groups: the head at ``lr``; each trainable backbone group (last first) at
     ``lr * backbone_lr_scale * layer_decay ** depth``."""
@@ -156,12 +195,12 @@ def param_groups(
     return groups
 
 
-def contiguous_state(module: Any) -> dict[str, Any]:
+def contiguous_state(module: Module) -> dict[str, Tensor]:
     """A detached, contiguous copy of ``module``'s state (what a checkpoint and the best model keep)."""
     return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
 
 
-def head_arrays(network: Any) -> dict[str, np.ndarray]:
+def head_arrays(network: Network) -> dict[str, np.ndarray]:
     """The head's arrays (standardisation and linear layer), as a LogisticHead restores them."""
     return {
         "mean": network.feature_mean.numpy().copy(),

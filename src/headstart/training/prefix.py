@@ -22,12 +22,17 @@ import copy
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headstart.core.errors import ParameterError
 from headstart.core.runtimes import compile_openvino
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+
 
 FROZEN_PREFIX_MODES = ("auto", "openvino", "torch", "off")
 
@@ -37,7 +42,7 @@ def check_frozen_prefix(mode: str) -> None:
         raise ParameterError("frozen_prefix", f"unknown value '{mode}': use {', '.join(FROZEN_PREFIX_MODES)}")
 
 
-def network_stages(model: Any) -> list[Any] | None:
+def network_stages(model: Module) -> list[Module] | None:
     """The modules ``model.forward_features`` runs one after another, or None for a network whose
     features are not such a chain (then it always runs whole)."""
     from timm.models.efficientnet import EfficientNet
@@ -47,7 +52,7 @@ def network_stages(model: Any) -> list[Any] | None:
     return [model.conv_stem, model.bn1, *model.blocks, model.conv_head, model.bn2]
 
 
-def frozen_count(stages: list[Any]) -> int:
+def frozen_count(stages: list[Module]) -> int:
     """How many leading stages have no trainable parameter (``set_train_mode`` keeps those in
     eval mode, so they compute as in inference)."""
     count = 0
@@ -64,13 +69,13 @@ class PrefixRunner:
 
     mode = "torch"
 
-    def __init__(self, stages: list[Any], precision: str) -> None:
+    def __init__(self, stages: list[Module], precision: str) -> None:
         import torch
 
         self.stages = torch.nn.Sequential(*stages)
         self.precision = precision
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Tensor) -> Tensor:
         import torch
 
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -85,7 +90,7 @@ class OpenVinoPrefixRunner(PrefixRunner):
     mode = "openvino"
 
     def __init__(
-        self, stages: list[Any], precision: str, batch_size: int, size: tuple[int, int], threads: int
+        self, stages: list[Module], precision: str, batch_size: int, size: tuple[int, int], threads: int
     ):
         import torch
 
@@ -107,7 +112,7 @@ class OpenVinoPrefixRunner(PrefixRunner):
             self.compiled = compile_openvino(path, config)
         self.request = self.compiled.create_infer_request()
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Tensor) -> Tensor:
         import torch
 
         n = len(x)
@@ -119,8 +124,8 @@ class OpenVinoPrefixRunner(PrefixRunner):
 
 
 def build_prefix(
-    model: Any, mode: str, precision: str, batch_size: int, size: tuple[int, int], threads: int
-) -> tuple[PrefixRunner | None, list[Any], str]:
+    model: Module, mode: str, precision: str, batch_size: int, size: tuple[int, int], threads: int
+) -> tuple[PrefixRunner | None, list[Module], str]:
     """The runner of ``model``'s frozen leading stages, the stages that remain, and what was done
     (``openvino``, ``torch``, or why nothing: ``off``, ``none frozen``, ``not a stage chain``).
 

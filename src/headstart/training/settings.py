@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from headstart.core.choices import TRAINING_PRECISIONS, class_weight_value
 from headstart.core.errors import ParameterError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = TRAINING_PRECISIONS
 
 
 @dataclass
@@ -20,7 +21,7 @@ class FineTuneSettings:
     layer_decay: float = 0.6  # each earlier group: times this
     batch_size: int = 32
     augment: str = "default"
-    class_weight: str | None = None  # None or "balanced"
+    class_weight: str | None = None  # None or "balanced" ("none" is read as None)
     patience: int = 3
     time_budget: float | None = None  # seconds of wall time for the whole fit
     label_smoothing: float = 0.1
@@ -41,6 +42,9 @@ class FineTuneSettings:
     # Off by default: the compiled graph crashed a process after torch.distributed work (README).
     frozen_prefix: str = "off"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.class_weight = class_weight_value(self.class_weight)
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:

@@ -5,15 +5,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from headstart.training.settings import FineTuneSettings
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from headstart.training.network import Network
+
 
 # An epoch improves on the best when its val_loss is lower by more than this.
 MIN_DELTA = 1e-4
 
 
-def no_best() -> dict[str, Any]:
+class Best(TypedDict):
+    """The best epoch so far: its validation figures and its weights (None before the probe's)."""
+
+    val_loss: float
+    val_accuracy: float
+    epoch: int
+    state: dict[str, Tensor] | None
+
+
+def no_best() -> Best:
     """The best model before any epoch: nothing to beat (``state`` is set to the probe's weights)."""
     return {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0, "state": None}
 
@@ -28,24 +45,26 @@ class TrainState:
     """
 
     settings: FineTuneSettings
-    network: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
+    # Set by the loop; a state built from settings alone (to drive callbacks) has None here.
+    network: Network = None  # type: ignore[assignment]
+    optimizer: Optimizer = None  # type: ignore[assignment]
+    scheduler: LRScheduler = None  # type: ignore[assignment]
     precision: str = "fp32"
     run_dir: Path | None = None
-    log: Callable[[str], None] = print
     fingerprint: str = ""
     epoch: int = 0  # the epoch running, or the last one that ended
     start_epoch: int = 1  # the first epoch this fit runs (after a resume: the one after the checkpoint)
     history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=no_best)  # val_loss, val_accuracy, epoch, state
+    best: Best = field(default_factory=no_best)  # val_loss, val_accuracy, epoch, state
     improved: bool = False  # whether the epoch that just ended is the new best
     waited: int = 0  # epochs since the best (kept by EarlyStopping, saved in checkpoints)
     trained_s: float = 0.0  # seconds of complete epochs, resumed runs included
     start_val: dict[str, float] | None = None  # the probe's val_loss and val_accuracy
     stop: str | None = None
     stop_message: str = ""
-    forward: Any = None  # what runs the training forward when not the network: its DDP wrapper
+    forward: Callable[[Tensor], Tensor] | None = (
+        None  # what runs the training forward when not the network: its DDP wrapper
+    )
 
     @property
     def epochs(self) -> int:
