@@ -173,12 +173,14 @@ def test_two_ranks_first_epoch_matches_one_process(one_and_two: dict[str, Path])
 
 @pytest.mark.slow
 def test_only_rank_zero_writes_and_no_file_twice(one_and_two: dict[str, Path]) -> None:
-    run_dir = str(one_and_two["two"].resolve())
+    run = one_and_two["two"].resolve()
+    # the run is written in its staging folder beside the run folder, then swapped in (runs.writer)
+    folders = (str(run), str(run.parent / f".{run.name}.headstart-new-"))
     logs = one_and_two["log-two"]
     rank1 = (logs / "writes-rank1.txt").read_text().split() if (logs / "writes-rank1.txt").exists() else []
     rank0 = (logs / "writes-rank0.txt").read_text().split()
-    assert not [p for p in rank1 if p.startswith(run_dir)], rank1
-    in_run = [p for p in rank0 if p.startswith(run_dir)]
+    assert not [p for p in rank1 if p.startswith(folders)], rank1
+    in_run = [p for p in rank0 if p.startswith(folders) and p != str(run)]
     assert {Path(p).name for p in in_run} >= {"model.safetensors", "metrics.json", "history.csv", "last.pt"}
     once = [p for p in in_run if not p.endswith(("history.csv", "last.pt", "best.pt"))]  # per epoch
     assert len(once) == len(set(once)), sorted(once)
