@@ -17,7 +17,9 @@ WHEEL_MUST = [
     "headstart/py.typed",
     "headstart/reporting/templates/report.html",
     "headstart/reporting/templates/shell.css",
-    "headstart/serve/templates/serve.html",
+    "headstart/serve/templates/api_docs.html",
+    "headstart/export/templates/classify.html",
+    "headstart/review/templates/review.html",
 ]
 WHEEL_MUST_NOT = ("tests/", "docs/", "benchmarks/", "site/", ".ci/")
 SDIST_MUST = [
@@ -32,7 +34,8 @@ SDIST_MUST = [
     "benchmarks/extraction_speed.py",
     "src/headstart/__init__.py",
     "src/headstart/reporting/templates/report.html",
-    "src/headstart/serve/templates/serve.html",
+    "src/headstart/serve/templates/api_docs.html",
+    "src/headstart/export/templates/classify.html",
 ]
 
 
