@@ -706,7 +706,7 @@ def _summary_line(c: Candidate) -> str:
     )
     took = f"{c.seconds:.0f} s" if c.seconds is not None else "-"
     estimate = f", estimate {c.estimate_s:.0f} s" if c.estimate_s is not None else ""
-    return f"{c.name:<16} {scored:<32} {took:>6}  {c.status}{estimate}  {c.params}"
+    return f"{c.name:<16} {scored:<32} {took:>6}  {c.status}{estimate}  {c.params.record()}"
 
 
 def _why(search: Search, winner: Candidate) -> str:
