@@ -41,13 +41,19 @@ WEB_FILES = (PAGE, ORT_SCRIPT, RUNTIME_SCRIPT, MODEL_SCRIPT)
 ORT_ENV = "HEADSTART_ORT_WEB"
 
 
-@functools.cache
 def page_environment() -> jinja2.Environment:
     """The classify page's templates (``export/templates``) and the report's shell they extend."""
+    return templates_over_shell("headstart.export")
+
+
+@functools.cache
+def templates_over_shell(package: str) -> jinja2.Environment:
+    """``package``'s templates first, then the report's shell they extend; every value escaped
+    (serve's pages use it too)."""
     return jinja2.Environment(
         loader=jinja2.ChoiceLoader(
             [
-                jinja2.PackageLoader("headstart.export", "templates"),
+                jinja2.PackageLoader(package, "templates"),
                 jinja2.PackageLoader("headstart.reporting", "templates"),
             ]
         ),

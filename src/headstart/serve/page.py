@@ -8,29 +8,16 @@ escapes every value.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jinja2
 
-from headstart.export.web import classify_page
+from headstart.export.web import classify_page, templates_over_shell
 
 
-@functools.cache
 def environment() -> jinja2.Environment:
     """Templates of this package first, then the report's shell they extend."""
-    return jinja2.Environment(
-        loader=jinja2.ChoiceLoader(
-            [
-                jinja2.PackageLoader("headstart.serve", "templates"),
-                jinja2.PackageLoader("headstart.reporting", "templates"),
-            ]
-        ),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    return templates_over_shell("headstart.serve")
 
 
 def index_page(needs_key: bool) -> str:
