@@ -10,7 +10,7 @@ from conftest import assert_bundle_and_export_agree, make_class_folders, make_gr
 from headstart.estimator.classifier import ImageClassifier
 from headstart.features.composite import build_extractor
 from headstart.models.backbones import create_backbone
-from headstart.models.taps import candidate_group_sets, layer_group_widths
+from headstart.models.taps import RIDGE_ALPHAS, candidate_group_sets, choose_layer_groups, layer_group_widths
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,34 @@ def test_candidate_groups_grow_from_the_last_features_down():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("n_train", [12, 80])  # fewer images than columns, and more
+def test_layer_search_scores_each_candidate_as_a_direct_ridge_solve(n_train):
+    """Whichever decomposition the search takes, each candidate's best strength and validation
+    error are those of ``(x^T x + a I)^-1 x^T y`` solved directly on the standardised columns."""
+    rng = np.random.default_rng(0)
+    widths = [5, 7, 20]
+    x, xv = rng.normal(size=(n_train, 32)), rng.normal(size=(15, 32))
+    y, yv = np.arange(n_train) % 3, np.arange(15) % 3
+    x[:, -20:] += y[:, None]  # the last group carries the labels
+    xv[:, -20:] += yv[:, None]
+    groups, info = choose_layer_groups(x, y, xv, yv, widths)
+    assert [r["groups"] for r in info["search"]] == candidate_group_sets(3) and groups == info[
+        "chosen_groups"
+    ]
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    onehot = np.eye(3)[y]
+    for row in info["search"]:
+        cols = np.concatenate([np.arange(sum(widths[:g]), sum(widths[: g + 1])) for g in row["groups"]])
+        xs, xvs = ((x - mean) / scale)[:, cols], ((xv - mean) / scale)[:, cols]
+        target = onehot - onehot.mean(axis=0)
+        errors = []
+        for alpha in RIDGE_ALPHAS:
+            w = np.linalg.solve(xs.T @ xs + alpha * np.eye(len(cols)), xs.T @ target)
+            errors.append((((xvs @ w) - (np.eye(3)[yv] - onehot.mean(axis=0))) ** 2).sum(axis=1).mean())
+        assert row["width"] == len(cols) and row["alpha"] == RIDGE_ALPHAS[int(np.argmin(errors))]
+        assert row["val_squared_error"] == pytest.approx(min(errors), rel=1e-9)
+
+
 def test_multi_model_round_trips_through_bundle_and_export(tmp_path):
     root = make_gratings(tmp_path / "gratings", per_class=10)
     clf = ImageClassifier(

@@ -83,8 +83,8 @@ def choose_layer_groups(
     on its standardised columns, at every strength in ``RIDGE_ALPHAS`` (so a wider candidate is
     not judged at a narrower one's strength): the lowest validation squared error (smoother than
     accuracy on a small validation split). A candidate within 0.5% of the best with fewer groups
-    wins. Why ridge: one eigendecomposition of the candidate's covariance gives every strength at
-    once, a few seconds in all where a logistic regression per candidate and strength takes minutes.
+    wins. Why ridge: one eigendecomposition gives every strength at once, a few seconds in all
+    where a logistic regression per candidate and strength takes minutes.
     """
     bounds = np.cumsum([0, *group_widths])
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
@@ -93,10 +93,11 @@ def choose_layer_groups(
     labels = np.unique(y_train)
     onehot = (y_train[:, None] == labels[None, :]).astype(np.float64)
     target_val = (y_val[:, None] == labels[None, :]) - onehot.mean(axis=0)
-    cov, xty = xs.T @ xs, xs.T @ (onehot - onehot.mean(axis=0))
+    targets = onehot - onehot.mean(axis=0)
     rows = [
-        _ridge_candidate(groups, bounds, cov, xty, xvs, target_val, labels, y_val)
+        _ridge_candidate(xs[:, cols], targets, xvs[:, cols], target_val, labels, y_val, groups)
         for groups in candidate_group_sets(len(group_widths))
+        for cols in [np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])]
     ]
     lowest = min(r["val_squared_error"] for r in rows)
     best = min((r for r in rows if r["val_squared_error"] <= lowest * 1.005), key=lambda r: len(r["groups"]))
@@ -104,20 +105,26 @@ def choose_layer_groups(
 
 
 def _ridge_candidate(
-    groups: list[int],
-    bounds: np.ndarray,
-    cov: np.ndarray,
-    xty: np.ndarray,
+    x: np.ndarray,
+    targets: np.ndarray,
     x_val: np.ndarray,
     target_val: np.ndarray,
     labels: np.ndarray,
     y_val: np.ndarray,
+    groups: list[int],
 ) -> dict[str, Any]:
-    """One candidate's ridge fits at every strength, from one eigendecomposition; its best row."""
+    """One candidate's ridge fits at every strength, from one eigendecomposition; its best row.
+
+    With fewer images than columns the decomposition is of the images' Gram matrix ``x x^T``
+    (n x n), else of the covariance ``x^T x`` (d x d): the same predictions, since
+    ``(x^T x + a I)^-1 x^T = x^T (x x^T + a I)^-1``, from the smaller of the two."""
     t0 = time.perf_counter()
-    cols = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])
-    eigenvalues, vectors = np.linalg.eigh(cov[np.ix_(cols, cols)])
-    projected, rotated = vectors.T @ xty[cols], x_val[:, cols] @ vectors
+    if len(x) < x.shape[1]:
+        eigenvalues, vectors = np.linalg.eigh(x @ x.T)
+        projected, rotated = vectors.T @ targets, x_val @ x.T @ vectors
+    else:
+        eigenvalues, vectors = np.linalg.eigh(x.T @ x)
+        projected, rotated = vectors.T @ (x.T @ targets), x_val @ vectors
     best: dict[str, Any] = {}
     for alpha in RIDGE_ALPHAS:
         pred = rotated @ (projected / (eigenvalues + alpha)[:, None])
@@ -125,4 +132,4 @@ def _ridge_candidate(
         if not best or error < best["val_squared_error"]:
             accuracy = float((labels[pred.argmax(1)] == y_val).mean())
             best = {"alpha": alpha, "val_squared_error": error, "val_accuracy": accuracy}
-    return {"groups": groups, "width": len(cols), **best, "seconds": time.perf_counter() - t0}
+    return {"groups": groups, "width": x.shape[1], **best, "seconds": time.perf_counter() - t0}
