@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,24 @@ def assert_bundle_and_export_agree(clf, tmp_path: Path):
     pixels = np.stack([exported.load_image(f) for f in files])
     np.testing.assert_allclose(exported.predict_proba(pixels), reference, atol=2e-3)
     return loaded
+
+
+def cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``headstart ARGS`` run in this process by typer's CliRunner: the exit code, stdout and
+    stderr a subprocess would give, without an interpreter's start-up (seconds each). An exception
+    the CLI does not turn into its one-line error (a traceback in a real process) fails the test.
+    Cases about the process itself (signals, hangs on hostile files, start-up) keep a subprocess."""
+    from typer.testing import CliRunner
+
+    from headstart.cli.app import app
+
+    argv = [os.fsdecode(a) if isinstance(a, Path) else str(a) for a in args]
+    result = CliRunner().invoke(app, argv, env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"headstart {argv} raised {result.exception!r}\n{result.output}") from (
+            result.exception
+        )
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, result.stderr)
 
 
 def tree_digest(root: Path) -> dict[str, str]:

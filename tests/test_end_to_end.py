@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, make_image, tree_digest
+from conftest import cli, make_class_folders, make_image, tree_digest
 from PIL import Image
 
 import headstart
@@ -126,7 +126,7 @@ def test_training_errors_are_one_line(tmp_path, setup, message):
     elif setup == "tiny_class":
         make_class_folders(data, per_class=6, classes=("red",))
         make_class_folders(data, per_class=2, classes=("blue",))
-    proc = run(*TRAIN, data, "--out", tmp_path / "run", check=False)
+    proc = cli(*TRAIN, data, "--out", tmp_path / "run")  # an uncaught exception fails here
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()[-1]) < 300
@@ -138,7 +138,7 @@ def test_missing_or_corrupt_model_is_one_line(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\x00" * 100)
     for model, message in [(tmp_path / "none.safetensors", "model file not found"), (bad, "damaged")]:
-        proc = run("predict", model, img, check=False)
+        proc = cli("predict", model, img)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 

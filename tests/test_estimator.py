@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from sklearn.base import clone
 
 import headstart
 from headstart.core.errors import ParameterError
 from headstart.estimator.classifier import CONSTRAINTS, FineTuneClassifier, ImageClassifier
 from headstart.runs.writer import resumable_folder
-
-CLI = [sys.executable, "-m", "headstart"]
 
 
 def test_get_params_set_params_and_clone_round_trip():
@@ -193,14 +190,9 @@ def test_cli_names_its_flags(colors_dir, tmp_path):
         (["--strategy", "finetune", "--head", "mlp"], "--head"),
         (["--class-weight", "heavy"], "--class-weight"),
     ):
-        proc = subprocess.run(
-            [*CLI, "train", str(colors_dir), "--out", str(tmp_path / "r"), *args],
-            capture_output=True,
-            text=True,
-        )
+        proc = cli("train", colors_dir, "--out", tmp_path / "r", *args)
         assert proc.returncode == 2 and f"error: {flag}: " in proc.stderr and "Traceback" not in proc.stderr
-    help_text = subprocess.run([*CLI, "train", "--help"], capture_output=True, text=True).stdout
-    assert "minutes" in help_text
+    assert "minutes" in cli("train", "--help").stdout
 
 
 @pytest.mark.slow
