@@ -6,14 +6,12 @@ import csv
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, tree_digest
+from conftest import cli, make_class_folders, tree_digest
 from PIL import Image
 
 from headstart.data.discovery import Sample
@@ -21,20 +19,11 @@ from headstart.data.exclusions import exclude_samples, read_exclude_list
 from headstart.data.splits import assign_splits, make_split
 from headstart.doctor import find_duplicates, rank_label_issues
 
-CLI = [sys.executable, "-m", "headstart"]
 TRAIN = ("train", "--strategy=feature-extraction")  # a quick probe, not the search that is the default
 
 
 def run(*args, check=True):
-    env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    proc = subprocess.run(
-        [*CLI, *map(os.fsdecode, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        errors="backslashreplace",
-    )
+    proc = cli(*args)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -2,23 +2,19 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, make_image, tree_digest
+from conftest import cli, make_class_folders, make_image, tree_digest
 from PIL import Image
 
 import headstart
 from headstart.data.splits import make_split
 
-CLI = [sys.executable, "-m", "headstart"]
-
 
 def run(*args):
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = cli(*args)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 

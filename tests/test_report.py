@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, make_image, require_chromium
+from conftest import cli, make_class_folders, make_image, require_chromium
 
 import headstart
 from headstart.core.io import write_json, write_rows
@@ -36,11 +35,9 @@ from headstart.reporting.plots import (
 )
 from headstart.reporting.run_report import build_report, write_run_report
 
-CLI = [sys.executable, "-m", "headstart"]
-
 
 def run(*args, check=True):
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+    proc = cli(*args)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -10,14 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 import headstart
 import headstart.core.io as core_io
 import headstart.estimator.classifier as classifier_module
 import headstart.reporting.plots as plots_module
 import headstart.runs.writer as writer_module
-
-CLI = [sys.executable, "-m", "headstart"]
 
 
 def count_writes(monkeypatch) -> Counter:
@@ -140,12 +139,12 @@ def test_report_rebuilds_from_the_run_files_alone(colors_dir, tmp_path):
     )
     (run_dir / "model.safetensors").unlink()
     (run_dir / "report.html").unlink()
-    proc = subprocess.run([*CLI, "report", str(run_dir)], capture_output=True, text=True)
+    proc = cli("report", run_dir)
     assert proc.returncode == 0, proc.stderr
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "Feature map" in html and "No map was saved" not in html
     # a new map needs the model for the features: one line, no traceback
-    proc = subprocess.run([*CLI, "report", str(run_dir), "--points", "all"], capture_output=True, text=True)
+    proc = cli("report", run_dir, "--points", "all")
     assert proc.returncode == 2 and "model.safetensors" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -157,11 +156,7 @@ def test_report_remaps_all_points_through_the_model(colors_dir, tmp_path):
     headstart.ImageClassifier(strategy="feature-extraction", verbose=False, report_map="none").fit(
         colors_dir, out_dir=run_dir
     )
-    proc = subprocess.run(
-        [*CLI, "report", str(run_dir), "--points", "all", "--method", "pca", "-q"],
-        capture_output=True,
-        text=True,
-    )
+    proc = cli("report", run_dir, "--points", "all", "--method", "pca", "-q")
     assert proc.returncode == 0, proc.stderr
     with open(run_dir / "map.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -190,12 +185,7 @@ def test_a_typo_in_the_data_path_leaves_the_run_folder_untouched(colors_dir, tmp
     )
     make_killed_finetune_run(run_dir)
     before = tree_digest(run_dir)
-    proc = subprocess.run(
-        [sys.executable, "-m", "headstart", "train", str(colors_dir) + "-typo", "--out", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = cli("train", str(colors_dir) + "-typo", "--out", run_dir)
     assert proc.returncode != 0 and "data path not found" in proc.stderr
     assert tree_digest(run_dir) == before  # the resumable state included
     assert not [p for p in tmp_path.iterdir() if "headstart-" in p.name]
@@ -233,7 +223,7 @@ def test_a_rerun_killed_after_its_model_landed_leaves_the_old_run_whole(colors_d
     staged = [p for p in tmp_path.iterdir() if p.name.startswith(".run.headstart-new-")]
     assert len(staged) == 1 and (staged[0] / "model.safetensors").is_file()
     # the next run replaces the folder whole and removes what the killed one left
-    proc = subprocess.run([sys.executable, "-m", "headstart", *args], capture_output=True, timeout=240)
+    proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not [p for p in tmp_path.iterdir() if "headstart-" in p.name]
     assert (run_dir / "metrics.json").is_file() and (run_dir / "model.safetensors").is_file()
