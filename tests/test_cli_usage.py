@@ -217,33 +217,50 @@ def test_unexpected_errors_are_not_hidden(monkeypatch, tmp_path):
 # --- the installed command's code path, in a real process
 
 
-def headstart(*args: str) -> subprocess.CompletedProcess:
+REAL_PROCESS_USAGE = [
+    ["export", "x"],
+    ["train", "--bogus"],
+    ["predict"],
+    ["train", "--epochs", "abc"],
+    ["train", "--head", "nope"],
+]
+
+
+@pytest.fixture(scope="module")
+def real_processes(tmp_path_factory) -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    """``python -m headstart ARGS`` for every case below, started together (each start-up is
+    seconds of imports; side by side they share the cores): args -> the finished process."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    return subprocess.run(
-        [sys.executable, "-m", "headstart", *args], capture_output=True, text=True, env=env, timeout=120
-    )
+    missing = str(tmp_path_factory.mktemp("report") / "missing")
+    cases = [tuple(args) for args in REAL_PROCESS_USAGE] + [("report", missing)]
+    started = {
+        args: subprocess.Popen(
+            [sys.executable, "-m", "headstart", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for args in cases
+    }
+    done = {}
+    for args, proc in started.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        done[args] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return done
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["export", "x"],
-        ["train", "--bogus"],
-        ["predict"],
-        ["train", "--epochs", "abc"],
-        ["train", "--head", "nope"],
-    ],
-)
-def test_usage_errors_in_a_real_process(args):
-    proc = headstart(*args)
+@pytest.mark.parametrize("args", REAL_PROCESS_USAGE)
+def test_usage_errors_in_a_real_process(args, real_processes):
+    proc = real_processes[tuple(args)]
     assert proc.stdout == ""
     assert_usage_error(proc.returncode, proc.stderr)
 
 
-def test_user_error_in_a_real_process(tmp_path):
-    proc = headstart("report", str(tmp_path / "missing"))
+def test_user_error_in_a_real_process(real_processes):
+    (args, proc), *_ = [(a, p) for a, p in real_processes.items() if a[0] == "report"]
     assert proc.returncode == USAGE_ERROR
-    assert proc.stderr.strip() == f"error: run folder not found: {tmp_path / 'missing'}"
+    assert proc.stderr.strip() == f"error: run folder not found: {args[1]}"
 
 
 def test_a_parameter_without_a_flag_keeps_its_name(monkeypatch, tmp_path):
