@@ -26,6 +26,13 @@ def run(*args, check=True):
     return proc
 
 
+def in_process(*args):
+    proc = cli(*args)
+    if proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 def add_bad_files(root: Path) -> dict[str, str]:
     """Every kind of bad input the core issue names, in the class folders; name -> expected reason."""
     red = root / "red"
@@ -54,7 +61,7 @@ def test_train_predict_evaluate_with_bad_files(tmp_path):
     expected = add_bad_files(data)
     before = tree_digest(data)
     run_dir = tmp_path / "run"
-    proc = run(*TRAIN, data, "--out", run_dir)
+    proc = run(*TRAIN, data, "--out", run_dir)  # a real process; predict and evaluate run in this one
     assert "skipped" in proc.stderr and "Traceback" not in proc.stderr
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -79,7 +86,7 @@ def test_train_predict_evaluate_with_bad_files(tmp_path):
 
     model = run_dir / "model.safetensors"
     out = json.loads(
-        run("predict", model, data / "blue", data / "red" / "red_1.jpg", "--format", "json").stdout
+        in_process("predict", model, data / "blue", data / "red" / "red_1.jpg", "--format", "json").stdout
     )
     assert len(out) == 11
     assert all(len(r["predictions"]) == 3 for r in out)
@@ -87,14 +94,14 @@ def test_train_predict_evaluate_with_bad_files(tmp_path):
     assert abs(sum(p["probability"] for p in out[0]["predictions"]) - 1) < 1e-4
     rows = list(
         csv.DictReader(
-            io.StringIO(run("predict", model, data / "green", "-k", "2", "--format", "csv").stdout)
+            io.StringIO(in_process("predict", model, data / "green", "-k", "2", "--format", "csv").stdout)
         )
     )
     assert len(rows) == 20 and rows[0]["rank"] == "1"
-    table = run("predict", model, data / "red" / "zero.jpg", data / "red" / "red_2.jpg").stdout
+    table = in_process("predict", model, data / "red" / "zero.jpg", data / "red" / "red_2.jpg").stdout
     assert "red" in table and "skipped" in table
 
-    ev = run("evaluate", model, data, "--out", tmp_path / "eval")
+    ev = in_process("evaluate", model, data, "--out", tmp_path / "eval")
     assert "saved test split" in ev.stderr
     ev_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert ev_metrics["test"]["n"] == metrics["test"]["n"]

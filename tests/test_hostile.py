@@ -51,21 +51,40 @@ HOSTILE_CLASSES = {
 PER_CLASS = 6
 
 
+def start(*args: Any, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """``headstart ARGS`` started in a subprocess (``finish`` waits for it)."""
+    return subprocess.Popen(
+        [*CLI, *map(os.fsdecode, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """The started command's result, under a timeout (a hang fails the test), with no traceback."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    done = subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        out.decode("utf-8", "surrogateescape"),
+        err.decode("utf-8", "surrogateescape"),
+    )
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
+    return done
+
+
 def run(
     *args: Any, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """``headstart ARGS`` in a subprocess, under a timeout (a hang fails the test)."""
-    proc = subprocess.run(
-        [*CLI, *map(os.fsdecode, args)],
-        capture_output=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
-    )
-    proc.stdout = proc.stdout.decode("utf-8", "surrogateescape")
-    proc.stderr = proc.stderr.decode("utf-8", "surrogateescape")
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
-    return proc
+    return finish(start(*args, env=env, cwd=cwd), timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -231,23 +250,38 @@ def test_battery_stale_files_and_interrupted_writes_are_gone(battery):
 # --------------------------------------------------------------------------- predict, evaluate, report
 
 
-def test_predict_table_shows_brackets_emoji_codes_and_escapes_as_text(battery):
-    data = battery["data"]
-    folder = data / HOSTILE_CLASSES["brackets"]
-    env = {**ENV, "COLUMNS": "400"}  # a row on one line
-    proc = run("predict", battery["out"], folder, "--format", "table", "--top-k", "10", env=env, cwd=data)
+@pytest.fixture(scope="module")
+def predicted(battery, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The ``predict`` runs that meet the hostile files, each in its own process (a blocking read
+    would hang it, not the suite), started together: each start-up is seconds of imports."""
+    data, model = battery["data"], battery["out"]
+    alone = tmp_path_factory.mktemp("fifo") / "alone.jpg"
+    os.mkfifo(alone)
+    started = {
+        "table": start(
+            "predict", model, data / HOSTILE_CLASSES["brackets"], "--format", "table", "--top-k", "10",
+            env={**ENV, "COLUMNS": "400"}, cwd=data,  # COLUMNS: a row on one line
+        ),
+        "walk": start("predict", model, data, "--format", "json", env=ENV),
+        "alone": start("predict", model, alone, "--format", "json"),
+    }  # fmt: skip
+    return {name: finish(proc) for name, proc in started.items()}
+
+
+def test_predict_table_shows_brackets_emoji_codes_and_escapes_as_text(battery, predicted):
+    proc = predicted["table"]
     assert proc.returncode == 0, proc.stderr
     assert "Dog [puppy]/img_0.jpg" in proc.stdout  # the path, not "Dog /img_0.jpg"
     assert proc.stdout.count("Dog [puppy] ") >= PER_CLASS  # the class in every row's top 10
     assert "cat 🐱 :smile:" in proc.stdout and "😄" not in proc.stdout  # no emoji codes
     assert "\x1b" not in proc.stdout and "ansi \\x1b[31mred" in proc.stdout  # shown, never obeyed
     assert "not a regular file: a named pipe" in proc.stdout  # fifo_link.jpg
-    assert tree_digest(data) == battery["before"]
+    assert tree_digest(battery["data"]) == battery["before"]
 
 
-def test_predict_folder_walk_is_loop_safe_and_names_round_trip(battery):
+def test_predict_folder_walk_is_loop_safe_and_names_round_trip(battery, predicted):
     data = battery["data"]
-    proc = run("predict", battery["out"], data, "--format", "json", env=ENV)
+    proc = predicted["walk"]
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     paths = [r["path"] for r in results]
@@ -271,9 +305,8 @@ def test_predict_csv_protects_formula_cells(battery):
     assert "'=HYPERLINK(1)" in labels and "=HYPERLINK(1)" not in labels
 
 
-def test_predict_exits_non_zero_when_no_file_could_be_read(battery, tmp_path):
-    os.mkfifo(tmp_path / "alone.jpg")
-    proc = run("predict", battery["out"], tmp_path / "alone.jpg", "--format", "json", timeout=120)
+def test_predict_exits_non_zero_when_no_file_could_be_read(battery, predicted, tmp_path):
+    proc = predicted["alone"]  # a named pipe alone
     assert_one_line_error(proc, "no image could be read")
     assert "named pipe" in json.loads(proc.stdout)[0]["error"]
     (tmp_path / "empty").mkdir()
