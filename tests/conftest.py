@@ -154,6 +154,19 @@ def flowers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def flowers_probe(flowers_csv: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``(run folder, fitted classifier)``: one linear probe on the flowers subset (fp32 engine,
+    seed 1), trained once for the export tests that read it. Tests never write into the folder."""
+    import headstart
+
+    run = tmp_path_factory.mktemp("flowers_probe") / "run"
+    clf = headstart.ImageClassifier(
+        strategy="feature-extraction", engine="onnxruntime", check_data=False, seed=1, verbose=False
+    ).fit(flowers_csv, out_dir=run)
+    return run, clf
+
+
 def find_chromium() -> Path | None:
     """The headless browser, or None: HEADSTART_CHROMIUM if set (a path that is not an executable
     file means "no browser"), else ``chromium`` on PATH, else /usr/bin/chromium."""

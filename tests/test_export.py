@@ -53,13 +53,9 @@ def assert_parity(exported: np.ndarray, reference: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def probe_run(flowers_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A linear probe on the flowers subset, trained with an fp32 engine."""
-    run = tmp_path_factory.mktemp("export") / "probe"
-    headstart.ImageClassifier(
-        strategy="feature-extraction", engine="onnxruntime", check_data=False, verbose=False
-    ).fit(flowers_csv, out_dir=run)
-    return run
+def probe_run(flowers_probe) -> Path:
+    """A linear probe on the flowers subset, trained with an fp32 engine (shared: conftest)."""
+    return flowers_probe[0]
 
 
 # ------------------------------------------------------------------ fast: preprocessing, errors

@@ -21,12 +21,8 @@ EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export-serve.md"
 
 
 @pytest.fixture(scope="module")
-def probe_run(flowers_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    run = tmp_path_factory.mktemp("edge") / "probe"
-    clf = headstart.ImageClassifier(
-        strategy="feature-extraction", engine="onnxruntime", check_data=False, seed=1, verbose=False
-    ).fit(flowers_csv, out_dir=run)
-    return run, clf
+def probe_run(flowers_probe) -> tuple[Path, object]:
+    return flowers_probe  # one probe on the flowers subset, shared with the other export tests
 
 
 def tflite_snippet() -> str:

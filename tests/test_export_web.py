@@ -8,7 +8,6 @@ import tarfile
 
 import pytest
 
-import headstart
 from headstart.core.errors import HeadstartError
 from headstart.export import web
 from headstart.export.exporter import export_model
@@ -46,7 +45,7 @@ def runtime_available() -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_web_export_classifies_photos_offline_from_disk_like_predict(flowers_csv, tmp_path):
+def test_web_export_classifies_photos_offline_from_disk_like_predict(flowers_probe, tmp_path):
     from conftest import find_chromium
 
     if os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
@@ -54,10 +53,8 @@ def test_web_export_classifies_photos_offline_from_disk_like_predict(flowers_csv
     else:
         sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     runtime_available()
-    clf = headstart.ImageClassifier(
-        strategy="feature-extraction", head="logistic", engine="onnxruntime", seed=1, verbose=False
-    ).fit(flowers_csv, out_dir=tmp_path / "run")
-    export_model(tmp_path / "run", tmp_path / "web", format="web")
+    run, clf = flowers_probe  # a logistic probe (the default head)
+    export_model(run, tmp_path / "web", format="web")
     info = json.loads((tmp_path / "web" / "export.json").read_text())
     assert info["format"] == "web" and (tmp_path / "web" / "model.onnx").is_file()
     photos = clf.test_["paths"][:4]
