@@ -321,7 +321,8 @@ def test_evaluate_and_report_on_hostile_data(battery, tmp_path):
     assert proc.returncode == 0, proc.stderr
     skipped = {os.path.basename(r["path"]) for r in read_csv(out / "skipped.csv")}
     assert {"pipe.jpg", "sock.jpg", "zero.jpg", "cat.jpg", "large.png"} <= skipped
-    proc = run("report", battery["out"])  # reads split.csv etc. back: non-UTF-8 and protected cells
+    with time_limit(120):  # reads split.csv etc. back (non-UTF-8 and protected cells), no image
+        proc = cli("report", battery["out"])
     assert proc.returncode == 0 and "report:" in proc.stderr, proc.stderr
     assert tree_digest(battery["data"]) == battery["before"]
 
@@ -690,7 +691,8 @@ def test_train_goes_on_when_the_cache_folder_cannot_be_made(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     before = tree_digest(data)
     cache = tmp_path / "file" / "cache"
-    proc = run(*TRAIN, data, "--out", tmp_path / "run", "--cache-dir", cache, "--engine", "onnxruntime")
+    with time_limit(RUN_TIMEOUT):  # plain images only: in process
+        proc = cli(*TRAIN, data, "--out", tmp_path / "run", "--cache-dir", cache, "--engine", "onnxruntime")
     assert proc.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), proc.stderr
     assert proc.stderr.count("going on without caching") == 1 and "could not be written" not in proc.stderr
     assert tree_digest(data) == before
@@ -820,7 +822,8 @@ def test_kill_during_extraction_then_rerun_completes(tmp_path):
     proc.communicate(timeout=30)
     status, rows = cache_rows(cache)
     assert status == "ok" and rows < 180, "the kill came after extraction: nothing was tested"
-    rerun = run(*TRAIN, data, "--out", tmp_path / "run", "--engine", "torch", env=env)
+    with time_limit(RUN_TIMEOUT):  # the rerun needs no process of its own
+        rerun = cli(*TRAIN, data, "--out", tmp_path / "run", "--engine", "torch", env=env)
     assert rerun.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), rerun.stderr
     assert f"{rows} from cache" in rerun.stderr or "from cache" in rerun.stderr
     assert cache_rows(cache) == ("ok", 180)
