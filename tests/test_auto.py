@@ -36,8 +36,8 @@ def test_a_tiny_budget_still_gives_a_model_and_says_what_the_budget_skipped(tmp_
     data = make_class_folders(tmp_path / "colors", per_class=8)
     clf = ImageClassifier(strategy="auto", time_budget=1.0, **FAST).fit(data, out_dir=tmp_path / "run")
     found = statuses(clf)
-    assert found["probe"] == "done"  # the cheap candidates always run
-    assert found["probe-multi"] == "done" or found["probe-multi"].startswith("skipped: unavailable")
+    assert found["probe"] == "done"  # the base probe always runs; the others when their estimates fit
+    assert found["probe-multi"] == "done" or found["probe-multi"].startswith("skipped: ")
     skipped = [name for name, status in found.items() if status.startswith("skipped: budget")]
     assert {"finetune:last:2", "probe-backbone", "probe-tta"} <= set(skipped)
     winner = clf.auto_["winner"]

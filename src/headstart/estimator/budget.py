@@ -1,0 +1,98 @@
+"""How ``strategy="auto"`` sizes its candidates to the time it has: pure arithmetic on measured
+rates, so the rules read (and test) without a network.
+
+Fine-tuning is budgeted in optimiser steps, not whole epochs (``FineTuneSettings.steps``): a
+candidate that cannot train its whole epochs in the time it is given trains as many steps as
+fit, in rounds that each end with an evaluation, so on 50,000 photos a candidate may see a
+tenth of an epoch and still be judged, and the winner trains with the time left.
+
+Validation is capped (``VAL_CAP`` images, a seeded stratified subset): every candidate is judged
+on the same images, and a fine-tuning candidate evaluates them after every round. Why 2,000: on
+2 CPU cores one evaluation of 2,000 images takes 10-20 s, a fraction of a round; a 95% interval
+on an accuracy near 85% is then about +-1.6 points, and the paired test the search ends with
+(the same images under two models) resolves differences much finer than that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from headstart.training.settings import FineTuneSettings, plan_rounds
+
+VAL_CAP = 2000
+SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
+MIN_STEP_IMAGES = 2000  # a fine-tuning candidate sees at least this many images, or does not run
+STEP_ROUNDS = 4  # evaluations of a candidate budgeted in steps (a quarter of its steps apart)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per image of a fine-tuning depth: training (augmentation, forward, backward,
+    step) and evaluation (forward only)."""
+
+    train_s: float
+    eval_s: float
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """A fine-tuning candidate's length: ``epochs`` whole epochs (``steps`` None), or ``steps``
+    optimiser steps; its estimated seconds and the images it sees."""
+
+    epochs: int | None
+    steps: int | None
+    seconds: float
+    images_seen: int
+
+
+def finetune_plan(
+    rates: Rates, n_train: int, n_val: int, batch_size: int, epochs: int, allotted_s: float
+) -> FinetunePlan | None:
+    """The longest run that fits ``allotted_s``: the ``epochs`` wanted if they fit, else the
+    steps that fit (evaluated ``STEP_ROUNDS`` times); None when fewer than ``MIN_STEP_IMAGES``
+    images' worth of steps fit."""
+    evaluation = n_val * rates.eval_s
+    fixed = 2 * evaluation + SETUP_S  # the start's evaluation (the probe) and the final predictions
+    whole = fixed + epochs * (n_train * rates.train_s + evaluation)
+    if whole <= allotted_s:
+        return FinetunePlan(epochs, None, whole, epochs * n_train)
+    step_s = batch_size * rates.train_s
+    steps = int((allotted_s - fixed - STEP_ROUNDS * evaluation) // step_s) if step_s > 0 else 0
+    if steps * batch_size < MIN_STEP_IMAGES:
+        return None
+    rounds = plan_rounds(FineTuneSettings(steps=steps, batch_size=batch_size), n_train)
+    seconds = fixed + rounds.total_steps * step_s + rounds.count * evaluation
+    return FinetunePlan(None, steps, seconds, rounds.total_steps * batch_size)
+
+
+def judged_subset(val: np.ndarray, y: np.ndarray, seed: int, cap: int = VAL_CAP) -> np.ndarray:
+    """The validation images the search judges on: all of ``val`` (a mask) up to ``cap``, else a
+    seeded subset of ``cap`` with each class in proportion (at least one image of each)."""
+    rows = np.flatnonzero(val)
+    if len(rows) <= cap:
+        return val.copy()
+    rng = np.random.default_rng([seed, 7])
+    chosen: list[np.ndarray] = []
+    for label in np.unique(y[rows]):
+        of_class = rows[y[rows] == label]
+        take = max(1, int(round(cap * len(of_class) / len(rows))))
+        chosen.append(rng.choice(of_class, min(take, len(of_class)), replace=False))
+    out = np.zeros_like(val)
+    out[np.concatenate(chosen)] = True
+    return out
+
+
+def steps_fraction(plan: FinetunePlan, n_train: int, epochs: int) -> float:
+    """The share of the wanted ``epochs`` a plan trains (1 for whole epochs)."""
+    if plan.steps is None:
+        return 1.0
+    return min(1.0, plan.images_seen / max(1, epochs * n_train))
+
+
+def extraction_estimate(n_images: int, sample_seconds: float, sample_images: int, start_s: float) -> float:
+    """Seconds to extract ``n_images`` at a sample's pace (cache hits and new images in the
+    sample's mix) plus the engine's start (model load and compile, paid once)."""
+    per_image = sample_seconds / max(sample_images, 1)
+    return start_s + n_images * per_image
