@@ -505,7 +505,9 @@ def _metrics_section(run: LoadedRun) -> str:
             )
         parts.append(
             '<div class="pair">'
-            + _png_tag(plots.confusion_heatmap(cm, classes, keep, False), "confusion matrix, counts")
+            + _png_tag(
+                plots.confusion_counts(cm, classes, plots.confusion_title(m)), "confusion matrix, counts"
+            )
             + _png_tag(plots.confusion_heatmap(cm, classes, keep, True), "confusion matrix, row-normalised")
             + "</div>"
         )
