@@ -45,7 +45,7 @@ more). Signals scale the priors:
 Candidates are judged on at most ``budget.VAL_CAP`` validation images (the same ones for all).
 The time the search may use is the budget less what the winner will need afterwards: its
 refit, the test evaluation (for a fine-tuned winner, its network on every evaluated image), the
-report's map and the run folder (``_reserve``). When it stops with time left it says why.
+report's map and the run folder (``_set_reserves``). When it stops with time left it says why.
 
 The winner has the highest validation accuracy, ties going to the candidate tried first (the
 cheaper and simpler one: a costlier candidate must get more validation images right to win; a
@@ -74,6 +74,7 @@ from headstart.core.probability import log_loss, softmax
 from headstart.estimator.budget import (
     Rates,
     extraction_estimate,
+    fewest_steps_seconds,
     finetune_plan,
     judged_subset,
     steps_fraction,
@@ -94,7 +95,7 @@ from headstart.training.throughput import MEASURE_BATCH_SIZE, measure_training
 DEFAULT_TIME_BUDGET_S = 180.0  # strategy="auto" without a time_budget: the README's whole quick-start line
 # (pip install, train, evaluate, predict) must stay under 5 minutes on 2 cores; install and the
 # other commands took 94 s of it
-FINAL_RESERVE_S = 15.0  # kept back for the run folder, the report and the bundle (see _reserve)
+FINAL_RESERVE_S = 15.0  # kept back for the run folder, the report and the bundle (see _set_reserves)
 UNLIKE_IMAGENET_MARGIN = 0.01
 SECOND_BACKBONE = "tf_efficientnet_lite2"
 FINETUNE_DEPTHS = ("last:2", "last:3", "half")
@@ -116,7 +117,8 @@ TRIAL_SHARE = 0.12  # large data: each depth's trial gets this share of the time
 TRIALS_FROM_S = 300.0  # large data: below this much time left, one candidate takes it all (no trials)
 TRIAL_DEPTHS = ("last:2", "last:3")  # large data: the depths tried (half costs too much per step)
 PROBE_SAMPLE = 64  # images a probe candidate's extraction is timed on (after 8 that start the engine)
-MAP_S_PER_POINT = 0.006  # the report's t-SNE map, per test image mapped (2 cores; see _reserve)
+MAP_S_PER_POINT = 0.012  # the report's t-SNE map, per test image mapped (5,000 took 55 s on 2 busy cores)
+COMPILE_S = 20.0  # a tuned winner's feature path compiled for the test split
 ENSEMBLE_MAX = 3  # fine-tuned networks averaged at most (each one more network at prediction)
 # Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
 # fewer free cores by then): the first estimates assume 1.5x, until a real epoch calibrates them.
@@ -215,7 +217,8 @@ class Candidate:
     seconds: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     fitted: Fitted | None = None
-    val_proba: np.ndarray | None = field(default=None, repr=False)
+    val_proba: np.ndarray | None = field(default=None, repr=False)  # on the judged validation images
+    all_val_proba: np.ndarray | None = field(default=None, repr=False)  # probes: on every one
 
     def record(self) -> dict[str, Any]:
         """The candidate as ``metrics.json``'s ``auto.candidates`` lists it."""
@@ -348,6 +351,8 @@ def run_auto(
     for c in search.candidates:
         if c.status == "pending":
             c.status = "skipped: interrupted" if search.stopped else _budget_reason(search, c)
+    if search.stop_reason:
+        log(f"auto: the search ends: {search.stop_reason}")
     return finish(search)
 
 
@@ -532,10 +537,7 @@ def _estimate(search: Search, c: Candidate) -> None:
         Rates(**rates), n_train, search.n_val, search.ctx.finetune.batch_size, epochs, allotted
     )
     if plan is None:  # not even the fewest steps fit: priced at those, so it is skipped
-        smallest = finetune_plan(
-            Rates(**rates), n_train, search.n_val, search.ctx.finetune.batch_size, 0, 1e12
-        )
-        c.estimate_s = (smallest.seconds if smallest else 0.0) + max(allotted, 0.0) + 1.0
+        c.estimate_s = fewest_steps_seconds(Rates(**rates), search.n_val, search.ctx.finetune.batch_size)
         c.expected_gain = 0.0
         return
     c.params = replace(c.params, epochs=plan.epochs, steps=plan.steps)
@@ -593,9 +595,11 @@ def _set_reserves(search: Search) -> None:
     mapped = min(n_eval, MAX_MAP_POINTS)
     common = FINAL_RESERVE_S + MAP_S_PER_POINT * mapped
     search.reserve_s["probe"] = common + (search.candidates[0].seconds or 0.0)
-    rates = [r["eval_s"] for r in search.throughput.values()]
+    # the measured forward pass, without the allowance for whole epochs (the test split runs
+    # through the compiled feature path, as fast or faster), and that path's compile
+    rates = [r["eval_s"] / MEASURED_TO_EPOCH for r in search.throughput.values()]
     if rates:
-        search.reserve_s["finetune"] = common + (n_eval + n_val_rest) * max(rates)
+        search.reserve_s["finetune"] = common + COMPILE_S + (n_eval + n_val_rest) * max(rates)
     search.log(
         "auto: kept back for after the search: "
         + ", ".join(f"{k} winner {v:.0f} s" for k, v in search.reserve_s.items())
@@ -706,7 +710,8 @@ def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     if spec.selected is not None:
         c.detail["layer_groups"] = list(spec.selected)
     fitted = Fitted(spec.members[0], head, usable.features, spec, layer_info)
-    return fitted, head.predict_proba(usable.features[search.val_rows])
+    c.all_val_proba = head.predict_proba(usable.features[split.mask("val")])  # free: features known
+    return fitted, c.all_val_proba[search.val_rows[split.mask("val")]]
 
 
 def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
@@ -863,8 +868,12 @@ def finish(search: Search) -> AutoResult:
     the winner over the probe only when better beyond noise on the same validation images; the
     test split is evaluated afterwards."""
     split = search.split
-    best, y_val = search.best(), search.usable.y[search.val_rows]
-    winner, paired = prefer_cheaper(best, search.candidates[0], y_val)
+    best, probe = search.best(), search.candidates[0]
+    if best.all_val_proba is not None and probe.all_val_proba is not None:  # two probes: every val image
+        y_all = search.usable.y[split.mask("val")]
+        winner, paired = prefer_cheaper(best, probe, y_all, best.all_val_proba, probe.all_val_proba)
+    else:
+        winner, paired = prefer_cheaper(best, probe, search.usable.y[search.val_rows])
     reason = _why(search, best) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")

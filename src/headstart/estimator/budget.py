@@ -60,11 +60,22 @@ def finetune_plan(
         return FinetunePlan(epochs, None, whole, epochs * n_train)
     step_s = batch_size * rates.train_s
     steps = int((allotted_s - fixed - STEP_ROUNDS * evaluation) // step_s) if step_s > 0 else 0
+    per_epoch = max(1, -(-n_train // batch_size))
+    each = min(per_epoch, max(1, steps // STEP_ROUNDS))
+    steps = (steps // each) * each  # whole rounds: plan_rounds would round a part up, past the time
     if steps * batch_size < MIN_STEP_IMAGES:
         return None
     rounds = plan_rounds(FineTuneSettings(steps=steps, batch_size=batch_size), n_train)
     seconds = fixed + rounds.total_steps * step_s + rounds.count * evaluation
     return FinetunePlan(None, steps, seconds, rounds.total_steps * batch_size)
+
+
+def fewest_steps_seconds(rates: Rates, n_val: int, batch_size: int) -> float:
+    """Seconds of the shortest fine-tuning candidate that runs: ``MIN_STEP_IMAGES`` images' worth
+    of steps and its evaluations (what a skipped candidate's status says it needs)."""
+    steps = -(-MIN_STEP_IMAGES // batch_size)
+    evaluation = n_val * rates.eval_s
+    return SETUP_S + (2 + STEP_ROUNDS) * evaluation + steps * batch_size * rates.train_s
 
 
 def judged_subset(val: np.ndarray, y: np.ndarray, seed: int, cap: int = VAL_CAP) -> np.ndarray:
