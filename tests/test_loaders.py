@@ -34,10 +34,10 @@ def test_rounds_of_a_fraction_of_an_epoch_walk_the_same_stream_of_passes():
 def test_plan_rounds_in_epochs_and_in_steps():
     epochs = plan_rounds(FineTuneSettings(epochs=3, batch_size=32), 100)
     assert (epochs.count, epochs.steps_each, epochs.images, epochs.total_steps) == (3, 4, None, 12)
-    # 1,000 steps on 50,000 images: a quarter of the steps a round (an epoch is 1,563 steps)
+    # 1,000 steps on 50,000 images: half the steps a round (an epoch is 1,563 steps)
     steps = plan_rounds(FineTuneSettings(steps=1000, batch_size=32), 50_000)
-    assert (steps.count, steps.steps_each, steps.images) == (4, 250, 8000)
-    # on 100 images an epoch (4 steps) is shorter than a quarter of 50 steps: a round an epoch's steps
+    assert (steps.count, steps.steps_each, steps.images) == (2, 500, 16000)
+    # on 100 images an epoch (4 steps) is shorter than half of 50 steps: a round an epoch's steps
     small = plan_rounds(FineTuneSettings(steps=50, batch_size=32), 100)
     assert (small.count, small.steps_each, small.total_steps) == (13, 4, 52)
     assert plan_rounds(FineTuneSettings(steps=10, eval_every=3, batch_size=8), 100).count == 4

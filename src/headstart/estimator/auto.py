@@ -394,8 +394,10 @@ def _by_gain(search: Search) -> None:
 
 
 def _time_for(search: Search, c: Candidate) -> float:
-    """The seconds ``c`` may take: a fine-tuning candidate leaves the reserve a tuned winner needs."""
-    return search.left(finetuned=c.kind != "probe")
+    """The seconds ``c`` may take: its allotment at most (a trial's), and a fine-tuning candidate
+    leaves the reserve a tuned winner needs."""
+    left = search.left(finetuned=c.kind != "probe")
+    return left if c.allotted_s is None else min(left, c.allotted_s)
 
 
 def _stop_reason(search: Search, pending: list[Candidate]) -> str:
@@ -423,9 +425,10 @@ def _is_large(search: Search) -> bool:
 
 def _explore_large(search: Search) -> None:
     """Large data: each of ``TRIAL_DEPTHS`` trains a short trial (``TRIAL_SHARE`` of the time
-    left, a fraction of an epoch); the better one trains again from the probe with the time left
-    but for the combined candidates' flip pass. With under ``TRIALS_FROM_S`` left, no trials:
-    the gain loop gives one candidate all the time."""
+    left, a fraction of an epoch) where one fits; the better depth (the cheaper one when no trial
+    fits) then trains again from the probe with the time left but for the combined candidates'
+    flip pass. With under ``TRIALS_FROM_S`` left, no trials: the gain loop gives one candidate
+    all the time."""
     left = search.left(finetuned=True)
     if left < TRIALS_FROM_S:
         return
@@ -433,21 +436,26 @@ def _explore_large(search: Search) -> None:
     for trial in trials:
         trial.allotted_s = TRIAL_SHARE * left
         _estimate(search, trial)
-        if trial.estimate_s is not None and trial.estimate_s <= search.left(finetuned=True):
+        if trial.estimate_s is not None and trial.estimate_s <= _time_for(search, trial):
             run_candidate(search, trial)
+        else:
+            trial.allotted_s = None  # not a trial after all: the gain loop may price it again
         if search.stopped:
             return
     done = [t for t in trials if t.val_accuracy is not None]
-    if not done:
-        return
     # ties go to the trial tried first (the cheaper depth, which then sees more images)
-    depth = max(done, key=lambda t: (t.val_accuracy, -trials.index(t))).params.unfreeze
+    best = max(done, key=lambda t: (t.val_accuracy, -trials.index(t))) if done else None
+    depth = best.params.unfreeze if best is not None else (trials[0].params.unfreeze if trials else None)
+    if depth is None or depth not in search.throughput:
+        return
     long = Candidate(f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth))
-    long.allotted_s = search.left(finetuned=True) - _flip_pass_s(search, depth)
+    # 5% kept: a round the deadline cuts is dropped, and a long run has two
+    long.allotted_s = 0.95 * search.left(finetuned=True) - _flip_pass_s(search, depth)
     search.candidates.append(long)
     _estimate(search, long)
-    if long.estimate_s is not None and long.estimate_s <= search.left(finetuned=True):
-        run_candidate(search, long)
+    if long.estimate_s is None or long.estimate_s > _time_for(search, long):
+        return
+    run_candidate(search, long)
     for c in search.candidates:
         if c.kind == "finetune" and c.status == "pending":
             c.status = "skipped: large data: the long run of the better trial's depth took the time"
@@ -751,6 +759,7 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         search.items("val"),
         len(search.usable.classes),
         deadline=search.deadline,
+        start_val=_probe_start(search, settings.label_smoothing),
     )
     info = result.info
     c.detail.update(
@@ -765,8 +774,23 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         round_images = info.get("images_seen") and info["images_seen"] / max(info["epochs_run"], 1)
         seconds = float(np.mean([r["seconds"] for r in result.history]))
         _calibrate(search, c.params.unfreeze, seconds, round_images or None)
-    proba = tuner.predict_proba(search.items("val"), backbone.data_config)
+    proba = result.val_proba  # the best round's evaluation: the same network on the same images
+    if proba is None:
+        proba = tuner.predict_proba(search.items("val"), backbone.data_config)
     return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
+
+
+def _probe_start(search: Search, label_smoothing: float) -> dict[str, float] | None:
+    """The probe's validation loss (label-smoothed, as the rounds' are) and accuracy on the judged
+    images, from its probabilities: what a fine-tuning run must beat, without evaluating it again."""
+    base = search.candidates[0]
+    if base.val_proba is None or base.val_accuracy is None:
+        return None
+    y = search.usable.y[search.val_rows]
+    logp = np.log(np.clip(base.val_proba, 1e-12, 1.0))
+    k = logp.shape[1]
+    loss = -(1 - label_smoothing) * logp[np.arange(len(y)), y] - label_smoothing / k * logp.sum(axis=1)
+    return {"val_loss": float(loss.mean()), "val_accuracy": float(base.val_accuracy)}
 
 
 def _combine_finetuned(search: Search) -> None:

@@ -120,6 +120,9 @@ class FineTuneResult:
     head_arrays: dict[str, np.ndarray]
     history: list[dict[str, float]]
     info: dict[str, Any] = field(default_factory=dict)
+    # the best round's validation probabilities, as its evaluation computed them (None: the probe
+    # was kept, no round ran, or DDP, where each rank evaluates its share)
+    val_proba: np.ndarray | None = None
 
 
 @dataclass
@@ -165,11 +168,12 @@ class EpochData:
 
 def evaluate_shared(
     network: Network, data: EpochData, loss_fn: LossFn, precision: str
-) -> tuple[float, float]:
-    """Validation loss and accuracy over every rank's share of the validation images."""
+) -> tuple[float, float, np.ndarray | None]:
+    """Validation loss and accuracy over every rank's share of the validation images, and the
+    probabilities of every image (None under DDP, where each rank holds its share only)."""
     loss, accuracy, proba = evaluate(network, data.val, loss_fn, precision)
     loss, accuracy = data.dist.average([loss, accuracy], len(proba))
-    return loss, accuracy
+    return loss, accuracy, None if data.dist.active else proba
 
 
 def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[object]:
@@ -300,7 +304,7 @@ def run_epoch(
         return None
     train_s = time.perf_counter() - t0
     loss, accuracy = data.dist.average(trained, 1.0)  # every rank trains on as many images
-    val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, state.precision)
+    val_loss, val_acc, state.val_proba = evaluate_shared(state.network, data, val_loss_fn, state.precision)
     seconds = time.perf_counter() - t0
     return {
         "epoch": state.epoch,
@@ -328,6 +332,7 @@ def record_epoch(state: TrainState, row: dict[str, float]) -> None:
             "epoch": state.epoch,
             "state": contiguous_state(state.network),
         }
+        state.best_val_proba = state.val_proba
 
 
 def epoch_line(state: TrainState, row: dict[str, float]) -> str:
@@ -469,6 +474,7 @@ class FineTuner:
         resume: bool = False,
         deadline: float | None = None,
         fingerprint: str = "",
+        start_val: dict[str, float] | None = None,
     ) -> FineTuneResult:
         """Fine-tune a copy of ``backbone_model`` (the original, and so the feature cache, stay intact).
 
@@ -476,6 +482,9 @@ class FineTuner:
             resume: continue the run in ``run_dir`` from its last checkpoint.
             deadline: a ``time.time()`` at which to stop (counting a resumed run's earlier epochs).
             fingerprint: what a checkpoint must match to be resumed (see ``settings_fingerprint``).
+            start_val: the probe's ``val_loss`` and ``val_accuracy`` on ``val`` when the caller
+                knows them (``strategy="auto"`` does): the evaluation before the first round is
+                then not run.
         """
         import torch
 
@@ -505,6 +514,7 @@ class FineTuner:
         objective, val_loss_fn = self._losses(head, train, n_classes)
         state = self._state(network, freeze_info, rounds, fingerprint)
         probe_state = state.best["state"]
+        state.start_val = start_val
         self._start(state, freeze_info, resume, data, val_loss_fn)
         state.forward = dist.wrap(network)
         callbacks, verbose = self._callback_list(deadline), self.verbose and dist.is_main
@@ -623,11 +633,11 @@ class FineTuner:
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
             f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
-        if state.start_epoch == 1:
+        if state.start_epoch == 1 and state.start_val is None:
             # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
             # was fitted without label smoothing), so epochs compete on val_loss among themselves
             # and the best one must then match the probe's val accuracy (see _result).
-            val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, self.precision)
+            val_loss, val_acc, _ = evaluate_shared(state.network, data, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
             logger.info(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
@@ -684,7 +694,8 @@ class FineTuner:
         info = self._info(state, best, freeze_info, kept_probe, stopped, resume)
         if not best["epoch"] and not kept_probe:
             logger.info("no epoch ran: the model is the linear probe on the pretrained backbone")
-        return FineTuneResult(model, head_arrays(network), state.history, info)
+        val_proba = state.best_val_proba if best["epoch"] else None
+        return FineTuneResult(model, head_arrays(network), state.history, info, val_proba)
 
     def _info(
         self,

@@ -19,7 +19,7 @@ class FineTuneSettings:
     epochs: int = 4
     # Budgeted in optimiser steps instead (images seen = steps x batch_size): ``steps`` in all,
     # with an evaluation, a checkpoint, a history row and an early-stopping count every
-    # ``eval_every`` steps (None: an epoch's steps or a quarter of ``steps``, the fewer); the
+    # ``eval_every`` steps (None: an epoch's steps or half of ``steps``, the fewer); the
     # schedule spans all the steps. None: ``epochs`` whole epochs, each one round.
     steps: int | None = None
     eval_every: int | None = None
@@ -75,7 +75,7 @@ def plan_rounds(settings: FineTuneSettings, n_train: int) -> Rounds:
     if settings.steps is None:
         return Rounds(settings.epochs, per_epoch, None)
     steps = max(1, int(settings.steps))
-    each = settings.eval_every or min(per_epoch, math.ceil(steps / 4))
+    each = settings.eval_every or min(per_epoch, math.ceil(steps / 2))
     each = max(1, min(int(each), steps))
     return Rounds(math.ceil(steps / each), each, each * settings.batch_size)
 

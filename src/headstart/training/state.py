@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
+import numpy as np
+
 from headstart.training.settings import FineTuneSettings, Rounds
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class TrainState:
         None  # what runs the training forward when not the network: its DDP wrapper
     )
     rounds: Rounds | None = None  # set by the loop: its rounds (epochs, or rounds of steps)
+    val_proba: np.ndarray | None = None  # the last round's validation probabilities (one process)
+    best_val_proba: np.ndarray | None = None  # the best round's
 
     @property
     def epochs(self) -> int:
