@@ -72,6 +72,7 @@ import numpy as np
 from headstart.core.errors import HeadstartError
 from headstart.core.probability import log_loss, softmax
 from headstart.estimator.budget import (
+    STEP_ROUNDS,
     Rates,
     extraction_estimate,
     fewest_steps_seconds,
@@ -209,6 +210,8 @@ class Candidate:
     params: CandidateParams
     prior: float = 0.0
     allotted_s: float | None = None  # a trial's share of the time (None: the time left)
+    rounds: int = STEP_ROUNDS  # evaluations when budgeted in steps
+    eval_every: int | None = None  # steps between them, as planned (set by _estimate)
     status: str = "pending"
     estimate_s: float | None = None
     expected_gain: float | None = None
@@ -426,9 +429,8 @@ def _is_large(search: Search) -> bool:
 def _explore_large(search: Search) -> None:
     """Large data: each of ``TRIAL_DEPTHS`` trains a short trial (``TRIAL_SHARE`` of the time
     left, a fraction of an epoch) where one fits; the better depth (the cheaper one when no trial
-    fits) then trains again from the probe with the time left but for the combined candidates'
-    flip pass. With under ``TRIALS_FROM_S`` left, no trials: the gain loop gives one candidate
-    all the time."""
+    fits) then trains again from the probe with the time left. With under ``TRIALS_FROM_S``
+    left, no trials: the gain loop gives one candidate all the time."""
     left = search.left(finetuned=True)
     if left < TRIALS_FROM_S:
         return
@@ -448,9 +450,10 @@ def _explore_large(search: Search) -> None:
     depth = best.params.unfreeze if best is not None else (trials[0].params.unfreeze if trials else None)
     if depth is None or depth not in search.throughput:
         return
-    long = Candidate(f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth))
-    # 5% kept: a round the deadline cuts is dropped, and a long run has two
-    long.allotted_s = 0.95 * search.left(finetuned=True) - _flip_pass_s(search, depth)
+    # four rounds and 5% of the time kept: a round the deadline cuts is dropped; no time kept for
+    # flip TTA, whose second pass over a large test split costs more than the steps it would take
+    long = Candidate(f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth), rounds=4)
+    long.allotted_s = 0.95 * search.left(finetuned=True)
     search.candidates.append(long)
     _estimate(search, long)
     if long.estimate_s is None or long.estimate_s > _time_for(search, long):
@@ -463,14 +466,6 @@ def _explore_large(search: Search) -> None:
 
 def _names(search: Search) -> set[str]:
     return {c.name for c in search.candidates}
-
-
-def _flip_pass_s(search: Search, depth: str | None) -> float:
-    """A tuned network's flip TTA on the judged validation images and its second view of the
-    evaluated split: what the combined candidate of a long run needs after it."""
-    eval_s = search.throughput.get(depth or "", {}).get("eval_s", 0.0)
-    n_eval = int(search.split.mask(search.split.evaluated_on).sum())
-    return (2 * search.n_val + n_eval) * eval_s
 
 
 def _planned(search: Search) -> list[Candidate]:
@@ -542,14 +537,14 @@ def _estimate(search: Search, c: Candidate) -> None:
     epochs = int(search.ctx.finetune.epochs)
     allotted = c.allotted_s if c.allotted_s is not None else search.left(finetuned=True)
     plan = finetune_plan(
-        Rates(**rates), n_train, search.n_val, search.ctx.finetune.batch_size, epochs, allotted
+        Rates(**rates), n_train, search.n_val, search.ctx.finetune.batch_size, epochs, allotted, c.rounds
     )
     if plan is None:  # not even the fewest steps fit: priced at those, so it is skipped
         c.estimate_s = fewest_steps_seconds(Rates(**rates), search.n_val, search.ctx.finetune.batch_size)
         c.expected_gain = 0.0
         return
     c.params = replace(c.params, epochs=plan.epochs, steps=plan.steps)
-    c.estimate_s = plan.seconds
+    c.eval_every, c.estimate_s = plan.eval_every, plan.seconds
     c.expected_gain = c.prior * error_left * steps_fraction(plan, n_train, epochs)
 
 
@@ -746,6 +741,7 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         unfreeze=c.params.unfreeze,
         epochs=int(c.params.epochs or 1),
         steps=c.params.steps,
+        eval_every=c.eval_every,
         time_budget=None,
         seed=c.detail["seed"],
     )

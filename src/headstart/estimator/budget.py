@@ -48,29 +48,36 @@ class FinetunePlan:
     steps: int | None
     seconds: float
     images_seen: int
+    eval_every: int | None = None  # steps between evaluations (with ``steps``)
 
 
 def finetune_plan(
-    rates: Rates, n_train: int, n_val: int, batch_size: int, epochs: int, allotted_s: float
+    rates: Rates,
+    n_train: int,
+    n_val: int,
+    batch_size: int,
+    epochs: int,
+    allotted_s: float,
+    rounds: int = STEP_ROUNDS,
 ) -> FinetunePlan | None:
     """The longest run that fits ``allotted_s``: the ``epochs`` wanted if they fit, else the
-    steps that fit (evaluated ``STEP_ROUNDS`` times); None when fewer than ``MIN_STEP_IMAGES``
-    images' worth of steps fit."""
+    steps that fit, evaluated ``rounds`` times; None when fewer than ``MIN_STEP_IMAGES`` images'
+    worth of steps fit."""
     evaluation = n_val * rates.eval_s
     fixed = SETUP_S  # the probe's score is known; the best round's evaluation is the candidate's
     whole = fixed + epochs * (n_train * rates.train_s + evaluation)
     if whole <= allotted_s:
         return FinetunePlan(epochs, None, whole, epochs * n_train)
     step_s = batch_size * rates.train_s
-    steps = int((allotted_s - fixed - STEP_ROUNDS * evaluation) // step_s) if step_s > 0 else 0
+    steps = int((allotted_s - fixed - rounds * evaluation) // step_s) if step_s > 0 else 0
     per_epoch = max(1, -(-n_train // batch_size))
-    each = min(per_epoch, max(1, steps // STEP_ROUNDS))
+    each = min(per_epoch, max(1, steps // rounds))
     steps = (steps // each) * each  # whole rounds: plan_rounds would round a part up, past the time
     if steps * batch_size < MIN_STEP_IMAGES:
         return None
-    rounds = plan_rounds(FineTuneSettings(steps=steps, batch_size=batch_size), n_train)
-    seconds = fixed + rounds.total_steps * step_s + rounds.count * evaluation
-    return FinetunePlan(None, steps, seconds, rounds.total_steps * batch_size)
+    cut = plan_rounds(FineTuneSettings(steps=steps, eval_every=each, batch_size=batch_size), n_train)
+    seconds = fixed + cut.total_steps * step_s + cut.count * evaluation
+    return FinetunePlan(None, steps, seconds, cut.total_steps * batch_size, each)
 
 
 def fewest_steps_seconds(rates: Rates, n_val: int, batch_size: int) -> float:
