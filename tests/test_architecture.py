@@ -119,3 +119,28 @@ def test_estimator_helpers_neither_take_the_classifier_nor_call_its_private_meth
             if isinstance(node, ast.Name) and node.id in ("ImageClassifier", "clone"):
                 found.append(f"{path.name}:{node.lineno} names {node.id}")
     assert found == []
+
+
+# What the command line may not load before a command needs it: the network stack, the figure
+# library, the inference runtimes and the web server cost start-up time on every run of every
+# command (a warm feature-extraction re-run needs none of them at import).
+HEAVY_AT_RUN_TIME = (
+    "torch",
+    "torchvision",
+    "timm",
+    "matplotlib",
+    "openvino",
+    "onnxruntime",
+    "fastapi",
+    "uvicorn",
+)
+
+
+def test_importing_the_command_line_loads_no_heavy_library():
+    code = (
+        "import sys, headstart.cli\n"
+        f"print(sorted(name for name in {HEAVY_AT_RUN_TIME!r} if name in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

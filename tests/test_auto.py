@@ -36,8 +36,8 @@ def test_a_tiny_budget_still_gives_a_model_and_says_what_the_budget_skipped(tmp_
     data = make_class_folders(tmp_path / "colors", per_class=8)
     clf = ImageClassifier(strategy="auto", time_budget=1.0, **FAST).fit(data, out_dir=tmp_path / "run")
     found = statuses(clf)
-    assert found["probe"] == "done"  # the cheap candidates always run
-    assert found["probe-multi"] == "done" or found["probe-multi"].startswith("skipped: unavailable")
+    assert found["probe"] == "done"  # the base probe always runs; the others when their estimates fit
+    assert found["probe-multi"] == "done" or found["probe-multi"].startswith("skipped: ")
     skipped = [name for name, status in found.items() if status.startswith("skipped: budget")]
     assert {"finetune:last:2", "probe-backbone", "probe-tta"} <= set(skipped)
     winner = clf.auto_["winner"]
@@ -88,7 +88,7 @@ def test_auto_leaves_the_parameters_as_given_and_keeps_the_winner_in_best_params
 
     monkeypatch.setattr(auto.Search, "best", best)
     # and kept: the paired test would keep the probe, which ties with it on these colours
-    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, y_val: (best, {"test": "none"}))
+    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args: (best, {"test": "none"}))
     monkeypatch.setattr(
         auto,
         "_planned",
@@ -223,7 +223,7 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
 
     monkeypatch.setattr(auto.Search, "best", best)
     # and kept: on these few images the paired test would keep the cheaper probe
-    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, y_val: (best, {"test": "none"}))
+    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args: (best, {"test": "none"}))
     params = {**FAST, "engine": "onnxruntime", "reject": "auto"}
     clf = ImageClassifier(strategy="auto", time_budget=600.0, **params).fit(data, out_dir=tmp_path / "run")
     found = statuses(clf)

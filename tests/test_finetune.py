@@ -153,8 +153,10 @@ def test_resume_continues_from_the_saved_epoch(tiny, tmp_path):
         "lr",
         "images_per_s",
         "seconds",
+        "step",
     ]
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["step"] for r in rows] == ["3", "6"]  # 24 images in batches of 8: 3 steps an epoch
     with pytest.raises(HeadstartError, match="no checkpoint"):
         FineTuner(settings(), tmp_path / "empty", verbose=False).fit(*args, resume=True)
 
@@ -306,3 +308,28 @@ def test_tensorboard_gets_every_epoch_where_installed(tiny, tmp_path):
     val_loss = [e.value for e in events.Scalars("val_loss")]
     assert [e.step for e in events.Scalars("val_loss")] == [1, 2]
     assert val_loss == pytest.approx([row["val_loss"] for row in result.history], rel=1e-5)
+
+
+def test_a_run_budgeted_in_steps_evaluates_and_resumes_by_rounds(tiny, tmp_path):
+    """7 steps with an evaluation every 2: 4 rounds (8 steps, rounded up to whole rounds), less
+    than three epochs of 3 steps; cut after round 2 and resumed, it ends where the whole run does."""
+    args = (tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"])
+    steps = settings(steps=7, eval_every=2, patience=9)
+    full = FineTuner(steps, tmp_path / "full", verbose=False).fit(*args, fingerprint="s")
+    assert [r["step"] for r in full.history] == [2, 4, 6, 8]
+    info = full.info
+    assert info["budgeted_in"] == "steps" and info["steps_planned"] == 8 and info["steps_run"] == 8
+    assert info["images_seen"] == 64 and info["rounds_run"] == 4
+
+    def stop_after_second(epoch, _row):
+        if epoch == 2:
+            raise Interrupt
+
+    run = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        FineTuner(steps, run, verbose=False, on_epoch_end=stop_after_second).fit(*args, fingerprint="s")
+    resumed = FineTuner(steps, run, verbose=False).fit(*args, resume=True, fingerprint="s")
+    assert resumed.info["resumed_from_epoch"] == 2
+    for a, b in zip(full.history, resumed.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)
+        assert a["lr"] == pytest.approx(b["lr"])

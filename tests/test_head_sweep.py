@@ -72,3 +72,23 @@ def test_tolerance_is_tight_enough_for_the_choice(data, monkeypatch) -> None:
     monkeypatch.setattr(LogisticHead, "TOL", 1e-6)
     monkeypatch.setattr(LogisticHead, "MAX_ITER", 5000)
     assert LogisticHead().fit(x, y, xv, yv, 3)["C"] == chosen
+
+
+def test_the_sweep_runs_on_one_blas_thread_and_gives_the_threads_back(monkeypatch) -> None:
+    """The lbfgs steps multiply skinny matrices: one BLAS thread, the caller's count restored."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    fit_one = LogisticHead._fit_one
+
+    def recording(self, *args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return fit_one(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticHead, "_fit_one", recording)
+    x, y, xv, yv = _separable()
+    with threadpool_limits(limits=2, user_api="blas"):
+        LogisticHead(cs=(0.1, 1.0)).fit(x, y, xv, yv, 3)
+        after = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    assert seen and set(seen) == {1}
+    assert after == {2}

@@ -154,6 +154,13 @@ ProcessCount = Annotated[
 ]
 Unfreeze = Annotated[str, typer.Option(help="finetune: head, last:N (block groups), half or all.")]
 Epochs = Annotated[int, typer.Option(help="finetune: most epochs (early stopping may end sooner).")]
+Steps = Annotated[
+    Optional[int],
+    typer.Option(
+        help="finetune: optimiser steps in all instead of epochs (images seen = steps x batch size); "
+        "evaluated every half of them or every epoch, the sooner."
+    ),
+]
 LearningRate = Annotated[
     float, typer.Option(help="finetune: the head's learning rate; backbone layers get less.")
 ]

@@ -65,19 +65,37 @@ class ImageSet:
 
 
 class EpochSampler:
-    """A seeded permutation per epoch, yielding (index, per-image seed); set ``epoch`` before each."""
+    """A seeded permutation per pass over the images, yielding (index, per-image seed); set
+    ``epoch`` (1, 2, ...) before each round.
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+    A round is ``per_round`` images of the endless stream of passes (pass ``j`` is the
+    permutation drawn from ``(seed, j)``), so training budgeted in steps can evaluate and
+    checkpoint after a fraction of an epoch and a resumed run finds the same round again. By
+    default a round is one whole pass: round ``k`` is pass ``k``, the epoch it always was.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, per_round: int | None = None) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.per_round = n if per_round is None else int(per_round)
 
     def __len__(self) -> int:
-        return self.n
+        return self.per_round
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _pass(self, j: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, j])
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         seeds = rng.integers(0, 2**31 - 1, self.n)
-        return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
+        return [(int(i), int(s)) for i, s in zip(order, seeds)]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.per_round == self.n:
+            return iter(self._pass(self.epoch))
+        start = max(self.epoch - 1, 0) * self.per_round  # the stream's position of this round
+        out: list[tuple[int, int]] = []
+        while len(out) < self.per_round and self.n:
+            j, offset = divmod(start + len(out), self.n)
+            out += self._pass(j + 1)[offset : offset + self.per_round - len(out)]
+        return iter(out)
 
 
 def worker_init(_: int) -> None:
@@ -123,8 +141,10 @@ def train_loader(
     batch_size: int,
     workers: int,
     seed: int,
+    per_round: int | None = None,
 ) -> tuple[Loader, EpochSampler]:
-    """The shuffled, augmented training loader and its sampler (set ``sampler.epoch`` per epoch).
+    """The shuffled, augmented training loader and its sampler (set ``sampler.epoch`` per round;
+    ``per_round`` images a round, by default all of them).
 
     Images are decoded at the input size plus a margin, so random crops keep detail.
     """
@@ -132,7 +152,7 @@ def train_loader(
 
     _, h, w = data_config["input_size"]
     dataset = ImageSet(items, train_transform(augment, data_config), max(h, w) + 96, (3, h, w))
-    sampler = EpochSampler(len(dataset), seed, shuffle=True)
+    sampler = EpochSampler(len(dataset), seed, shuffle=True, per_round=per_round)
     return make_loader(dataset, sampler, batch_size, workers), sampler
 
 

@@ -9,18 +9,23 @@ chosen.
 
 The search:
 
-1. The cheap candidates first, always: the linear probe on the last layer's features (``probe``,
-   which ``fit`` has extracted already) and on multi-layer features (``probe-multi``).
+1. The cheap candidates first: the linear probe on the last layer's features (``probe``, which
+   ``fit`` has extracted already; always) and on multi-layer features (``probe-multi``, when its
+   estimate fits: on 50,000 photos an uncached extraction takes minutes).
 2. The training throughput of each fine-tuning depth is measured on a few batches (seconds per
    training image, and per evaluated image), so a fine-tuning candidate's cost is estimated as
    ``epochs * (n_train * train_s + n_val * eval_s) + 2 * n_val * eval_s + setup``, the measured
    rates taken ``MEASURED_TO_EPOCH`` times slower (whole epochs have been); each real
-   fine-tuning epoch then rescales every depth's rates by its own time over its estimate. A
-   probe candidate's cost is its new feature extraction (the first extraction's images/s times
-   the candidate's cost factor) plus the head's fit.
+   fine-tuning round then rescales every depth's rates by its own time over its estimate. A
+   probe candidate's cost is its feature extraction timed on a sample of the images (cache hits
+   included, see ``_probe_estimate``) plus the head's fit.
 3. Then, again and again, the candidate with the highest expected gain per minute among those
-   whose estimate fits the time left (a fine-tuning candidate may take fewer epochs to fit, at
-   least one) runs, until none fits.
+   whose estimate fits the time left runs, until none fits. A fine-tuning candidate whose whole
+   epochs do not fit trains the optimiser steps that do (``estimator.budget``).
+   On large data (the cheapest depth's whole epochs need more than ``LARGE_SHARE`` of the time
+   left) the fine-tuning depths are tried first as short trials (``TRIAL_SHARE`` of the time
+   each, a fraction of an epoch, judged like every candidate), and the better depth then trains
+   again from the probe with all the time left (``_explore_large``).
 4. Last, candidates combining the fine-tuned networks already trained (``_combine_finetuned``:
    the best with flip TTA, the mean of the best ``ENSEMBLE_MAX``, with and without flip), which
    cost a mirrored validation pass per network and more at prediction.
@@ -36,6 +41,11 @@ more). Signals scale the priors:
 - a fine-tuning candidate that does not beat the best so far halves the other fine-tuning priors;
 - a fine-tuning candidate cut to fewer epochs than ``epochs`` keeps ``epochs_run / epochs`` of
   its prior.
+
+Candidates are judged on at most ``budget.VAL_CAP`` validation images (the same ones for all).
+The time the search may use is the budget less what the winner will need afterwards: its
+refit, the test evaluation (for a fine-tuned winner, its network on every evaluated image), the
+report's map and the run folder (``_set_reserves``). When it stops with time left it says why.
 
 The winner has the highest validation accuracy, ties going to the candidate tried first (the
 cheaper and simpler one: a costlier candidate must get more validation images right to win; a
@@ -61,6 +71,15 @@ import numpy as np
 
 from headstart.core.errors import HeadstartError
 from headstart.core.probability import log_loss, softmax
+from headstart.estimator.budget import (
+    STEP_ROUNDS,
+    Rates,
+    extraction_estimate,
+    fewest_steps_seconds,
+    finetune_plan,
+    judged_subset,
+    steps_fraction,
+)
 from headstart.estimator.finetune import FineTuneOutcome, _items, _tuned_backbone, _tuned_head
 from headstart.estimator.fitting import Log, Split, Usable, fit_head
 from headstart.estimator.layers import choose_layers
@@ -77,7 +96,7 @@ from headstart.training.throughput import MEASURE_BATCH_SIZE, measure_training
 DEFAULT_TIME_BUDGET_S = 180.0  # strategy="auto" without a time_budget: the README's whole quick-start line
 # (pip install, train, evaluate, predict) must stay under 5 minutes on 2 cores; install and the
 # other commands took 94 s of it
-FINAL_RESERVE_S = 15.0  # kept back for the winner's refit, the test evaluation and the run folder
+FINAL_RESERVE_S = 15.0  # kept back for the run folder, the report and the bundle (see _set_reserves)
 UNLIKE_IMAGENET_MARGIN = 0.01
 SECOND_BACKBONE = "tf_efficientnet_lite2"
 FINETUNE_DEPTHS = ("last:2", "last:3", "half")
@@ -94,7 +113,17 @@ PRIORS = {
 EXTRACTION_COST = {"probe-multi": 1.0, "probe-tta": 2.0, "probe-backbone": 2.5, "probe-ensemble": 2.5}
 DEFAULT_EXTRACTION_RATE = 60.0  # images/s assumed when the first extraction came from the cache
 MEASURE_BATCHES = 5  # training batches run per depth; the median of those after the first counts
-SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
+LARGE_SHARE = 1.0  # large data: the cheapest depth's whole epochs need more than this share of the time left
+# (1: they do not fit at all; flowers in 15 minutes is not large: three depths train whole epochs)
+TRIAL_SHARE = 0.12  # large data: each depth's trial gets this share of the time left
+TRIALS_FROM_S = 300.0  # large data: below this much time left, one candidate takes it all (no trials)
+TRIAL_DEPTHS = ("last:2", "last:3")  # large data: the depths tried (half costs too much per step)
+# Large data: the long run must see this many images. Fewer did not beat the probe: 5,248 images
+# of last:2 on 50,000 32-px flower crops (val 0.771 against 0.783), one epoch of flowers (2,939).
+MIN_LONG_IMAGES = 10_000
+PROBE_SAMPLE = 64  # images a probe candidate's extraction is timed on (after 8 that start the engine)
+MAP_S_PER_POINT = 0.012  # the report's t-SNE map, per test image mapped (5,000 took 55 s on 2 busy cores)
+COMPILE_S = 20.0  # a tuned winner's feature path compiled for the test split
 ENSEMBLE_MAX = 3  # fine-tuned networks averaged at most (each one more network at prediction)
 # Whole epochs have run 1.5-2x slower than the measured batches here (the loader falling behind,
 # fewer free cores by then): the first estimates assume 1.5x, until a real epoch calibrates them.
@@ -118,6 +147,7 @@ class CandidateParams:
     backbone: str | None = None
     unfreeze: str | None = None
     epochs: int | None = None
+    steps: int | None = None  # fine-tuning budgeted in optimiser steps (then ``epochs`` is None)
 
     def record(self) -> dict[str, Any]:
         """The parameters set, as ``metrics.json`` and the log list them."""
@@ -183,6 +213,9 @@ class Candidate:
     kind: str  # "probe", "finetune" or "finetune-combined"
     params: CandidateParams
     prior: float = 0.0
+    allotted_s: float | None = None  # a trial's share of the time (None: the time left)
+    rounds: int = STEP_ROUNDS  # evaluations when budgeted in steps
+    eval_every: int | None = None  # steps between them, as planned (set by _estimate)
     status: str = "pending"
     estimate_s: float | None = None
     expected_gain: float | None = None
@@ -191,7 +224,8 @@ class Candidate:
     seconds: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     fitted: Fitted | None = None
-    val_proba: np.ndarray | None = field(default=None, repr=False)
+    val_proba: np.ndarray | None = field(default=None, repr=False)  # on the judged validation images
+    all_val_proba: np.ndarray | None = field(default=None, repr=False)  # probes: on every one
 
     def record(self) -> dict[str, Any]:
         """The candidate as ``metrics.json``'s ``auto.candidates`` lists it."""
@@ -218,7 +252,9 @@ class Search:
     usable: Usable
     split: Split
     log: Log
-    deadline: float  # time.time() by which the search must end
+    ends: float  # time.time() at which the budget ends (fit's start + the budget)
+    val_rows: np.ndarray  # the validation images every candidate is judged on (budget.VAL_CAP at most)
+    reserve_s: dict[str, float] = field(default_factory=lambda: {"probe": FINAL_RESERVE_S})
     candidates: list[Candidate] = field(default_factory=list)
     throughput: dict[str, dict[str, float]] = field(default_factory=dict)
     extraction_rate: float = DEFAULT_EXTRACTION_RATE
@@ -226,9 +262,24 @@ class Search:
     measure_seconds: float = 0.0
     calibration: float = MEASURED_TO_EPOCH  # real fine-tuning epochs / measured batches, so far
     flip_val: dict[str, np.ndarray] = field(default_factory=dict)  # fine-tuned: mirrored val proba
+    specs: dict[str, FeatureSpec] = field(default_factory=dict)  # probe candidates' (built to estimate)
+    stop_reason: str = ""
 
-    def left(self) -> float:
-        return self.deadline - time.time()
+    def left(self, finetuned: bool = False) -> float:
+        """Seconds the search may still use: the budget less what its winner needs after it (a
+        fine-tuned winner needs more: ``finetuned``, or once a tuned network is a candidate)."""
+        tuned = finetuned or any(c.kind != "probe" for c in self.eligible())
+        reserve = self.reserve_s.get("finetune", 0.0) if tuned else 0.0
+        return self.ends - max(reserve, self.reserve_s["probe"]) - time.time()
+
+    @property
+    def deadline(self) -> float:
+        """The ``time.time()`` a fine-tuning candidate must stop by."""
+        return time.time() + self.left(finetuned=True)
+
+    @property
+    def n_val(self) -> int:
+        return int(self.val_rows.sum())
 
     def eligible(self) -> list[Candidate]:
         """Scored candidates with a model of their own (a fine-tuning that kept the probe has none)."""
@@ -240,7 +291,10 @@ class Search:
         return min(done, key=lambda c: (-c.val_accuracy, self.candidates.index(c)))  # type: ignore[operator]
 
     def items(self, name: str) -> list[tuple[str, int]]:
-        return _items(self.usable, self.split, name)
+        """The (path, label) pairs of a split; for ``val`` the judged subset."""
+        if name != "val":
+            return _items(self.usable, self.split, name)
+        return [(s.path, int(y)) for s, y, v in zip(self.usable.samples, self.usable.y, self.val_rows) if v]
 
     def named(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
@@ -282,11 +336,13 @@ def run_auto(
             tell (None: ``DEFAULT_EXTRACTION_RATE``).
     """
     budget = float(ctx.time_budget or DEFAULT_TIME_BUDGET_S)
-    search = Search(ctx, usable, split, log, started + budget - FINAL_RESERVE_S)
+    val = split.mask("val")
+    search = Search(ctx, usable, split, log, started + budget, judged_subset(val, usable.y, ctx.seed))
     search.extraction_rate = extraction_rate or DEFAULT_EXTRACTION_RATE
-    log(
-        f"auto: searching for {budget / 60:.1f} min; candidates judged on {int(split.mask('val').sum())} val images"
+    judged = f"{search.n_val} val images" + (
+        f" (a stratified subset of the {int(val.sum())})" if search.n_val < val.sum() else ""
     )
+    log(f"auto: searching for {budget / 60:.1f} min; candidates judged on {judged}")
     base = Candidate(
         "probe", "probe", CandidateParams(features=ctx.features, tta=ctx.tta, backbone=ctx.backbone)
     )
@@ -302,24 +358,38 @@ def run_auto(
     for c in search.candidates:
         if c.status == "pending":
             c.status = "skipped: interrupted" if search.stopped else _budget_reason(search, c)
+    if search.stop_reason:
+        log(f"auto: the search ends: {search.stop_reason}")
     return finish(search)
 
 
 def _explore(search: Search) -> None:
-    """The other cheap candidate, the throughput measure, then the rest by gain per minute."""
+    """The other cheap candidate, the throughput measure, then the rest: on large data the
+    depths' trials and the long run first (``_explore_large``), then by gain per minute."""
     multi = Candidate("probe-multi", "probe", CandidateParams(features="multi"), PRIORS["probe-multi"])
     search.candidates.append(multi)
     _estimate(search, multi)
-    run_candidate(search, multi)
+    if multi.estimate_s is not None and multi.estimate_s <= search.left():
+        run_candidate(search, multi)
     search.candidates += _planned(search)
     _measure_throughput(search)
+    _set_reserves(search)
     _apply_signals(search, multi)
-    while True:
+    if _is_large(search):
+        _explore_large(search)
+    if not search.stopped:
+        _by_gain(search)
+
+
+def _by_gain(search: Search) -> None:
+    """Again and again the pending candidate of highest expected gain per minute that fits."""
+    while not search.stopped:
         pending = [c for c in search.candidates if c.status == "pending"]
         for c in pending:
             _estimate(search, c)
-        fitting = [c for c in pending if c.estimate_s is not None and c.estimate_s <= search.left()]
+        fitting = [c for c in pending if c.estimate_s is not None and c.estimate_s <= _time_for(search, c)]
         if not fitting:
+            search.stop_reason = _stop_reason(search, pending)
             return
         chosen = max(fitting, key=lambda c: (c.expected_gain or 0.0) / max(c.estimate_s or 1.0, 1.0))
         before = search.best()
@@ -328,8 +398,84 @@ def _explore(search: Search) -> None:
             for c in search.candidates:
                 if c.kind == "finetune" and c.status == "pending":
                     c.prior /= 2
+
+
+def _time_for(search: Search, c: Candidate) -> float:
+    """The seconds ``c`` may take: its allotment at most (a trial's), and a fine-tuning candidate
+    leaves the reserve a tuned winner needs."""
+    left = search.left(finetuned=c.kind != "probe")
+    return left if c.allotted_s is None else min(left, c.allotted_s)
+
+
+def _stop_reason(search: Search, pending: list[Candidate]) -> str:
+    """Why the search ends now, in one line (logged, and ``auto.stop_reason`` in metrics.json)."""
+    left = max(search.left(), 0.0)
+    if not pending:
+        return f"every candidate was tried ({left:.0f} s of the search's time left)"
+    priced = [c for c in pending if c.estimate_s is not None]
+    if not priced:
+        return f"no pending candidate can be estimated ({left:.0f} s left)"
+    cheapest = min(priced, key=lambda c: c.estimate_s or 0.0)
+    return f"no pending candidate fits the {left:.0f} s left (the cheapest, {cheapest.name}, needs ~{cheapest.estimate_s:.0f} s)"
+
+
+def _is_large(search: Search) -> bool:
+    """Whether one depth's whole epochs need more than ``LARGE_SHARE`` of the time left."""
+    rates = [Rates(**r) for d, r in search.throughput.items() if d in TRIAL_DEPTHS]
+    if not rates:
+        return False
+    n_train = int(search.split.mask("train").sum())
+    epochs = int(search.ctx.finetune.epochs)
+    whole = min(epochs * (n_train * r.train_s + search.n_val * r.eval_s) for r in rates)
+    return whole > LARGE_SHARE * search.left(finetuned=True)
+
+
+def _explore_large(search: Search) -> None:
+    """Large data: each of ``TRIAL_DEPTHS`` trains a short trial (``TRIAL_SHARE`` of the time
+    left, a fraction of an epoch) where one fits; the better depth (the cheaper one when no trial
+    fits) then trains again from the probe with the time left. With under ``TRIALS_FROM_S``
+    left, no trials: the gain loop gives one candidate all the time."""
+    left = search.left(finetuned=True)
+    if left < TRIALS_FROM_S:
+        return
+    trials = [search.named(f"finetune:{d}") for d in TRIAL_DEPTHS if f"finetune:{d}" in _names(search)]
+    for trial in trials:
+        trial.allotted_s = TRIAL_SHARE * left
+        _estimate(search, trial)
+        if trial.estimate_s is not None and trial.estimate_s <= _time_for(search, trial):
+            run_candidate(search, trial)
+        else:
+            trial.allotted_s = None  # not a trial after all: the gain loop may price it again
         if search.stopped:
             return
+    done = [t for t in trials if t.val_accuracy is not None]
+    # ties go to the trial tried first (the cheaper depth, which then sees more images)
+    best = max(done, key=lambda t: (t.val_accuracy, -trials.index(t))) if done else None
+    depth = best.params.unfreeze if best is not None else (trials[0].params.unfreeze if trials else None)
+    if depth is None or depth not in search.throughput:
+        return
+    # four rounds and 5% of the time kept: a round the deadline cuts is dropped; no time kept for
+    # flip TTA, whose second pass over a large test split costs more than the steps it would take
+    long = Candidate(f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth), rounds=4)
+    long.allotted_s = 0.95 * search.left(finetuned=True)
+    search.candidates.append(long)
+    _estimate(search, long)
+    if long.estimate_s is None or long.estimate_s > _time_for(search, long):
+        return
+    if long.params.steps is not None and long.params.steps * search.ctx.finetune.batch_size < MIN_LONG_IMAGES:
+        long.status = (
+            f"skipped: large data: {long.params.steps * search.ctx.finetune.batch_size} images seen in the time left, "
+            f"fewer than {MIN_LONG_IMAGES} (shorter runs did not beat the probe)"
+        )
+        return
+    run_candidate(search, long)
+    for c in search.candidates:
+        if c.kind == "finetune" and c.status == "pending":
+            c.status = "skipped: large data: the long run of the better trial's depth took the time"
+
+
+def _names(search: Search) -> set[str]:
+    return {c.name for c in search.candidates}
 
 
 def _planned(search: Search) -> list[Candidate]:
@@ -386,11 +532,10 @@ def _budget_reason(search: Search, c: Candidate) -> str:
 
 def _estimate(search: Search, c: Candidate) -> None:
     """``c.estimate_s`` and ``c.expected_gain`` from the measured rates and the error left."""
-    n_val = int(search.split.mask("val").sum())
-    error_left = max(1.0 - (search.best().val_accuracy or 0.0), 0.5 / max(n_val, 1))
-    n_images = len(search.usable.samples)
+    error_left = max(1.0 - (search.best().val_accuracy or 0.0), 0.5 / max(search.n_val, 1))
     if c.kind == "probe":
-        c.estimate_s = n_images * EXTRACTION_COST.get(c.name, 2.0) / search.extraction_rate + 5.0
+        if c.estimate_s is None:  # the sample is timed once
+            c.estimate_s = _probe_estimate(search, c)
         c.expected_gain = c.prior * error_left
         return
     assert c.params.unfreeze is not None
@@ -399,14 +544,81 @@ def _estimate(search: Search, c: Candidate) -> None:
         c.estimate_s = None
         return
     n_train = int(search.split.mask("train").sum())
-    per_epoch = n_train * rates["train_s"] + n_val * rates["eval_s"]
-    fixed = 2 * n_val * rates["eval_s"] + SETUP_S
-    wanted = int(search.ctx.finetune.epochs)
-    epochs = min(wanted, int((search.left() - fixed) // per_epoch)) if per_epoch > 0 else wanted
-    epochs = max(epochs, 1)
-    c.params = replace(c.params, epochs=epochs)
-    c.estimate_s = fixed + epochs * per_epoch
-    c.expected_gain = c.prior * error_left * epochs / wanted
+    epochs = int(search.ctx.finetune.epochs)
+    allotted = c.allotted_s if c.allotted_s is not None else search.left(finetuned=True)
+    plan = finetune_plan(
+        Rates(**rates), n_train, search.n_val, search.ctx.finetune.batch_size, epochs, allotted, c.rounds
+    )
+    if plan is None:  # not even the fewest steps fit: priced at those, so it is skipped
+        c.estimate_s = fewest_steps_seconds(Rates(**rates), search.n_val, search.ctx.finetune.batch_size)
+        c.expected_gain = 0.0
+        return
+    c.params = replace(c.params, epochs=plan.epochs, steps=plan.steps)
+    c.eval_every, c.estimate_s = plan.eval_every, plan.seconds
+    c.expected_gain = c.prior * error_left * steps_fraction(plan, n_train, epochs)
+
+
+def _probe_estimate(search: Search, c: Candidate) -> float | None:
+    """A probe candidate's seconds: its extraction timed on ``PROBE_SAMPLE`` of the images (after
+    8 that load and compile the engine), at the sample's mix of cache hits and new images, plus
+    its head's fit (the base probe's, twice for the layer choice of multi-layer features); None
+    when its parameters cannot run here."""
+    base = search.candidates[0]
+    try:
+        spec = _candidate_spec(search, c)
+    except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, never the search
+        c.status = f"skipped: unavailable: {str(e)[:200]}"
+        return None
+    paths = [s.path for s in search.usable.samples]
+    # a fresh sample each run: a seeded one would be cached by the first run's estimate and
+    # time as cache hits in every later run (the sample decides an estimate, never a model)
+    rng = np.random.default_rng()
+    sample = [paths[i] for i in rng.choice(len(paths), min(len(paths), PROBE_SAMPLE + 8), replace=False)]
+    t0 = time.perf_counter()
+    search.ctx.extract(spec, sample[:8])
+    started = time.perf_counter()
+    search.ctx.extract(spec, sample[8:])
+    timed = time.perf_counter() - started
+    head_s = (base.seconds or 1.0) * (2.0 if c.params.features == "multi" else 1.0)
+    seconds = extraction_estimate(len(paths), timed, len(sample) - 8, started - t0) + head_s
+    c.detail["estimate_from"] = (
+        f"{len(sample) - 8} images timed ({timed:.1f} s) after {started - t0:.1f} s of start"
+    )
+    return seconds
+
+
+def _candidate_spec(search: Search, c: Candidate) -> FeatureSpec:
+    """The candidate's features (built once): the user's weights file only for the user's backbone."""
+    if c.name not in search.specs:
+        ctx = search.ctx
+        backbone = c.params.backbone or ctx.backbone
+        weights = ctx.weights if backbone == ctx.backbone else None
+        features, tta = c.params.features or ctx.features, c.params.tta or ctx.tta
+        search.specs[c.name] = create_feature_spec(backbone, weights, features, tta, ctx.cache_root)
+    return search.specs[c.name]
+
+
+def _set_reserves(search: Search) -> None:
+    """What the winner needs after the search (``search.reserve_s``): the report's map of the
+    evaluated split and the run folder for any winner; a probe's head refitted on train + val
+    (the base probe's fit again); a tuned network's predictions on the evaluated split and on the
+    validation images the search did not judge on (its calibration takes all of them)."""
+    from headstart.reporting.run_report import MAX_MAP_POINTS
+
+    n_eval = int(search.split.mask(search.split.evaluated_on).sum())
+    n_val_rest = int(search.split.mask("val").sum()) - search.n_val
+    mapped = min(n_eval, MAX_MAP_POINTS)
+    common = FINAL_RESERVE_S + MAP_S_PER_POINT * mapped
+    search.reserve_s["probe"] = common + (search.candidates[0].seconds or 0.0)
+    # the measured forward pass, without the allowance for whole epochs (the test split runs
+    # through the compiled feature path, as fast or faster), and that path's compile
+    rates = [r["eval_s"] / MEASURED_TO_EPOCH for r in search.throughput.values()]
+    if rates:
+        search.reserve_s["finetune"] = common + COMPILE_S + (n_eval + n_val_rest) * max(rates)
+    search.log(
+        "auto: kept back for after the search: "
+        + ", ".join(f"{k} winner {v:.0f} s" for k, v in search.reserve_s.items())
+    )
 
 
 def _measure_throughput(search: Search) -> None:
@@ -463,8 +675,7 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
         search.log(f"auto: {c.name} {c.status}")
         return
     c.seconds, c.val_proba = time.perf_counter() - t0, proba
-    va = search.split.mask("val")
-    scores = candidate_scores(search.usable.y[va], proba, search.usable.classes)
+    scores = candidate_scores(search.usable.y[search.val_rows], proba, search.usable.classes)
     c.val_accuracy, c.val_log_loss = scores["accuracy"], scores["log_loss"]
     c.status = c.status if c.status.startswith("stopped") else "done"
     if c.detail.get("probe_kept"):
@@ -493,10 +704,7 @@ def _candidate_features(search: Search, c: Candidate) -> tuple[FeatureSpec, np.n
     ctx, usable = search.ctx, search.usable
     if c is search.candidates[0]:
         return ctx.spec, usable.features
-    backbone = c.params.backbone or ctx.backbone
-    weights = ctx.weights if backbone == ctx.backbone else None
-    features, tta = c.params.features or ctx.features, c.params.tta or ctx.tta
-    spec = create_feature_spec(backbone, weights, features, tta, ctx.cache_root)
+    spec = _candidate_spec(search, c)
     result = ctx.extract(spec, [s.path for s in usable.samples])
     if not result.ok.all():
         raise Unavailable(f"{int((~result.ok).sum())} image(s) unreadable with these parameters")
@@ -517,7 +725,8 @@ def _run_probe(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     if spec.selected is not None:
         c.detail["layer_groups"] = list(spec.selected)
     fitted = Fitted(spec.members[0], head, usable.features, spec, layer_info)
-    return fitted, head.predict_proba(usable.features[split.mask("val")])
+    c.all_val_proba = head.predict_proba(usable.features[split.mask("val")])  # free: features known
+    return fitted, c.all_val_proba[search.val_rows[split.mask("val")]]
 
 
 def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
@@ -537,12 +746,14 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         raise Unavailable("fine-tuning starts from the linear probe: head='logistic'")
     if not base.fitted.spec.is_plain:
         raise Unavailable("fine-tuning starts from one backbone's last features: features='last', tta='none'")
-    assert c.params.unfreeze is not None and c.params.epochs is not None
-    # the candidate's depth, epochs and seed; the wall-time budget is the search's deadline
+    assert c.params.unfreeze is not None and (c.params.epochs or c.params.steps)
+    # the candidate's depth, length and seed; the wall-time budget is the search's deadline
     settings = replace(
         ctx.finetune,
         unfreeze=c.params.unfreeze,
-        epochs=int(c.params.epochs),
+        epochs=int(c.params.epochs or 1),
+        steps=c.params.steps,
+        eval_every=c.eval_every,
         time_budget=None,
         seed=c.detail["seed"],
     )
@@ -556,18 +767,38 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         search.items("val"),
         len(search.usable.classes),
         deadline=search.deadline,
+        start_val=_probe_start(search, settings.label_smoothing),
     )
     info = result.info
     c.detail.update(
         epochs_run=info["epochs_run"], best_epoch=info["best_epoch"], probe_kept=info["probe_kept"]
     )
+    if c.params.steps is not None:
+        c.detail.update(steps_run=info.get("steps_run"), images_seen=info.get("images_seen"))
     if info["stopped_because"] == "time_budget":
         c.status = "stopped by budget"
 
     if result.history:
-        _calibrate(search, c.params.unfreeze, float(np.mean([r["seconds"] for r in result.history])))
-    proba = tuner.predict_proba(search.items("val"), backbone.data_config)
+        round_images = info.get("images_seen") and info["images_seen"] / max(info["epochs_run"], 1)
+        seconds = float(np.mean([r["seconds"] for r in result.history]))
+        _calibrate(search, c.params.unfreeze, seconds, round_images or None)
+    proba = result.val_proba  # the best round's evaluation: the same network on the same images
+    if proba is None:
+        proba = tuner.predict_proba(search.items("val"), backbone.data_config)
     return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
+
+
+def _probe_start(search: Search, label_smoothing: float) -> dict[str, float] | None:
+    """The probe's validation loss (label-smoothed, as the rounds' are) and accuracy on the judged
+    images, from its probabilities: what a fine-tuning run must beat, without evaluating it again."""
+    base = search.candidates[0]
+    if base.val_proba is None or base.val_accuracy is None:
+        return None
+    y = search.usable.y[search.val_rows]
+    logp = np.log(np.clip(base.val_proba, 1e-12, 1.0))
+    k = logp.shape[1]
+    loss = -(1 - label_smoothing) * logp[np.arange(len(y)), y] - label_smoothing / k * logp.sum(axis=1)
+    return {"val_loss": float(loss.mean()), "val_accuracy": float(base.val_accuracy)}
 
 
 def _combine_finetuned(search: Search) -> None:
@@ -604,7 +835,7 @@ def _combine_finetuned(search: Search) -> None:
 def _combined_seconds(search: Search, members: list[Candidate], tta: str) -> float:
     """A combined candidate's mirrored validation passes not yet made, and its extra networks
     and views on the evaluated split at the end."""
-    n_val = int(search.split.mask("val").sum())
+    n_val = search.n_val
     n_eval = int(search.split.mask(search.split.evaluated_on).sum())
     seconds = 0.0
     for i, m in enumerate(members):
@@ -642,20 +873,21 @@ def mean_logit_proba(probas: list[Any]) -> np.ndarray:
     return softmax(logits)
 
 
-def _calibrate(search: Search, depth: str, epoch_s: float) -> None:
-    """Scale every depth's measured rates by how far a real epoch was from its estimate: a
-    few batches miss what a whole epoch meets (the loader falling behind, other programs)."""
+def _calibrate(search: Search, depth: str, epoch_s: float, round_images: float | None = None) -> None:
+    """Scale every depth's measured rates by how far a real round (an epoch, or
+    ``round_images`` images) was from its estimate: a few batches miss what a whole epoch meets
+    (the loader falling behind, other programs)."""
     rates = search.throughput.get(depth)
     if not rates:
         return
-    n_train, n_val = int(search.split.mask("train").sum()), int(search.split.mask("val").sum())
-    predicted = n_train * rates["train_s"] + n_val * rates["eval_s"]
+    n_train = round_images or int(search.split.mask("train").sum())
+    predicted = n_train * rates["train_s"] + search.n_val * rates["eval_s"]
     factor = epoch_s / predicted if predicted > 0 else 1.0
     for r in search.throughput.values():
         r["train_s"], r["eval_s"] = r["train_s"] * factor, r["eval_s"] * factor
     search.calibration *= factor
     search.log(
-        f"auto: a {depth} epoch took {epoch_s:.0f} s, estimated {predicted:.0f} s: estimates x{factor:.2f}"
+        f"auto: a {depth} round took {epoch_s:.0f} s, estimated {predicted:.0f} s: estimates x{factor:.2f}"
     )
 
 
@@ -668,8 +900,12 @@ def finish(search: Search) -> AutoResult:
     the winner over the probe only when better beyond noise on the same validation images; the
     test split is evaluated afterwards."""
     split = search.split
-    best, y_val = search.best(), search.usable.y[split.mask("val")]
-    winner, paired = prefer_cheaper(best, search.candidates[0], y_val)
+    best, probe = search.best(), search.candidates[0]
+    if best.all_val_proba is not None and probe.all_val_proba is not None:  # two probes: every val image
+        y_all = search.usable.y[split.mask("val")]
+        winner, paired = prefer_cheaper(best, probe, y_all, best.all_val_proba, probe.all_val_proba)
+    else:
+        winner, paired = prefer_cheaper(best, probe, search.usable.y[search.val_rows])
     reason = _why(search, best) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")
@@ -679,7 +915,10 @@ def finish(search: Search) -> AutoResult:
         "search_seconds": round(sum(c.seconds or 0.0 for c in search.candidates), 2),
         "stopped": search.stopped,
         "judged_on": "val",
-        "n_val": int(split.mask("val").sum()),
+        "n_val": search.n_val,
+        "n_val_all": int(split.mask("val").sum()),
+        "stop_reason": search.stop_reason,
+        "reserve_s": {k: round(v, 1) for k, v in search.reserve_s.items()},
         "throughput": search.throughput,
         "throughput_measure_seconds": round(search.measure_seconds, 2),
         "throughput_calibration": round(search.calibration, 3),
@@ -695,7 +934,9 @@ def finish(search: Search) -> AutoResult:
         assert winner.fitted is not None
         return _probe_winner(search, winner.fitted, record, winner.params.record())
     best_params = {k: v for k, v in winner.params.record().items() if k not in ("members", "epochs")}
-    best_params.update(unfreeze=members[0].params.unfreeze, epochs=members[0].params.epochs)
+    first = members[0].params
+    best_params.update(unfreeze=first.unfreeze, epochs=first.epochs, steps=first.steps)
+    best_params = {k: v for k, v in best_params.items() if v is not None}
     return _finetune_winner(search, winner, members, record, best_params)
 
 
@@ -770,11 +1011,31 @@ def _finetune_winner(
     if winner.kind == "finetune-combined":
         info.update(combined={"members": list(winner.params.members or ()), "tta": tta}, **winner.detail)
     head = heads[0] if len(heads) == 1 else averaged_linear_head(heads)
-    outcome = FineTuneOutcome(tuned[0], head, None, info, winner.val_proba)
+    outcome = FineTuneOutcome(tuned[0], head, None, info, _all_val_proba(search, winner, members))
     # one tuned network's own last features; several (or with TTA) averaged by one head
     spec = FeatureSpec(tuned, "last", tta) if len(tuned) > 1 or tta != "none" else FeatureSpec([tuned[0]])
     fit_info = dict(base.detail.get("head", {}))
     return AutoResult(head, fit_info, search.usable, outcome, "finetune", record, spec, first.backbone, best)
+
+
+def _all_val_proba(search: Search, winner: Candidate, members: list[Candidate]) -> np.ndarray | None:
+    """A tuned winner's probabilities on every validation image (calibration takes them all):
+    those it was judged on, and its networks' on the others (the search judged on a subset)."""
+    val = search.split.mask("val")
+    if winner.val_proba is None or search.n_val == int(val.sum()):
+        return winner.val_proba
+    rest = val & ~search.val_rows
+    items = [(s.path, int(y)) for s, y, r in zip(search.usable.samples, search.usable.y, rest) if r]
+    tta = winner.params.tta or "none"
+    probas = []
+    for m in members:
+        assert m.fitted is not None and m.fitted.tuner is not None
+        probas.append(m.fitted.tuner.predict_proba(items, m.fitted.backbone.data_config, tta))
+    out = np.zeros((int(val.sum()), winner.val_proba.shape[1]))
+    judged_in_val = search.val_rows[val]
+    out[judged_in_val], out[~judged_in_val] = winner.val_proba, mean_logit_proba(probas)
+    search.log(f"auto: the winner's network on the {len(items)} validation images it was not judged on")
+    return out
 
 
 RUNNERS: dict[str, Callable[[Search, Candidate], tuple[Any, np.ndarray]]] = {

@@ -171,6 +171,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "report_heatmaps": InstanceOf((bool,), "True or False"),
     "unfreeze": Pattern(r"head|half|all|last:\d+", "head, last:N, half or all"),
     "epochs": Interval(int, 1),
+    "steps": Optional(Interval(int, 1)),
     "lr": Interval(float, 0, low_open=True),
     "train_batch_size": Interval(int, 1),
     "augment": Options(*PRESETS),
@@ -233,6 +234,9 @@ class ImageClassifier(BaseEstimator):
             are shown either way.
         unfreeze: fine-tuning: ``head``, ``last:N`` (block groups), ``half`` or ``all``.
         epochs: fine-tuning: most epochs (early stopping may end sooner).
+        steps: fine-tuning budgeted in optimiser steps instead of epochs (images seen = steps x
+            ``train_batch_size``), with an evaluation, a checkpoint and an early-stopping count
+            every half of them or every epoch, the sooner; None: ``epochs``.
         lr: fine-tuning: the head's learning rate; backbone layers get less.
         train_batch_size: fine-tuning batch (``batch_size`` stays the extraction batch).
         augment: fine-tuning augmentation preset (``default``, ``keras``, ``randaugment``,
@@ -295,6 +299,7 @@ class ImageClassifier(BaseEstimator):
         report_heatmaps: bool = False,
         unfreeze: str = "last:2",
         epochs: int = 4,
+        steps: int | None = None,
         lr: float = 1e-3,
         train_batch_size: int = 32,
         augment: str = "default",
@@ -333,6 +338,7 @@ class ImageClassifier(BaseEstimator):
         return FineTuneSettings(
             unfreeze=self.unfreeze,
             epochs=self.epochs,
+            steps=self.steps,
             lr=self.lr,
             batch_size=self.train_batch_size,
             augment=self.augment,

@@ -31,18 +31,23 @@ class Scored(Protocol):
 C = TypeVar("C", bound=Scored)
 
 
-def prefer_cheaper(best: C, probe: C, y_val: np.ndarray) -> tuple[C, dict[str, Any]]:
+def prefer_cheaper(
+    best: C, probe: C, y_val: np.ndarray, best_proba: Any = None, probe_proba: Any = None
+) -> tuple[C, dict[str, Any]]:
     """``best`` if it beats ``probe`` beyond noise on the validation images, else ``probe``;
-    and the record of the paired test (``metrics.json``'s ``auto.paired``)."""
+    and the record of the paired test (``metrics.json``'s ``auto.paired``). The probabilities
+    compared are the candidates' ``val_proba`` unless given (on images ``y_val`` labels)."""
+    best_proba = best.val_proba if best_proba is None else best_proba
+    probe_proba = probe.val_proba if probe_proba is None else probe_proba
     if (
         best is probe
         or probe.kind != "probe"
         or probe.fitted is None
-        or probe.val_proba is None
-        or best.val_proba is None
+        or probe_proba is None
+        or best_proba is None
     ):
         return best, {"test": "none", "why": "the probe won, or it cannot be the model"}
-    cmp = compare_paired(y_val, probe.val_proba.argmax(axis=1), best.val_proba.argmax(axis=1))
+    cmp = compare_paired(y_val, probe_proba.argmax(axis=1), best_proba.argmax(axis=1))
     sure = better_beyond_noise(cmp, ALPHA)
     record = {
         "test": "exact McNemar, one-sided (best better than the probe)",

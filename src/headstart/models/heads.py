@@ -176,6 +176,17 @@ class LogisticHead(LinearOnStandardised, Head):
         return model
 
     def fit(self, x, y, x_val, y_val, n_classes):  # type: ignore[override]
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS/OpenMP thread: each lbfgs step multiplies by a skinny (classes x features)
+        # matrix, too small to share out; a second thread costs more in hand-offs than it saves,
+        # ten times more when another process holds the other core (benchmarks/iteration_speed.md).
+        with threadpool_limits(limits=1):
+            return self._fit_sweep(x, y, x_val, y_val, n_classes)
+
+    def _fit_sweep(
+        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int
+    ) -> dict[str, Any]:
         self.mean = x.mean(axis=0)
         self.scale = x.std(axis=0) + 1e-6
         sweep = _Sweep(

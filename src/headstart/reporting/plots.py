@@ -290,6 +290,36 @@ def _cell_values(ax, values: np.ndarray, fmt: str, counts: np.ndarray, rate: np.
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=font, color=color)
 
 
+def confusion_title(metrics: Mapping[str, Any]) -> str:
+    """The counts heatmap's title: the split it scores and its accuracy ("" where the metrics
+    name neither). ``confusion_matrix.png`` and the report's counts heatmap share it."""
+    evaluated_on = metrics.get("evaluated_on")
+    accuracy = (metrics.get(evaluated_on) or {}).get("accuracy") if isinstance(evaluated_on, str) else None
+    if not isinstance(accuracy, (int, float)):
+        return ""
+    return f"Confusion matrix ({evaluated_on}, accuracy {accuracy:.3f})"
+
+
+def confusion_counts(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], title: str) -> bytes:
+    """The counts heatmap as PNG bytes: every class, or beyond MAX_HEATMAP_CLASSES the most
+    confused ones (the title says so).
+
+    Drawn once per process for the same matrix, names and title: a training run writes it to
+    ``confusion_matrix.png`` and shows it again in its report.
+    """
+    matrix = np.asarray(cm, dtype=int).reshape(len(classes), len(classes))
+    return _counts_png(tuple(matrix.ravel().tolist()), tuple(classes), title)
+
+
+@functools.lru_cache(maxsize=4)
+def _counts_png(cells: tuple[int, ...], classes: tuple[str, ...], title: str) -> bytes:
+    matrix = np.array(cells, dtype=int).reshape(len(classes), len(classes))
+    keep = most_confused_classes(matrix)
+    if len(keep) < len(classes):
+        title = f"{title}: the {len(keep)} most confused of {len(classes)} classes"
+    return confusion_heatmap(matrix, classes, keep, False, title)
+
+
 def write_confusion_matrix(
     cm: np.ndarray | Sequence[Sequence[int]],
     classes: Sequence[str],
@@ -307,11 +337,7 @@ def write_confusion_matrix(
         path: the PNG file to write (atomically).
         title: the figure's title.
     """
-    matrix = np.asarray(cm, dtype=int).reshape(len(classes), len(classes))
-    keep = most_confused_classes(matrix)
-    if len(keep) < len(classes):
-        title = f"{title}: the {len(keep)} most confused of {len(classes)} classes"
-    return write_bytes(path, confusion_heatmap(matrix, classes, keep, False, title))
+    return write_bytes(path, confusion_counts(cm, classes, title))
 
 
 @styled

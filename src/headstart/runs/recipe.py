@@ -19,6 +19,7 @@ from headstart.core.io import read_rows
 FINETUNE_SETTINGS = {  # FineTuneSettings field -> ImageClassifier parameter
     "unfreeze": "unfreeze",
     "epochs": "epochs",
+    "steps": "steps",
     "lr": "lr",
     "batch_size": "train_batch_size",
     "augment": "augment",

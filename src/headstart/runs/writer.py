@@ -45,7 +45,7 @@ from headstart.core.io import clean_stale_temporaries, write_bytes, write_json, 
 from headstart.core.logs import RunFileHandler, log_run
 from headstart.data.discovery import Dataset, Sample
 from headstart.doctor import CheckReport
-from headstart.reporting.plots import write_confusion_matrix
+from headstart.reporting.plots import confusion_title, write_confusion_matrix
 from headstart.reporting.run_report import (
     MAP_CSV,
     MAP_JSON,
@@ -208,9 +208,7 @@ class RunWriter:
         self._write_skipped(run.skipped)
         self._write_predictions(run.test, run.metrics["classes"])
         self._write_data_checks(run)
-        evaluated_on = run.metrics["evaluated_on"]
-        title = f"Confusion matrix ({evaluated_on}, accuracy {run.metrics[evaluated_on]['accuracy']:.3f})"
-        self._write_confusion_matrix(run.metrics, title)
+        self._write_confusion_matrix(run.metrics, confusion_title(run.metrics))
         timings["save"] = time.perf_counter() - t
         timings["report"] = self._write_report(run.metrics, run.test, report)
         timings["total"] = time.perf_counter() - run.started
@@ -233,7 +231,7 @@ class RunWriter:
         write_json(self.path("metrics.json"), metrics)
         self._write_skipped(skipped)
         self._write_predictions(test, metrics["classes"])
-        self._write_confusion_matrix(metrics, "")
+        self._write_confusion_matrix(metrics, confusion_title(metrics))
         self._write_report(metrics, test, report)
 
     # ------------------------------------------------------------------ the files

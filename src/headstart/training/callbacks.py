@@ -31,7 +31,18 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"]
+# "epoch" is the round (an epoch unless the run is budgeted in steps); "step": optimiser steps by its end
+HISTORY_COLUMNS = [
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "images_per_s",
+    "seconds",
+    "step",
+]
 SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s")
 
 
@@ -168,7 +179,11 @@ class History(Callback):
         self.path = Path(path)
 
     def write(self, history: list[dict[str, float]]) -> None:
-        write_rows(self.path, HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
+        write_rows(
+            self.path,
+            HISTORY_COLUMNS,
+            [[row.get(c, float("nan")) for c in HISTORY_COLUMNS] for row in history],
+        )
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
         self.write(state.history)

@@ -66,7 +66,7 @@ from headstart.training.network import (
     set_train_mode,
 )
 from headstart.training.prefix import build_prefix, network_stages
-from headstart.training.settings import FineTuneSettings, resolve_precision
+from headstart.training.settings import FineTuneSettings, Rounds, plan_rounds, resolve_precision
 from headstart.training.state import MIN_DELTA, Best, TrainState
 
 if TYPE_CHECKING:
@@ -120,6 +120,9 @@ class FineTuneResult:
     head_arrays: dict[str, np.ndarray]
     history: list[dict[str, float]]
     info: dict[str, Any] = field(default_factory=dict)
+    # the best round's validation probabilities, as its evaluation computed them (None: the probe
+    # was kept, no round ran, or DDP, where each rank evaluates its share)
+    val_proba: np.ndarray | None = None
 
 
 @dataclass
@@ -165,11 +168,12 @@ class EpochData:
 
 def evaluate_shared(
     network: Network, data: EpochData, loss_fn: LossFn, precision: str
-) -> tuple[float, float]:
-    """Validation loss and accuracy over every rank's share of the validation images."""
+) -> tuple[float, float, np.ndarray | None]:
+    """Validation loss and accuracy over every rank's share of the validation images, and the
+    probabilities of every image (None under DDP, where each rank holds its share only)."""
     loss, accuracy, proba = evaluate(network, data.val, loss_fn, precision)
     loss, accuracy = data.dist.average([loss, accuracy], len(proba))
-    return loss, accuracy
+    return loss, accuracy, None if data.dist.active else proba
 
 
 def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[object]:
@@ -290,15 +294,17 @@ def run_epoch(
     data.sampler.epoch = state.epoch
     torch.manual_seed(state.settings.seed * 1_000_003 + state.epoch)  # dropout / drop-path of this epoch
     progress = ConsoleProgress() if verbose else NullProgress()
-    n_images = len(cast("Sized", data.train.dataset))
-    progress.start(f"epoch {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
+    rounds = state.rounds
+    n_images = rounds.images if rounds and rounds.images else len(cast("Sized", data.train.dataset))
+    word = "round" if state.in_steps else "epoch"
+    progress.start(f"{word} {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
     progress.finish()
     if trained is None:
         return None
     train_s = time.perf_counter() - t0
     loss, accuracy = data.dist.average(trained, 1.0)  # every rank trains on as many images
-    val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, state.precision)
+    val_loss, val_acc, state.val_proba = evaluate_shared(state.network, data, val_loss_fn, state.precision)
     seconds = time.perf_counter() - t0
     return {
         "epoch": state.epoch,
@@ -309,6 +315,7 @@ def run_epoch(
         "lr": state.optimizer.param_groups[0]["lr"],
         "images_per_s": n_images / train_s if train_s > 0 else 0.0,
         "seconds": seconds,
+        "step": state.epoch * rounds.steps_each if rounds else float("nan"),
     }
 
 
@@ -325,13 +332,17 @@ def record_epoch(state: TrainState, row: dict[str, float]) -> None:
             "epoch": state.epoch,
             "state": contiguous_state(state.network),
         }
+        state.best_val_proba = state.val_proba
 
 
 def epoch_line(state: TrainState, row: dict[str, float]) -> str:
     """The log line of a complete epoch, with the time left for the others."""
     eta = (state.epochs - state.epoch) * float(np.mean([r["seconds"] for r in state.history]))
+    where = f"epoch {state.epoch}/{state.epochs}"
+    if state.in_steps and state.rounds is not None:
+        where = f"round {state.epoch}/{state.epochs} (step {int(row['step'])}/{state.rounds.total_steps})"
     return (
-        f"epoch {state.epoch}/{state.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
+        f"{where}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
         f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} lr {row['lr']:.2e} "
         f"{row['images_per_s']:.1f} img/s {row['seconds']:.0f}s{' *best' if state.improved else ''}"
         f"{f', ETA {_fmt_eta(eta)}' if state.epoch < state.epochs else ''}"
@@ -374,6 +385,32 @@ def run_epochs(
         logger.info(state.stop_message)
     callbacks.on_fit_end(state)
     return state.stop or "completed"
+
+
+def _length(state: TrainState, n_train: int) -> str:
+    """How long the run is, as its first log line says it."""
+    rounds = state.rounds
+    if not state.in_steps or rounds is None:
+        return f"{state.settings.epochs} epoch(s)"
+    images = rounds.total_steps * state.settings.batch_size
+    return (
+        f"{rounds.total_steps} steps ({rounds.count} rounds of {rounds.steps_each}, {images:,} images seen, "
+        f"{images / max(n_train, 1):.2f} epoch(s))"
+    )
+
+
+def _steps_info(state: TrainState, rounds_run: int) -> dict[str, Any]:
+    """A run's length in steps: planned, run and images seen (rounds are epochs unless in steps)."""
+    rounds = state.rounds
+    if rounds is None:
+        return {}
+    return {
+        "budgeted_in": "steps" if state.in_steps else "epochs",
+        "steps_planned": rounds.total_steps,
+        "steps_run": rounds_run * rounds.steps_each,
+        "rounds_run": rounds_run,
+        "images_seen": rounds_run * rounds.images if rounds.images else None,  # epochs: epochs_run x images
+    }
 
 
 def warmup_cosine(warmup: int, total_steps: int) -> Callable[[int], float]:
@@ -437,6 +474,7 @@ class FineTuner:
         resume: bool = False,
         deadline: float | None = None,
         fingerprint: str = "",
+        start_val: dict[str, float] | None = None,
     ) -> FineTuneResult:
         """Fine-tune a copy of ``backbone_model`` (the original, and so the feature cache, stay intact).
 
@@ -444,6 +482,9 @@ class FineTuner:
             resume: continue the run in ``run_dir`` from its last checkpoint.
             deadline: a ``time.time()`` at which to stop (counting a resumed run's earlier epochs).
             fingerprint: what a checkpoint must match to be resumed (see ``settings_fingerprint``).
+            start_val: the probe's ``val_loss`` and ``val_accuracy`` on ``val`` when the caller
+                knows them (``strategy="auto"`` does): the evaluation before the first round is
+                then not run.
         """
         import torch
 
@@ -463,13 +504,17 @@ class FineTuner:
             if s.workers is not None
             else dist.share(loader_workers(None, accelerator=dist.device != "cpu"))
         )
-        loader, whole = train_loader(train, s.augment, data_config, s.batch_size, self.workers, s.seed)
+        rounds = plan_rounds(s, len(train))
+        loader, whole = train_loader(
+            train, s.augment, data_config, s.batch_size, self.workers, s.seed, rounds.images
+        )
         loader, sampler = shard_train_loader(loader, whole, dist, s.batch_size)
         val_loader = eval_loader(dist.shard(val), data_config, s.batch_size, self.workers)
         data = EpochData(loader, sampler, val_loader, dist)
         objective, val_loss_fn = self._losses(head, train, n_classes)
-        state = self._state(network, freeze_info, len(train), fingerprint)
+        state = self._state(network, freeze_info, rounds, fingerprint)
         probe_state = state.best["state"]
+        state.start_val = start_val
         self._start(state, freeze_info, resume, data, val_loss_fn)
         state.forward = dist.wrap(network)
         callbacks, verbose = self._callback_list(deadline), self.verbose and dist.is_main
@@ -532,16 +577,18 @@ class FineTuner:
         l2 = 0.5 / (float(c) * len(train)) if (s.keep_probe_l2 and c) else 0.0
         return Objective(train_loss_fn, l2), val_loss_fn
 
-    def _state(self, network: Network, freeze_info: FreezeInfo, n_train: int, fingerprint: str) -> TrainState:
-        """A fresh state: AdamW over the trainable groups, a warm-up + cosine schedule per step,
-        and the probe's weights as the best model so far."""
+    def _state(
+        self, network: Network, freeze_info: FreezeInfo, rounds: Rounds, fingerprint: str
+    ) -> TrainState:
+        """A fresh state: AdamW over the trainable groups, a warm-up + cosine schedule per step
+        over all the run's steps, and the probe's weights as the best model so far."""
         import torch
 
         s = self.settings
         optimizer = torch.optim.AdamW(
             param_groups(network, freeze_info["groups"], s), weight_decay=s.weight_decay
         )
-        total_steps = max(1, math.ceil(n_train / s.batch_size)) * s.epochs
+        total_steps = rounds.total_steps
         warmup = max(1, int(round(s.warmup * total_steps)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps))
         state = TrainState(
@@ -552,6 +599,7 @@ class FineTuner:
             precision=self.precision,
             run_dir=self.run_dir,
             fingerprint=fingerprint,
+            rounds=rounds,
         )
         state.best["state"] = contiguous_state(network)
         return state
@@ -581,15 +629,15 @@ class FineTuner:
         logger.info(
             f"fine-tuning ({s.unfreeze}: {freeze_info['n_trainable_groups']} of {freeze_info['n_groups']} block "
             f"groups, {freeze_info['trainable_params']:,} of {freeze_info['total_params']:,} backbone parameters "
-            f"trainable) for {s.epochs} epoch(s) on {n_train} images, {data.dist.device}, {self.precision}, "
+            f"trainable) for {_length(state, n_train)} on {n_train} images, {data.dist.device}, {self.precision}, "
             f"{self.workers} loader worker(s), {self.threads} torch thread(s), batch {s.batch_size}, "
             f"lr {s.lr:g}, augment {s.augment}, frozen prefix: {self._prefix_line()}"
         )
-        if state.start_epoch == 1:
+        if state.start_epoch == 1 and state.start_val is None:
             # The probe is the model to beat. Its val_loss is not comparable with the epochs' (it
             # was fitted without label smoothing), so epochs compete on val_loss among themselves
             # and the best one must then match the probe's val accuracy (see _result).
-            val_loss, val_acc = evaluate_shared(state.network, data, val_loss_fn, self.precision)
+            val_loss, val_acc, _ = evaluate_shared(state.network, data, val_loss_fn, self.precision)
             state.start_val = {"val_loss": val_loss, "val_accuracy": val_acc}
             logger.info(f"start (linear probe): val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
@@ -646,7 +694,8 @@ class FineTuner:
         info = self._info(state, best, freeze_info, kept_probe, stopped, resume)
         if not best["epoch"] and not kept_probe:
             logger.info("no epoch ran: the model is the linear probe on the pretrained backbone")
-        return FineTuneResult(model, head_arrays(network), state.history, info)
+        val_proba = state.best_val_proba if best["epoch"] else None
+        return FineTuneResult(model, head_arrays(network), state.history, info, val_proba)
 
     def _info(
         self,
@@ -673,6 +722,7 @@ class FineTuner:
             "total_backbone_params": freeze_info["total_params"],
             "epochs_requested": s.epochs,
             "epochs_run": len(history),
+            **_steps_info(state, len(history)),
             "best_epoch": best["epoch"],
             "best_val_loss": best["val_loss"],
             "probe_kept": kept_probe or not history,

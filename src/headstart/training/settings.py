@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from headstart.core.choices import TRAINING_PRECISIONS, class_weight_value
@@ -16,6 +17,12 @@ class FineTuneSettings:
 
     unfreeze: str = "last:2"
     epochs: int = 4
+    # Budgeted in optimiser steps instead (images seen = steps x batch_size): ``steps`` in all,
+    # with an evaluation, a checkpoint, a history row and an early-stopping count every
+    # ``eval_every`` steps (None: an epoch's steps or half of ``steps``, the fewer); the
+    # schedule spans all the steps. None: ``epochs`` whole epochs, each one round.
+    steps: int | None = None
+    eval_every: int | None = None
     lr: float = 1e-3  # the head's; backbone groups get less (see ``backbone_lr_scale``)
     backbone_lr_scale: float = 0.1  # the top trainable group's lr relative to the head
     layer_decay: float = 0.6  # each earlier group: times this
@@ -45,6 +52,32 @@ class FineTuneSettings:
 
     def __post_init__(self) -> None:
         self.class_weight = class_weight_value(self.class_weight)
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """How a run is cut: ``count`` rounds of ``steps_each`` optimiser steps, each ending with an
+    evaluation; ``images`` per round (None: a whole epoch, the last batch a partial one)."""
+
+    count: int
+    steps_each: int
+    images: int | None
+
+    @property
+    def total_steps(self) -> int:
+        return self.count * self.steps_each
+
+
+def plan_rounds(settings: FineTuneSettings, n_train: int) -> Rounds:
+    """The rounds ``settings`` ask for on ``n_train`` images: ``epochs`` epochs, or ``steps``
+    rounded up to whole rounds."""
+    per_epoch = max(1, math.ceil(n_train / settings.batch_size))
+    if settings.steps is None:
+        return Rounds(settings.epochs, per_epoch, None)
+    steps = max(1, int(settings.steps))
+    each = settings.eval_every or min(per_epoch, math.ceil(steps / 2))
+    each = max(1, min(int(each), steps))
+    return Rounds(math.ceil(steps / each), each, each * settings.batch_size)
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:

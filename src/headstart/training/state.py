@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
-from headstart.training.settings import FineTuneSettings
+import numpy as np
+
+from headstart.training.settings import FineTuneSettings, Rounds
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -65,10 +67,18 @@ class TrainState:
     forward: Callable[[Tensor], Tensor] | None = (
         None  # what runs the training forward when not the network: its DDP wrapper
     )
+    rounds: Rounds | None = None  # set by the loop: its rounds (epochs, or rounds of steps)
+    val_proba: np.ndarray | None = None  # the last round's validation probabilities (one process)
+    best_val_proba: np.ndarray | None = None  # the best round's
 
     @property
     def epochs(self) -> int:
-        return self.settings.epochs
+        """Rounds in all (an epoch each, unless the run is budgeted in steps)."""
+        return self.rounds.count if self.rounds is not None else self.settings.epochs
+
+    @property
+    def in_steps(self) -> bool:
+        return self.settings.steps is not None
 
     def request_stop(self, reason: str, message: str = "") -> None:
         """Stop after the current batch or epoch; ``message`` is logged once the loop stops."""
