@@ -99,6 +99,9 @@ def test_auto_leaves_the_parameters_as_given_and_keeps_the_winner_in_best_params
     clf.fit(data, out_dir=tmp_path / "run")
     assert clone(clf).get_params() == before == clf.get_params()
     assert clf.auto_["winner"] == "probe-tta", statuses(clf)
+    # time left with a probe candidate best: the option it lacks is tried on top of it
+    composed = next(c for c in clf.auto_["candidates"] if c["name"] == "probe-tta multi")
+    assert composed["params"] == {"features": "multi", "tta": "flip"} and composed["status"] == "done"
     assert clf.best_params_ == {"tta": "flip"}
     assert clf.features_.tta == "flip" and clf.tta == "none"
     files = sorted(data.rglob("*.jpg"))[:4]

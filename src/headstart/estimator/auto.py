@@ -26,7 +26,10 @@ The search:
    left) the fine-tuning depths are tried first as short trials (``TRIAL_SHARE`` of the time
    each, a fraction of an epoch, judged like every candidate), and the better depth then trains
    again from the probe with all the time left (``_explore_large``).
-4. Last, candidates combining the fine-tuned networks already trained (``_combine_finetuned``:
+4. While a probe candidate other than the plain probe is the best and time is left, the
+   options it lacks (flip TTA, multi-layer features) are tried on top of it
+   (``_compose_probes``).
+5. Last, candidates combining the fine-tuned networks already trained (``_combine_finetuned``:
    the best with flip TTA, the mean of the best ``ENSEMBLE_MAX``, with and without flip), which
    cost a mirrored validation pass per network and more at prediction.
 
@@ -379,6 +382,35 @@ def _explore(search: Search) -> None:
         _explore_large(search)
     if not search.stopped:
         _by_gain(search)
+    while not search.stopped and _compose_probes(search):
+        _by_gain(search)
+
+
+def _effective(search: Search, params: CandidateParams) -> tuple[str, str, str]:
+    """A probe candidate's backbone, features and TTA, the user's where it sets none."""
+    ctx = search.ctx
+    return (params.backbone or ctx.backbone, params.features or ctx.features, params.tta or ctx.tta)
+
+
+def _compose_probes(search: Search) -> bool:
+    """When a probe candidate is the best and time is left, the options it lacks (flip TTA,
+    multi-layer features) added to it as new candidates (on 50,000 photos the ensemble of two
+    backbones won, and its flip TTA was the next thing to try); whether any was added."""
+    best = search.best()
+    if best.kind != "probe" or best is search.candidates[0]:
+        return False
+    tried = {_effective(search, c.params) for c in search.candidates if c.kind == "probe"}
+    added = False
+    options = (
+        ("flip", replace(best.params, tta="flip"), PRIORS["probe-tta"]),
+        ("multi", replace(best.params, features="multi"), PRIORS["probe-multi"]),
+    )
+    for value, params, prior in options:
+        if _effective(search, params) in tried:
+            continue
+        search.candidates.append(Candidate(f"{best.name} {value}", "probe", params, prior))
+        added = True
+    return added
 
 
 def _by_gain(search: Search) -> None:
@@ -415,8 +447,11 @@ def _stop_reason(search: Search, pending: list[Candidate]) -> str:
     priced = [c for c in pending if c.estimate_s is not None]
     if not priced:
         return f"no pending candidate can be estimated ({left:.0f} s left)"
-    cheapest = min(priced, key=lambda c: c.estimate_s or 0.0)
-    return f"no pending candidate fits the {left:.0f} s left (the cheapest, {cheapest.name}, needs ~{cheapest.estimate_s:.0f} s)"
+    cheapest = min(priced, key=lambda c: (c.estimate_s or 0.0) - _time_for(search, c))
+    return (
+        f"no pending candidate fits the time left (the nearest, {cheapest.name}, needs ~{cheapest.estimate_s:.0f} s "
+        f"of the {max(_time_for(search, cheapest), 0):.0f} s it may take)"
+    )
 
 
 def _is_large(search: Search) -> bool:
