@@ -447,10 +447,10 @@ def _stop_reason(search: Search, pending: list[Candidate]) -> str:
     priced = [c for c in pending if c.estimate_s is not None]
     if not priced:
         return f"no pending candidate can be estimated ({left:.0f} s left)"
-    cheapest = min(priced, key=lambda c: (c.estimate_s or 0.0) - _time_for(search, c))
+    nearest = min(priced, key=lambda c: (c.estimate_s or 0.0) - _time_for(search, c))
     return (
-        f"no pending candidate fits the time left (the nearest, {cheapest.name}, needs ~{cheapest.estimate_s:.0f} s "
-        f"of the {max(_time_for(search, cheapest), 0):.0f} s it may take)"
+        f"no pending candidate fits the time left (the nearest, {nearest.name}, needs ~{nearest.estimate_s:.0f} s, "
+        f"{max(_time_for(search, nearest), 0):.0f} s left for it)"
     )
 
 
@@ -559,7 +559,8 @@ def _apply_signals(search: Search, multi: Candidate) -> None:
 def _budget_reason(search: Search, c: Candidate) -> str:
     if c.estimate_s is None:
         return "skipped: budget (no estimate)"
-    return f"skipped: budget (needs ~{c.estimate_s:.0f} s, {max(search.left(), 0):.0f} s left)"
+    # the time it may take: a fine-tuning candidate's leaves what a tuned winner needs after it
+    return f"skipped: budget (needs ~{c.estimate_s:.0f} s, {max(_time_for(search, c), 0):.0f} s left)"
 
 
 # ---------------------------------------------------------------------- estimates
