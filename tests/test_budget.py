@@ -25,7 +25,12 @@ def test_whole_epochs_when_they_fit_else_the_steps_that_do():
     assert large is not None and large.steps is not None and large.images_seen < 50_000
     assert large.seconds <= 600.0
     assert finetune_plan(RATES, 50_000, 2000, 32, 4, 40.0) is None  # under MIN_STEP_IMAGES' worth
-    assert budget.fewest_steps_seconds(RATES, 2000, 32) > 40.0  # what its skipped status says it needs
+    assert (
+        budget.fewest_steps_seconds(RATES, 50_000, 2000, 32) > 40.0
+    )  # what its skipped status says it needs
+    # on 840 train images the fewest is one epoch (the shapes set: 2,000 images were 2.4 epochs)
+    small = finetune_plan(RATES, 840, 116, 32, 4, 30.0)
+    assert small is not None and small.images_seen >= 840 and small.seconds <= 30.0
 
 
 def test_the_judged_subset_is_capped_stratified_and_seeded():

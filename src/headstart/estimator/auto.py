@@ -586,7 +586,8 @@ def _estimate(search: Search, c: Candidate) -> None:
         Rates(**rates), n_train, search.n_val, search.ctx.finetune.batch_size, epochs, allotted, c.rounds
     )
     if plan is None:  # not even the fewest steps fit: priced at those, so it is skipped
-        c.estimate_s = fewest_steps_seconds(Rates(**rates), search.n_val, search.ctx.finetune.batch_size)
+        batch = search.ctx.finetune.batch_size
+        c.estimate_s = fewest_steps_seconds(Rates(**rates), n_train, search.n_val, batch)
         c.expected_gain = 0.0
         return
     c.params = replace(c.params, epochs=plan.epochs, steps=plan.steps)

@@ -26,7 +26,8 @@ from headstart.training.settings import FineTuneSettings, plan_rounds
 
 VAL_CAP = 1000
 SETUP_S = 5.0  # a fine-tuning candidate's network copy and loader start
-MIN_STEP_IMAGES = 2000  # a fine-tuning candidate sees at least this many images, or does not run
+# a fine-tuning candidate sees at least this many images (or one epoch, if fewer), or does not run
+MIN_STEP_IMAGES = 2000
 STEP_ROUNDS = 2  # evaluations of a candidate budgeted in steps (half its steps apart)
 
 
@@ -73,17 +74,22 @@ def finetune_plan(
     per_epoch = max(1, -(-n_train // batch_size))
     each = min(per_epoch, max(1, steps // rounds))
     steps = (steps // each) * each  # whole rounds: plan_rounds would round a part up, past the time
-    if steps * batch_size < MIN_STEP_IMAGES:
+    if steps * batch_size < least_images(n_train):
         return None
     cut = plan_rounds(FineTuneSettings(steps=steps, eval_every=each, batch_size=batch_size), n_train)
     seconds = fixed + cut.total_steps * step_s + cut.count * evaluation
     return FinetunePlan(None, steps, seconds, cut.total_steps * batch_size, each)
 
 
-def fewest_steps_seconds(rates: Rates, n_val: int, batch_size: int) -> float:
-    """Seconds of the shortest fine-tuning candidate that runs: ``MIN_STEP_IMAGES`` images' worth
-    of steps and its evaluations (what a skipped candidate's status says it needs)."""
-    steps = -(-MIN_STEP_IMAGES // batch_size)
+def least_images(n_train: int) -> int:
+    """The fewest images a fine-tuning candidate sees: ``MIN_STEP_IMAGES``, or one epoch if fewer."""
+    return min(MIN_STEP_IMAGES, n_train)
+
+
+def fewest_steps_seconds(rates: Rates, n_train: int, n_val: int, batch_size: int) -> float:
+    """Seconds of the shortest fine-tuning candidate that runs: ``least_images`` images' worth of
+    steps and its evaluations (what a skipped candidate's status says it needs)."""
+    steps = -(-least_images(n_train) // batch_size)
     evaluation = n_val * rates.eval_s
     return SETUP_S + STEP_ROUNDS * evaluation + steps * batch_size * rates.train_s
 
