@@ -68,6 +68,7 @@ def test_on_large_data_the_depths_are_trialled_and_the_better_one_trains_with_th
     monkeypatch.setattr(auto, "_planned", lambda search: planned(search)[:2])  # the two depths
     monkeypatch.setattr(budget, "MIN_STEP_IMAGES", 4)
     monkeypatch.setattr(auto, "MIN_LONG_IMAGES", 4)
+    monkeypatch.setattr(auto, "TRIALS_FROM_IMAGES", 10)
     params = dict(verbose=False, report_map="none", train_batch_size=4, loader_workers=0, precision="fp32")
     clf = ImageClassifier(strategy="auto", time_budget=400.0, **params).fit(data)
     record = {c["name"]: c for c in clf.auto_["candidates"]}

@@ -22,10 +22,11 @@ The search:
 3. Then, again and again, the candidate with the highest expected gain per minute among those
    whose estimate fits the time left runs, until none fits. A fine-tuning candidate whose whole
    epochs do not fit trains the optimiser steps that do (``estimator.budget``).
-   On large data (the cheapest depth's whole epochs need more than ``LARGE_SHARE`` of the time
-   left) the fine-tuning depths are tried first as short trials (``TRIAL_SHARE`` of the time
-   each, a fraction of an epoch, judged like every candidate), and the better depth then trains
-   again from the probe with all the time left (``_explore_large``).
+   On large data (the cheapest depth's whole epochs do not fit the time left) one long run
+   takes the time left if it sees ``MIN_LONG_IMAGES`` images; where it would see more than
+   ``TRIALS_FROM_IMAGES``, the depths are first tried as short trials (``TRIAL_SHARE`` of the
+   time each, judged like every candidate) and the better one makes the long run
+   (``_explore_large``).
 4. While a probe candidate other than the plain probe is the best and time is left, the
    options it lacks (flip TTA, multi-layer features) are tried on top of it
    (``_compose_probes``).
@@ -119,7 +120,7 @@ MEASURE_BATCHES = 5  # training batches run per depth; the median of those after
 LARGE_SHARE = 1.0  # large data: the cheapest depth's whole epochs need more than this share of the time left
 # (1: they do not fit at all; flowers in 15 minutes is not large: three depths train whole epochs)
 TRIAL_SHARE = 0.12  # large data: each depth's trial gets this share of the time left
-TRIALS_FROM_S = 300.0  # large data: below this much time left, one candidate takes it all (no trials)
+TRIALS_FROM_IMAGES = 40_000  # large data: trials first only when the long run would see more than this
 TRIAL_DEPTHS = ("last:2", "last:3")  # large data: the depths tried (half costs too much per step)
 # Large data: the long run must see this many images. Fewer did not beat the probe: 5,248 images
 # of last:2 on 50,000 32-px flower crops (val 0.771 against 0.783), one epoch of flowers (2,939).
@@ -466,28 +467,29 @@ def _is_large(search: Search) -> bool:
 
 
 def _explore_large(search: Search) -> None:
-    """Large data: each of ``TRIAL_DEPTHS`` trains a short trial (``TRIAL_SHARE`` of the time
-    left, a fraction of an epoch) where one fits; the better depth (the cheaper one when no trial
-    fits) then trains again from the probe with the time left. With under ``TRIALS_FROM_S``
-    left, no trials: the gain loop gives one candidate all the time."""
-    left = search.left(finetuned=True)
-    if left < TRIALS_FROM_S:
-        return
+    """Large data: one long fine-tuning run with the time left, if it sees ``MIN_LONG_IMAGES``
+    (else none: the time goes to the other candidates). Where it would see more than
+    ``TRIALS_FROM_IMAGES``, each of ``TRIAL_DEPTHS`` first trains a short trial (``TRIAL_SHARE``
+    of the time left) and the better depth makes the long run; otherwise the cheaper depth does,
+    with all the time (a trial of a few thousand images tells the depths apart no better than
+    noise, and its time is the long run's)."""
     trials = [search.named(f"finetune:{d}") for d in TRIAL_DEPTHS if f"finetune:{d}" in _names(search)]
-    for trial in trials:
-        trial.allotted_s = TRIAL_SHARE * left
-        _estimate(search, trial)
-        if trial.estimate_s is not None and trial.estimate_s <= _time_for(search, trial):
-            run_candidate(search, trial)
-        else:
-            trial.allotted_s = None  # not a trial after all: the gain loop may price it again
-        if search.stopped:
-            return
-    done = [t for t in trials if t.val_accuracy is not None]
-    # ties go to the trial tried first (the cheaper depth, which then sees more images)
-    best = max(done, key=lambda t: (t.val_accuracy, -trials.index(t))) if done else None
-    depth = best.params.unfreeze if best is not None else (trials[0].params.unfreeze if trials else None)
-    if depth is None or depth not in search.throughput:
+    if not trials or trials[0].params.unfreeze not in search.throughput:
+        return
+    images = _long_images(search, trials[0].params.unfreeze or "")
+    if images < MIN_LONG_IMAGES:
+        search.log(
+            f"auto: large data: a long fine-tuning run would see {images} images in the time left, fewer "
+            f"than {MIN_LONG_IMAGES} (shorter runs did not beat the probe): no fine-tuning"
+        )
+        for c in search.candidates:
+            if c.kind == "finetune" and c.status == "pending":
+                c.status = (
+                    f"skipped: large data: {images} images in the time left, fewer than {MIN_LONG_IMAGES}"
+                )
+        return
+    depth = _trial_winner(search, trials) if images > TRIALS_FROM_IMAGES else trials[0].params.unfreeze
+    if depth is None or search.stopped:
         return
     # four rounds and 5% of the time kept: a round the deadline cuts is dropped; no time kept for
     # flip TTA, whose second pass over a large test split costs more than the steps it would take
@@ -497,16 +499,38 @@ def _explore_large(search: Search) -> None:
     _estimate(search, long)
     if long.estimate_s is None or long.estimate_s > _time_for(search, long):
         return
-    if long.params.steps is not None and long.params.steps * search.ctx.finetune.batch_size < MIN_LONG_IMAGES:
-        long.status = (
-            f"skipped: large data: {long.params.steps * search.ctx.finetune.batch_size} images seen in the time left, "
-            f"fewer than {MIN_LONG_IMAGES} (shorter runs did not beat the probe)"
-        )
-        return
     run_candidate(search, long)
     for c in search.candidates:
         if c.kind == "finetune" and c.status == "pending":
-            c.status = "skipped: large data: the long run of the better trial's depth took the time"
+            c.status = "skipped: large data: the long run took the time"
+
+
+def _long_images(search: Search, depth: str) -> int:
+    """Images a long run of ``depth`` would see with the time left (0 when none fits)."""
+    probe = Candidate("long?", "finetune", CandidateParams(unfreeze=depth), rounds=4)
+    probe.allotted_s = 0.95 * search.left(finetuned=True)
+    _estimate(search, probe)
+    if probe.params.steps is None:
+        return 0 if probe.params.epochs is None or probe.expected_gain == 0.0 else 10**9
+    return probe.params.steps * search.ctx.finetune.batch_size
+
+
+def _trial_winner(search: Search, trials: list[Candidate]) -> str | None:
+    """The depth whose trial scored best (ties: the cheaper, tried first), or the cheaper depth
+    when no trial fits its ``TRIAL_SHARE`` of the time left."""
+    left = search.left(finetuned=True)
+    for trial in trials:
+        trial.allotted_s = TRIAL_SHARE * left
+        _estimate(search, trial)
+        if trial.estimate_s is not None and trial.estimate_s <= _time_for(search, trial):
+            run_candidate(search, trial)
+        else:
+            trial.allotted_s = None  # not a trial after all: the gain loop may price it again
+        if search.stopped:
+            return None
+    done = [t for t in trials if t.val_accuracy is not None]
+    best = max(done, key=lambda t: (t.val_accuracy, -trials.index(t))) if done else trials[0]
+    return best.params.unfreeze
 
 
 def _names(search: Search) -> set[str]:
