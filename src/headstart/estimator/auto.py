@@ -22,7 +22,8 @@ The search:
 3. Then, again and again, the candidate with the highest expected gain per minute among those
    whose estimate fits the time left runs, until none fits. A fine-tuning candidate whose whole
    epochs do not fit trains the optimiser steps that do (``estimator.budget``).
-   On large data (the cheapest depth's whole epochs do not fit the time left) one long run
+   On large data (over ``MIN_LONG_IMAGES`` training images, and the cheapest depth's whole
+   epochs do not fit the time left) one long run
    takes the time left if it sees ``MIN_LONG_IMAGES`` images; where it would see more than
    ``TRIALS_FROM_IMAGES``, the depths are first tried as short trials (``TRIAL_SHARE`` of the
    time each, judged like every candidate) and the better one makes the long run
@@ -456,11 +457,14 @@ def _stop_reason(search: Search, pending: list[Candidate]) -> str:
 
 
 def _is_large(search: Search) -> bool:
-    """Whether one depth's whole epochs need more than ``LARGE_SHARE`` of the time left."""
+    """Whether the data is large: more training images than ``MIN_LONG_IMAGES`` (an epoch is
+    more than a long run's floor), and one depth's whole epochs need more than ``LARGE_SHARE``
+    of the time left. Smaller data cut short by the budget stays with the gain loop, whose
+    candidate trains the steps that fit (flowers in 3 minutes: about one epoch)."""
     rates = [Rates(**r) for d, r in search.throughput.items() if d in TRIAL_DEPTHS]
-    if not rates:
-        return False
     n_train = int(search.split.mask("train").sum())
+    if not rates or n_train <= MIN_LONG_IMAGES:
+        return False
     epochs = int(search.ctx.finetune.epochs)
     whole = min(epochs * (n_train * r.train_s + search.n_val * r.eval_s) for r in rates)
     return whole > LARGE_SHARE * search.left(finetuned=True)
