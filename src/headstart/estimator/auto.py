@@ -511,12 +511,12 @@ def _explore_large(search: Search) -> None:
 
 def _long_images(search: Search, depth: str) -> int:
     """Images a long run of ``depth`` would see with the time left (0 when none fits)."""
-    probe = Candidate("long?", "finetune", CandidateParams(unfreeze=depth), rounds=4)
-    probe.allotted_s = 0.95 * search.left(finetuned=True)
-    _estimate(search, probe)
-    if probe.params.steps is None:
-        return 0 if probe.params.epochs is None or probe.expected_gain == 0.0 else 10**9
-    return probe.params.steps * search.ctx.finetune.batch_size
+    planned = Candidate("long (planned)", "finetune", CandidateParams(unfreeze=depth), rounds=4)
+    planned.allotted_s = 0.95 * search.left(finetuned=True)
+    _estimate(search, planned)  # priced only: never added to the candidates
+    if planned.params.steps is None:  # whole epochs fit, or nothing does
+        return 0 if planned.params.epochs is None or planned.expected_gain == 0.0 else 10**9
+    return planned.params.steps * search.ctx.finetune.batch_size
 
 
 def _trial_winner(search: Search, trials: list[Candidate]) -> str | None:
