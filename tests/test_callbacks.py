@@ -16,11 +16,12 @@ from headstart.training.callbacks import (
     Callback,
     CallbackList,
     EarlyStopping,
+    FillTime,
     History,
     TimeBudget,
 )
 from headstart.training.loop import EpochData, FineTuner, Objective, evaluate, run_epochs
-from headstart.training.settings import FineTuneSettings
+from headstart.training.settings import FineTuneSettings, Rounds
 from headstart.training.state import TrainState
 
 
@@ -185,6 +186,39 @@ def test_time_budget_drops_an_interrupted_epoch():
     assert state.stop == "time_budget" and "epoch 2" in state.stop_message
     TimeBudget(None).on_batch_end(state := TrainState(settings=FineTuneSettings()))
     assert state.stop is None
+
+
+def test_fill_time_re_plans_the_rounds_to_end_by_its_deadline():
+    """4 rounds of 10 steps planned; a round takes 10 s: with 55 s left after round 1 the run
+    grows to 6 rounds, with 12 s left after round 2 it shrinks to 3; the warm-up stays, the
+    cosine ends at the new last step; after the last round nothing changes; steps only."""
+    now = [0.0]
+    settings = FineTuneSettings(steps=40, eval_every=10, warmup=0.1)
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = TrainState(
+        settings, optimizer=optimizer, scheduler=scheduler, rounds=Rounds(4, 10, 320), warmup_steps=4
+    )
+    fill = FillTime(until=65.0, clock=lambda: now[0])
+    fill.on_fit_start(state)
+    for epoch, clock, rounds in ((1, 10.0, 6), (2, 53.0, 3), (3, 64.0, 3)):
+        state.epoch, now[0] = epoch, clock
+        state.history.append({"epoch": epoch, "seconds": 10.0})
+        fill.on_epoch_end(state, state.history[-1])
+        assert state.epochs == rounds
+    assert fill.replans == [(1, 6), (2, 3)]
+    schedule = scheduler.lr_lambdas[0]
+    assert (
+        schedule(0) == pytest.approx(0.25)
+        and schedule(29) < 0.01
+        and schedule(30) == pytest.approx(0.0, abs=1e-12)
+    )
+    assert schedule(17) == pytest.approx(0.5)  # half-way through the cosine's 26 steps
+
+    epochs = TrainState(FineTuneSettings(epochs=4), rounds=Rounds(4, 3, None))
+    FillTime(until=1e9).on_epoch_end(epochs, {"epoch": 1, "seconds": 1.0})
+    assert epochs.epochs == 4
 
 
 def test_history_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

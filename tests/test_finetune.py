@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import make_class_folders, tiny_probe
 
 import headstart
 from headstart.core.errors import HeadstartError
+from headstart.training.callbacks import FillTime
 from headstart.training.checkpoints import load_checkpoint, save_checkpoint
 from headstart.training.loop import FineTuner
 from headstart.training.network import block_groups, trainable_groups
@@ -308,6 +310,37 @@ def test_tensorboard_gets_every_epoch_where_installed(tiny, tmp_path):
     val_loss = [e.value for e in events.Scalars("val_loss")]
     assert [e.step for e in events.Scalars("val_loss")] == [1, 2]
     assert val_loss == pytest.approx([row["val_loss"] for row in result.history], rel=1e-5)
+
+
+def test_a_run_re_planned_to_its_deadline_trains_more_rounds_and_resumes_them(tiny, tmp_path):
+    """FillTime with time to spare stretches 4 rounds of 2 steps to 6 (its ceiling, 1.5x): the
+    cosine is reshaped to end at step 12, not 8; a cut run resumes to the re-planned end."""
+    args = (tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"])
+    steps = settings(steps=8, eval_every=2, patience=9)
+    fill = FillTime(time.time() + 3600, max_factor=1.5)
+    full = FineTuner(steps, tmp_path / "full", verbose=False, callbacks=[fill]).fit(*args, fingerprint="s")
+    assert [r["step"] for r in full.history] == [2, 4, 6, 8, 10, 12]
+    assert fill.replans == [(1, 6)] and full.info["steps_planned"] == 12
+    assert full.history[3]["lr"] > 0.1 * steps.lr and full.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+    def stop_after_fourth(epoch, _row):
+        if epoch == 4:
+            raise Interrupt
+
+    run = tmp_path / "cut"
+    cut = FineTuner(
+        steps,
+        run,
+        verbose=False,
+        on_epoch_end=stop_after_fourth,
+        callbacks=[FillTime(time.time() + 3600, max_factor=1.5)],
+    )
+    with pytest.raises(Interrupt):
+        cut.fit(*args, fingerprint="s")
+    resumed = FineTuner(steps, run, verbose=False).fit(*args, resume=True, fingerprint="s")
+    assert [r["step"] for r in resumed.history] == [2, 4, 6, 8, 10, 12]
+    assert resumed.history[-1]["lr"] == pytest.approx(full.history[-1]["lr"], abs=1e-9)
+    assert resumed.history[-1]["loss"] == pytest.approx(full.history[-1]["loss"], rel=1e-3, abs=1e-4)
 
 
 def test_a_run_budgeted_in_steps_evaluates_and_resumes_by_rounds(tiny, tmp_path):

@@ -88,6 +88,44 @@ def test_auto_keeps_the_probe_unless_the_costlier_is_better_beyond_noise():
     assert prefer_cheaper(probe, probe, y)[0] is probe
 
 
+def test_a_winner_at_the_probes_cost_needs_only_the_higher_accuracy():
+    y = np.zeros(200, int)
+    probe = _Candidate("probe", "probe", np.r_[np.zeros(190, int), np.ones(10, int)])
+    close = _Candidate("finetune:last:3", "finetune", np.r_[np.zeros(192, int), np.ones(8, int)])
+    chosen, record = prefer_cheaper(close, probe, y, same_cost=True)
+    assert chosen is close and record["beyond_noise"] is False and record["same_cost"] is True
+
+
+def test_auto_passes_over_a_costlier_winner_to_one_at_the_probes_cost():
+    """ensemble 0.96 (costlier, 2 fixed: not beyond noise), last:3 0.955 (the probe's cost),
+    probe 0.95: last:3 is the model, and the record names the ensemble passed over."""
+    from types import SimpleNamespace
+
+    from headstart.estimator.auto import Candidate, CandidateParams, Search, _choose
+
+    y = np.zeros(200, int)
+    ctx = SimpleNamespace(backbone="lite0", features="last", tta="none")
+    split = SimpleNamespace(mask=lambda name: np.ones(200, bool))
+    search = Search(ctx, SimpleNamespace(y=y), split, print, 0.0, np.ones(200, bool))  # type: ignore[arg-type]
+    made = []
+    for name, kind, params, wrong in (
+        ("probe", "probe", CandidateParams(), 10),
+        ("probe-ensemble", "probe", CandidateParams(backbone="lite0+lite2"), 8),
+        ("finetune:last:3", "finetune", CandidateParams(unfreeze="last:3"), 9),
+    ):
+        c = Candidate(name, kind, params)
+        c.val_proba = np.eye(2)[np.r_[np.zeros(200 - wrong, int), np.ones(wrong, int)]]
+        c.val_accuracy, c.fitted = (200 - wrong) / 200, object()
+        made.append(c)
+    search.candidates = made
+    winner, record = _choose(search)
+    assert winner.name == "finetune:last:3" and record["same_cost"] is True
+    assert [p["name"] for p in record["passed_over"]] == ["probe-ensemble"]
+    made[2].val_accuracy = None  # without it, the probe
+    winner, record = _choose(search)
+    assert winner.name == "probe" and record["best"] == "probe-ensemble" and not record["beyond_noise"]
+
+
 def test_comparison_new_class_is_a_row_and_only_shared_images_are_paired():
     answers = [
         Answer("1.jpg", "cat", "dog", "cat"),  # fixed

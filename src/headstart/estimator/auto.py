@@ -95,6 +95,7 @@ from headstart.features.extractor import ExtractionResult
 from headstart.features.store import FeatureStore
 from headstart.models.backbones import Backbone
 from headstart.models.heads import Head, averaged_linear_head
+from headstart.training.callbacks import FillTime
 from headstart.training.loop import FineTuner, FineTuneResult, FineTuneSettings
 from headstart.training.throughput import MEASURE_BATCH_SIZE, measure_training
 
@@ -221,6 +222,7 @@ class Candidate:
     allotted_s: float | None = None  # a trial's share of the time (None: the time left)
     rounds: int = STEP_ROUNDS  # evaluations when budgeted in steps
     eval_every: int | None = None  # steps between them, as planned (set by _estimate)
+    fills_time: bool = False  # budgeted in steps: re-planned after each round to end with its time
     status: str = "pending"
     estimate_s: float | None = None
     expected_gain: float | None = None
@@ -497,7 +499,9 @@ def _explore_large(search: Search) -> None:
         return
     # four rounds and 5% of the time kept: a round the deadline cuts is dropped; no time kept for
     # flip TTA, whose second pass over a large test split costs more than the steps it would take
-    long = Candidate(f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth), rounds=4)
+    long = Candidate(
+        f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth), rounds=4, fills_time=True
+    )
     long.allotted_s = 0.95 * search.left(finetuned=True)
     search.candidates.append(long)
     _estimate(search, long)
@@ -823,7 +827,8 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         seed=c.detail["seed"],
     )
     backbone = base.fitted.backbone
-    tuner = FineTuner(settings, None, ctx.verbose, ctx.on_epoch_end)
+    fill = _fill_time(search, c)
+    tuner = FineTuner(settings, None, ctx.verbose, ctx.on_epoch_end, callbacks=fill)
     result = tuner.fit(
         backbone.model,
         backbone.data_config,
@@ -835,22 +840,37 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
         start_val=_probe_start(search, settings.label_smoothing),
     )
     info = result.info
+    _record_run(c, info, fill[0].replans if fill else [])
+    if result.history:
+        round_images = info.get("images_seen") and info["images_seen"] / max(info["epochs_run"], 1)
+        seconds = float(np.mean([r["seconds"] for r in result.history]))
+        _calibrate(search, settings.unfreeze, seconds, round_images or None)
+    proba = result.val_proba  # the best round's evaluation: the same network on the same images
+    if proba is None:
+        proba = tuner.predict_proba(search.items("val"), backbone.data_config)
+    return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
+
+
+def _record_run(c: Candidate, info: dict[str, Any], replans: list[tuple[int, int]]) -> None:
+    """What a fine-tuning candidate's run did, in its record (``metrics.json``)."""
     c.detail.update(
         epochs_run=info["epochs_run"], best_epoch=info["best_epoch"], probe_kept=info["probe_kept"]
     )
     if c.params.steps is not None:
         c.detail.update(steps_run=info.get("steps_run"), images_seen=info.get("images_seen"))
+    if replans:  # the steps it was re-planned to are its parameters now
+        c.detail.update(steps_first_planned=c.params.steps, replanned=replans)
+        c.params = replace(c.params, steps=info["steps_planned"])
     if info["stopped_because"] == "time_budget":
         c.status = "stopped by budget"
 
-    if result.history:
-        round_images = info.get("images_seen") and info["images_seen"] / max(info["epochs_run"], 1)
-        seconds = float(np.mean([r["seconds"] for r in result.history]))
-        _calibrate(search, c.params.unfreeze, seconds, round_images or None)
-    proba = result.val_proba  # the best round's evaluation: the same network on the same images
-    if proba is None:
-        proba = tuner.predict_proba(search.items("val"), backbone.data_config)
-    return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
+
+def _fill_time(search: Search, c: Candidate) -> list[FillTime]:
+    """The long run's re-planning to end with its time (see ``FillTime``); none for the others,
+    whose length is their share of a plan that other candidates follow."""
+    if not (c.fills_time and c.allotted_s and c.params.steps):
+        return []
+    return [FillTime(min(time.time() + c.allotted_s, search.deadline))]
 
 
 def _probe_start(search: Search, label_smoothing: float) -> dict[str, float] | None:
@@ -962,16 +982,10 @@ def _calibrate(search: Search, depth: str, epoch_s: float, round_images: float |
 def finish(search: Search) -> AutoResult:
     """The winner becomes the model: its head refitted (probe) or its tuned network kept
     (fine-tuning), its parameters the result's ``best_params`` (the user's are never changed);
-    the winner over the probe only when better beyond noise on the same validation images; the
-    test split is evaluated afterwards."""
+    the winner is chosen by ``_choose``; the test split is evaluated afterwards."""
     split = search.split
-    best, probe = search.best(), search.candidates[0]
-    if best.all_val_proba is not None and probe.all_val_proba is not None:  # two probes: every val image
-        y_all = search.usable.y[split.mask("val")]
-        winner, paired = prefer_cheaper(best, probe, y_all, best.all_val_proba, probe.all_val_proba)
-    else:
-        winner, paired = prefer_cheaper(best, probe, search.usable.y[search.val_rows])
-    reason = _why(search, best) + _paired_note(paired)
+    winner, paired = _choose(search)
+    reason = _why(search, winner) + _paired_note(paired)
     for c in search.candidates:
         search.log(f"auto: {_summary_line(c)}")
     search.log(f"auto: the winner is {winner.name} {winner.params.record()}: {reason}")
@@ -1005,6 +1019,47 @@ def finish(search: Search) -> AutoResult:
     return _finetune_winner(search, winner, members, record, best_params)
 
 
+def _choose(search: Search) -> tuple[Candidate, dict[str, Any]]:
+    """The most accurate candidate on validation whose cost is justified (``paired``): one that
+    runs at the probe's cost, or a costlier one better than the probe beyond noise; and the
+    paired test's record (the chosen one's, with the costlier ones passed over)."""
+    probe = search.candidates[0]
+    top = search.best()
+    others = [c for c in search.eligible() if c is not top]
+    ranked = [top, *sorted(others, key=lambda c: (-c.val_accuracy, search.candidates.index(c)))]  # type: ignore[operator]
+    passed_over: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    for c in ranked:
+        chosen, paired = _paired(search, c, probe)
+        first = first or paired
+        if chosen is c and c is not probe:
+            return c, {**paired, "passed_over": passed_over} if passed_over else paired
+        if chosen is c:  # the probe: the record is the test of the top one passed over, if any
+            break
+        passed_over.append({"name": c.name, "val_accuracy": c.val_accuracy, "p_value": paired["p_value"]})
+    record = first or {"test": "none", "why": "no candidate scored"}
+    return probe, {**record, "passed_over": passed_over} if passed_over else record
+
+
+def _paired(search: Search, c: Candidate, probe: Candidate) -> tuple[Candidate, dict[str, Any]]:
+    """``prefer_cheaper`` of ``c`` against the probe: on every validation image when both are
+    probes (their features are known), else on the judged ones."""
+    same = _run_cost(search, c) == _run_cost(search, probe)
+    if c.all_val_proba is not None and probe.all_val_proba is not None:
+        y_all = search.usable.y[search.split.mask("val")]
+        return prefer_cheaper(c, probe, y_all, c.all_val_proba, probe.all_val_proba, same)
+    return prefer_cheaper(c, probe, search.usable.y[search.val_rows], same_cost=same)
+
+
+def _run_cost(search: Search, c: Candidate) -> tuple[tuple[str, ...], int]:
+    """What ``c`` costs on every prediction: its backbones, and the networks times the views it
+    runs per image (a fine-tuned network runs its backbone once, as the probe does)."""
+    backbone, _, tta = _effective(search, c.params)
+    backbones = tuple(backbone.split("+"))
+    networks = len(c.params.members) if c.params.members else len(backbones)
+    return backbones, networks * (2 if tta == "flip" else 1)
+
+
 def _summary_line(c: Candidate) -> str:
     """One candidate of the log's closing table: name, parameters, score, time, status, estimate."""
     scored = (
@@ -1020,6 +1075,11 @@ def _why(search: Search, winner: Candidate) -> str:
     if not others:
         return "the only candidate that finished"
     runner = max(others, key=lambda c: c.val_accuracy)  # type: ignore[arg-type, return-value]
+    if (runner.val_accuracy or 0.0) > (winner.val_accuracy or 0.0):
+        return (
+            f"validation accuracy {winner.val_accuracy:.4f}; {runner.name} scored {runner.val_accuracy:.4f} "
+            "but costs more to run"
+        )
     tie = runner.val_accuracy == winner.val_accuracy
     return (
         f"highest validation accuracy {winner.val_accuracy:.4f} (next: {runner.name} {runner.val_accuracy:.4f}"
@@ -1032,7 +1092,12 @@ def _paired_note(paired: dict[str, Any]) -> str:
     """The paired test in the winner's line: how sure, and whether it kept the probe."""
     if "p_value" not in paired:
         return ""
-    verdict = "beyond noise" if paired["beyond_noise"] else "not beyond noise: the cheaper probe is kept"
+    if paired["beyond_noise"]:
+        verdict = "beyond noise"
+    elif paired.get("same_cost"):
+        verdict = "not beyond noise, but it runs at the probe's cost: kept"
+    else:
+        verdict = "not beyond noise: the cheaper probe is kept"
     return (
         f"; against {paired['against']} on the same {paired['n_val']} validation images {paired['best']} "
         f"fixes {paired['best_fixes']}, breaks {paired['best_breaks']} (exact McNemar p = {paired['p_value']:.3g}, "

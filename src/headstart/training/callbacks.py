@@ -18,6 +18,7 @@ behaviour (another logger, another stopping rule) is one more class, never an ed
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,8 @@ from headstart.training.state import MIN_DELTA, TrainState
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
+
+logger = logging.getLogger(__name__)
 
 
 # "epoch" is the round (an epoch unless the run is budgeted in steps); "step": optimiser steps by its end
@@ -155,6 +158,51 @@ class TimeBudget(Callback):
                 "time_budget",
                 f"time budget reached during epoch {state.epoch}: that epoch is dropped, the best model kept",
             )
+
+
+class FillTime(Callback):
+    """Fits a run budgeted in steps to end at ``until`` (a ``time.time()``): after each round but
+    the last, the rounds that fit at the pace of those run so far (training and evaluation)
+    become the plan (``TrainState.set_rounds``: the schedule is reshaped to end with them).
+
+    Why: a plan made from a few measured batches misses a real round's pace by up to 1.5x either
+    way (the loader, other programs), so a run planned to fill a time budget ends far short of it,
+    or is cut by it mid-schedule. Between ``min_rounds`` and ``max_factor`` times the rounds first
+    planned; each change is logged and counted in ``replans``.
+    """
+
+    def __init__(
+        self,
+        until: float,
+        min_rounds: int = 1,
+        max_factor: float = 3.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.until, self.min_rounds, self.max_factor = until, min_rounds, max_factor
+        self.clock = clock
+        self.planned: int | None = None
+        self.replans: list[tuple[int, int]] = []  # (after round, rounds from then on)
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.planned = state.epochs
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
+        if not state.in_steps or state.rounds is None or state.epoch >= state.epochs:
+            return  # the last round has run: its schedule has ended, so nothing is stretched
+        done = [r["seconds"] for r in state.history if r["epoch"] >= state.start_epoch]
+        pace = sum(done) / max(len(done), 1)
+        fit = int(max(self.until - self.clock(), 0.0) // pace) if pace > 0 else 0
+        ceiling = int(self.max_factor * (self.planned or state.epochs))
+        count = max(min(state.epoch + fit, ceiling), state.epoch, self.min_rounds)
+        if count == state.epochs:
+            return
+        steps = count * state.rounds.steps_each
+        self.replans.append((state.epoch, count))
+        state.set_rounds(count)
+        logger.info(
+            f"re-planned after round {state.epoch}: {count} rounds ({steps} steps) end by the deadline, "
+            f"at {pace:.0f} s a round"
+        )
 
 
 class Checkpointing(Callback):

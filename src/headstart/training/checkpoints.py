@@ -40,6 +40,7 @@ class Checkpoint(TypedDict, total=False):
     waited: int
     trained_s: float
     fingerprint: str
+    rounds: int | None  # the rounds planned by then (a run re-planned to its deadline: see FillTime)
 
 
 class ReadCheckpoint(Checkpoint, total=False):
@@ -93,6 +94,7 @@ def last_checkpoint(state: TrainState) -> Checkpoint:
         "waited": state.waited,
         "trained_s": state.trained_s,
         "fingerprint": state.fingerprint,
+        "rounds": state.rounds.count if state.rounds is not None else None,
     }
 
 
@@ -144,6 +146,9 @@ def apply_checkpoint(state: TrainState, saved: ReadCheckpoint) -> None:
     state.epoch = int(saved["epoch"])
     state.start_epoch = state.epoch + 1
     state.start_val = saved.get("start_val")
+    rounds = saved.get("rounds")
+    if rounds and state.rounds is not None and rounds != state.rounds.count:
+        state.set_rounds(rounds)
     state.best["val_loss"] = float(saved["best_val_loss"])
     state.best["val_accuracy"] = float(saved.get("best_val_accuracy", 0.0))
     if saved.get("best_state") is not None:

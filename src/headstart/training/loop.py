@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass, field
@@ -67,7 +66,7 @@ from headstart.training.network import (
 )
 from headstart.training.prefix import build_prefix, network_stages
 from headstart.training.settings import FineTuneSettings, Rounds, plan_rounds, resolve_precision
-from headstart.training.state import MIN_DELTA, Best, TrainState
+from headstart.training.state import MIN_DELTA, Best, TrainState, warmup_cosine
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -361,8 +360,10 @@ def run_epochs(
     why it ended (``completed`` or the stop's reason)."""
     callbacks.on_fit_start(state)
     try:
-        for epoch in range(state.start_epoch, state.epochs + 1):
+        epoch = state.start_epoch
+        while epoch <= state.epochs:  # a callback may re-plan the rounds (``TrainState.set_rounds``)
             state.epoch = epoch
+            epoch += 1
             callbacks.on_epoch_start(state)
             if state.stop:
                 break
@@ -411,18 +412,6 @@ def _steps_info(state: TrainState, rounds_run: int) -> dict[str, Any]:
         "rounds_run": rounds_run,
         "images_seen": rounds_run * rounds.images if rounds.images else None,  # epochs: epochs_run x images
     }
-
-
-def warmup_cosine(warmup: int, total_steps: int) -> Callable[[int], float]:
-    """The lr factor per step: linear warm-up over ``warmup`` steps, then a cosine to zero."""
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return schedule
 
 
 def class_weights(
@@ -592,6 +581,7 @@ class FineTuner:
         warmup = max(1, int(round(s.warmup * total_steps)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps))
         state = TrainState(
+            warmup_steps=warmup,
             settings=s,
             network=network,
             optimizer=optimizer,

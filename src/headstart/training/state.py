@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -21,6 +22,18 @@ if TYPE_CHECKING:
 
 # An epoch improves on the best when its val_loss is lower by more than this.
 MIN_DELTA = 1e-4
+
+
+def warmup_cosine(warmup: int, total_steps: int) -> Callable[[int], float]:
+    """The lr factor per step: linear warm-up over ``warmup`` steps, then a cosine to zero."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return schedule
 
 
 class Best(TypedDict):
@@ -70,6 +83,7 @@ class TrainState:
     rounds: Rounds | None = None  # set by the loop: its rounds (epochs, or rounds of steps)
     val_proba: np.ndarray | None = None  # the last round's validation probabilities (one process)
     best_val_proba: np.ndarray | None = None  # the best round's
+    warmup_steps: int = 1  # the schedule's warm-up, kept when the rounds are re-planned
 
     @property
     def epochs(self) -> int:
@@ -79,6 +93,17 @@ class TrainState:
     @property
     def in_steps(self) -> bool:
         return self.settings.steps is not None
+
+    def set_rounds(self, count: int) -> None:
+        """Re-plan a run budgeted in steps to ``count`` rounds of the same size: the cosine after
+        the warm-up is stretched (or shrunk) to end at the new last step; the steps already
+        taken keep the rate they had, so the rate moves a little at the next step and no more.
+        """
+        assert self.rounds is not None, "the loop sets the rounds before any re-plan"
+        self.rounds = replace(self.rounds, count=max(1, int(count)))
+        schedule = warmup_cosine(self.warmup_steps, self.rounds.total_steps)
+        if self.scheduler is not None:  # torch's LambdaLR: one factor function per group
+            self.scheduler.lr_lambdas = [schedule] * len(self.scheduler.lr_lambdas)  # type: ignore[attr-defined]
 
     def request_stop(self, reason: str, message: str = "") -> None:
         """Stop after the current batch or epoch; ``message`` is logged once the loop stops."""
