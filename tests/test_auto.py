@@ -88,7 +88,7 @@ def test_auto_leaves_the_parameters_as_given_and_keeps_the_winner_in_best_params
 
     monkeypatch.setattr(auto.Search, "best", best)
     # and kept: the paired test would keep the probe, which ties with it on these colours
-    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args: (best, {"test": "none"}))
+    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args, **kwargs: (best, {"test": "none"}))
     monkeypatch.setattr(
         auto,
         "_planned",
@@ -226,7 +226,7 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
 
     monkeypatch.setattr(auto.Search, "best", best)
     # and kept: on these few images the paired test would keep the cheaper probe
-    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args: (best, {"test": "none"}))
+    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args, **kwargs: (best, {"test": "none"}))
     params = {**FAST, "engine": "onnxruntime", "reject": "auto"}
     clf = ImageClassifier(strategy="auto", time_budget=600.0, **params).fit(data, out_dir=tmp_path / "run")
     found = statuses(clf)
@@ -251,3 +251,49 @@ def test_fine_tuned_networks_are_combined_and_an_ensemble_winner_is_one_model(tm
     assert clf.reject_bank_.shape[1] == spec.width == 2 * spec.members[0].num_features
     scores = [a["score"] for a in loaded.predict_top_k(test_paths[:4])]
     assert scores == pytest.approx([a["score"] for a in clf.predict_top_k(test_paths[:4])], abs=1e-3)
+
+
+@pytest.mark.slow  # a fine-tune and a second backbone's extraction
+def test_a_tuned_network_averaged_with_the_other_backbones_probe_is_one_model(tmp_path, monkeypatch):
+    """The tuned network of the first backbone and the probe on the second, averaged: scored on
+    validation like every candidate and, forced to win, saved as one bundle (the tuned backbone,
+    the pretrained second one, one averaged head) that predicts what the search's networks did."""
+    data = split_folders(tmp_path / "splits")
+    monkeypatch.setattr(auto, "FINETUNE_DEPTHS", ("last:1",))
+    monkeypatch.setattr(
+        auto,
+        "_planned",
+        lambda search: [
+            auto.Candidate(
+                "finetune:last:1", "finetune", auto.CandidateParams(unfreeze="last:1", epochs=1), 1.0
+            ),
+            auto.Candidate(
+                "probe-backbone", "probe", auto.CandidateParams(backbone=auto.SECOND_BACKBONE), 0.5
+            ),
+        ],
+    )
+    monkeypatch.setattr(
+        auto.Search, "eligible", lambda self: [c for c in self.candidates if c.val_accuracy is not None]
+    )
+    real_best = auto.Search.best
+
+    def best(self):
+        mixed = [c for c in self.eligible() if "probe-backbone" in (c.params.members or ())]
+        return mixed[0] if mixed else real_best(self)
+
+    monkeypatch.setattr(auto.Search, "best", best)
+    monkeypatch.setattr(auto, "prefer_cheaper", lambda best, probe, *args, **kwargs: (best, {"test": "none"}))
+    params = {**FAST, "engine": "onnxruntime"}
+    clf = ImageClassifier(strategy="auto", time_budget=600.0, **params).fit(data, out_dir=tmp_path / "run")
+    mixed = next(c for c in clf.auto_["candidates"] if c["name"] == clf.auto_["winner"])
+    assert mixed["kind"] == "finetune-combined" and mixed["status"] == "done", statuses(clf)
+    assert mixed["params"]["members"] == ["finetune:last:1", "probe-backbone"]
+    assert mixed["inference_cost"] == 2
+    spec = clf.features_
+    assert [m.name for m in spec.members] == ["tf_efficientnet_lite0", auto.SECOND_BACKBONE]
+    assert (
+        "fine-tuned" in spec.members[0].weights_source and "fine-tuned" not in spec.members[1].weights_source
+    )
+    test_paths = clf.test_["paths"]
+    loaded = headstart.load(tmp_path / "run", verbose=False, engine="onnxruntime")
+    np.testing.assert_allclose(loaded.predict_proba(test_paths), clf.test_["proba"], atol=2e-3)

@@ -23,8 +23,10 @@ The search:
    whose estimate fits the time left runs, until none fits. A fine-tuning candidate whose whole
    epochs do not fit trains the optimiser steps that do (``estimator.budget``).
    On large data (over ``MIN_LONG_IMAGES`` training images, and the cheapest depth's whole
-   epochs do not fit the time left) one long run
-   takes the time left if it sees ``MIN_LONG_IMAGES`` images; where it would see more than
+   epochs do not fit the time left) the probe candidates that cost little (``CHEAP_SHARE`` of
+   the time left) run first; then one long run takes the time left but its flip TTA's passes,
+   if it sees ``MIN_LONG_IMAGES`` images, and is re-planned after each round to end with that
+   time (``training.callbacks.FillTime``); where it would see more than
    ``TRIALS_FROM_IMAGES``, the depths are first tried as short trials (``TRIAL_SHARE`` of the
    time each, judged like every candidate) and the better one makes the long run
    (``_explore_large``).
@@ -56,7 +58,9 @@ The winner has the highest validation accuracy, ties going to the candidate trie
 cheaper and simpler one: a costlier candidate must get more validation images right to win; a
 lower log-loss at equal accuracy is within the noise of a few hundred validation images, and
 preferring it let multi-layer features beat the plain probe on flowers validation and then lose
-on test). Probe winners are refitted on train + validation as
+on test). A winner that costs more to run than the probe (another or a second backbone, TTA,
+several networks) must also beat the probe beyond noise on the same validation images, else the
+next candidate down is considered (``_choose``, ``estimator.paired``). Probe winners are refitted on train + validation as
 ``feature-extraction`` does; fine-tuning winners are the tuned network.
 
 A candidate whose parameters cannot run in this build (an unknown backbone, features that do
@@ -127,6 +131,9 @@ TRIAL_DEPTHS = ("last:2", "last:3")  # large data: the depths tried (half costs 
 # Large data: the long run must see this many images. Fewer did not beat the probe: 5,248 images
 # of last:2 on 50,000 32-px flower crops (val 0.771 against 0.783), one epoch of flowers (2,939).
 MIN_LONG_IMAGES = 10_000
+# Large data: probe candidates estimated at most this share of the time left run before the long
+# run (another backbone and the ensemble from the cache: 20-30 s of 15 minutes on 50,000 photos)
+CHEAP_SHARE = 0.05
 PROBE_SAMPLE = 64  # images a probe candidate's extraction is timed on (after 8 that start the engine)
 MAP_S_PER_POINT = 0.012  # the report's t-SNE map, per test image mapped (5,000 took 55 s on 2 busy cores)
 COMPILE_S = 20.0  # a tuned winner's feature path compiled for the test split
@@ -383,6 +390,7 @@ def _explore(search: Search) -> None:
     _set_reserves(search)
     _apply_signals(search, multi)
     if _is_large(search):
+        _cheap_probes(search)
         _explore_large(search)
     if not search.stopped:
         _by_gain(search)
@@ -497,12 +505,11 @@ def _explore_large(search: Search) -> None:
     depth = _trial_winner(search, trials) if images > TRIALS_FROM_IMAGES else trials[0].params.unfreeze
     if depth is None or search.stopped:
         return
-    # four rounds and 5% of the time kept: a round the deadline cuts is dropped; no time kept for
-    # flip TTA, whose second pass over a large test split costs more than the steps it would take
+    # four rounds, re-planned to end with its time; 5% of the time and its flip TTA's passes kept
     long = Candidate(
         f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth), rounds=4, fills_time=True
     )
-    long.allotted_s = 0.95 * search.left(finetuned=True)
+    long.allotted_s = _long_seconds(search, depth)
     search.candidates.append(long)
     _estimate(search, long)
     if long.estimate_s is None or long.estimate_s > _time_for(search, long):
@@ -513,10 +520,35 @@ def _explore_large(search: Search) -> None:
             c.status = "skipped: large data: the long run took the time"
 
 
+def _long_seconds(search: Search, depth: str) -> float:
+    """The long run's time: 95% of the time left (a round the deadline cuts is dropped) after
+    its flip TTA's passes (its mirrored validation pass and a second pass over the evaluated
+    split; on the large set flip TTA raised the long run's validation accuracy by 1.2 points)."""
+    eval_s = search.throughput.get(depth, {}).get("eval_s", 0.0)
+    n_eval = int(search.split.mask(search.split.evaluated_on).sum())
+    return 0.95 * (search.left(finetuned=True) - (2 * search.n_val + n_eval) * eval_s)
+
+
+def _cheap_probes(search: Search) -> None:
+    """Large data: the pending probe candidates that cost at most ``CHEAP_SHARE`` of the time
+    left, by expected gain per second, before the long run takes the rest."""
+    while not search.stopped:
+        pending = [c for c in search.candidates if c.kind == "probe" and c.status == "pending"]
+        for c in pending:
+            _estimate(search, c)
+        limit = CHEAP_SHARE * search.left()
+        cheap = [c for c in pending if c.estimate_s is not None and c.estimate_s <= limit]
+        if not cheap:
+            return
+        run_candidate(
+            search, max(cheap, key=lambda c: (c.expected_gain or 0.0) / max(c.estimate_s or 1.0, 1.0))
+        )
+
+
 def _long_images(search: Search, depth: str) -> int:
     """Images a long run of ``depth`` would see with the time left (0 when none fits)."""
     planned = Candidate("long (planned)", "finetune", CandidateParams(unfreeze=depth), rounds=4)
-    planned.allotted_s = 0.95 * search.left(finetuned=True)
+    planned.allotted_s = _long_seconds(search, depth)
     _estimate(search, planned)  # priced only: never added to the candidates
     if planned.params.steps is None:  # whole epochs fit, or nothing does
         return 0 if planned.params.epochs is None or planned.expected_gain == 0.0 else 10**9
@@ -756,7 +788,12 @@ def run_candidate(search: Search, c: Candidate, required: bool = False) -> None:
     for other in search.candidates:
         # probe models stay in memory only while best (or the probe fine-tuning starts from);
         # fine-tuned networks stay: the combined candidates average them
-        if other.kind == "probe" and other is not best and other is not search.candidates[0]:
+        # (a probe on one other backbone stays too: a tuned network may be averaged with it)
+        if (
+            other.kind == "probe"
+            and other not in (best, search.candidates[0])
+            and not _partner(search, other)
+        ):
             other.fitted = None
 
 
@@ -859,7 +896,7 @@ def _record_run(c: Candidate, info: dict[str, Any], replans: list[tuple[int, int
     if c.params.steps is not None:
         c.detail.update(steps_run=info.get("steps_run"), images_seen=info.get("images_seen"))
     if replans:  # the steps it was re-planned to are its parameters now
-        c.detail.update(steps_first_planned=c.params.steps, replanned=replans)
+        c.detail.update(steps_first_planned=c.params.steps, replanned=[list(r) for r in replans])
         c.params = replace(c.params, steps=info["steps_planned"])
     if info["stopped_because"] == "time_budget":
         c.status = "stopped by budget"
@@ -899,6 +936,9 @@ def _combine_finetuned(search: Search) -> None:
     plans = [(tuned[:1], "flip")] if tuned else []
     if len(tuned) > 1:
         plans += [(tuned, "none"), (tuned, "flip")]
+    partners = [c for c in search.eligible() if _partner(search, c) and c.fitted is not None]
+    if tuned and partners:  # the best tuned network and the probe on another backbone
+        plans.append(([tuned[0], max(partners, key=lambda c: c.val_accuracy or 0.0)], "none"))
     for members, tta in plans:
         names = [m.name for m in members]
         name = (
@@ -924,12 +964,24 @@ def _combined_seconds(search: Search, members: list[Candidate], tta: str) -> flo
     n_eval = int(search.split.mask(search.split.evaluated_on).sum())
     seconds = 0.0
     for i, m in enumerate(members):
+        if m.kind == "probe":  # its features of every image are known (cached)
+            continue
         eval_s = search.throughput.get(m.params.unfreeze or "", {}).get("eval_s", 0.05)
         if tta == "flip" and m.name not in search.flip_val:
             seconds += 2 * n_val * eval_s
         views = 2 if tta == "flip" else 1
         seconds += (views - (1 if i == 0 else 0)) * n_eval * eval_s
     return seconds
+
+
+def _partner(search: Search, c: Candidate) -> bool:
+    """Whether ``c`` is a probe on one other backbone (last-layer features, no TTA): a tuned
+    network of the first backbone averaged with it sees the images through two networks, as the
+    two-backbone probe does, one of them tuned to the data."""
+    if c.kind != "probe":
+        return False
+    backbone, features, tta = _effective(search, c.params)
+    return "+" not in backbone and backbone != search.ctx.backbone and features == "last" and tta == "none"
 
 
 def _run_combined(search: Search, c: Candidate) -> tuple[None, np.ndarray]:
@@ -1124,12 +1176,13 @@ def _finetune_winner(
     split, base = search.split, search.candidates[0]
     tta = winner.params.tta or "none"
     fitted = [m.fitted for m in members]
-    assert all(f is not None and f.result is not None for f in fitted)
+    assert all(f is not None for f in fitted) and fitted[0] is not None and fitted[0].result is not None
+    # a tuned member's network and head; a probe member's (another backbone) pretrained ones
     tuned = [
-        _tuned_backbone(f.backbone, f.result, m.params.unfreeze)  # type: ignore[union-attr, arg-type]
+        _tuned_backbone(f.backbone, f.result, m.params.unfreeze) if f.result is not None else f.backbone  # type: ignore[union-attr, arg-type]
         for f, m in zip(fitted, members)
     ]
-    heads = [_tuned_head(f.head, f.result) for f in fitted]  # type: ignore[union-attr, arg-type]
+    heads = [_tuned_head(f.head, f.result) if f.result is not None else f.head for f in fitted]  # type: ignore[union-attr]
     first = fitted[0]
     assert first is not None and first.result is not None
     info = {
@@ -1158,11 +1211,14 @@ def _all_val_proba(search: Search, winner: Candidate, members: list[Candidate]) 
     items = [(s.path, int(y)) for s, y, r in zip(search.usable.samples, search.usable.y, rest) if r]
     tta = winner.params.tta or "none"
     probas = []
+    judged_in_val = search.val_rows[val]
     for m in members:
+        if m.kind == "probe" and m.all_val_proba is not None:  # its features of every image are known
+            probas.append(m.all_val_proba[~judged_in_val])
+            continue
         assert m.fitted is not None and m.fitted.tuner is not None
         probas.append(m.fitted.tuner.predict_proba(items, m.fitted.backbone.data_config, tta))
     out = np.zeros((int(val.sum()), winner.val_proba.shape[1]))
-    judged_in_val = search.val_rows[val]
     out[judged_in_val], out[~judged_in_val] = winner.val_proba, mean_logit_proba(probas)
     search.log(f"auto: the winner's network on the {len(items)} validation images it was not judged on")
     return out
