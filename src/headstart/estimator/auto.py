@@ -24,9 +24,9 @@ The search:
    epochs do not fit trains the optimiser steps that do (``estimator.budget``).
    On large data (over ``MIN_LONG_IMAGES`` training images, and the cheapest depth's whole
    epochs do not fit the time left) the probe candidates that cost little (``CHEAP_SHARE`` of
-   the time left) run first; then one long run takes the time left but its flip TTA's passes,
-   if it sees ``MIN_LONG_IMAGES`` images, and is re-planned after each round to end with that
-   time (``training.callbacks.FillTime``); where it would see more than
+   the time left) run first; then one long run takes the time left, if it sees
+   ``MIN_LONG_IMAGES`` images, re-planned after each round to end by the deadline
+   (``training.callbacks.FillTime``); where it would see more than
    ``TRIALS_FROM_IMAGES``, the depths are first tried as short trials (``TRIAL_SHARE`` of the
    time each, judged like every candidate) and the better one makes the long run
    (``_explore_large``).
@@ -505,11 +505,11 @@ def _explore_large(search: Search) -> None:
     depth = _trial_winner(search, trials) if images > TRIALS_FROM_IMAGES else trials[0].params.unfreeze
     if depth is None or search.stopped:
         return
-    # four rounds, re-planned to end with its time; 5% of the time and its flip TTA's passes kept
+    # four rounds, re-planned after each to end by the deadline (a round it cuts is dropped)
     long = Candidate(
         f"finetune:{depth} long", "finetune", CandidateParams(unfreeze=depth), rounds=4, fills_time=True
     )
-    long.allotted_s = _long_seconds(search, depth)
+    long.allotted_s = _long_seconds(search)
     search.candidates.append(long)
     _estimate(search, long)
     if long.estimate_s is None or long.estimate_s > _time_for(search, long):
@@ -520,13 +520,12 @@ def _explore_large(search: Search) -> None:
             c.status = "skipped: large data: the long run took the time"
 
 
-def _long_seconds(search: Search, depth: str) -> float:
-    """The long run's time: 95% of the time left (a round the deadline cuts is dropped) after
-    its flip TTA's passes (its mirrored validation pass and a second pass over the evaluated
-    split; on the large set flip TTA raised the long run's validation accuracy by 1.2 points)."""
-    eval_s = search.throughput.get(depth, {}).get("eval_s", 0.0)
-    n_eval = int(search.split.mask(search.split.evaluated_on).sum())
-    return 0.95 * (search.left(finetuned=True) - (2 * search.n_val + n_eval) * eval_s)
+def _long_seconds(search: Search) -> float:
+    """The long run's time as first planned: 95% of the time left (its rounds are then
+    re-planned to end by the search's deadline: ``_fill_time``). Nothing is kept for its flip
+    TTA: on the large set TTA added 1.2 validation points to one long run and none to another,
+    where the same time trained 40% more steps; the combined candidates run if time is left."""
+    return 0.95 * search.left(finetuned=True)
 
 
 def _cheap_probes(search: Search) -> None:
@@ -548,7 +547,7 @@ def _cheap_probes(search: Search) -> None:
 def _long_images(search: Search, depth: str) -> int:
     """Images a long run of ``depth`` would see with the time left (0 when none fits)."""
     planned = Candidate("long (planned)", "finetune", CandidateParams(unfreeze=depth), rounds=4)
-    planned.allotted_s = _long_seconds(search, depth)
+    planned.allotted_s = _long_seconds(search)
     _estimate(search, planned)  # priced only: never added to the candidates
     if planned.params.steps is None:  # whole epochs fit, or nothing does
         return 0 if planned.params.epochs is None or planned.expected_gain == 0.0 else 10**9
@@ -903,11 +902,11 @@ def _record_run(c: Candidate, info: dict[str, Any], replans: list[tuple[int, int
 
 
 def _fill_time(search: Search, c: Candidate) -> list[FillTime]:
-    """The long run's re-planning to end with its time (see ``FillTime``); none for the others,
-    whose length is their share of a plan that other candidates follow."""
+    """The long run's re-planning to end by the search's deadline (see ``FillTime``); none for
+    the others, whose length is their share of a plan that other candidates follow."""
     if not (c.fills_time and c.allotted_s and c.params.steps):
         return []
-    return [FillTime(min(time.time() + c.allotted_s, search.deadline))]
+    return [FillTime(search.deadline)]
 
 
 def _probe_start(search: Search, label_smoothing: float) -> dict[str, float] | None:

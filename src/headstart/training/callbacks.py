@@ -168,7 +168,8 @@ class FillTime(Callback):
     Why: a plan made from a few measured batches misses a real round's pace by up to 1.5x either
     way (the loader, other programs), so a run planned to fill a time budget ends far short of it,
     or is cut by it mid-schedule. Between ``min_rounds`` and ``max_factor`` times the rounds first
-    planned; each change is logged and counted in ``replans``.
+    planned; ``margin`` of a round is kept for a round slower than the mean (a round cut by a
+    deadline is dropped); each change is logged and counted in ``replans``.
     """
 
     def __init__(
@@ -176,9 +177,10 @@ class FillTime(Callback):
         until: float,
         min_rounds: int = 1,
         max_factor: float = 3.0,
+        margin: float = 0.1,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.until, self.min_rounds, self.max_factor = until, min_rounds, max_factor
+        self.until, self.min_rounds, self.max_factor, self.margin = until, min_rounds, max_factor, margin
         self.clock = clock
         self.planned: int | None = None
         self.replans: list[tuple[int, int]] = []  # (after round, rounds from then on)
@@ -191,7 +193,7 @@ class FillTime(Callback):
             return  # the last round has run: its schedule has ended, so nothing is stretched
         done = [r["seconds"] for r in state.history if r["epoch"] >= state.start_epoch]
         pace = sum(done) / max(len(done), 1)
-        fit = int(max(self.until - self.clock(), 0.0) // pace) if pace > 0 else 0
+        fit = int(max(self.until - self.clock() - self.margin * pace, 0.0) // pace) if pace > 0 else 0
         ceiling = int(self.max_factor * (self.planned or state.epochs))
         count = max(min(state.epoch + fit, ceiling), state.epoch, self.min_rounds)
         if count == state.epochs:
