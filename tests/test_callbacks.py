@@ -189,14 +189,14 @@ def test_time_budget_drops_an_interrupted_epoch():
 
 
 def test_fill_time_re_plans_the_rounds_to_end_by_its_deadline():
-    """4 rounds of 10 steps planned; a round takes 10 s: with 55 s left after round 1 the run
-    grows to 6 rounds, with 12 s left after round 2 it shrinks to 3; the warm-up stays, the
-    cosine ends at the new last step; after the last round nothing changes; steps only."""
+    """4 rounds of 10 steps planned; a round takes 10 s (8 s of training): with 55 s left after
+    round 1 the run grows to 6 rounds, with 12 s left after round 2 it shrinks to 3; the warm-up
+    stays, the cosine ends at the new last step; after the last round nothing changes."""
     now = [0.0]
-    settings = FineTuneSettings(steps=40, eval_every=10, warmup=0.1)
     layer = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    settings = FineTuneSettings(steps=40, eval_every=10, batch_size=32)
     state = TrainState(
         settings, optimizer=optimizer, scheduler=scheduler, rounds=Rounds(4, 10, 320), warmup_steps=4
     )
@@ -204,10 +204,10 @@ def test_fill_time_re_plans_the_rounds_to_end_by_its_deadline():
     fill.on_fit_start(state)
     for epoch, clock, rounds in ((1, 10.0, 6), (2, 53.0, 3), (3, 64.0, 3)):
         state.epoch, now[0] = epoch, clock
-        state.history.append({"epoch": epoch, "seconds": 10.0})
+        state.history.append({"epoch": epoch, "seconds": 10.0, "images_per_s": 40.0})
         fill.on_epoch_end(state, state.history[-1])
         assert state.epochs == rounds
-    assert fill.replans == [(1, 6), (2, 3)]
+    assert fill.replans == [(1, 6, 60), (2, 3, 30)]
     schedule = scheduler.lr_lambdas[0]
     assert (
         schedule(0) == pytest.approx(0.25)
@@ -217,8 +217,20 @@ def test_fill_time_re_plans_the_rounds_to_end_by_its_deadline():
     assert schedule(17) == pytest.approx(0.5)  # half-way through the cosine's 26 steps
 
     epochs = TrainState(FineTuneSettings(epochs=4), rounds=Rounds(4, 3, None))
-    FillTime(until=1e9).on_epoch_end(epochs, {"epoch": 1, "seconds": 1.0})
+    FillTime(until=1e9).on_epoch_end(epochs, {"epoch": 1, "seconds": 1.0, "images_per_s": 1.0})
     assert epochs.epochs == 4
+
+
+def test_fill_time_cuts_the_last_round_to_the_part_that_fits():
+    """69 s of room after round 1 at 10 s (70 s less the tenth of a round kept): 6 whole rounds,
+    then 7 s for 8 of a round's 10 steps (8 s of training for 10) and its 2-s evaluation."""
+    state = TrainState(FineTuneSettings(steps=40, eval_every=10), rounds=Rounds(4, 10, 320), epoch=1)
+    state.history.append({"epoch": 1, "seconds": 10.0, "images_per_s": 40.0})
+    fill = FillTime(until=80.0, clock=lambda: 10.0)
+    fill.on_fit_start(state)
+    fill.on_epoch_end(state, state.history[-1])
+    assert state.rounds == Rounds(8, 10, 320, last_steps=8) and state.rounds.total_steps == 78
+    assert [state.rounds.steps_in(k) for k in (7, 8)] == [10, 8] and state.rounds.steps_by(8) == 78
 
 
 def test_history_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

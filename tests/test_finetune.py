@@ -14,7 +14,7 @@ from conftest import make_class_folders, tiny_probe
 
 import headstart
 from headstart.core.errors import HeadstartError
-from headstart.training.callbacks import FillTime
+from headstart.training.callbacks import Callback, FillTime
 from headstart.training.checkpoints import load_checkpoint, save_checkpoint
 from headstart.training.loop import FineTuner
 from headstart.training.network import block_groups, trainable_groups
@@ -320,7 +320,7 @@ def test_a_run_re_planned_to_its_deadline_trains_more_rounds_and_resumes_them(ti
     fill = FillTime(time.time() + 3600, max_factor=1.5)
     full = FineTuner(steps, tmp_path / "full", verbose=False, callbacks=[fill]).fit(*args, fingerprint="s")
     assert [r["step"] for r in full.history] == [2, 4, 6, 8, 10, 12]
-    assert fill.replans == [(1, 6)] and full.info["steps_planned"] == 12
+    assert fill.replans == [(1, 6, 12)] and full.info["steps_planned"] == 12
     assert full.history[3]["lr"] > 0.1 * steps.lr and full.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
 
     def stop_after_fourth(epoch, _row):
@@ -341,6 +341,23 @@ def test_a_run_re_planned_to_its_deadline_trains_more_rounds_and_resumes_them(ti
     assert [r["step"] for r in resumed.history] == [2, 4, 6, 8, 10, 12]
     assert resumed.history[-1]["lr"] == pytest.approx(full.history[-1]["lr"], abs=1e-9)
     assert resumed.history[-1]["loss"] == pytest.approx(full.history[-1]["loss"], rel=1e-3, abs=1e-4)
+
+
+def test_a_last_round_cut_short_trains_its_steps_only(tiny, tmp_path):
+    """Re-planned after round 1 to 3 rounds of 2 steps, the last cut to 1: 5 steps in all, the
+    cosine ending at step 5, 5 batches' images seen."""
+
+    class CutLast(Callback):
+        def on_epoch_end(self, state, row):
+            if state.epoch == 1:
+                state.set_rounds(3, last_steps=1)
+
+    args = (tiny["backbone"].model, tiny["config"], tiny["head"], tiny["train"], tiny["val"], tiny["n"])
+    steps = settings(steps=8, eval_every=2, patience=9)
+    result = FineTuner(steps, None, verbose=False, callbacks=[CutLast()]).fit(*args)
+    assert [r["step"] for r in result.history] == [2, 4, 5]
+    assert result.info["steps_run"] == 5 and result.info["images_seen"] == 5 * steps.batch_size
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9) and result.history[1]["lr"] > 0
 
 
 def test_a_run_budgeted_in_steps_evaluates_and_resumes_by_rounds(tiny, tmp_path):

@@ -887,7 +887,7 @@ def _run_finetune(search: Search, c: Candidate) -> tuple[Fitted, np.ndarray]:
     return Fitted(backbone, base.fitted.head, tuner=tuner, result=result), proba
 
 
-def _record_run(c: Candidate, info: dict[str, Any], replans: list[tuple[int, int]]) -> None:
+def _record_run(c: Candidate, info: dict[str, Any], replans: list[tuple[int, int, int]]) -> None:
     """What a fine-tuning candidate's run did, in its record (``metrics.json``)."""
     c.detail.update(
         epochs_run=info["epochs_run"], best_epoch=info["best_epoch"], probe_kept=info["probe_kept"]

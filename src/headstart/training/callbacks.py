@@ -163,13 +163,15 @@ class TimeBudget(Callback):
 class FillTime(Callback):
     """Fits a run budgeted in steps to end at ``until`` (a ``time.time()``): after each round but
     the last, the rounds that fit at the pace of those run so far (training and evaluation)
-    become the plan (``TrainState.set_rounds``: the schedule is reshaped to end with them).
+    become the plan, the last one cut short when a part of a round fits
+    (``TrainState.set_rounds``: the schedule is reshaped to end with them).
 
     Why: a plan made from a few measured batches misses a real round's pace by up to 1.5x either
     way (the loader, other programs), so a run planned to fill a time budget ends far short of it,
     or is cut by it mid-schedule. Between ``min_rounds`` and ``max_factor`` times the rounds first
     planned; ``margin`` of a round is kept for a round slower than the mean (a round cut by a
-    deadline is dropped); each change is logged and counted in ``replans``.
+    deadline is dropped); a last round shorter than ``least_part`` of a round is not added. Each
+    change is logged and kept in ``replans``: (after round, rounds, steps in all).
     """
 
     def __init__(
@@ -178,33 +180,49 @@ class FillTime(Callback):
         min_rounds: int = 1,
         max_factor: float = 3.0,
         margin: float = 0.1,
+        least_part: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.until, self.min_rounds, self.max_factor, self.margin = until, min_rounds, max_factor, margin
-        self.clock = clock
+        self.least_part, self.clock = least_part, clock
         self.planned: int | None = None
-        self.replans: list[tuple[int, int]] = []  # (after round, rounds from then on)
+        self.replans: list[tuple[int, int, int]] = []
 
     def on_fit_start(self, state: TrainState) -> None:
         self.planned = state.epochs
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
-        if not state.in_steps or state.rounds is None or state.epoch >= state.epochs:
+        rounds = state.rounds
+        if not state.in_steps or rounds is None or state.epoch >= state.epochs:
             return  # the last round has run: its schedule has ended, so nothing is stretched
-        done = [r["seconds"] for r in state.history if r["epoch"] >= state.start_epoch]
-        pace = sum(done) / max(len(done), 1)
-        fit = int(max(self.until - self.clock() - self.margin * pace, 0.0) // pace) if pace > 0 else 0
-        ceiling = int(self.max_factor * (self.planned or state.epochs))
-        count = max(min(state.epoch + fit, ceiling), state.epoch, self.min_rounds)
-        if count == state.epochs:
+        count, last = self._plan(state, rounds.steps_each)
+        if (count, last) == (rounds.count, rounds.last_steps):
             return
-        steps = count * state.rounds.steps_each
-        self.replans.append((state.epoch, count))
-        state.set_rounds(count)
+        state.set_rounds(count, last)
+        steps = state.rounds.total_steps if state.rounds is not None else 0
+        self.replans.append((state.epoch, count, steps))
         logger.info(
-            f"re-planned after round {state.epoch}: {count} rounds ({steps} steps) end by the deadline, "
-            f"at {pace:.0f} s a round"
+            f"re-planned after round {state.epoch}: {count} rounds ({steps} steps"
+            f"{f', the last one {last}' if last else ''}) end by the deadline"
         )
+
+    def _plan(self, state: TrainState, steps_each: int) -> tuple[int, int | None]:
+        """Rounds, and the last one's steps when cut, that end by ``until`` at the pace so far."""
+        done = [r for r in state.history if r["epoch"] >= state.start_epoch]
+        pace = sum(r["seconds"] for r in done) / max(len(done), 1)
+        images = steps_each * state.settings.batch_size
+        train = sum(images / r["images_per_s"] for r in done if r["images_per_s"] > 0) / max(len(done), 1)
+        room = self.until - self.clock() - self.margin * pace
+        whole = int(max(room, 0.0) // pace) if pace > 0 else 0
+        rest = room - whole * pace - (pace - train)  # a part of a round: its steps and an evaluation
+        part = int(steps_each * rest / train) if train > 0 and rest > 0 else 0
+        ceiling = int(self.max_factor * (self.planned or state.epochs))
+        count, last = state.epoch + whole, None
+        if part >= self.least_part * steps_each and count < ceiling:
+            count, last = count + 1, min(part, steps_each)
+        if count > ceiling:
+            count, last = ceiling, None
+        return max(count, state.epoch, self.min_rounds), last
 
 
 class Checkpointing(Callback):

@@ -41,6 +41,7 @@ class Checkpoint(TypedDict, total=False):
     trained_s: float
     fingerprint: str
     rounds: int | None  # the rounds planned by then (a run re-planned to its deadline: see FillTime)
+    last_steps: int | None  # and the last one's steps, when cut short
 
 
 class ReadCheckpoint(Checkpoint, total=False):
@@ -95,6 +96,7 @@ def last_checkpoint(state: TrainState) -> Checkpoint:
         "trained_s": state.trained_s,
         "fingerprint": state.fingerprint,
         "rounds": state.rounds.count if state.rounds is not None else None,
+        "last_steps": state.rounds.last_steps if state.rounds is not None else None,
     }
 
 
@@ -146,9 +148,13 @@ def apply_checkpoint(state: TrainState, saved: ReadCheckpoint) -> None:
     state.epoch = int(saved["epoch"])
     state.start_epoch = state.epoch + 1
     state.start_val = saved.get("start_val")
-    rounds = saved.get("rounds")
-    if rounds and state.rounds is not None and rounds != state.rounds.count:
-        state.set_rounds(rounds)
+    rounds, last = saved.get("rounds"), saved.get("last_steps")
+    if (
+        rounds
+        and state.rounds is not None
+        and (rounds, last) != (state.rounds.count, state.rounds.last_steps)
+    ):
+        state.set_rounds(rounds, last)
     state.best["val_loss"] = float(saved["best_val_loss"])
     state.best["val_accuracy"] = float(saved.get("best_val_accuracy", 0.0))
     if saved.get("best_state") is not None:

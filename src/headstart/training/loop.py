@@ -236,7 +236,9 @@ def train_one_epoch(
     set_train_mode(network, state.settings.freeze_bn_stats)
     loss_sum, correct, seen = 0.0, 0.0, 0
     device = next(network.parameters()).device  # the CPU, or a rank's GPU
-    for pixels, labels in loader:
+    rounds = state.rounds
+    cut = rounds.steps_in(state.epoch) if rounds is not None and rounds.last_steps else None
+    for batch, (pixels, labels) in enumerate(loader, 1):
         pixels, labels = pixels.to(device), labels.to(device)
         step = train_step(state, objective, pixels, labels)
         if step is not None:
@@ -248,6 +250,8 @@ def train_one_epoch(
         callbacks.on_batch_end(state)
         if state.stop:
             return None
+        if cut is not None and batch >= cut:  # a last round cut short by a re-plan
+            break
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
@@ -295,6 +299,8 @@ def run_epoch(
     progress = ConsoleProgress() if verbose else NullProgress()
     rounds = state.rounds
     n_images = rounds.images if rounds and rounds.images else len(cast("Sized", data.train.dataset))
+    if rounds and rounds.images:  # the last round may be cut short
+        n_images = rounds.steps_in(state.epoch) * state.settings.batch_size
     word = "round" if state.in_steps else "epoch"
     progress.start(f"{word} {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
@@ -314,7 +320,7 @@ def run_epoch(
         "lr": state.optimizer.param_groups[0]["lr"],
         "images_per_s": n_images / train_s if train_s > 0 else 0.0,
         "seconds": seconds,
-        "step": state.epoch * rounds.steps_each if rounds else float("nan"),
+        "step": rounds.steps_by(state.epoch) if rounds else float("nan"),
     }
 
 
@@ -408,9 +414,10 @@ def _steps_info(state: TrainState, rounds_run: int) -> dict[str, Any]:
     return {
         "budgeted_in": "steps" if state.in_steps else "epochs",
         "steps_planned": rounds.total_steps,
-        "steps_run": rounds_run * rounds.steps_each,
+        "steps_run": rounds.steps_by(rounds_run),
         "rounds_run": rounds_run,
-        "images_seen": rounds_run * rounds.images if rounds.images else None,  # epochs: epochs_run x images
+        # epochs: epochs_run x images
+        "images_seen": rounds.steps_by(rounds_run) * state.settings.batch_size if rounds.images else None,
     }
 
 

@@ -57,15 +57,25 @@ class FineTuneSettings:
 @dataclass(frozen=True)
 class Rounds:
     """How a run is cut: ``count`` rounds of ``steps_each`` optimiser steps, each ending with an
-    evaluation; ``images`` per round (None: a whole epoch, the last batch a partial one)."""
+    evaluation; ``images`` per round (None: a whole epoch, the last batch a partial one); the
+    last round cut to ``last_steps`` when set (a run re-planned to end by a deadline)."""
 
     count: int
     steps_each: int
     images: int | None
+    last_steps: int | None = None
+
+    def steps_in(self, round_: int) -> int:
+        """Optimiser steps of round ``round_`` (1-based)."""
+        return self.last_steps if (round_ == self.count and self.last_steps) else self.steps_each
+
+    def steps_by(self, round_: int) -> int:
+        """Optimiser steps by the end of round ``round_``."""
+        return sum(self.steps_in(k) for k in range(1, round_ + 1))
 
     @property
     def total_steps(self) -> int:
-        return self.count * self.steps_each
+        return self.steps_by(self.count)
 
 
 def plan_rounds(settings: FineTuneSettings, n_train: int) -> Rounds:

@@ -94,13 +94,15 @@ class TrainState:
     def in_steps(self) -> bool:
         return self.settings.steps is not None
 
-    def set_rounds(self, count: int) -> None:
-        """Re-plan a run budgeted in steps to ``count`` rounds of the same size: the cosine after
-        the warm-up is stretched (or shrunk) to end at the new last step; the steps already
-        taken keep the rate they had, so the rate moves a little at the next step and no more.
+    def set_rounds(self, count: int, last_steps: int | None = None) -> None:
+        """Re-plan a run budgeted in steps to ``count`` rounds of the same size, the last one cut
+        to ``last_steps`` if given: the cosine after the warm-up is stretched (or shrunk) to end
+        at the new last step; the steps already taken keep the rate they had, so the rate moves
+        a little at the next step and no more.
         """
         assert self.rounds is not None, "the loop sets the rounds before any re-plan"
-        self.rounds = replace(self.rounds, count=max(1, int(count)))
+        last = last_steps if last_steps and last_steps < self.rounds.steps_each else None
+        self.rounds = replace(self.rounds, count=max(1, int(count)), last_steps=last)
         schedule = warmup_cosine(self.warmup_steps, self.rounds.total_steps)
         if self.scheduler is not None:  # torch's LambdaLR: one factor function per group
             self.scheduler.lr_lambdas = [schedule] * len(self.scheduler.lr_lambdas)  # type: ignore[attr-defined]
