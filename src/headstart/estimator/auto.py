@@ -60,8 +60,9 @@ lower log-loss at equal accuracy is within the noise of a few hundred validation
 preferring it let multi-layer features beat the plain probe on flowers validation and then lose
 on test). A winner that costs more to run than the probe (another or a second backbone, TTA,
 several networks) must also beat the probe beyond noise on the same validation images, else the
-next candidate down is considered (``_choose``, ``estimator.paired``). Probe winners are refitted on train + validation as
-``feature-extraction`` does; fine-tuning winners are the tuned network.
+next candidate down is considered (``_choose``, ``estimator.paired``). Probe winners are
+refitted on train + validation as ``feature-extraction`` does; fine-tuning winners are the
+tuned network.
 
 A candidate whose parameters cannot run in this build (an unknown backbone, features that do
 not differ from the last layer's) is ``skipped: unavailable: ...``. Interrupted (Ctrl-C, or the
@@ -523,8 +524,8 @@ def _explore_large(search: Search) -> None:
 def _long_seconds(search: Search) -> float:
     """The long run's time as first planned: 95% of the time left (its rounds are then
     re-planned to end by the search's deadline: ``_fill_time``). Nothing is kept for its flip
-    TTA: on the large set TTA added 1.2 validation points to one long run and none to another,
-    where the same time trained 40% more steps; the combined candidates run if time is left."""
+    TTA (on the large set it added 1.2 validation points to one long run and 0.2 to another):
+    the time trains more steps, and the combined candidates run if time is left."""
     return 0.95 * search.left(finetuned=True)
 
 
