@@ -298,11 +298,14 @@ def run_epoch(
     torch.manual_seed(state.settings.seed * 1_000_003 + state.epoch)  # dropout / drop-path of this epoch
     progress = ConsoleProgress() if verbose else NullProgress()
     rounds = state.rounds
-    n_images = rounds.images if rounds and rounds.images else len(cast("Sized", data.train.dataset))
-    if rounds and rounds.images:  # the last round may be cut short
+    share = len(data.sampler)  # this process's images of the round
+    if rounds and rounds.images:  # in steps: the last round may be cut short
         n_images = rounds.steps_in(state.epoch) * state.settings.batch_size
+        share = min(share, rounds.steps_in(state.epoch) * int(data.train.batch_size or 1))
+    else:
+        n_images = len(cast("Sized", data.train.dataset))
     word = "round" if state.in_steps else "epoch"
-    progress.start(f"{word} {state.epoch}/{state.epochs}", len(data.sampler))  # this process's share
+    progress.start(f"{word} {state.epoch}/{state.epochs}", share)
     trained = train_one_epoch(state, data.train, objective, callbacks, progress)
     progress.finish()
     if trained is None:
