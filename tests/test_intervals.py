@@ -96,34 +96,70 @@ def test_a_winner_at_the_probes_cost_needs_only_the_higher_accuracy():
     assert chosen is close and record["beyond_noise"] is False and record["same_cost"] is True
 
 
-def test_auto_passes_over_a_costlier_winner_to_one_at_the_probes_cost():
-    """ensemble 0.96 (costlier, 2 fixed: not beyond noise), last:3 0.955 (the probe's cost),
-    probe 0.95: last:3 is the model, and the record names the ensemble passed over."""
+def _scored_search(rows):
+    """An auto search over 200 validation images (all of class 0) whose candidates, given as
+    (name, kind, params, images wrong), are scored: each gets the last ``wrong`` images wrong."""
     from types import SimpleNamespace
 
-    from headstart.estimator.auto import Candidate, CandidateParams, Search, _choose
+    from headstart.estimator.auto import Candidate, Search
 
     y = np.zeros(200, int)
     ctx = SimpleNamespace(backbone="lite0", features="last", tta="none")
     split = SimpleNamespace(mask=lambda name: np.ones(200, bool))
     search = Search(ctx, SimpleNamespace(y=y), split, print, 0.0, np.ones(200, bool))  # type: ignore[arg-type]
-    made = []
-    for name, kind, params, wrong in (
-        ("probe", "probe", CandidateParams(), 10),
-        ("probe-ensemble", "probe", CandidateParams(backbone="lite0+lite2"), 8),
-        ("finetune:last:3", "finetune", CandidateParams(unfreeze="last:3"), 9),
-    ):
+    for name, kind, params, wrong in rows:
         c = Candidate(name, kind, params)
         c.val_proba = np.eye(2)[np.r_[np.zeros(200 - wrong, int), np.ones(wrong, int)]]
         c.val_accuracy, c.fitted = (200 - wrong) / 200, object()
-        made.append(c)
-    search.candidates = made
+        search.candidates.append(c)
+    return search
+
+
+def test_auto_passes_over_a_costlier_winner_to_one_at_the_probes_cost():
+    """ensemble 0.96 (costlier, 2 fixed: not beyond noise), last:3 0.955 (the probe's cost),
+    probe 0.95: last:3 is the model, and the record names the ensemble passed over."""
+    from headstart.estimator.auto import CandidateParams, _choose
+
+    search = _scored_search(
+        (
+            ("probe", "probe", CandidateParams(), 10),
+            ("probe-ensemble", "probe", CandidateParams(backbone="lite0+lite2"), 8),
+            ("finetune:last:3", "finetune", CandidateParams(unfreeze="last:3"), 9),
+        )
+    )
+    made = search.candidates
     winner, record = _choose(search)
     assert winner.name == "finetune:last:3" and record["same_cost"] is True
     assert [p["name"] for p in record["passed_over"]] == ["probe-ensemble"]
     made[2].val_accuracy = None  # without it, the probe
     winner, record = _choose(search)
     assert winner.name == "probe" and record["best"] == "probe-ensemble" and not record["beyond_noise"]
+
+
+def test_a_tie_with_the_probe_goes_to_a_tuned_network_at_its_cost_only():
+    """Equal validation accuracy: the tuned network at the probe's cost wins; multi-layer
+    features (a probe) and a tuned network with flip TTA (costlier) do not: the probe, tried first."""
+    from headstart.estimator.auto import CandidateParams, _choose, _why
+
+    search = _scored_search(
+        (
+            ("probe", "probe", CandidateParams(), 10),
+            ("probe-multi", "probe", CandidateParams(features="multi"), 10),
+            (
+                "finetune:half tta",
+                "finetune-combined",
+                CandidateParams(members=("finetune:half",), tta="flip"),
+                10,
+            ),
+            ("finetune:half", "finetune", CandidateParams(unfreeze="half"), 10),
+        )
+    )
+    winner, record = _choose(search)
+    assert winner.name == "finetune:half" and record["same_cost"] is True and record["best_fixes"] == 0
+    assert "a tie goes to the tuned network" in _why(search, winner)
+    search.candidates.pop()  # without it, the probe: it was tried first
+    assert _choose(search)[0].name == "probe"
+    assert "a tie goes to the candidate tried first" in _why(search, search.candidates[0])
 
 
 def test_comparison_new_class_is_a_row_and_only_shared_images_are_paired():
