@@ -57,12 +57,11 @@ report's map and the run folder (``_set_reserves``). When it stops with time lef
 The winner has the highest validation accuracy (``Search.rank``), ties going to a tuned network
 that runs at the probe's cost (no evidence either way, and fine-tuning is the better bet), else
 to the candidate tried first (the cheaper and simpler one: a costlier candidate must get more
-validation images right to win; a
-lower log-loss at equal accuracy is within the noise of a few hundred validation images, and
-preferring it let multi-layer features beat the plain probe on flowers validation and then lose
-on test). A winner that costs more to run than the probe (another or a second backbone, TTA,
-several networks) must also beat the probe beyond noise on the same validation images, else the
-next candidate down is considered (``_choose``, ``estimator.paired``). Probe winners are
+validation images right to win; a lower log-loss at equal accuracy is within the noise of a few
+hundred validation images, and preferring it let multi-layer features beat the plain probe on
+flowers validation and then lose on test). A winner that costs more to run than the probe
+(another or a second backbone, TTA, several networks) must also beat the probe beyond noise on
+the same validation images, else the next candidate down is considered (``_choose``, ``estimator.paired``). Probe winners are
 refitted on train + validation as ``feature-extraction`` does; fine-tuning winners are the
 tuned network.
 
