@@ -61,9 +61,9 @@ validation images right to win; a lower log-loss at equal accuracy is within the
 hundred validation images, and preferring it let multi-layer features beat the plain probe on
 flowers validation and then lose on test). A winner that costs more to run than the probe
 (another or a second backbone, TTA, several networks) must also beat the probe beyond noise on
-the same validation images, else the next candidate down is considered (``_choose``, ``estimator.paired``). Probe winners are
-refitted on train + validation as ``feature-extraction`` does; fine-tuning winners are the
-tuned network.
+the same validation images, else the next candidate down is considered (``_choose``,
+``estimator.paired``). Probe winners are refitted on train + validation as
+``feature-extraction`` does; fine-tuning winners are the tuned network.
 
 A candidate whose parameters cannot run in this build (an unknown backbone, features that do
 not differ from the last layer's) is ``skipped: unavailable: ...``. Interrupted (Ctrl-C, or the
@@ -314,8 +314,12 @@ class Search:
         ImageNet Models Transfer Better?": fine-tuning beat logistic regression on the features
         on nearly all of 12 data sets); it costs nothing more to run, and its training is spent.
         """
-        tuned_free = c.kind != "probe" and _run_cost(self, c) == _run_cost(self, self.candidates[0])
+        tuned_free = c.kind != "probe" and self.at_probe_cost(c)
         return (-(c.val_accuracy or 0.0), 0 if tuned_free else 1, self.candidates.index(c))
+
+    def at_probe_cost(self, c: Candidate) -> bool:
+        """Whether ``c`` costs what the probe does on every prediction (``_run_cost``)."""
+        return _run_cost(self, c) == _run_cost(self, self.candidates[0])
 
     def items(self, name: str) -> list[tuple[str, int]]:
         """The (path, label) pairs of a split; for ``val`` the judged subset."""
@@ -1108,7 +1112,7 @@ def _choose(search: Search) -> tuple[Candidate, dict[str, Any]]:
 def _paired(search: Search, c: Candidate, probe: Candidate) -> tuple[Candidate, dict[str, Any]]:
     """``prefer_cheaper`` of ``c`` against the probe: on every validation image when both are
     probes (their features are known), else on the judged ones."""
-    same = _run_cost(search, c) == _run_cost(search, probe)
+    same = search.at_probe_cost(c)
     if c.all_val_proba is not None and probe.all_val_proba is not None:
         y_all = search.usable.y[search.split.mask("val")]
         return prefer_cheaper(c, probe, y_all, c.all_val_proba, probe.all_val_proba, same)
