@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a hub call fails at once instead of retryi
 FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flower_photos"
 DEFAULT_CHROMIUM = Path("/usr/bin/chromium")
 COLORS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary files (this process's and its children's) go below pytest's base
+    folder, so what a killed subprocess leaves behind is removed with it instead of filling /tmp."""
+    path = tmp_path_factory.mktemp("tmp")
+    os.environ["TMPDIR"] = str(path)
+    tempfile.tempdir = str(path)
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)
