@@ -100,6 +100,7 @@ def test_knn_head_is_refused_in_one_line(colors_dir, tmp_path):
     assert "kNN head cannot be exported" in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # four exports
 def test_an_export_folder_is_replaced_whole_and_other_files_are_kept(colors_dir, tmp_path, monkeypatch):
     """Issue 24: a crash while exporting leaves the earlier export whole; a folder that also holds
     the user's own files is written file by file and those files stay."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import tracemalloc
 
 import numpy as np
@@ -38,6 +42,41 @@ def test_store_file_is_scratch_and_removed():
     assert np.isnan(np.asarray(store)).all()  # a new store is NaN, like the in-memory matrix
     store.close()
     assert not path.parent.exists()
+
+
+KILLED_WITH_A_STORE = (
+    "import os, signal\n"
+    "from headstart.features.store import FeatureStore\n"
+    "store = FeatureStore(10, 4)\n"
+    "print(store.path.parent, flush=True)\n"
+    "os.kill(os.getpid(), signal.SIGKILL)\n"
+)
+
+
+def _backdate(folder, seconds: float) -> None:
+    for path in [folder, *folder.iterdir()]:
+        os.utime(path, (path.stat().st_atime - seconds,) * 2)
+
+
+def test_a_killed_runs_scratch_is_removed_by_the_next_store_and_no_other(tmp_path, monkeypatch):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WITH_A_STORE], capture_output=True, text=True, env=env
+    )
+    assert killed.returncode == -9, killed.stderr
+    left = tmp_path / os.path.basename(killed.stdout.strip())
+    assert left.is_dir() and (left / "features.f16").is_file()  # a kill skips the removal at exit
+    live = tmp_path / f"headstart-features-{os.getpid()}-live"
+    live.mkdir()  # a folder of a process that runs (this one), however old, is kept
+    touched_lately = tmp_path / (left.name + "-copy")
+    touched_lately.mkdir()  # the same dead process, but touched lately (maybe another container)
+    _backdate(left, 700)
+    _backdate(live, 7000)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    store = FeatureStore(10, 4)
+    assert not left.exists() and live.is_dir() and touched_lately.is_dir()
+    assert store.path.parent.name.startswith(f"headstart-features-{os.getpid()}-")
+    store.close()
 
 
 def test_feature_matrix_stays_in_memory_within_the_budget(monkeypatch):

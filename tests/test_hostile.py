@@ -268,6 +268,7 @@ def predicted(battery, tmp_path_factory) -> dict[str, subprocess.CompletedProces
     return {name: finish(proc) for name, proc in started.items()}
 
 
+@pytest.mark.slow  # three predict processes: seconds of imports each
 def test_predict_table_shows_brackets_emoji_codes_and_escapes_as_text(battery, predicted):
     proc = predicted["table"]
     assert proc.returncode == 0, proc.stderr
@@ -279,6 +280,7 @@ def test_predict_table_shows_brackets_emoji_codes_and_escapes_as_text(battery, p
     assert tree_digest(battery["data"]) == battery["before"]
 
 
+@pytest.mark.slow  # three predict processes: seconds of imports each
 def test_predict_folder_walk_is_loop_safe_and_names_round_trip(battery, predicted):
     data = battery["data"]
     proc = predicted["walk"]
@@ -305,6 +307,7 @@ def test_predict_csv_protects_formula_cells(battery):
     assert "'=HYPERLINK(1)" in labels and "=HYPERLINK(1)" not in labels
 
 
+@pytest.mark.slow  # three predict processes: seconds of imports each
 def test_predict_exits_non_zero_when_no_file_could_be_read(battery, predicted, tmp_path):
     proc = predicted["alone"]  # a named pipe alone
     assert_one_line_error(proc, "no image could be read")

@@ -134,7 +134,8 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)(?:\.\d+)?\.tmp$")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs here (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -163,7 +164,7 @@ def clean_stale_temporaries(folder: str | Path, depth: int = 1, min_age: float =
         try:
             if match and entry.is_file(follow_symlinks=False):
                 old = now - entry.stat(follow_symlinks=False).st_mtime >= min_age
-                if old and not _process_alive(int(match.group(1))):
+                if old and not process_alive(int(match.group(1))):
                     os.unlink(entry.path)
                     removed += 1
             elif depth > 0 and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):

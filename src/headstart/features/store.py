@@ -6,6 +6,9 @@ still does). Beyond ``memory_budget()`` bytes of float32 features, ``feature_mat
 data folder), removed when the store is dropped or the process ends. Readers take rows in
 chunks through short-lived mappings, so the resident memory of a run is the chunk being used,
 not the matrix.
+
+A killed run (``kill -9``, an out-of-memory kill) skips that removal, so the folder's name holds
+its process id, and the next store made removes the folders of processes that are gone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +26,18 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from headstart.core.io import process_alive
+
 DEFAULT_BUDGET_MB = 128  # float32 features above this many MiB go to a FeatureStore (26,000 images of 1,280)
 STORE_DTYPE = np.float16  # on flowers, float16 features score as float32 ones (see README)
 # what numpy takes to pick rows (and, in a tuple, columns)
 RowIndex = int | slice | np.ndarray | list[int] | tuple[int | slice | np.ndarray | None, ...]
 CHUNK_ROWS = 8192  # rows per read: ~20 MB of float16 at 1280 features
 REMAP_BYTES = 64 << 20  # the writer's mapping is renewed after this many bytes (bounds its resident pages)
+SCRATCH_PREFIX = "headstart-features-"  # + PID-RANDOM, in the temporary folder
+# a scratch folder of a process that is gone, untouched this long, was left by a kill (the check of
+# the age keeps a folder that another container sharing /tmp, with its own process ids, still uses)
+ABANDONED_AFTER_S = 600
 
 
 def memory_budget() -> int:
@@ -53,11 +63,28 @@ def select_rows(features: np.ndarray | FeatureStore, mask: np.ndarray) -> np.nda
     return features[mask]
 
 
+def remove_abandoned_scratch(parent: str | Path | None = None, min_age: float = ABANDONED_AFTER_S) -> int:
+    """Delete the scratch folders in ``parent`` (default: the temporary folder) of processes that
+    are gone and untouched for ``min_age`` seconds; returns how many."""
+    removed = 0
+    for folder in Path(parent or tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
+        try:
+            age = time.time() - max(p.stat().st_mtime for p in [folder, *folder.iterdir()])
+        except OSError:
+            continue  # removed meanwhile, or not ours to read
+        if pid.isdigit() and age >= min_age and not folder.is_symlink() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 class _Scratch:
     """The store's file and folder; removed with the last store sharing it, or at exit."""
 
     def __init__(self, n_rows: int, dim: int, dtype: npt.DTypeLike) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="headstart-features-"))
+        remove_abandoned_scratch()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self.path = self.folder / "features.f16" if dtype == np.float16 else self.folder / "features.bin"
         self.shape, self.dtype = (n_rows, dim), np.dtype(dtype)
         with open(self.path, "wb") as f:
